@@ -1,0 +1,20 @@
+//! tcptrace: TCP state tracing that answers who leaks CLOSE_WAIT and who piles up TIME_WAIT.
+//!
+//! Data flows one way, one module per stage:
+//!
+//! ```text
+//! probe (kernel programs, ring buffer) ─┐
+//! source::sock_diag (kernel table) ─────┼─▶ event ─▶ lifecycle ─▶ aggregate ─▶ view
+//!                                        │              ▲
+//!                                        └── owner ─────┘
+//! ```
+
+pub mod clock;
+pub mod event;
+pub mod filter;
+pub mod lifecycle;
+pub mod owner;
+pub mod probe;
+pub mod source;
+pub mod aggregate;
+pub mod view;

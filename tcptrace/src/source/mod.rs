@@ -1,0 +1,3 @@
+//! Where events come from: the live kernel probe and the kernel's socket table.
+
+pub mod snapshot;

@@ -1,0 +1,35 @@
+//! What the kernel's socket table (NETLINK_SOCK_DIAG, the source `ss` reads) says about one socket.
+
+use std::net::SocketAddr;
+
+use tcptrace_common::TcpState;
+
+/// One row of the kernel's socket table, as `ss -tan` would show it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KernelSocket {
+    /// Network namespace inode the socket was read in.
+    pub netns: u32,
+    /// For TIME_WAIT mini-sockets this is the timewait socket's `tw_substate` reported by
+    /// inet_diag: TIME_WAIT or FIN_WAIT2 (an orphaned FIN_WAIT2 lives as a timewait socket).
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The socket cookie (`idiag_cookie`): the same value `bpf_get_socket_cookie` returns.
+    pub cookie: u64,
+    /// Inode of the socket file; 0 for timewait sockets and orphans (no fd holds them).
+    pub inode: u64,
+    pub uid: u32,
+    /// Milliseconds left on the socket's timer (for TIME_WAIT: until it is destroyed), if armed.
+    pub timer_ms: Option<u32>,
+    /// Bytes queued to receive / to send (for LISTEN: accept queue length / backlog).
+    pub rqueue: u32,
+    pub wqueue: u32,
+}
+
+/// A whole dump: every TCP socket in one or more namespaces at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// CLOCK_MONOTONIC nanoseconds when the dump started.
+    pub taken_ns: u64,
+    pub sockets: Vec<KernelSocket>,
+}
