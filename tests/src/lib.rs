@@ -1,0 +1,1 @@
+//! Loopback scenarios shared by the integration tests and the benchmarks.
