@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tcptrace_common::TcpState;
 
 /// One row of the kernel's socket table, as `ss -tan` would show it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelSocket {
     /// Network namespace inode the socket was read in.
     pub netns: u32,
