@@ -6,6 +6,9 @@
 /// Bits in the values of the `PORTS` map.
 pub const PORT_MATCH_LOCAL: u8 = 1 << 0;
 pub const PORT_MATCH_REMOTE: u8 = 1 << 1;
+/// Bits of `ProbeConfig::port_filter`: a port filter is set, and it has local-port entries.
+pub const PORT_FILTER_ON: u8 = 1 << 0;
+pub const PORT_FILTER_HAS_LOCAL: u8 = 1 << 1;
 /// Most ports a filter may name; the kernel map has this many slots.
 pub const MAX_FILTER_PORTS: u32 = 64;
 
@@ -47,7 +50,7 @@ pub struct ProbeConfig {
     pub offsets: SockOffsets,
     /// 0: both families; otherwise AF_INET or AF_INET6.
     pub family: u16,
-    /// Non-zero: only ports present in the `PORTS` map pass.
+    /// `PORT_FILTER_*` bits: only ports present in the `PORTS` map pass.
     pub port_filter: u8,
     /// Non-zero: the ring buffer is never woken per event (the reader polls).
     pub no_wakeup: u8,

@@ -1,2 +1,68 @@
-#![no_std]
-#![no_main]
+//! tcptrace's kernel programs.
+//!
+//! One file per hook family; the entry points here are thin and the work lives in those files:
+//! - `state_change`: `sock:inet_sock_set_state`, the TCP state machine itself.
+//! - `reset`: `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`, which tell a RST close apart from a
+//!   close that leaves a TIME_WAIT socket behind.
+//!
+//! Shared plumbing: `sock` reads `struct sock` fields at offsets resolved from BTF by userspace,
+//! `emit` fills and submits ring buffer records with batched wakeups, `config` holds the load-time
+//! configuration and the maps.
+// The crate builds for the BPF target; on the host (e.g. `cargo clippy --workspace`) it is an
+// empty program, so workspace-wide commands work.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
+
+mod config;
+mod emit;
+mod reset;
+mod sock;
+mod state_change;
+
+use aya_ebpf::{
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+/// Primary tp_btf program on `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    state_change::on_btf(&ctx, state_change::Role::Primary)
+}
+
+/// Backup tp_btf program on the same hook. The kernel skips a nested run of a program that is
+/// already running on this CPU (`prog->active` in `__bpf_trace_run`, counted only as
+/// `recursion_misses`); a second program has its own guard, so it runs, and emits exactly the
+/// transitions the primary could not have handled.
+/// <https://github.com/torvalds/linux/blob/v6.1/kernel/trace/bpf_trace.c#L2241>
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf_backup(ctx: BtfTracePointContext) -> i32 {
+    state_change::on_btf(&ctx, state_change::Role::Backup)
+}
+
+/// `tcp_receive_reset(const struct sock *sk)`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn reset_rx_btf(ctx: BtfTracePointContext) -> i32 {
+    reset::on_btf(&ctx, reset::Direction::Received)
+}
+
+/// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...)`: `sk` is first on every
+/// kernel version and may be NULL (a RST answering a segment that matched no socket).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn reset_tx_btf(ctx: BtfTracePointContext) -> i32 {
+    reset::on_btf(&ctx, reset::Direction::Sent)
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

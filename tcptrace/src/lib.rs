@@ -9,6 +9,7 @@
 //!                                        └── owner ─────┘
 //! ```
 
+pub mod cli;
 pub mod clock;
 pub mod event;
 pub mod filter;

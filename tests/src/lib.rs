@@ -1,1 +1,296 @@
-//! Loopback scenarios shared by the integration tests and the benchmarks.
+//! Loopback scenarios shared by the integration tests and the benchmarks: a scripted TCP peer
+//! run as its own process (`tcpscenario`), the tracer run as a child, and `ss` as the referee.
+//!
+//! Everything here panics on failure rather than returning errors, so a failing test keeps its
+//! backtrace. Nothing skips: without privileges the tracer fails to start and the test fails.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The tracer binary: `TCPTRACE_BIN`, else next to the test executable's target dir.
+pub fn tcptrace_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TCPTRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    target_bin("tcptrace")
+}
+
+/// The scripted peer: `TCPSCENARIO_BIN`, else next to the test executable.
+pub fn scenario_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TCPSCENARIO_BIN") {
+        return PathBuf::from(p);
+    }
+    target_bin("tcpscenario")
+}
+
+fn target_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not found: build it first (cargo build --workspace)", p.display());
+    p
+}
+
+/// A port nobody listens on right now.
+pub fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind :0").local_addr().unwrap().port()
+}
+
+/// A child process whose stdout is read line by line in the background.
+pub struct Proc {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, stdin, lines: rx, seen: Vec::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a line starting with `prefix`; returns the rest of it.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Lines starting with `prefix` seen so far (after `expect` calls).
+    pub fn seen_with(&self, prefix: &str) -> Vec<String> {
+        self.seen.iter().filter_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string())).collect()
+    }
+
+    /// Waits for `done`, collecting everything before it.
+    pub fn wait_done(&mut self, timeout: Duration) {
+        self.expect("done", timeout);
+    }
+
+    /// Closes stdin (the peer then releases what it kept) and waits for exit.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `tcpscenario server ...`; returns once it listens.
+pub fn server(bind: SocketAddr, args: &[&str]) -> (Proc, u16) {
+    let mut p = Proc::spawn(Command::new(scenario_bin()).arg("server").arg("--bind").arg(bind.to_string()).args(args));
+    let port: u16 = p.expect("listening", Duration::from_secs(10)).parse().unwrap();
+    (p, port)
+}
+
+/// `tcpscenario client ...`.
+pub fn client(to: SocketAddr, args: &[&str]) -> Proc {
+    Proc::spawn(Command::new(scenario_bin()).arg("client").arg("--connect").arg(to.to_string()).args(args))
+}
+
+/// The tracer as a child process.
+pub struct Tracer {
+    child: Child,
+    stdout: thread::JoinHandle<String>,
+    stderr: thread::JoinHandle<String>,
+    pub started: String,
+}
+
+pub struct TracerOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+}
+
+impl TracerOutput {
+    /// stdout parsed as JSON lines.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// stdout parsed as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("bad JSON document: {e}\n{}", self.stdout))
+    }
+}
+
+impl Tracer {
+    /// Starts `tcptrace ARGS` and waits until its programs are attached (the "attached" line on
+    /// stderr). Panics with the tracer's own error if it exits first: lacking privileges is a
+    /// failure, never a skip.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tcptrace_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcptrace");
+        let mut out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel::<String>();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut early = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    early.push(l.clone());
+                    if l.contains("attached") {
+                        return Tracer { child, stdout, stderr, started: early.join("\n") };
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
+                    panic!("tcptrace {args:?} exited before attaching:\n{}", early.join("\n"));
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tcptrace {args:?} did not attach within 60 s:\n{}", early.join("\n"));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` (SIGINT by default for a clean stop) and collects the output.
+    pub fn stop_with(self, sig: i32) -> TracerOutput {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.wait()
+    }
+
+    pub fn stop(self) -> TracerOutput {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Waits for the tracer to exit on its own (e.g. `--duration`).
+    pub fn wait(mut self) -> TracerOutput {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        TracerOutput {
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+            code: status.code(),
+        }
+    }
+}
+
+/// Runs tcptrace to completion with the given args (for commands that exit by themselves or
+/// fail), returning its output.
+pub fn run_tcptrace(args: &[&str]) -> TracerOutput {
+    let out = Command::new(tcptrace_bin()).args(args).stdin(Stdio::null()).output().expect("run tcptrace");
+    TracerOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
+}
+
+/// `ss -tanH` rows whose local or remote port is `port`: (state, local, remote).
+pub fn ss_rows(port: u16) -> Vec<(String, String, String)> {
+    let out = Command::new("ss")
+        .args(["-tanH", &format!("( sport = :{port} or dport = :{port} )")])
+        .output()
+        .expect("run ss");
+    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 5).then(|| (f[0].to_string(), f[3].to_string(), f[4].to_string()))
+        })
+        .collect()
+}
+
+/// Writes a line to a child's stdin (unused by most tests; kept for interactive peers).
+pub fn send_line(stdin: &mut ChildStdin, line: &str) {
+    writeln!(stdin, "{line}").expect("write to child");
+}
+
+/// Addresses to run every scenario over.
+pub fn loopbacks() -> [IpAddr; 2] {
+    ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]
+}

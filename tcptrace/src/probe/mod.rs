@@ -1,1 +1,362 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! The probe: the only code that talks to aya. It loads the kernel programs, picks the hook for
+//! this kernel, attaches, drains the ring buffer into decoded events, and reads loss counters.
+
+pub mod btf;
+pub mod kernel;
+pub mod loss;
+pub mod reader;
+pub mod stats;
+pub mod tracefs;
+
+use std::fmt;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tcptrace_common::filter::{
+    MAX_FILTER_PORTS, PORT_FILTER_HAS_LOCAL, PORT_FILTER_ON, PORT_MATCH_LOCAL, ProbeConfig,
+};
+
+pub use loss::LossReport;
+pub use reader::EventReader;
+use stats::ProgStats;
+
+/// The kernel object built by `build.rs` from `tcptrace-ebpf`.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace.bpf.o"));
+
+/// Which kernel hook delivers the transitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPath {
+    /// BTF-typed tracepoint: typed `struct sock *`, socket cookies, cheaper dispatch, and a
+    /// backup program that recovers nested transitions.
+    TpBtf,
+    /// Classic tracepoint with the record layout from tracefs: works without BTF; no cookie.
+    Tracepoint,
+}
+
+impl fmt::Display for HookPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HookPath::TpBtf => "tp_btf",
+            HookPath::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// How to load the probe.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes: a power of two and a multiple of the page size.
+    pub ring_bytes: u32,
+    /// Only AF_INET (2) or AF_INET6 (10); None for both.
+    pub family: Option<u16>,
+    /// Ports with `PORT_MATCH_LOCAL` / `PORT_MATCH_REMOTE` bits. Empty: no port filter.
+    pub ports: Vec<(u16, u8)>,
+    /// Force a hook path instead of picking the best this kernel offers.
+    pub force_path: Option<HookPath>,
+    /// Load the backup program on the tp_btf path (on by default; off only to measure it).
+    pub backup: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            ring_bytes: DEFAULT_RING_BYTES,
+            family: None,
+            ports: Vec::new(),
+            force_path: None,
+            backup: true,
+        }
+    }
+}
+
+pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "tcptrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_NET_ADMIN \
+         and CAP_SYS_PTRACE for the socket table and owners): run it with sudo"
+    )]
+    NoPrivilege,
+    #[error(
+        "this kernel has no sock:inet_sock_set_state tracepoint (added in Linux 4.16); \
+         tcptrace cannot trace TCP state changes here"
+    )]
+    NoTracepoint,
+    #[error("ring size {0} is invalid: use a power of two of at least {1} bytes, e.g. 8M")]
+    RingSize(u32, u32),
+    #[error("at most {MAX_FILTER_PORTS} ports can be filtered, {0} given")]
+    TooManyPorts(usize),
+    #[error("{what}: {source}")]
+    Aya { what: String, source: anyhow::Error },
+}
+
+fn aya_err<E: Into<anyhow::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> ProbeError {
+    let what = what.into();
+    move |e| ProbeError::Aya { what, source: e.into() }
+}
+
+/// The loaded and attached programs. Dropping it detaches everything; nothing is pinned, so a
+/// killed tcptrace leaves nothing behind either (the kernel drops the programs with the fds).
+pub struct Probe {
+    ebpf: Ebpf,
+    path: HookPath,
+    /// Names of the attached programs, and whether each counts towards lost events.
+    programs: Vec<(&'static str, ProgRole)>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Why the preferred path was not taken, if it was not.
+    pub fallback_reason: Option<String>,
+    pub ring_bytes: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgRole {
+    Primary,
+    Backup,
+    Reset,
+}
+
+const COUNTER_RESERVE_FAILED: u32 = 0;
+const COUNTER_BACKUP_EMITTED: u32 = 1;
+const COUNTER_FILTERED: u32 = 2;
+
+/// Raw counters from the kernel side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ring_full: u64,
+    pub backup_emitted: u64,
+    pub filtered: u64,
+    pub primary_skipped: u64,
+    pub reset_skipped: u64,
+}
+
+impl Probe {
+    /// Loads and attaches, preferring tp_btf and falling back to the classic tracepoint.
+    pub fn load(opts: &ProbeOptions) -> Result<(Probe, EventReader), ProbeError> {
+        check_privileges()?;
+        let page = page_size();
+        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < page {
+            return Err(ProbeError::RingSize(opts.ring_bytes, page));
+        }
+        if opts.ports.len() > MAX_FILTER_PORTS as usize {
+            return Err(ProbeError::TooManyPorts(opts.ports.len()));
+        }
+        // Classic tracepoints need tracefs; it is also how we tell "no such tracepoint".
+        let tracefs = tracefs::tracefs_root().ok();
+        if let Some(root) = &tracefs {
+            if !root.join("events/sock/inet_sock_set_state").exists() {
+                return Err(ProbeError::NoTracepoint);
+            }
+        }
+        let (path, fallback_reason) = match opts.force_path {
+            Some(p) => (p, None),
+            None => match btf::sock_offsets() {
+                Ok(_) => (HookPath::TpBtf, None),
+                Err(e) => (HookPath::Tracepoint, Some(e.to_string())),
+            },
+        };
+        let mut probe = match path {
+            HookPath::TpBtf => load_tp_btf(opts)?,
+            HookPath::Tracepoint => load_tracepoint(opts)?,
+        };
+        probe.fallback_reason = fallback_reason;
+        let ring = probe
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| aya_err("EVENTS map")(anyhow::anyhow!("missing from the object")))?;
+        let ring = RingBuf::try_from(ring).map_err(aya_err("EVENTS ring buffer"))?;
+        let reader = EventReader::new(ring).map_err(aya_err("ring buffer reader"))?;
+        Ok((probe, reader))
+    }
+
+    pub fn path(&self) -> HookPath {
+        self.path
+    }
+
+    /// Kernel statistics of every attached program, by name.
+    pub fn program_stats(&self) -> Vec<(&'static str, ProgStats)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, _)| {
+                let prog = self.ebpf.program(name)?;
+                let fd = prog.fd().ok()?;
+                Some((*name, stats::prog_stats(fd).ok()?))
+            })
+            .collect()
+    }
+
+    /// Reads the kernel-side counters: ring reservation failures (summed over CPUs) and the
+    /// runs the kernel skipped, per program role.
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let sum = |slot: u32| -> u64 {
+            self.counters.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        let mut c = KernelCounters {
+            ring_full: sum(COUNTER_RESERVE_FAILED),
+            backup_emitted: sum(COUNTER_BACKUP_EMITTED),
+            filtered: sum(COUNTER_FILTERED),
+            ..Default::default()
+        };
+        for (name, st) in self.program_stats() {
+            let role = self.programs.iter().find(|(n, _)| *n == name).map(|(_, r)| *r);
+            match role {
+                Some(ProgRole::Primary) => c.primary_skipped += st.recursion_misses,
+                Some(ProgRole::Reset) => c.reset_skipped += st.recursion_misses,
+                // A skipped backup run is not a loss: the primary handled that event (the two
+                // can only be nested in opposite orders).
+                Some(ProgRole::Backup) | None => {}
+            }
+        }
+        c
+    }
+
+    /// The full loss picture: kernel counters plus what the reader saw.
+    pub fn loss(&self, reader: &EventReader) -> LossReport {
+        let k = self.kernel_counters();
+        LossReport {
+            ring_full: k.ring_full,
+            primary_skipped: k.primary_skipped,
+            recovered: reader.dedup.recovered,
+            reset_skipped: k.reset_skipped,
+            duplicates: reader.dedup.duplicates,
+            undecodable: reader.undecodable,
+        }
+    }
+}
+
+fn base_loader<'a>(cfg: &'a ProbeConfig, opts: &ProbeOptions) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("CONFIG", cfg, true)
+        .map_max_entries("EVENTS", opts.ring_bytes);
+    loader
+}
+
+fn probe_config(opts: &ProbeOptions) -> ProbeConfig {
+    ProbeConfig {
+        family: opts.family.unwrap_or(0),
+        port_filter: port_filter_bits(&opts.ports),
+        no_wakeup: 1,
+        // Wake the reader only when the ring is half full; it polls on a timer otherwise.
+        wakeup_bytes: opts.ring_bytes / 2,
+        ..Default::default()
+    }
+}
+
+fn port_filter_bits(ports: &[(u16, u8)]) -> u8 {
+    let mut bits = 0;
+    if !ports.is_empty() {
+        bits |= PORT_FILTER_ON;
+    }
+    if ports.iter().any(|(_, b)| b & PORT_MATCH_LOCAL != 0) {
+        bits |= PORT_FILTER_HAS_LOCAL;
+    }
+    bits
+}
+
+fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
+    let offsets = btf::sock_offsets().map_err(aya_err("reading struct sock offsets from BTF"))?;
+    let mut cfg = probe_config(opts);
+    cfg.offsets = offsets;
+    let btf = Btf::from_sys_fs().map_err(aya_err("loading kernel BTF"))?;
+    let mut ebpf = base_loader(&cfg, opts).load(BPF_OBJECT).map_err(aya_err("loading the kernel object"))?;
+    fill_ports(&mut ebpf, opts)?;
+    let mut programs = vec![("set_state_btf", ProgRole::Primary)];
+    if opts.backup {
+        programs.push(("set_state_btf_backup", ProgRole::Backup));
+    }
+    programs.push(("reset_rx_btf", ProgRole::Reset));
+    programs.push(("reset_tx_btf", ProgRole::Reset));
+    let hooks = [
+        ("set_state_btf", "inet_sock_set_state"),
+        ("set_state_btf_backup", "inet_sock_set_state"),
+        ("reset_rx_btf", "tcp_receive_reset"),
+        ("reset_tx_btf", "tcp_send_reset"),
+    ];
+    // Attach order matters: the primary must run first for each event so the backup can tell
+    // whether it ran. Programs on one hook run in attach order.
+    for (name, _) in &programs {
+        let hook = hooks.iter().find(|(n, _)| n == name).map(|(_, h)| *h).unwrap_or_default();
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| aya_err(*name)(anyhow::anyhow!("missing from the object")))?
+            .try_into()
+            .map_err(aya_err(*name))?;
+        prog.load(hook, &btf).map_err(aya_err(format!("loading {name} on {hook}")))?;
+        prog.attach().map_err(aya_err(format!("attaching {name} to {hook}")))?;
+    }
+    let counters = take_counters(&mut ebpf)?;
+    Ok(Probe {
+        ebpf,
+        path: HookPath::TpBtf,
+        programs,
+        counters,
+        fallback_reason: None,
+        ring_bytes: opts.ring_bytes,
+    })
+}
+
+fn load_tracepoint(_opts: &ProbeOptions) -> Result<Probe, ProbeError> {
+    let _ = TracePoint::load;
+    Err(ProbeError::Aya {
+        what: "classic tracepoint path".into(),
+        source: anyhow::anyhow!("not available in this build"),
+    })
+}
+
+fn fill_ports(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<(), ProbeError> {
+    if opts.ports.is_empty() {
+        return Ok(());
+    }
+    let mut map: BpfHashMap<_, u16, u8> = ebpf
+        .map_mut("PORTS")
+        .ok_or_else(|| aya_err("PORTS map")(anyhow::anyhow!("missing from the object")))?
+        .try_into()
+        .map_err(aya_err("PORTS map"))?;
+    for &(port, bits) in &opts.ports {
+        let cur = map.get(&port, 0).unwrap_or(0);
+        map.insert(port, cur | bits, 0).map_err(aya_err("filling PORTS"))?;
+    }
+    Ok(())
+}
+
+fn take_counters(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+    let map = ebpf
+        .take_map("COUNTERS")
+        .ok_or_else(|| aya_err("COUNTERS map")(anyhow::anyhow!("missing from the object")))?;
+    PerCpuArray::try_from(map).map_err(aya_err("COUNTERS map"))
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no side effects.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u32 }
+}
+
+/// Root, or CAP_BPF + CAP_PERFMON in the effective set (Linux 5.8+).
+fn check_privileges() -> Result<(), ProbeError> {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    if (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN) {
+        Ok(())
+    } else {
+        Err(ProbeError::NoPrivilege)
+    }
+}

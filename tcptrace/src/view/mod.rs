@@ -1,1 +1,3 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! Views: how results reach the user.
+
+pub mod trace;

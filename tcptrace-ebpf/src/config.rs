@@ -1,0 +1,66 @@
+//! Load-time configuration and the maps every program shares.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tcptrace_common::filter::{MAX_FILTER_PORTS, ProbeConfig};
+
+/// Filled by userspace before load (`EbpfLoader::override_global`); read-only afterwards, so the
+/// verifier sees constants and prunes disabled filters.
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig {
+    offsets: tcptrace_common::filter::SockOffsets {
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_dport: 0,
+        skc_num: 0,
+        skc_family: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        skc_net: 0,
+        net_ns_inum: 0,
+        sk_protocol: 0,
+        sk_protocol_size: 0,
+        _pad: 0,
+    },
+    family: 0,
+    port_filter: 0,
+    no_wakeup: 1,
+    wakeup_bytes: 0,
+};
+
+#[inline(always)]
+pub fn config() -> ProbeConfig {
+    // SAFETY: a read of a global; volatile so the compiler does not fold the default value in.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Event records to userspace. Userspace sets the size at load (`--ring-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Per-CPU counters userspace reads: see `COUNTER_*`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// `bpf_ringbuf_reserve` failed: the ring was full. Each one is a lost event.
+pub const COUNTER_RESERVE_FAILED: u32 = 0;
+/// Events the backup program emitted (recoveries plus the rare duplicate).
+pub const COUNTER_BACKUP_EMITTED: u32 = 1;
+/// Events dropped by the in-kernel filters (not lost: unwanted).
+pub const COUNTER_FILTERED: u32 = 2;
+const COUNTER_SLOTS: u32 = 4;
+
+/// Ports the user asked for: value bits are `PORT_MATCH_LOCAL` / `PORT_MATCH_REMOTE`.
+#[map]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; the program is not re-entered on this CPU while it runs (the
+        // kernel skips nested runs of the same program), so a plain add is race-free.
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,83 @@
+//! Filling the task fields, applying the in-kernel filters, and handing records to userspace.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+    },
+};
+use tcptrace_common::{
+    event::RawEvent,
+    filter::{
+        PORT_FILTER_HAS_LOCAL, PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig,
+    },
+};
+
+use crate::config::{COUNTER_FILTERED, COUNTER_RESERVE_FAILED, EVENTS, PORTS, count};
+
+/// Stamps the time and the current task. The task is only the socket's owner for some
+/// transitions; `FLAG_OWNER_CONTEXT` says which, and userspace never trusts it otherwise.
+#[inline(always)]
+pub fn fill_task(ev: &mut RawEvent) {
+    // SAFETY: helpers without pointer arguments.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: as above.
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+/// Family and port filters.
+///
+/// A socket in `connect()` has no local port yet: the kernel picks it after the
+/// CLOSE->SYN_SENT transition (see `tcp_v4_connect()`,
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L283>). Such an event
+/// passes when its remote port matches, or when a local-port filter exists (userspace decides
+/// once the port is known).
+#[inline(always)]
+pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
+    if cfg.family != 0 && ev.family != cfg.family {
+        return false;
+    }
+    if cfg.port_filter & PORT_FILTER_ON != 0 {
+        // SAFETY: the values are plain bytes; a concurrent update at worst gives the old value.
+        let remote = unsafe { PORTS.get(&ev.dport) }.copied().unwrap_or(0);
+        if remote & PORT_MATCH_REMOTE != 0 {
+            return true;
+        }
+        if ev.sport == 0 {
+            return cfg.port_filter & PORT_FILTER_HAS_LOCAL != 0;
+        }
+        // SAFETY: as above.
+        let local = unsafe { PORTS.get(&ev.sport) }.copied().unwrap_or(0);
+        return local & PORT_MATCH_LOCAL != 0;
+    }
+    true
+}
+
+/// Copies the record into the ring buffer without waking the reader, unless enough data waits.
+///
+/// Waking userspace per event raises an irq_work IPI per event: it slows the host several-fold
+/// and opens the window in which nested softirq transitions are skipped (see the guide). The
+/// reader polls on a short timer instead; a wakeup is forced only when the ring is filling up.
+#[inline(always)]
+pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
+    if !wanted(ev, cfg) {
+        count(COUNTER_FILTERED);
+        return;
+    }
+    let mut flags = BPF_RB_NO_WAKEUP as u64;
+    if cfg.no_wakeup == 0 {
+        flags = 0;
+    } else if cfg.wakeup_bytes != 0
+        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64
+    {
+        flags = BPF_RB_FORCE_WAKEUP as u64;
+    }
+    if EVENTS.output::<RawEvent>(ev, flags).is_err() {
+        count(COUNTER_RESERVE_FAILED);
+    }
+}

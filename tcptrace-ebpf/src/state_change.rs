@@ -1,0 +1,108 @@
+//! `sock:inet_sock_set_state`: every state change of a full TCP socket.
+//! <https://github.com/torvalds/linux/blob/v6.1/include/trace/events/sock.h#L141>
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    macros::map,
+    maps::PerCpuArray,
+    programs::BtfTracePointContext,
+};
+use tcptrace_common::{
+    event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RawEvent},
+    state::runs_in_owner_context,
+    EventKind,
+};
+
+use crate::{
+    config::{COUNTER_BACKUP_EMITTED, config, count},
+    emit, sock,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+/// The transition the primary program started on, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastSeen {
+    cookie: u64,
+    states: u64,
+}
+
+/// Written by the primary as its very first action, read by the backup. The backup emits only
+/// when the current transition differs: then the primary was already running on this CPU (a
+/// softirq interrupted it) and the kernel skipped it. Keying on the event itself rather than on
+/// an "I am running" flag leaves no window before the flag is set or after it is cleared.
+#[map]
+static LAST: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
+    let sk_btf: *const c_void = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // SAFETY: sk is the tracepoint's typed `struct sock *`, which this helper accepts.
+    let cookie = unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
+    let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
+    let Some(last) = LAST.get_ptr_mut(0) else {
+        return 0;
+    };
+    match role {
+        Role::Primary => {
+            // SAFETY: per-CPU slot of this program.
+            unsafe { *last = LastSeen { cookie, states } };
+        }
+        Role::Backup => {
+            // SAFETY: per-CPU slot; a torn read is impossible on one CPU between programs.
+            let seen = unsafe { *last };
+            if seen.cookie == cookie && seen.states == states {
+                return 0;
+            }
+        }
+    }
+    // The verifier forbids variable-offset arithmetic on the typed pointer; read the address as
+    // a plain number and use bpf_probe_read_kernel for the fields.
+    // SAFETY: the context holds the tracepoint arguments as u64s; argument 0 is `sk`.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr_u64()) }) else {
+        return 0;
+    };
+    let cfg = config();
+    if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
+        return 0;
+    }
+    let mut ev = RawEvent::zeroed();
+    sock::fill_endpoints(sk, &cfg.offsets, &mut ev);
+    emit::fill_task(&mut ev);
+    ev.cookie = cookie;
+    ev.skaddr = sk;
+    ev.kind = EventKind::StateChange as u8;
+    ev.oldstate = old as u8;
+    ev.newstate = new as u8;
+    ev.flags = FLAG_HAS_COOKIE;
+    if runs_in_owner_context(ev.oldstate, ev.newstate) {
+        ev.flags |= FLAG_OWNER_CONTEXT;
+    }
+    if role == Role::Backup {
+        ev.flags |= FLAG_FROM_BACKUP;
+        count(COUNTER_BACKUP_EMITTED);
+    }
+    emit::submit(&ev, &cfg);
+    0
+}
+
+/// Raw access to the first context slot.
+trait CtxSlot {
+    fn as_ptr_u64(&self) -> *const u64;
+}
+
+impl CtxSlot for BtfTracePointContext {
+    fn as_ptr_u64(&self) -> *const u64 {
+        use aya_ebpf::EbpfContext;
+        self.as_ptr() as *const u64
+    }
+}

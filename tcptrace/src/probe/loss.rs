@@ -1,0 +1,131 @@
+//! Lost-event accounting. Events are never lost silently: every way the kernel side can fail to
+//! deliver a transition is counted here and shown wherever results are shown.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::event::Event;
+
+/// Where events were lost, and what the backup program recovered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LossReport {
+    /// `bpf_ringbuf_reserve` failed because the ring was full (the reader fell behind).
+    pub ring_full: u64,
+    /// Runs of the primary state-change program the kernel skipped (nested on one CPU).
+    pub primary_skipped: u64,
+    /// Of those, transitions the backup program delivered instead.
+    pub recovered: u64,
+    /// Runs of the reset programs the kernel skipped.
+    pub reset_skipped: u64,
+    /// Copies the backup program sent of a transition the primary had also sent; dropped.
+    pub duplicates: u64,
+    /// Records that could not be decoded (never expected; counted, not hidden).
+    pub undecodable: u64,
+}
+
+impl LossReport {
+    /// Events that never reached userspace: the number to show the user.
+    pub fn lost(&self) -> u64 {
+        self.ring_full
+            + self.primary_skipped.saturating_sub(self.recovered)
+            + self.reset_skipped
+            + self.undecodable
+    }
+}
+
+/// Drops the backup program's duplicates and counts its recoveries.
+///
+/// A duplicate happens when a softirq transition nests after the primary finished an event but
+/// before the backup ran for it: the backup then sees a different "last" event and resends. The
+/// primary's copy is always earlier in the ring, a few records back, so a short window of the
+/// primary's recent transitions finds it. A socket never makes the same transition twice back to
+/// back, so a match is a true duplicate.
+#[derive(Debug)]
+pub struct BackupDedup {
+    recent: VecDeque<(u64, u64, u8, u8)>,
+    pub duplicates: u64,
+    pub recovered: u64,
+}
+
+const WINDOW: usize = 256;
+
+impl Default for BackupDedup {
+    fn default() -> Self {
+        BackupDedup { recent: VecDeque::with_capacity(WINDOW), duplicates: 0, recovered: 0 }
+    }
+}
+
+impl BackupDedup {
+    /// Returns false when the event is a duplicate to drop.
+    pub fn keep(&mut self, ev: &Event) -> bool {
+        let Some((old, new)) = ev.transition() else {
+            return true;
+        };
+        let key = (ev.sock.cookie, ev.sock.skaddr, old as u8, new as u8);
+        if ev.from_backup {
+            if self.recent.contains(&key) {
+                self.duplicates += 1;
+                return false;
+            }
+            self.recovered += 1;
+            return true;
+        }
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(key);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{SockId, Task, What};
+    use tcptrace_common::TcpState;
+
+    fn ev(cookie: u64, old: TcpState, new: TcpState, backup: bool) -> Event {
+        Event {
+            ts_ns: 1,
+            sock: SockId { cookie, skaddr: cookie * 8 },
+            netns: 1,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            what: What::Transition { old, new },
+            task: Task { pid: 0, tid: 0, comm: String::new(), cgroup_id: 0 },
+            owner_context: false,
+            from_backup: backup,
+        }
+    }
+
+    #[test]
+    fn backup_copy_of_a_primary_event_is_dropped_and_counted() {
+        let mut d = BackupDedup::default();
+        assert!(d.keep(&ev(1, TcpState::FinWait1, TcpState::FinWait2, false)));
+        assert!(d.keep(&ev(2, TcpState::Established, TcpState::CloseWait, false)));
+        assert!(!d.keep(&ev(1, TcpState::FinWait1, TcpState::FinWait2, true)));
+        assert_eq!((d.duplicates, d.recovered), (1, 0));
+    }
+
+    #[test]
+    fn backup_event_the_primary_missed_is_a_recovery() {
+        let mut d = BackupDedup::default();
+        assert!(d.keep(&ev(1, TcpState::FinWait1, TcpState::FinWait2, false)));
+        assert!(d.keep(&ev(2, TcpState::FinWait2, TcpState::Close, true)));
+        assert_eq!((d.duplicates, d.recovered), (0, 1));
+    }
+
+    #[test]
+    fn lost_subtracts_recoveries_only_from_primary_skips() {
+        let r = LossReport {
+            ring_full: 3,
+            primary_skipped: 10,
+            recovered: 9,
+            reset_skipped: 2,
+            duplicates: 4,
+            undecodable: 0,
+        };
+        assert_eq!(r.lost(), 3 + 1 + 2);
+    }
+}

@@ -1,0 +1,80 @@
+//! Draining the ring buffer. The kernel side never wakes us per event, so the reader polls on a
+//! short timer, and also wakes when the kernel forces a wakeup because the ring is half full.
+
+use std::{os::fd::AsRawFd, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::loss::BackupDedup;
+use crate::event::{Event, decode};
+
+pub const DEFAULT_POLL: Duration = Duration::from_millis(5);
+
+pub struct EventReader {
+    ring: AsyncFd<RawRing>,
+    pub dedup: BackupDedup,
+    pub undecodable: u64,
+    /// Records read, before deduplication.
+    pub records: u64,
+    pub poll: Duration,
+}
+
+/// AsyncFd needs an owner that is AsRawFd.
+struct RawRing(RingBuf<MapData>);
+
+impl AsRawFd for RawRing {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl EventReader {
+    /// Must be called inside a tokio runtime.
+    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<EventReader> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped
+        // together with this AsyncFd.
+        let ring = unsafe { AsyncFd::register_with_interest(RawRing(ring), Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(EventReader {
+            ring,
+            dedup: BackupDedup::default(),
+            undecodable: 0,
+            records: 0,
+            poll: DEFAULT_POLL,
+        })
+    }
+
+    /// Appends every record waiting in the ring to `out`, decoded and deduplicated. Does not
+    /// block. Returns how many events were appended.
+    pub fn drain_into(&mut self, out: &mut Vec<Event>) -> usize {
+        let before = out.len();
+        let ring = &mut self.ring.get_mut().0;
+        while let Some(item) = ring.next() {
+            self.records += 1;
+            match decode(&item) {
+                Ok(ev) => {
+                    if self.dedup.keep(&ev) {
+                        out.push(ev);
+                    }
+                }
+                Err(_) => self.undecodable += 1,
+            }
+        }
+        out.len() - before
+    }
+
+    /// Waits until the poll interval passes or the kernel wakes us, then drains.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> usize {
+        let poll = self.poll;
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                if let Ok(mut g) = guard {
+                    g.clear_ready();
+                }
+            }
+            _ = tokio::time::sleep(poll) => {}
+        }
+        self.drain_into(out)
+    }
+}

@@ -1,0 +1,239 @@
+//! `tcptrace trace`: one line per transition, as aligned text or JSON lines.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use tcptrace_common::TcpState;
+
+use crate::{clock::WallClock, event::Event};
+
+/// One transition with what the lifecycle table knows about its socket.
+pub struct TraceLine<'a> {
+    pub event: &'a Event,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// The socket's owner, if known; never the softirq task.
+    pub owner: Option<(u32, &'a str)>,
+    /// How the owner is known (kernel_context, listener, fd_scan, snapshot).
+    pub owner_method: Option<&'static str>,
+    /// Time spent in `old`, when the socket was seen entering it.
+    pub dwell_ns: Option<u64>,
+    /// What the lifecycle inferred: e.g. "time_wait" after FIN_WAIT2 -> CLOSE, "reset".
+    pub note: Option<&'static str>,
+}
+
+/// Column widths grow to the widest endpoint seen so far and never shrink, so IPv6 lines stay
+/// aligned with each other once one appears.
+pub struct TextWriter<W: Write> {
+    out: W,
+    clock: WallClock,
+    local_w: usize,
+    remote_w: usize,
+}
+
+impl<W: Write> TextWriter<W> {
+    pub fn new(out: W, clock: WallClock) -> Self {
+        TextWriter { out, clock, local_w: 21, remote_w: 21 }
+    }
+
+    pub fn header(&mut self) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{:<12} {:>7} {:<15} {:<lw$} {:<rw$} {:<11}    {:<11} {:>10}",
+            "TIME",
+            "PID",
+            "COMM",
+            "LOCAL",
+            "REMOTE",
+            "OLD",
+            "NEW",
+            "MS",
+            lw = self.local_w,
+            rw = self.remote_w
+        )
+    }
+
+    pub fn line(&mut self, l: &TraceLine<'_>) -> io::Result<()> {
+        let local = endpoint(&l.event.local);
+        let remote = endpoint(&l.event.remote);
+        self.local_w = self.local_w.max(local.len());
+        self.remote_w = self.remote_w.max(remote.len());
+        let (pid, comm) = match l.owner {
+            Some((p, c)) => (p.to_string(), c.to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let ms = match l.dwell_ns {
+            Some(ns) => format!("{:.3}", ns as f64 / 1e6),
+            None => "-".to_string(),
+        };
+        let note = l.note.map(|n| format!("  ({n})")).unwrap_or_default();
+        writeln!(
+            self.out,
+            "{:<12} {:>7} {:<15} {:<lw$} {:<rw$} {:<11} -> {:<11} {:>10}{}",
+            time_of_day(&self.clock, l.event.ts_ns),
+            pid,
+            comm,
+            local,
+            remote,
+            l.old.name(),
+            l.new.name(),
+            ms,
+            note,
+            lw = self.local_w,
+            rw = self.remote_w
+        )
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `[v6]:port` for IPv6, `a.b.c.d:port` for IPv4: what `ss` prints.
+pub fn endpoint(a: &std::net::SocketAddr) -> String {
+    a.to_string()
+}
+
+fn time_of_day(clock: &WallClock, ts_ns: u64) -> String {
+    let secs = clock.unix_secs(ts_ns);
+    let mut t = libc::tm {
+        tm_sec: 0,
+        tm_min: 0,
+        tm_hour: 0,
+        tm_mday: 0,
+        tm_mon: 0,
+        tm_year: 0,
+        tm_wday: 0,
+        tm_yday: 0,
+        tm_isdst: 0,
+        tm_gmtoff: 0,
+        tm_zone: std::ptr::null(),
+    };
+    let whole = secs.floor() as libc::time_t;
+    // SAFETY: localtime_r writes only into `t`.
+    unsafe { libc::localtime_r(&whole, &mut t) };
+    let ms = ((secs - secs.floor()) * 1000.0) as u32;
+    format!("{:02}:{:02}:{:02}.{:03}", t.tm_hour, t.tm_min, t.tm_sec, ms)
+}
+
+/// The JSON line for one transition. Every field is named and typed; absent facts are `null`.
+#[derive(Serialize)]
+pub struct JsonLine<'a> {
+    /// Wall-clock time, seconds since the Unix epoch.
+    pub time: f64,
+    /// Kernel CLOCK_MONOTONIC timestamp, ns.
+    pub ts_ns: u64,
+    /// Owner pid, or null when not known.
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub owner_method: Option<&'static str>,
+    /// "ipv4" or "ipv6".
+    pub family: &'static str,
+    pub laddr: String,
+    pub lport: u16,
+    pub raddr: String,
+    pub rport: u16,
+    pub old: &'static str,
+    pub new: &'static str,
+    /// Milliseconds spent in `old`, or null when the socket was not seen entering it.
+    pub dwell_ms: Option<f64>,
+    pub note: Option<&'static str>,
+    pub cookie: u64,
+    pub skaddr: String,
+    pub netns: u32,
+    /// The task current in the kernel when the transition happened (may be swapper or the
+    /// peer: that is why `pid` is separate).
+    pub task_pid: u32,
+    pub task_comm: &'a str,
+    pub cgroup_id: u64,
+    /// Recovered by the backup kernel program.
+    pub recovered: bool,
+}
+
+impl<'a> JsonLine<'a> {
+    pub fn new(l: &'a TraceLine<'a>, clock: &WallClock) -> JsonLine<'a> {
+        let e = l.event;
+        JsonLine {
+            time: clock.unix_secs(e.ts_ns),
+            ts_ns: e.ts_ns,
+            pid: l.owner.map(|o| o.0),
+            comm: l.owner.map(|o| o.1),
+            owner_method: l.owner_method,
+            family: if e.is_ipv6() { "ipv6" } else { "ipv4" },
+            laddr: e.local.ip().to_string(),
+            lport: e.local.port(),
+            raddr: e.remote.ip().to_string(),
+            rport: e.remote.port(),
+            old: l.old.name(),
+            new: l.new.name(),
+            dwell_ms: l.dwell_ns.map(|ns| ns as f64 / 1e6),
+            note: l.note,
+            cookie: e.sock.cookie,
+            skaddr: format!("{:#x}", e.sock.skaddr),
+            netns: e.netns,
+            task_pid: e.task.pid,
+            task_comm: &e.task.comm,
+            cgroup_id: e.task.cgroup_id,
+            recovered: e.from_backup,
+        }
+    }
+}
+
+pub fn write_json<W: Write>(out: &mut W, l: &TraceLine<'_>, clock: &WallClock) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &JsonLine::new(l, clock))?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{SockId, Task, What};
+
+    fn ev() -> Event {
+        Event {
+            ts_ns: 5_000_000_000,
+            sock: SockId { cookie: 9, skaddr: 0xffff_0000_0000_1000 },
+            netns: 1,
+            local: "[::1]:8080".parse().unwrap(),
+            remote: "[::1]:40000".parse().unwrap(),
+            what: What::Transition { old: TcpState::Established, new: TcpState::CloseWait },
+            task: Task { pid: 0, tid: 0, comm: "swapper/1".into(), cgroup_id: 1 },
+            owner_context: false,
+            from_backup: false,
+        }
+    }
+
+    #[test]
+    fn text_line_shows_dash_for_unknown_owner_and_aligns() {
+        let e = ev();
+        let mut buf = Vec::new();
+        let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
+        let line = TraceLine { event: &e, old: TcpState::Established, new: TcpState::CloseWait, owner: None, owner_method: None, dwell_ns: Some(1_500_000), note: None };
+        w.line(&line).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        assert!(s.contains("      - -"), "{s}");
+        assert!(!s.contains("swapper"), "the softirq task is never shown as owner: {s}");
+        assert!(s.contains("ESTABLISHED -> CLOSE_WAIT"), "{s}");
+        assert!(s.contains("1.500"), "{s}");
+        assert!(s.contains("[::1]:8080"), "{s}");
+    }
+
+    #[test]
+    fn json_line_is_typed_and_escapes_comm() {
+        let mut e = ev();
+        e.task.comm = "evil\"\n{".into();
+        let line = TraceLine { event: &e, old: TcpState::Established, new: TcpState::CloseWait, owner: Some((7, "a\"b")), owner_method: Some("listener"), dwell_ns: None, note: None };
+        let mut buf = Vec::new();
+        write_json(&mut buf, &line, &WallClock::with_offset_ns(0)).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        assert_eq!(s.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["pid"], 7);
+        assert_eq!(v["comm"], "a\"b");
+        assert_eq!(v["task_comm"], "evil\"\n{");
+        assert_eq!(v["dwell_ms"], serde_json::Value::Null);
+        assert_eq!(v["family"], "ipv6");
+        assert_eq!(v["lport"], 8080);
+        assert_eq!(v["old"], "ESTABLISHED");
+    }
+}

@@ -1,0 +1,214 @@
+//! A loopback TCP peer with scripted behaviour, run as its own process so that tests can check
+//! that each socket is attributed to the process that really owns it (and never to its peer).
+//!
+//! ```text
+//! tcpscenario server --bind ADDR:PORT [--conns N] [--on-eof close|leak] [--close-delay-ms X]
+//!                    [--close-first-ms X] [--linger0]
+//! tcpscenario client --connect ADDR:PORT [--conns N] [--bind-ip IP] [--hold-ms X]
+//!                    [--wait-eof] [--close-delay-ms X] [--linger0] [--leak]
+//! ```
+//! It prints `listening PORT`, `accepted LOCAL PEER`, `connected LOCAL PEER`, `refused ERR`, and
+//! `done` on stdout, then keeps every socket it did not close until stdin is closed.
+
+use std::{
+    io::{BufRead, Read},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::Duration,
+};
+
+struct Opts {
+    addr: SocketAddr,
+    conns: usize,
+    on_eof_leak: bool,
+    close_delay: Duration,
+    close_first: Option<Duration>,
+    linger0: bool,
+    hold: Duration,
+    wait_eof: bool,
+    leak: bool,
+    bind_ip: Option<std::net::IpAddr>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let role = args.first().cloned().unwrap_or_default();
+    let mut o = Opts {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        conns: 1,
+        on_eof_leak: false,
+        close_delay: Duration::ZERO,
+        close_first: None,
+        linger0: false,
+        hold: Duration::ZERO,
+        wait_eof: false,
+        leak: false,
+        bind_ip: None,
+    };
+    let mut it = args.iter().skip(1);
+    let ms = |v: Option<&String>| Duration::from_millis(v.expect("value").parse().expect("ms"));
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bind" | "--connect" => o.addr = it.next().expect("addr").parse().expect("addr"),
+            "--conns" => o.conns = it.next().expect("n").parse().expect("n"),
+            "--on-eof" => o.on_eof_leak = it.next().map(|s| s == "leak").unwrap_or(false),
+            "--close-delay-ms" => o.close_delay = ms(it.next()),
+            "--close-first-ms" => o.close_first = Some(ms(it.next())),
+            "--hold-ms" => o.hold = ms(it.next()),
+            "--linger0" => o.linger0 = true,
+            "--wait-eof" => o.wait_eof = true,
+            "--leak" => o.leak = true,
+            "--bind-ip" => o.bind_ip = Some(it.next().expect("ip").parse().expect("ip")),
+            other => panic!("tcpscenario: unknown argument {other}"),
+        }
+    }
+    let kept = match role.as_str() {
+        "server" => server(&o),
+        "client" => client(&o),
+        _ => panic!("tcpscenario: first argument must be server or client"),
+    };
+    println!("done");
+    // Hold leaked sockets until the test is done with us.
+    let mut sink = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut sink);
+    drop(kept);
+}
+
+fn server(o: &Opts) -> Vec<TcpStream> {
+    let l = TcpListener::bind(o.addr).expect("bind");
+    println!("listening {}", l.local_addr().unwrap().port());
+    let mut handles = Vec::new();
+    for _ in 0..o.conns {
+        let (s, peer) = l.accept().expect("accept");
+        println!("accepted {} {}", s.local_addr().unwrap(), peer);
+        let (leak, delay, first, linger0) = (o.on_eof_leak, o.close_delay, o.close_first, o.linger0);
+        handles.push(thread::spawn(move || serve_one(s, leak, delay, first, linger0)));
+    }
+    let kept = handles.into_iter().filter_map(|h| h.join().unwrap()).collect();
+    drop(l);
+    kept
+}
+
+fn serve_one(
+    mut s: TcpStream,
+    leak: bool,
+    delay: Duration,
+    first: Option<Duration>,
+    linger0: bool,
+) -> Option<TcpStream> {
+    if let Some(d) = first {
+        thread::sleep(d);
+        if linger0 {
+            set_linger0(&s);
+        }
+        return None;
+    }
+    let mut buf = [0u8; 512];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    if leak {
+        return Some(s);
+    }
+    thread::sleep(delay);
+    if linger0 {
+        set_linger0(&s);
+    }
+    None
+}
+
+fn client(o: &Opts) -> Vec<TcpStream> {
+    let mut kept = Vec::new();
+    for _ in 0..o.conns {
+        let s = match o.bind_ip {
+            Some(ip) => connect_from(ip, o.addr),
+            None => TcpStream::connect(o.addr),
+        };
+        let mut s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                println!("refused {}", e.kind());
+                continue;
+            }
+        };
+        println!("connected {} {}", s.local_addr().unwrap(), s.peer_addr().unwrap());
+        thread::sleep(o.hold);
+        if o.wait_eof {
+            let mut buf = [0u8; 512];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            thread::sleep(o.close_delay);
+        }
+        if o.leak {
+            kept.push(s);
+            continue;
+        }
+        if o.linger0 {
+            set_linger0(&s);
+        }
+    }
+    kept
+}
+
+/// Connects from a chosen source address (e.g. 127.0.0.2), so tests get several distinct peers.
+fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let domain = if ip.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket syscalls on a fd we own until it is wrapped in a TcpStream.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let (sa, len) = sockaddr(SocketAddr::new(ip, 0));
+        if libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (sa, len) = sockaddr(to);
+        if libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = &mut ss as *mut _ as *mut libc::sockaddr_in;
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as u16;
+                (*sin).sin_port = v4.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            }
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = &mut ss as *mut _ as *mut libc::sockaddr_in6;
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as u16;
+                (*sin6).sin6_port = v6.port().to_be();
+                (*sin6).sin6_addr.s6_addr = v6.ip().octets();
+            }
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// SO_LINGER with a zero timeout: close() sends a RST instead of a FIN.
+fn set_linger0(s: &TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads `l` for the given length.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}
