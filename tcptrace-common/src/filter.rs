@@ -43,6 +43,78 @@ pub struct SockOffsets {
     pub _pad: u32,
 }
 
+/// Where the classic `sock:inet_sock_set_state` tracepoint puts each field of its record, read
+/// from the event's tracefs `format` file at load time. All values are byte offsets into the
+/// record (which starts with the 8-byte common header), except the sizes and flags.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SetStateTpLayout {
+    /// `const void *skaddr` (8 bytes).
+    pub skaddr: u16,
+    /// `int oldstate`, `int newstate` (4 bytes each).
+    pub oldstate: u16,
+    pub newstate: u16,
+    /// `__u16 sport`, `__u16 dport`: host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// `__u16 family`.
+    pub family: u16,
+    /// `protocol`: `__u16` since 5.6 (commit bf9765145b85, with `sk_protocol`), `__u8` before;
+    /// its size is `protocol_size`.
+    pub protocol: u16,
+    pub protocol_size: u16,
+    /// `__u8 saddr[4]`, `__u8 daddr[4]` (network order).
+    pub saddr: u16,
+    pub daddr: u16,
+    /// `__u8 saddr_v6[16]`, `__u8 daddr_v6[16]` (v4-mapped for AF_INET sockets).
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// 1 once userspace has checked every field's size; 0 (the default) means "not filled".
+    pub validated: u16,
+    pub _pad: u16,
+}
+
+/// [`ResetTpLayout::flags`]: the record has a `family` field (older `tcp_event_sk` records
+/// do not; the address family must then be inferred from the addresses).
+pub const RESET_TP_HAS_FAMILY: u16 = 1 << 0;
+/// [`ResetTpLayout::flags`]: the record has `__u64 sock_cookie` at `sock_cookie`.
+pub const RESET_TP_HAS_SOCK_COOKIE: u16 = 1 << 1;
+/// [`ResetTpLayout::flags`]: addresses and ports come from `struct sockaddr_in`/`sockaddr_in6`
+/// images (`tcp_send_reset` since 6.10): `sport`/`dport` are in network byte order, `family`
+/// is `sa_family`, and `skaddr` may be 0 (a reset sent for an skb with no socket).
+pub const RESET_TP_SOCKADDR: u16 = 1 << 2;
+
+/// Where the classic `tcp:tcp_receive_reset` / `tcp:tcp_send_reset` tracepoints put each field
+/// of their records (byte offsets into the record), from their tracefs `format` files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ResetTpLayout {
+    /// `const void *skaddr` (8 bytes).
+    pub skaddr: u16,
+    /// Ports (2 bytes each): host order unless `RESET_TP_SOCKADDR`.
+    pub sport: u16,
+    pub dport: u16,
+    /// `__u16 family`; meaningful only with `RESET_TP_HAS_FAMILY`.
+    pub family: u16,
+    /// IPv4 addresses (4 bytes each, network order).
+    pub saddr: u16,
+    pub daddr: u16,
+    /// IPv6 addresses (16 bytes each).
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `__u64 sock_cookie`; meaningful only with `RESET_TP_HAS_SOCK_COOKIE`.
+    pub sock_cookie: u16,
+    /// `RESET_TP_*` bits.
+    pub flags: u16,
+    /// 1 once userspace has checked every field's size; 0 (the default) means "not filled".
+    pub validated: u16,
+    pub _pad: u16,
+}
+
+// Both sides compile these; a field added on one side only must not go unnoticed.
+const _: () = assert!(core::mem::size_of::<SetStateTpLayout>() == 28);
+const _: () = assert!(core::mem::size_of::<ResetTpLayout>() == 24);
+
 /// Everything the kernel programs are configured with at load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -62,3 +134,7 @@ pub struct ProbeConfig {
 unsafe impl aya::Pod for ProbeConfig {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockOffsets {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SetStateTpLayout {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ResetTpLayout {}
