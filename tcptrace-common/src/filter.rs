@@ -128,6 +128,10 @@ pub struct ProbeConfig {
     pub no_wakeup: u8,
     /// Wake the reader when at least this many bytes wait in the ring (0: never).
     pub wakeup_bytes: u32,
+    /// Classic tracepoint path: where the record fields are (from the tracefs format files).
+    pub tp_set_state: SetStateTpLayout,
+    pub tp_reset_rx: ResetTpLayout,
+    pub tp_reset_tx: ResetTpLayout,
 }
 
 #[cfg(feature = "user")]

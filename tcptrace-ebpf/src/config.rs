@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::filter::{MAX_FILTER_PORTS, ProbeConfig};
+use tcptrace_common::filter::{MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout};
 
 /// Filled by userspace before load (`EbpfLoader::override_global`); read-only afterwards, so the
 /// verifier sees constants and prunes disabled filters.
@@ -28,6 +28,39 @@ static CONFIG: ProbeConfig = ProbeConfig {
     port_filter: 0,
     no_wakeup: 1,
     wakeup_bytes: 0,
+    tp_set_state: SetStateTpLayout {
+        skaddr: 0,
+        oldstate: 0,
+        newstate: 0,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        protocol: 0,
+        protocol_size: 0,
+        saddr: 0,
+        daddr: 0,
+        saddr_v6: 0,
+        daddr_v6: 0,
+        validated: 0,
+        _pad: 0,
+    },
+    tp_reset_rx: EMPTY_RESET_LAYOUT,
+    tp_reset_tx: EMPTY_RESET_LAYOUT,
+};
+
+const EMPTY_RESET_LAYOUT: ResetTpLayout = ResetTpLayout {
+    skaddr: 0,
+    sport: 0,
+    dport: 0,
+    family: 0,
+    saddr: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+    sock_cookie: 0,
+    flags: 0,
+    validated: 0,
+    _pad: 0,
 };
 
 #[inline(always)]

@@ -16,13 +16,14 @@
 
 mod config;
 mod emit;
+mod record;
 mod reset;
 mod sock;
 mod state_change;
 
 use aya_ebpf::{
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 /// Primary tp_btf program on `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
@@ -41,6 +42,13 @@ pub fn set_state_btf_backup(ctx: BtfTracePointContext) -> i32 {
     state_change::on_btf(&ctx, state_change::Role::Backup)
 }
 
+/// Classic tracepoint fallback for kernels without BTF: fields come from the tracepoint record at
+/// offsets userspace read from its format file.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn set_state_tp(ctx: TracePointContext) -> u32 {
+    state_change::on_tracepoint(&ctx)
+}
+
 /// `tcp_receive_reset(const struct sock *sk)`.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn reset_rx_btf(ctx: BtfTracePointContext) -> i32 {
@@ -52,6 +60,16 @@ pub fn reset_rx_btf(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn reset_tx_btf(ctx: BtfTracePointContext) -> i32 {
     reset::on_btf(&ctx, reset::Direction::Sent)
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn reset_rx_tp(ctx: TracePointContext) -> u32 {
+    reset::on_tracepoint(&ctx, reset::Direction::Received)
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn reset_tx_tp(ctx: TracePointContext) -> u32 {
+    reset::on_tracepoint(&ctx, reset::Direction::Sent)
 }
 
 #[cfg(target_arch = "bpf")]

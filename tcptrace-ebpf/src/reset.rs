@@ -8,14 +8,15 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
-    event::{FLAG_HAS_COOKIE, RawEvent},
+    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
+    filter::{RESET_TP_HAS_FAMILY, RESET_TP_SOCKADDR},
     EventKind,
 };
 
-use crate::{config::config, emit, sock};
+use crate::{config::config, emit, record, sock};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -56,6 +57,52 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
     ev.skaddr = sk;
     ev.kind = dir.kind() as u8;
     ev.flags = FLAG_HAS_COOKIE;
+    emit::submit(&ev, &cfg);
+    0
+}
+
+/// Classic tracepoint path. Since Linux 6.10 `tcp_send_reset` records carry socket-address
+/// images (`saddr[28]`) instead of separate fields; the layout says which form this kernel has.
+#[inline(always)]
+pub fn on_tracepoint(ctx: &TracePointContext, dir: Direction) -> u32 {
+    let cfg = config();
+    let l = match dir {
+        Direction::Received => cfg.tp_reset_rx,
+        Direction::Sent => cfg.tp_reset_tx,
+    };
+    if l.validated == 0 {
+        return 0;
+    }
+    let mut ev = RawEvent::zeroed();
+    ev.skaddr = record::at(ctx, l.skaddr);
+    if ev.skaddr == 0 {
+        // A RST for a segment that matched no full socket.
+        return 0;
+    }
+    ev.family = if l.flags & RESET_TP_HAS_FAMILY != 0 {
+        record::at(ctx, l.family)
+    } else {
+        // Old kernels without the field: a v4 socket has a v4-mapped saddr_v6.
+        let v6: [u8; 16] = record::at(ctx, l.saddr_v6);
+        let mapped = v6[..10] == [0u8; 10] && v6[10] == 0xff && v6[11] == 0xff;
+        if mapped { AF_INET } else { AF_INET6 }
+    };
+    let sport: u16 = record::at(ctx, l.sport);
+    let dport: u16 = record::at(ctx, l.dport);
+    if l.flags & RESET_TP_SOCKADDR != 0 {
+        ev.sport = u16::from_be(sport);
+        ev.dport = u16::from_be(dport);
+    } else {
+        ev.sport = sport;
+        ev.dport = dport;
+    }
+    record::addresses(ctx, &mut ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
+    ev.netns = sock::netns_of(ev.skaddr, &cfg.offsets);
+    if ev.family != AF_INET && ev.family != AF_INET6 {
+        return 0;
+    }
+    emit::fill_task(&mut ev);
+    ev.kind = dir.kind() as u8;
     emit::submit(&ev, &cfg);
     0
 }

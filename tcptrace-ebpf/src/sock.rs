@@ -42,9 +42,21 @@ pub fn fill_endpoints(sk: u64, o: &SockOffsets, ev: &mut RawEvent) -> u16 {
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     }
-    let net: u64 = read(sk, o.skc_net);
-    if net != 0 {
-        ev.netns = read(net, o.net_ns_inum);
-    }
+    ev.netns = netns_of(sk, o);
     family
+}
+
+/// Inode of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`); 0 when the
+/// offsets are unknown (classic tracepoint path on a kernel without BTF), consistently for every
+/// event, so sockets are still keyed the same way.
+#[inline(always)]
+pub fn netns_of(sk: u64, o: &SockOffsets) -> u32 {
+    if o.skc_net == 0 || sk == 0 {
+        return 0;
+    }
+    let net: u64 = read(sk, o.skc_net);
+    if net == 0 {
+        return 0;
+    }
+    read(net, o.net_ns_inum)
 }

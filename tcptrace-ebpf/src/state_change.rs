@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
     macros::map,
     maps::PerCpuArray,
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
     event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RawEvent},
@@ -17,7 +17,7 @@ use tcptrace_common::{
 
 use crate::{
     config::{COUNTER_BACKUP_EMITTED, config, count},
-    emit, sock,
+    emit, record, sock,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,43 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     if role == Role::Backup {
         ev.flags |= FLAG_FROM_BACKUP;
         count(COUNTER_BACKUP_EMITTED);
+    }
+    emit::submit(&ev, &cfg);
+    0
+}
+
+/// The classic tracepoint: no typed socket, so no cookie; the socket is named by `skaddr`.
+/// Classic tracepoints share one per-CPU guard (`bpf_prog_active`) with every kprobe and
+/// tracepoint program, so a backup program would be skipped too: nested transitions are only
+/// counted (as the program's recursion misses), not recovered, on this path.
+#[inline(always)]
+pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
+    let cfg = config();
+    let l = &cfg.tp_set_state;
+    if l.validated == 0 {
+        return 0;
+    }
+    let protocol: u16 = if l.protocol_size == 1 {
+        record::at::<u8>(ctx, l.protocol) as u16
+    } else {
+        record::at::<u16>(ctx, l.protocol)
+    };
+    if protocol != sock::IPPROTO_TCP {
+        return 0;
+    }
+    let mut ev = RawEvent::zeroed();
+    ev.skaddr = record::at(ctx, l.skaddr);
+    ev.oldstate = record::at::<i32>(ctx, l.oldstate) as u8;
+    ev.newstate = record::at::<i32>(ctx, l.newstate) as u8;
+    ev.sport = record::at(ctx, l.sport);
+    ev.dport = record::at(ctx, l.dport);
+    ev.family = record::at(ctx, l.family);
+    record::addresses(ctx, &mut ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
+    ev.netns = sock::netns_of(ev.skaddr, &cfg.offsets);
+    emit::fill_task(&mut ev);
+    ev.kind = EventKind::StateChange as u8;
+    if runs_in_owner_context(ev.oldstate, ev.newstate) {
+        ev.flags |= FLAG_OWNER_CONTEXT;
     }
     emit::submit(&ev, &cfg);
     0

@@ -2,7 +2,7 @@ use tcptrace::probe::{Probe, ProbeOptions};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let (probe, mut reader) = Probe::load(&ProbeOptions::default())?;
+    let mut o = ProbeOptions::default(); if std::env::var("HOOK").is_ok() { o.force_path = Some(tcptrace::probe::HookPath::Tracepoint); } let (probe, mut reader) = Probe::load(&o)?;
     eprintln!("attached via {}", probe.path());
     let mut buf = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

@@ -300,11 +300,47 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     })
 }
 
-fn load_tracepoint(_opts: &ProbeOptions) -> Result<Probe, ProbeError> {
-    let _ = TracePoint::load;
-    Err(ProbeError::Aya {
-        what: "classic tracepoint path".into(),
-        source: anyhow::anyhow!("not available in this build"),
+fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
+    let root = tracefs::tracefs_root().map_err(aya_err("finding tracefs"))?;
+    let set_state = tracefs::event_format(&root, "sock", "inet_sock_set_state")
+        .map_err(|_| ProbeError::NoTracepoint)?;
+    let mut cfg = probe_config(opts);
+    cfg.tp_set_state = tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
+    // Offsets are optional here: with BTF (a forced fallback) the namespace is still read.
+    if let Ok(offsets) = btf::sock_offsets() {
+        cfg.offsets = offsets;
+    }
+    let mut programs = vec![("set_state_tp", ProgRole::Primary, "sock", "inet_sock_set_state")];
+    // The reset tracepoints exist since 4.15/4.16 (tcp_send_reset, tcp_receive_reset); without
+    // them a RST close cannot be told from a TIME_WAIT close, which the startup notice says.
+    for (name, event, slot) in [
+        ("reset_rx_tp", "tcp_receive_reset", &mut cfg.tp_reset_rx),
+        ("reset_tx_tp", "tcp_send_reset", &mut cfg.tp_reset_tx),
+    ] {
+        if let Ok(l) = tracefs::event_format(&root, "tcp", event).and_then(|f| tracefs::reset_layout(&f)) {
+            *slot = l;
+            programs.push((name, ProgRole::Reset, "tcp", event));
+        }
+    }
+    let mut ebpf = base_loader(&cfg, opts).load(BPF_OBJECT).map_err(aya_err("loading the kernel object"))?;
+    fill_ports(&mut ebpf, opts)?;
+    for (name, _, category, event) in &programs {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| aya_err(*name)(anyhow::anyhow!("missing from the object")))?
+            .try_into()
+            .map_err(aya_err(*name))?;
+        prog.load().map_err(aya_err(format!("loading {name}")))?;
+        prog.attach(category, event).map_err(aya_err(format!("attaching {name} to {category}:{event}")))?;
+    }
+    let counters = take_counters(&mut ebpf)?;
+    Ok(Probe {
+        ebpf,
+        path: HookPath::Tracepoint,
+        programs: programs.into_iter().map(|(n, r, _, _)| (n, r)).collect(),
+        counters,
+        fallback_reason: None,
+        ring_bytes: opts.ring_bytes,
     })
 }
 
