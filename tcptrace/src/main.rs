@@ -1,17 +1,38 @@
-use tcptrace::probe::{Probe, ProbeOptions};
+//! The `tcptrace` binary: parse the command line, run the command, report errors plainly.
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let mut o = ProbeOptions::default(); if std::env::var("HOOK").is_ok() { o.force_path = Some(tcptrace::probe::HookPath::Tracepoint); } let (probe, mut reader) = Probe::load(&o)?;
-    eprintln!("attached via {}", probe.path());
-    let mut buf = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::time::Instant::now() < deadline {
-        reader.next_batch(&mut buf).await;
-        for e in buf.drain(..) {
-            println!("{:?} {} {} -> {} pid={} comm={} ctx={} netns={}", e.what, e.sock.cookie, e.local, e.remote, e.task.pid, e.task.comm, e.owner_context, e.netns);
+use clap::Parser;
+use tcptrace::{
+    app,
+    cli::{Cli, Command},
+};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => fail(&anyhow::anyhow!("cannot start the runtime: {e}")),
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Trace(a) => app::trace::run(a).await,
+            Command::Top(a) => app::top::run(a).await,
+            Command::Report(a) => app::report::run(a).await,
         }
+    });
+    if let Err(e) = result {
+        // A closed pipe (`tcptrace trace | head`) is how a reader says "enough".
+        if e.downcast_ref::<std::io::Error>().map(|io| io.kind()) == Some(std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(0);
+        }
+        fail(&e);
     }
-    eprintln!("{:?}", probe.loss(&reader));
-    Ok(())
+}
+
+fn fail(e: &anyhow::Error) -> ! {
+    eprintln!("tcptrace: error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::exit(1);
 }

@@ -294,3 +294,75 @@ pub fn send_line(stdin: &mut ChildStdin, line: &str) {
 pub fn loopbacks() -> [IpAddr; 2] {
     ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]
 }
+
+/// One socket's transitions from `trace --json` output, in order.
+#[derive(Debug, Clone)]
+pub struct SocketTrace {
+    pub cookie: u64,
+    pub lines: Vec<serde_json::Value>,
+}
+
+impl SocketTrace {
+    /// `["CLOSE->SYN_SENT", ...]`.
+    pub fn transitions(&self) -> Vec<String> {
+        self.lines.iter().map(|l| format!("{}->{}", l["old"].as_str().unwrap(), l["new"].as_str().unwrap())).collect()
+    }
+
+    /// Distinct owner pids reported (null excluded).
+    pub fn pids(&self) -> Vec<u64> {
+        let mut p: Vec<u64> = self.lines.iter().filter_map(|l| l["pid"].as_u64()).collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
+    /// The line for one transition, e.g. `("ESTABLISHED", "FIN_WAIT1")`.
+    pub fn line(&self, old: &str, new: &str) -> &serde_json::Value {
+        self.lines
+            .iter()
+            .find(|l| l["old"] == old && l["new"] == new)
+            .unwrap_or_else(|| panic!("no {old}->{new} in {:?}", self.transitions()))
+    }
+}
+
+/// Splits trace lines into socket lives: grouped by the `sock` id, and ended at `-> CLOSE`
+/// (on the classic tracepoint path the id is the kernel address, which is reused afterwards).
+pub fn socket_lives(lines: &[serde_json::Value]) -> Vec<SocketTrace> {
+    let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut lives: Vec<SocketTrace> = Vec::new();
+    for l in lines {
+        let Some(id) = l["sock"].as_u64() else { continue };
+        let idx = *open.entry(id).or_insert_with(|| {
+            lives.push(SocketTrace { cookie: id, lines: Vec::new() });
+            lives.len() - 1
+        });
+        lives[idx].lines.push(l.clone());
+        if l["new"] == "CLOSE" {
+            open.remove(&id);
+        }
+    }
+    lives
+}
+
+/// Socket lives that touched `port` locally (`local == true`) or remotely.
+pub fn sockets_on_port(lines: &[serde_json::Value], port: u16, local: bool) -> Vec<SocketTrace> {
+    let key = if local { "lport" } else { "rport" };
+    socket_lives(lines)
+        .into_iter()
+        .filter(|s| s.lines.iter().any(|l| l[key].as_u64() == Some(port as u64)))
+        .collect()
+}
+
+/// The socket life whose local endpoint is `local` (as tcpscenario prints it).
+pub fn socket_with_local(lines: &[serde_json::Value], local: &str) -> SocketTrace {
+    let want: SocketAddr = local.parse().expect("socket address");
+    socket_lives(lines)
+        .into_iter()
+        .find(|s| {
+            s.lines.iter().any(|l| {
+                l["lport"].as_u64() == Some(want.port() as u64)
+                    && l["laddr"].as_str().and_then(|a| a.parse::<IpAddr>().ok()) == Some(want.ip())
+            })
+        })
+        .unwrap_or_else(|| panic!("no socket with local {local}"))
+}

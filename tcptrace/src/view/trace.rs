@@ -1,6 +1,9 @@
 //! `tcptrace trace`: one line per transition, as aligned text or JSON lines.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+};
 
 use serde::Serialize;
 use tcptrace_common::TcpState;
@@ -8,12 +11,17 @@ use tcptrace_common::TcpState;
 use crate::{clock::WallClock, event::Event};
 
 /// One transition with what the lifecycle table knows about its socket.
-pub struct TraceLine<'a> {
-    pub event: &'a Event,
+#[derive(Clone, Debug)]
+pub struct TraceLine {
+    pub event: Event,
     pub old: TcpState,
     pub new: TcpState,
+    /// The socket's endpoints as last known: at CLOSE the kernel has already released the local
+    /// port (the event says 0), so the lifecycle table's tuple is shown.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     /// The socket's owner, if known; never the softirq task.
-    pub owner: Option<(u32, &'a str)>,
+    pub owner: Option<(u32, String)>,
     /// How the owner is known (kernel_context, listener, fd_scan, snapshot).
     pub owner_method: Option<&'static str>,
     /// Time spent in `old`, when the socket was seen entering it.
@@ -53,13 +61,13 @@ impl<W: Write> TextWriter<W> {
         )
     }
 
-    pub fn line(&mut self, l: &TraceLine<'_>) -> io::Result<()> {
-        let local = endpoint(&l.event.local);
-        let remote = endpoint(&l.event.remote);
+    pub fn line(&mut self, l: &TraceLine) -> io::Result<()> {
+        let local = endpoint(&l.local);
+        let remote = endpoint(&l.remote);
         self.local_w = self.local_w.max(local.len());
         self.remote_w = self.remote_w.max(remote.len());
-        let (pid, comm) = match l.owner {
-            Some((p, c)) => (p.to_string(), c.to_string()),
+        let (pid, comm) = match &l.owner {
+            Some((p, c)) => (p.to_string(), c.clone()),
             None => ("-".to_string(), "-".to_string()),
         };
         let ms = match l.dwell_ns {
@@ -138,6 +146,9 @@ pub struct JsonLine<'a> {
     /// Milliseconds spent in `old`, or null when the socket was not seen entering it.
     pub dwell_ms: Option<f64>,
     pub note: Option<&'static str>,
+    /// Stable socket id for this run: the cookie (tp_btf path) or the kernel address (classic
+    /// path, where an address is reused after the socket closes).
+    pub sock: u64,
     pub cookie: u64,
     pub skaddr: String,
     pub netns: u32,
@@ -151,23 +162,24 @@ pub struct JsonLine<'a> {
 }
 
 impl<'a> JsonLine<'a> {
-    pub fn new(l: &'a TraceLine<'a>, clock: &WallClock) -> JsonLine<'a> {
-        let e = l.event;
+    pub fn new(l: &'a TraceLine, clock: &WallClock) -> JsonLine<'a> {
+        let e = &l.event;
         JsonLine {
             time: clock.unix_secs(e.ts_ns),
             ts_ns: e.ts_ns,
-            pid: l.owner.map(|o| o.0),
-            comm: l.owner.map(|o| o.1),
+            pid: l.owner.as_ref().map(|o| o.0),
+            comm: l.owner.as_ref().map(|o| o.1.as_str()),
             owner_method: l.owner_method,
             family: if e.is_ipv6() { "ipv6" } else { "ipv4" },
-            laddr: e.local.ip().to_string(),
-            lport: e.local.port(),
-            raddr: e.remote.ip().to_string(),
-            rport: e.remote.port(),
+            laddr: l.local.ip().to_string(),
+            lport: l.local.port(),
+            raddr: l.remote.ip().to_string(),
+            rport: l.remote.port(),
             old: l.old.name(),
             new: l.new.name(),
             dwell_ms: l.dwell_ns.map(|ns| ns as f64 / 1e6),
             note: l.note,
+            sock: e.sock.key(),
             cookie: e.sock.cookie,
             skaddr: format!("{:#x}", e.sock.skaddr),
             netns: e.netns,
@@ -179,7 +191,7 @@ impl<'a> JsonLine<'a> {
     }
 }
 
-pub fn write_json<W: Write>(out: &mut W, l: &TraceLine<'_>, clock: &WallClock) -> io::Result<()> {
+pub fn write_json<W: Write>(out: &mut W, l: &TraceLine, clock: &WallClock) -> io::Result<()> {
     serde_json::to_writer(&mut *out, &JsonLine::new(l, clock))?;
     out.write_all(b"\n")
 }
@@ -208,7 +220,7 @@ mod tests {
         let e = ev();
         let mut buf = Vec::new();
         let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
-        let line = TraceLine { event: &e, old: TcpState::Established, new: TcpState::CloseWait, owner: None, owner_method: None, dwell_ns: Some(1_500_000), note: None };
+        let line = TraceLine { local: e.local, remote: e.remote, event: e, old: TcpState::Established, new: TcpState::CloseWait, owner: None, owner_method: None, dwell_ns: Some(1_500_000), note: None };
         w.line(&line).unwrap();
         let s = String::from_utf8(buf).unwrap();
         assert!(s.contains("      - -"), "{s}");
@@ -222,7 +234,7 @@ mod tests {
     fn json_line_is_typed_and_escapes_comm() {
         let mut e = ev();
         e.task.comm = "evil\"\n{".into();
-        let line = TraceLine { event: &e, old: TcpState::Established, new: TcpState::CloseWait, owner: Some((7, "a\"b")), owner_method: Some("listener"), dwell_ns: None, note: None };
+        let line = TraceLine { local: e.local, remote: e.remote, event: e, old: TcpState::Established, new: TcpState::CloseWait, owner: Some((7, "a\"b".into())), owner_method: Some("listener"), dwell_ns: None, note: None };
         let mut buf = Vec::new();
         write_json(&mut buf, &line, &WallClock::with_offset_ns(0)).unwrap();
         let s = String::from_utf8(buf).unwrap();

@@ -6,7 +6,12 @@
 //!                    [--close-first-ms X] [--linger0]
 //! tcpscenario client --connect ADDR:PORT [--conns N] [--bind-ip IP] [--hold-ms X]
 //!                    [--wait-eof] [--close-delay-ms X] [--linger0] [--leak]
+//! tcpscenario simclose --bind ADDR:PORT
 //! ```
+//! `simclose` makes both ends of one connection close at the same time. It must run in a
+//! network namespace of its own: it takes `lo` down so that both FINs are sent before either
+//! is delivered, then brings it back up and lets the retransmissions cross (FIN_WAIT1 ->
+//! CLOSING on both sides).
 //! It prints `listening PORT`, `accepted LOCAL PEER`, `connected LOCAL PEER`, `refused ERR`, and
 //! `done` on stdout, then keeps every socket it did not close until stdin is closed.
 
@@ -66,6 +71,7 @@ fn main() {
     let kept = match role.as_str() {
         "server" => server(&o),
         "client" => client(&o),
+        "simclose" => simclose(&o),
         _ => panic!("tcpscenario: first argument must be server or client"),
     };
     println!("done");
@@ -114,6 +120,27 @@ fn serve_one(
         set_linger0(&s);
     }
     None
+}
+
+fn simclose(o: &Opts) -> Vec<TcpStream> {
+    let l = TcpListener::bind(o.addr).expect("bind");
+    let c = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (a, _) = l.accept().expect("accept");
+    println!("connected {} {}", c.local_addr().unwrap(), c.peer_addr().unwrap());
+    println!("accepted {} {}", a.local_addr().unwrap(), a.peer_addr().unwrap());
+    let lo = |state: &str| {
+        let ok = std::process::Command::new("ip").args(["link", "set", "lo", state]).status();
+        assert!(ok.map(|s| s.success()).unwrap_or(false), "ip link set lo {state}");
+    };
+    lo("down");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown client");
+    a.shutdown(std::net::Shutdown::Write).expect("shutdown server");
+    thread::sleep(Duration::from_millis(50));
+    lo("up");
+    // The FINs are retransmitted after the minimum RTO (200 ms).
+    thread::sleep(Duration::from_millis(1500));
+    drop(l);
+    vec![c, a]
 }
 
 fn client(o: &Opts) -> Vec<TcpStream> {

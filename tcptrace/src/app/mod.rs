@@ -1,0 +1,4 @@
+//! Commands: each wires a source to the pipeline and a view.
+
+pub mod live;
+pub mod trace;

@@ -1,0 +1,163 @@
+//! `tcptrace trace`: every transition, live, with its owner and the time spent in the previous
+//! state.
+
+use std::io::{BufWriter, Write};
+
+use crate::{
+    app::live::{Live, stop_signal},
+    cli::TraceArgs,
+    event::{Event, What},
+    filter::{Filters, OwnerView},
+    lifecycle::{Applied, Change},
+    view::trace::{TextWriter, TraceLine, write_json},
+};
+
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    let filters = args.filter.to_filters();
+    let mut live = Live::start(&args.probe, &filters)?;
+    let stdout = std::io::stdout();
+    let mut out = Out::new(BufWriter::new(stdout.lock()), args.json, live.clock);
+    out.header()?;
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
+    let mut batch = Vec::new();
+    // Lines wait one poll before printing: a RST sent by close() is reported by the kernel just
+    // after the socket's ->CLOSE transition, and the line should say "reset".
+    let mut pending: Vec<TraceLine> = Vec::new();
+    loop {
+        let done = tokio::select! {
+            r = &mut stop => { r?; true }
+            _ = live.next_batch(&mut batch) => false,
+        };
+        if done {
+            live.drain(&mut batch);
+        }
+        let fresh = apply_batch(&mut live, &filters, &mut batch, &mut pending);
+        for l in pending.drain(..) {
+            out.line(&l)?;
+        }
+        pending = fresh;
+        out.flush()?;
+        live.table.expire(crate::clock::monotonic_ns());
+        live.report_new_losses();
+        if done {
+            for l in pending.drain(..) {
+                out.line(&l)?;
+            }
+            out.flush()?;
+            break;
+        }
+    }
+    eprintln!("{}", live.summary_line());
+    Ok(())
+}
+
+/// Feeds a batch to the socket table; returns the lines to print, and marks lines still pending
+/// from the previous batch when a RST for their socket shows up now.
+fn apply_batch(
+    live: &mut Live,
+    filters: &Filters,
+    batch: &mut Vec<Event>,
+    pending: &mut [TraceLine],
+) -> Vec<TraceLine> {
+    let mut lines: Vec<TraceLine> = Vec::new();
+    for ev in batch.drain(..) {
+        let applied = live.table.apply(&ev);
+        if applied.is_duplicate() {
+            continue;
+        }
+        match ev.what {
+            What::ResetSent | What::ResetReceived => {
+                let key = (ev.netns, ev.sock.key());
+                for l in pending.iter_mut().chain(lines.iter_mut()).rev() {
+                    if (l.event.netns, l.event.sock.key()) == key {
+                        if l.new == tcptrace_common::TcpState::Close && l.note != Some("reset") {
+                            l.note = Some("reset");
+                        }
+                        break;
+                    }
+                }
+            }
+            What::Transition { old, new } => {
+                if let Some(line) = trace_line(&ev, old, new, &applied, filters) {
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    lines
+}
+
+fn trace_line(
+    ev: &Event,
+    old: tcptrace_common::TcpState,
+    new: tcptrace_common::TcpState,
+    applied: &Applied,
+    filters: &Filters,
+) -> Option<TraceLine> {
+    let info = applied.sock.as_ref();
+    let local = info.map(|s| s.local).filter(|a| a.port() != 0 || ev.local.port() == 0).unwrap_or(ev.local);
+    let remote = info.map(|s| s.remote).unwrap_or(ev.remote);
+    let owner = info.and_then(|s| s.owner);
+    if !filters.matches_states(old, new)
+        || !filters.matches_endpoints(&local, &remote)
+        || !filters.matches_owner(owner.as_ref().map(|o| OwnerView { pid: o.pid, comm: o.comm.as_str() }))
+    {
+        return None;
+    }
+    let mut note = None;
+    for (who, change) in applied.changes() {
+        if *who != crate::lifecycle::Subject::This {
+            continue;
+        }
+        match change {
+            Change::Entered { state: tcptrace_common::TcpState::TimeWait, .. } => note = Some("time_wait"),
+            Change::HeldInFinWait2 { .. } => note = Some("fin_wait2_orphan"),
+            Change::Closed { reset: true, .. } => note = Some("reset"),
+            _ => {}
+        }
+    }
+    Some(TraceLine {
+        event: ev.clone(),
+        old,
+        new,
+        local,
+        remote,
+        owner: owner.map(|o| (o.pid, o.comm.as_str().to_string())),
+        owner_method: info.and_then(|s| s.attribution).map(|a| a.name()),
+        dwell_ns: applied.dwell_ns,
+        note,
+    })
+}
+
+enum Out<W: Write> {
+    Text(TextWriter<W>),
+    Json(W, crate::clock::WallClock),
+}
+
+impl<W: Write> Out<W> {
+    fn new(w: W, json: bool, clock: crate::clock::WallClock) -> Self {
+        if json { Out::Json(w, clock) } else { Out::Text(TextWriter::new(w, clock)) }
+    }
+
+    fn header(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Text(t) => t.header(),
+            Out::Json(..) => Ok(()),
+        }
+    }
+
+    fn line(&mut self, l: &TraceLine) -> std::io::Result<()> {
+        match self {
+            Out::Text(t) => t.line(l),
+            Out::Json(w, clock) => write_json(w, l, clock),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Text(t) => t.flush(),
+            Out::Json(w, _) => w.flush(),
+        }
+    }
+}
