@@ -19,6 +19,10 @@ pub struct KernelSocket {
     /// Inode of the socket file; 0 for timewait sockets and orphans (no fd holds them).
     pub inode: u64,
     pub uid: u32,
+    /// cgroup v2 id of the process that created the socket (`INET_DIAG_CGROUP_ID`, the value
+    /// `bpf_get_current_cgroup_id` returned in that process); accepted sockets inherit the
+    /// listener's. 0 when the kernel did not report it (timewait sockets, kernels before 5.7).
+    pub cgroup_id: u64,
     /// Milliseconds left on the socket's timer (for TIME_WAIT: until it is destroyed), if armed.
     pub timer_ms: Option<u32>,
     /// Bytes queued to receive / to send (for LISTEN: accept queue length / backlog).
