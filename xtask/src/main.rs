@@ -1,1 +1,174 @@
-fn main() {}
+//! tcptrace's orchestration: set up a machine, build, run, test, and test on other kernels.
+//!
+//! Orchestration only: every step is another program (apt-get, cargo, qemu) started with
+//! `std::process::Command`. `cargo xtask` is an alias in .cargo/config.toml.
+
+mod cmd;
+mod libtest;
+mod requirements;
+mod setup;
+mod test;
+mod tracer;
+mod vm;
+mod workspace;
+
+use std::env;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::setup::Mode;
+use crate::test::TestOptions;
+use crate::vm::VmOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test tcptrace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing (Debian packages, bpf-linker), saying what and why.
+    Setup {
+        /// Only report what is missing; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Set up, then build tcptrace (kernel programs included).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build the release binary, and run it: `cargo xtask run -- trace`.
+    Run {
+        /// Run the debug build instead.
+        #[arg(long)]
+        debug: bool,
+        /// The tracer's arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then fmt, clippy, the host test suite, and the integration tests in a VM.
+    Test {
+        /// Skip the VM run.
+        #[arg(long, conflicts_with = "vm_only")]
+        no_vm: bool,
+        /// Only the VM run.
+        #[arg(long)]
+        vm_only: bool,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Set up, then run the integration tests in a Debian 6.1 kernel under QEMU.
+    Vm {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Run these prebuilt libtest binaries instead of the integration tests.
+        #[arg(long = "test-binary", value_name = "PATH")]
+        test_binaries: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct VmArgs {
+    /// Guest kernel: a Debian package name or a .deb file [default: newest
+    /// linux-image-6.1.0-*-cloud-amd64].
+    #[arg(long, value_name = "PKG")]
+    kernel: Option<String>,
+    /// Kill the guest after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
+    vm_timeout: u64,
+    /// Arguments for the test binaries: a name filter, `--exact`, `--ignored`, ...
+    #[arg(last = true, value_name = "FILTER")]
+    libtest_args: Vec<String>,
+}
+
+impl VmArgs {
+    fn into_options(self, test_binaries: Vec<PathBuf>) -> VmOptions {
+        VmOptions {
+            kernel: self.kernel,
+            libtest_args: self.libtest_args,
+            timeout: Duration::from_secs(self.vm_timeout),
+            test_binaries,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    put_cargo_bin_on_path();
+    match run(Cli::parse().task) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    match task {
+        Task::Setup { check } => {
+            setup::ensure(if check {
+                Mode::CheckOnly
+            } else {
+                Mode::Install
+            })?;
+        }
+        Task::Build { release } => {
+            setup::ensure(Mode::Install)?;
+            tracer::build(release)?;
+        }
+        Task::Run { debug, args } => {
+            setup::ensure(Mode::Install)?;
+            tracer::build(!debug)?;
+            tracer::exec(!debug, &args)?;
+        }
+        Task::Test { no_vm, vm_only, vm } => {
+            setup::ensure(Mode::Install)?;
+            let opts = TestOptions {
+                no_vm,
+                vm_only,
+                vm: vm.into_options(Vec::new()),
+            };
+            let (tally, failed_steps) = test::run(&opts)?;
+            for step in &failed_steps {
+                eprintln!("xtask: failed: {step}");
+            }
+            println!("{tally}");
+            if !tally.ok() || !failed_steps.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Task::Vm { vm, test_binaries } => {
+            setup::ensure(Mode::Install)?;
+            let tally = vm::run(&vm.into_options(test_binaries))?;
+            println!("{tally}");
+            if !tally.ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo install` puts bpf-linker in ~/.cargo/bin, which a fresh shell may not have on PATH;
+/// the kernel build and setup's own check both need to find it.
+fn put_cargo_bin_on_path() {
+    let bin = setup::cargo_bin_dir();
+    let path = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = env::join_paths(env::split_paths(&path).chain([bin])).expect("PATH joins");
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe { env::set_var("PATH", joined) };
+}

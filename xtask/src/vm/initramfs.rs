@@ -1,0 +1,309 @@
+//! The VM tests' root filesystem: busybox, the test binaries, tcptrace, iproute2 and bpftool, with
+//! the shared libraries they load, and an /init that runs the tests and powers off.
+
+use std::env;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+use crate::vm::console as markers;
+use crate::workspace::TestBinary;
+
+/// Where things live inside the guest.
+const GUEST_TRACER: &str = "/bin/tcptrace";
+const GUEST_TESTS_DIR: &str = "/tests";
+
+/// What goes into the guest besides the fixed tools.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    pub tracer: &'a Path,
+    pub tests: &'a [TestBinary],
+    /// Arguments for every test binary (filter, `--exact`, ...).
+    pub libtest_args: &'a [String],
+    /// The test binaries' working directory, as `cargo test` would set it (the package root).
+    /// It is recreated at the same path in the guest with the package's files.
+    pub package_dir: &'a Path,
+}
+
+/// Stages the root filesystem under `staging` and packs it as an uncompressed newc cpio at `out`.
+///
+/// Uncompressed on purpose: the binaries are large and TCG decompresses slowly.
+pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
+    if staging.exists() {
+        fs::remove_dir_all(staging)?;
+    }
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "etc",
+        "root",
+        "var",
+        GUEST_TESTS_DIR,
+    ] {
+        fs::create_dir_all(staging.join(dir.trim_start_matches('/')))?;
+    }
+    symlink("/run", staging.join("var/run"))?;
+
+    let mut dynamic = Vec::new();
+    let mut provided = vec![GUEST_TRACER.to_string()];
+    install_binary(payload.tracer, staging, GUEST_TRACER)?;
+    dynamic.push(payload.tracer.to_path_buf());
+    for test in payload.tests {
+        let guest = format!("{GUEST_TESTS_DIR}/{}", test.name);
+        install_binary(&test.path, staging, &guest)?;
+        dynamic.push(test.path.clone());
+    }
+    for (tool, guest, required) in [
+        ("ss", "/bin/ss", true),
+        ("ip", "/sbin/ip", true),
+        ("bpftool", "/sbin/bpftool", false),
+    ] {
+        match find_on_path(tool) {
+            Some(host) => {
+                install_binary(&host, staging, guest)?;
+                dynamic.push(host);
+                provided.push(guest.to_string());
+            }
+            None if required => bail!("vm: `{tool}` not found on the host (package iproute2)"),
+            None => eprintln!("vm: `{tool}` not found on the host; the guest will lack it"),
+        }
+    }
+    for lib in shared_libraries(&dynamic)? {
+        let dest = staging.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if !dest.exists() {
+            fs::create_dir_all(dest.parent().expect("library path has a parent"))?;
+            fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
+        }
+    }
+    install_busybox(staging, &provided)?;
+    copy_package_dir(payload.package_dir, &staging.join(rel(payload.package_dir)))?;
+    write_etc(staging)?;
+    let init = staging.join("init");
+    fs::write(&init, init_script(payload))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    pack_cpio(staging, out)
+}
+
+/// `path` without its leading `/`, for joining under the staging directory.
+fn rel(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
+}
+
+/// Copies a binary without its debug sections when `strip` exists: a debug test binary is mostly
+/// DWARF, and the guest unpacks every byte of it in emulated RAM. Symbols stay for backtraces.
+fn install_binary(host: &Path, staging: &Path, guest: &str) -> Result<()> {
+    let dest = staging.join(guest.trim_start_matches('/'));
+    fs::create_dir_all(dest.parent().expect("guest path has a parent"))?;
+    let stripped = cmd::succeeds(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&dest)
+            .arg(host),
+    );
+    if !stripped {
+        fs::copy(host, &dest).with_context(|| format!("copying {}", host.display()))?;
+    }
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn find_on_path(tool: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Every library `ldd` lists for `binaries`, the dynamic loader included.
+fn shared_libraries(binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for binary in binaries {
+        let out = cmd::stdout_of(Command::new("ldd").arg(binary))?;
+        for line in out.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(path) = path.filter(|p| p.starts_with('/')) {
+                libs.push(PathBuf::from(path));
+            }
+        }
+    }
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
+/// busybox-static and a link per applet, except where a real tool was installed.
+fn install_busybox(staging: &Path, provided: &[String]) -> Result<()> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("vm: busybox not found (package busybox-static)")?;
+    fs::copy(&busybox, staging.join("bin/busybox"))?;
+    let applets = cmd::stdout_of(Command::new(&busybox).arg("--list-full"))?;
+    for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
+        let guest = format!("/{applet}");
+        let name = applet.rsplit('/').next().unwrap_or(applet);
+        let shadowed = provided.iter().any(|p| p.rsplit('/').next() == Some(name));
+        let link = staging.join(applet);
+        // symlink_metadata: the links point at /bin/busybox, which `exists()` would resolve on
+        // the host.
+        if shadowed || fs::symlink_metadata(&link).is_ok() || guest == "/bin/busybox" {
+            continue;
+        }
+        fs::create_dir_all(link.parent().expect("applet path has a parent"))?;
+        symlink("/bin/busybox", &link)?;
+    }
+    Ok(())
+}
+
+/// The package's own files (fixtures a test may read), without build output.
+fn copy_package_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_package_dir(&entry.path(), &to.join(&name))?;
+        } else if kind.is_file() {
+            fs::copy(entry.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_etc(staging: &Path) -> Result<()> {
+    let etc = staging.join("etc");
+    let passwd = concat!(
+        "root:x:0:0:root:/root:/bin/sh\n",
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+    );
+    fs::write(etc.join("passwd"), passwd)?;
+    fs::write(etc.join("group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    fs::write(
+        etc.join("hosts"),
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost\n",
+    )?;
+    fs::write(
+        etc.join("nsswitch.conf"),
+        "passwd: files\ngroup: files\nhosts: files\n",
+    )?;
+    Ok(())
+}
+
+/// The guest's /init: mount what tcptrace reads, bring up loopback, run every test binary with a
+/// marker line around it, power off.
+fn init_script(payload: &Payload) -> String {
+    let args: Vec<String> = ["--test-threads=1", "--color=never"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(payload.libtest_args.iter().cloned())
+        .map(|a| cmd::shell_quote(&a))
+        .collect();
+    let args = args.join(" ");
+    let mut passthrough = String::new();
+    for var in ["RUST_LOG", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE"] {
+        if let Ok(value) = env::var(var) {
+            passthrough.push_str(&format!("export {var}={}\n", cmd::shell_quote(&value)));
+        }
+    }
+    let mut runs = String::new();
+    for test in payload.tests {
+        let name = cmd::shell_quote(&test.name);
+        runs.push_str(&format!(
+            "echo \"{begin} {name_raw}\"\n\
+             {GUEST_TESTS_DIR}/{name} {args}\n\
+             echo \"{end} {name_raw} exit=$?\"\n",
+            begin = markers::TEST_BEGIN,
+            end = markers::TEST_END,
+            name_raw = test.name,
+        ));
+    }
+    format!(
+        r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+echo "{init} $(uname -r)"
+export TCPTRACE_BIN={tracer} RUST_BACKTRACE=1
+{passthrough}cd {package_dir}
+{runs}echo "{done}"
+poweroff -f
+"#,
+        init = markers::INIT,
+        tracer = GUEST_TRACER,
+        package_dir = cmd::shell_quote(&payload.package_dir.to_string_lossy()),
+        done = markers::ALL_DONE,
+    )
+}
+
+/// Packs `staging` with GNU cpio (newc, every file owned by root).
+fn pack_cpio(staging: &Path, out: &Path) -> Result<()> {
+    let mut list = Vec::new();
+    collect_paths(staging, Path::new(""), &mut list)?;
+    let archive = fs::File::create(out)?;
+    let mut child = Command::new("cpio")
+        .args(["--create", "--format=newc", "--owner=0:0", "--quiet"])
+        .current_dir(staging)
+        .stdin(Stdio::piped())
+        .stdout(archive)
+        .spawn()
+        .context("cannot start cpio (package cpio)")?;
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        for path in &list {
+            writeln!(stdin, "{}", path.display())?;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cpio failed: {status}");
+    }
+    Ok(())
+}
+
+/// Every path under `root`, parents before children (cpio needs directories first).
+fn collect_paths(root: &Path, dir: &Path, list: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(root.join(dir))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = dir.join(entry.file_name());
+        list.push(path.clone());
+        if entry.file_type()?.is_dir() {
+            collect_paths(root, &path, list)?;
+        }
+    }
+    Ok(())
+}

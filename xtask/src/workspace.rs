@@ -1,0 +1,106 @@
+//! Where the workspace and its build outputs are, and the cargo that builds them.
+
+use std::env;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// The package that holds the integration tests (`tests/`).
+pub const TESTS_PACKAGE: &str = "tcptrace-tests";
+
+/// The repository root: xtask lives one level below it.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// `cargo` in the repository root: the same cargo that runs xtask, when it says which.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// The target directory, honouring `CARGO_TARGET_DIR` and `.cargo/config.toml`.
+pub fn target_dir() -> Result<PathBuf> {
+    let json = cmd::stdout_of(cargo().args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]))?;
+    let meta: serde_json::Value = serde_json::from_str(&json).context("cargo metadata output")?;
+    let dir = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata: no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+/// `target/<profile>/tcptrace`.
+pub fn tracer_binary(release: bool) -> Result<PathBuf> {
+    Ok(target_dir()?
+        .join(if release { "release" } else { "debug" })
+        .join("tcptrace"))
+}
+
+/// One integration test executable, as cargo built it.
+#[derive(Debug, Clone)]
+pub struct TestBinary {
+    /// The test target's name (the file name under tests/tests/).
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Builds the integration tests without running them and returns their executables.
+///
+/// Only targets of kind `test` count: the VM is slow, so the library's unit tests stay on the
+/// host.
+pub fn build_integration_tests() -> Result<Vec<TestBinary>> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        TESTS_PACKAGE,
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("xtask: $ {}", cmd::describe(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut binaries = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's JSON messages")?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_test_target = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
+        if let (true, Some(path)) = (is_test_target, msg["executable"].as_str()) {
+            let name = msg["target"]["name"].as_str().unwrap_or("test").to_string();
+            binaries.push(TestBinary {
+                name,
+                path: PathBuf::from(path),
+            });
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("building the integration tests failed: {status}");
+    }
+    binaries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(binaries)
+}
