@@ -16,12 +16,15 @@ use crate::workspace::TestBinary;
 
 /// Where things live inside the guest.
 const GUEST_TRACER: &str = "/bin/tcptrace";
+/// The scripted loopback peer the integration tests start (`tests/src/bin/tcpscenario.rs`).
+const GUEST_SCENARIO: &str = "/bin/tcpscenario";
 const GUEST_TESTS_DIR: &str = "/tests";
 
 /// What goes into the guest besides the fixed tools.
 #[derive(Debug)]
 pub struct Payload<'a> {
     pub tracer: &'a Path,
+    pub scenario: &'a Path,
     pub tests: &'a [TestBinary],
     /// Arguments for every test binary (filter, `--exact`, ...).
     pub libtest_args: &'a [String],
@@ -57,9 +60,11 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
     symlink("/run", staging.join("var/run"))?;
 
     let mut dynamic = Vec::new();
-    let mut provided = vec![GUEST_TRACER.to_string()];
+    let mut provided = vec![GUEST_TRACER.to_string(), GUEST_SCENARIO.to_string()];
     install_binary(payload.tracer, staging, GUEST_TRACER)?;
     dynamic.push(payload.tracer.to_path_buf());
+    install_binary(payload.scenario, staging, GUEST_SCENARIO)?;
+    dynamic.push(payload.scenario.to_path_buf());
     for test in payload.tests {
         let guest = format!("{GUEST_TESTS_DIR}/{}", test.name);
         install_binary(&test.path, staging, &guest)?;
@@ -257,13 +262,14 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 echo "{init} $(uname -r)"
-export TCPTRACE_BIN={tracer} RUST_BACKTRACE=1
+export TCPTRACE_BIN={tracer} TCPSCENARIO_BIN={scenario} RUST_BACKTRACE=1
 {passthrough}cd {package_dir}
 {runs}echo "{done}"
 poweroff -f
 "#,
         init = markers::INIT,
         tracer = GUEST_TRACER,
+        scenario = GUEST_SCENARIO,
         package_dir = cmd::shell_quote(&payload.package_dir.to_string_lossy()),
         done = markers::ALL_DONE,
     )

@@ -62,8 +62,15 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
 
     let initramfs = cache.join("initramfs.cpio");
     let package_dir = workspace::root().join("tests");
+    let scenario = workspace::target_dir()?.join("debug").join("tcpscenario");
+    anyhow::ensure!(
+        scenario.exists(),
+        "{} is missing: the integration tests build it",
+        scenario.display()
+    );
     let payload = initramfs::Payload {
         tracer: &tracer,
+        scenario: &scenario,
         tests: &tests,
         libtest_args: &opts.libtest_args,
         package_dir: &package_dir,
