@@ -20,7 +20,11 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for p in ["tcptrace-ebpf/src", "tcptrace-ebpf/Cargo.toml", "tcptrace-common/src"] {
+    for p in [
+        "tcptrace-ebpf/src",
+        "tcptrace-ebpf/Cargo.toml",
+        "tcptrace-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=TCPTRACE_BPF_TOOLCHAIN");
@@ -35,17 +39,29 @@ fn main() {
 
     let mut cmd = toolchain_command();
     cmd.current_dir(&root)
-        .args(["build", "--package", "tcptrace-ebpf", "--release", "--target", BPF_TARGET])
+        .args([
+            "build",
+            "--package",
+            "tcptrace-ebpf",
+            "--release",
+            "--target",
+            BPF_TARGET,
+        ])
         .args(["-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("PATH", path_with_cargo_bin());
 
-    let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run {cmd:?}: {e}")));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {cmd:?}: {e}")));
     if !status.success() {
         fail("building the kernel programs (tcptrace-ebpf) failed; see the errors above");
     }
-    let obj = target_dir.join(BPF_TARGET).join("release").join("tcptrace-ebpf");
+    let obj = target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join("tcptrace-ebpf");
     std::fs::copy(&obj, out_dir.join("tcptrace.bpf.o"))
         .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", obj.display())));
 }
@@ -84,7 +100,9 @@ fn toolchain_command() -> Command {
 }
 
 fn nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()
+    let Ok(out) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
     else {
         return false;
     };
@@ -92,7 +110,9 @@ fn nightly_has_rust_src() -> bool {
         return false;
     }
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir()
+    Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
 }
 
 /// bpf-linker is usually installed with `cargo install`, into ~/.cargo/bin.

@@ -11,9 +11,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
+    EventKind,
     event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
     filter::{RESET_TP_HAS_FAMILY, RESET_TP_SOCKADDR},
-    EventKind,
 };
 
 use crate::{config::config, emit, record, sock};

@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
+    EventKind,
     event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RawEvent},
     state::runs_in_owner_context,
-    EventKind,
 };
 
 use crate::{

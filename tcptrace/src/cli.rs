@@ -185,7 +185,8 @@ fn port_arg(s: &str) -> Result<u16, String> {
 }
 
 fn peer_arg(s: &str) -> Result<PeerSpec, String> {
-    s.parse().map_err(|e: crate::filter::FilterError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::filter::FilterError| e.to_string())
 }
 
 fn state_arg(s: &str) -> Result<TcpState, String> {
@@ -195,7 +196,9 @@ fn state_arg(s: &str) -> Result<TcpState, String> {
 /// `30s`, `5m`, `1h`, `500ms`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -208,7 +211,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("'{s}': unknown unit '{unit}': use ms, s, m or h")),
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 86400.0 {
-        return Err(format!("'{s}' is out of range: use a positive duration up to a year"));
+        return Err(format!(
+            "'{s}' is out of range: use a positive duration up to a year"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -222,10 +227,17 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         Some('G') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. 8M, 512K or 4096"))?;
-    let bytes = n.checked_mul(mult).filter(|b| *b <= 1 << 30).ok_or(format!("'{s}' is too large: at most 1G"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use e.g. 8M, 512K or 4096"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .filter(|b| *b <= 1 << 30)
+        .ok_or(format!("'{s}' is too large: at most 1G"))?;
     if bytes < 4096 || !bytes.is_power_of_two() {
-        return Err(format!("'{s}' must be a power of two of at least 4K (e.g. 64K, 8M)"));
+        return Err(format!(
+            "'{s}' must be a power of two of at least 4K (e.g. 64K, 8M)"
+        ));
     }
     Ok(bytes as u32)
 }
@@ -245,7 +257,11 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit 'x'"));
+        assert!(
+            parse_duration("10x")
+                .unwrap_err()
+                .contains("unknown unit 'x'")
+        );
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("0").is_err());
         assert_eq!(parse_size("8M"), Ok(8 << 20));

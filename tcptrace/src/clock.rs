@@ -4,7 +4,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock the kernel programs stamp events with.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we pass and has no other effect.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -20,8 +23,13 @@ pub struct WallClock {
 impl WallClock {
     pub fn now() -> WallClock {
         let mono = monotonic_ns() as i128;
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-        WallClock { offset_ns: wall - mono }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        WallClock {
+            offset_ns: wall - mono,
+        }
     }
 
     /// A clock with a fixed offset, for replay and tests.

@@ -24,7 +24,11 @@ pub struct SockId {
 impl SockId {
     /// The key the lifecycle table uses: the cookie when there is one, else the address.
     pub fn key(&self) -> u64 {
-        if self.cookie != 0 { self.cookie } else { self.skaddr }
+        if self.cookie != 0 {
+            self.cookie
+        } else {
+            self.skaddr
+        }
     }
 }
 
@@ -124,8 +128,18 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     };
     let (lip, rip) = match raw.family {
         AF_INET => (
-            IpAddr::V4(Ipv4Addr::new(raw.saddr[0], raw.saddr[1], raw.saddr[2], raw.saddr[3])),
-            IpAddr::V4(Ipv4Addr::new(raw.daddr[0], raw.daddr[1], raw.daddr[2], raw.daddr[3])),
+            IpAddr::V4(Ipv4Addr::new(
+                raw.saddr[0],
+                raw.saddr[1],
+                raw.saddr[2],
+                raw.saddr[3],
+            )),
+            IpAddr::V4(Ipv4Addr::new(
+                raw.daddr[0],
+                raw.daddr[1],
+                raw.daddr[2],
+                raw.daddr[3],
+            )),
         ),
         AF_INET6 => (
             IpAddr::V6(Ipv6Addr::from(raw.saddr)),
@@ -133,11 +147,19 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         ),
         f => return Err(DecodeError::Family(f)),
     };
-    let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
+    let comm_len = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
     Ok(Event {
         ts_ns: raw.ts_ns,
         sock: SockId {
-            cookie: if raw.flags & FLAG_HAS_COOKIE != 0 { raw.cookie } else { 0 },
+            cookie: if raw.flags & FLAG_HAS_COOKIE != 0 {
+                raw.cookie
+            } else {
+                0
+            },
             skaddr: raw.skaddr,
         },
         netns: raw.netns,
@@ -176,7 +198,11 @@ pub fn encode(ev: &Event) -> RawEvent {
     raw.netns = ev.netns;
     raw.sport = ev.local.port();
     raw.dport = ev.remote.port();
-    raw.family = if ev.local.is_ipv6() { AF_INET6 } else { AF_INET };
+    raw.family = if ev.local.is_ipv6() {
+        AF_INET6
+    } else {
+        AF_INET
+    };
     match ev.what {
         What::Transition { old, new } => {
             raw.kind = EventKind::StateChange as u8;
@@ -186,9 +212,16 @@ pub fn encode(ev: &Event) -> RawEvent {
         What::ResetReceived => raw.kind = EventKind::ResetReceived as u8,
         What::ResetSent => raw.kind = EventKind::ResetSent as u8,
     }
-    raw.flags = if ev.owner_context { FLAG_OWNER_CONTEXT } else { 0 }
-        | if ev.from_backup { FLAG_FROM_BACKUP } else { 0 }
-        | if ev.sock.cookie != 0 { FLAG_HAS_COOKIE } else { 0 };
+    raw.flags = if ev.owner_context {
+        FLAG_OWNER_CONTEXT
+    } else {
+        0
+    } | if ev.from_backup { FLAG_FROM_BACKUP } else { 0 }
+        | if ev.sock.cookie != 0 {
+            FLAG_HAS_COOKIE
+        } else {
+            0
+        };
     raw
 }
 
@@ -210,12 +243,23 @@ mod tests {
         };
         Event {
             ts_ns: 123_456_789,
-            sock: SockId { cookie: 42, skaddr: 0xffff_8880_1234_5678 },
+            sock: SockId {
+                cookie: 42,
+                skaddr: 0xffff_8880_1234_5678,
+            },
             netns: 4026531840,
             local: SocketAddr::new(l, 40000),
             remote: SocketAddr::new(r, 8080),
-            what: What::Transition { old: TcpState::Established, new: TcpState::FinWait1 },
-            task: Task { pid: 100, tid: 101, comm: "curl".into(), cgroup_id: 7 },
+            what: What::Transition {
+                old: TcpState::Established,
+                new: TcpState::FinWait1,
+            },
+            task: Task {
+                pid: 100,
+                tid: 101,
+                comm: "curl".into(),
+                cgroup_id: 7,
+            },
             owner_context: true,
             from_backup: false,
         }

@@ -28,7 +28,9 @@ pub struct PeerSpec {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
-    #[error("'{input}': {problem}. Expected ADDR[/PREFIX][:PORT], e.g. 10.0.0.5, 10.0.0.0/8:443, [::1]:8080 or fd00::/8")]
+    #[error(
+        "'{input}': {problem}. Expected ADDR[/PREFIX][:PORT], e.g. 10.0.0.5, 10.0.0.0/8:443, [::1]:8080 or fd00::/8"
+    )]
     Peer { input: String, problem: String },
     #[error("'{0}' is not a TCP state. Use one of: {states}", states = state_names())]
     State(String),
@@ -49,22 +51,36 @@ impl FromStr for PeerSpec {
     type Err = FilterError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |problem: &str| FilterError::Peer { input: input.to_string(), problem: problem.into() };
+        let err = |problem: &str| FilterError::Peer {
+            input: input.to_string(),
+            problem: problem.into(),
+        };
         let s = input.trim();
         if s.is_empty() {
             return Err(err("empty peer"));
         }
         let (addr_part, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (inner, after) = rest.split_once(']').ok_or_else(|| err("'[' without a closing ']'"))?;
+            let (inner, after) = rest
+                .split_once(']')
+                .ok_or_else(|| err("'[' without a closing ']'"))?;
             let port = match after {
                 "" => None,
-                p => Some(parse_port(p.strip_prefix(':').ok_or_else(|| err("expected ':PORT' after ']'"))?).map_err(|_| err("bad port after ']'"))?),
+                p => Some(
+                    parse_port(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| err("expected ':PORT' after ']'"))?,
+                    )
+                    .map_err(|_| err("bad port after ']'"))?,
+                ),
             };
             (inner, port)
         } else if s.matches(':').count() == 1 {
             // One colon: IPv4 (or IPv4 prefix) with a port.
             let (a, p) = s.split_once(':').unwrap_or((s, ""));
-            (a, Some(parse_port(p).map_err(|_| err(&format!("'{p}' is not a port (1-65535)")))?))
+            (
+                a,
+                Some(parse_port(p).map_err(|_| err(&format!("'{p}' is not a port (1-65535)")))?),
+            )
         } else {
             (s, None)
         };
@@ -73,8 +89,14 @@ impl FromStr for PeerSpec {
             None => (addr_part, None),
         };
         let addr: IpAddr = addr_s.parse().map_err(|_| {
-            if addr_s.contains(':') && port.is_none() && !s.starts_with('[') && addr_s.parse::<std::net::Ipv6Addr>().is_err() {
-                err(&format!("'{addr_s}' is not an IP address (IPv6 with a port needs brackets: [ADDR]:PORT)"))
+            if addr_s.contains(':')
+                && port.is_none()
+                && !s.starts_with('[')
+                && addr_s.parse::<std::net::Ipv6Addr>().is_err()
+            {
+                err(&format!(
+                    "'{addr_s}' is not an IP address (IPv6 with a port needs brackets: [ADDR]:PORT)"
+                ))
             } else {
                 err(&format!("'{addr_s}' is not an IP address"))
             }
@@ -84,7 +106,11 @@ impl FromStr for PeerSpec {
             None => max,
             Some(p) => match p.parse::<u8>() {
                 Ok(n) if n <= max => n,
-                _ => return Err(err(&format!("prefix '/{p}' must be a number from 0 to {max}"))),
+                _ => {
+                    return Err(err(&format!(
+                        "prefix '/{p}' must be a number from 0 to {max}"
+                    )));
+                }
             },
         };
         Ok(PeerSpec { addr, prefix, port })
@@ -94,7 +120,11 @@ impl FromStr for PeerSpec {
 impl fmt::Display for PeerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let max = if self.addr.is_ipv4() { 32 } else { 128 };
-        let a = if self.prefix == max { self.addr.to_string() } else { format!("{}/{}", self.addr, self.prefix) };
+        let a = if self.prefix == max {
+            self.addr.to_string()
+        } else {
+            format!("{}/{}", self.addr, self.prefix)
+        };
         match (self.port, self.addr.is_ipv6()) {
             (Some(p), true) => write!(f, "[{a}]:{p}"),
             (Some(p), false) => write!(f, "{a}:{p}"),
@@ -122,11 +152,19 @@ fn prefix_match(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
     };
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
             u32::from(n) & mask == u32::from(a) & mask
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix as u32) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix as u32)
+            };
             u128::from(n) & mask == u128::from(a) & mask
         }
         _ => false,
@@ -257,7 +295,10 @@ mod tests {
         let p: PeerSpec = "10.0.0.0/8:443".parse().unwrap();
         assert_eq!((p.prefix, p.port), (8, Some(443)));
         let p: PeerSpec = "[::1]:8080".parse().unwrap();
-        assert_eq!((p.addr, p.prefix, p.port), ("::1".parse().unwrap(), 128, Some(8080)));
+        assert_eq!(
+            (p.addr, p.prefix, p.port),
+            ("::1".parse().unwrap(), 128, Some(8080))
+        );
         let p: PeerSpec = "fd00::/8".parse().unwrap();
         assert_eq!((p.prefix, p.port), (8, None));
         let p: PeerSpec = "[fd00::/8]:53".parse().unwrap();
@@ -288,7 +329,10 @@ mod tests {
         assert!(p.matches(&sa("127.0.0.2:80")));
         assert!(!p.matches(&sa("127.0.0.2:81")));
         assert!(!p.matches(&sa("10.0.0.2:80")));
-        assert!(p.matches(&sa("[::ffff:127.0.0.9]:80")), "v4-mapped peer on a v6 socket");
+        assert!(
+            p.matches(&sa("[::ffff:127.0.0.9]:80")),
+            "v4-mapped peer on a v6 socket"
+        );
         let p: PeerSpec = "::1".parse().unwrap();
         assert!(p.matches(&sa("[::1]:5")));
         assert!(!p.matches(&sa("127.0.0.1:5")));
@@ -298,25 +342,46 @@ mod tests {
 
     #[test]
     fn kernel_ports_merge_directions() {
-        let f = Filters { ports: vec![80], lports: vec![80, 22], rports: vec![443], ..Default::default() };
+        let f = Filters {
+            ports: vec![80],
+            lports: vec![80, 22],
+            rports: vec![443],
+            ..Default::default()
+        };
         let mut k = f.kernel_ports();
         k.sort();
-        assert_eq!(k, vec![(22, PORT_MATCH_LOCAL), (80, PORT_MATCH_LOCAL | PORT_MATCH_REMOTE), (443, PORT_MATCH_REMOTE)]);
+        assert_eq!(
+            k,
+            vec![
+                (22, PORT_MATCH_LOCAL),
+                (80, PORT_MATCH_LOCAL | PORT_MATCH_REMOTE),
+                (443, PORT_MATCH_REMOTE)
+            ]
+        );
     }
 
     #[test]
     fn endpoint_filters_keep_and_drop() {
-        let f = Filters { lports: vec![8080], ..Default::default() };
+        let f = Filters {
+            lports: vec![8080],
+            ..Default::default()
+        };
         assert!(f.matches_endpoints(&sa("127.0.0.1:8080"), &sa("127.0.0.1:5000")));
         assert!(!f.matches_endpoints(&sa("127.0.0.1:5000"), &sa("127.0.0.1:8080")));
-        let f = Filters { family: Some(Family::V6), ..Default::default() };
+        let f = Filters {
+            family: Some(Family::V6),
+            ..Default::default()
+        };
         assert!(f.matches_endpoints(&sa("[::1]:1"), &sa("[::1]:2")));
         assert!(!f.matches_endpoints(&sa("127.0.0.1:1"), &sa("127.0.0.1:2")));
     }
 
     #[test]
     fn owner_filter_never_matches_unknown_owner() {
-        let f = Filters { pids: vec![42], ..Default::default() };
+        let f = Filters {
+            pids: vec![42],
+            ..Default::default()
+        };
         assert!(f.matches_owner(Some(OwnerView { pid: 42, comm: "x" })));
         assert!(!f.matches_owner(Some(OwnerView { pid: 43, comm: "x" })));
         assert!(!f.matches_owner(None));
@@ -328,6 +393,11 @@ mod tests {
         for s in ["TIME_WAIT", "time-wait", "timewait", "TCP_TIME_WAIT"] {
             assert_eq!(parse_state(s), Ok(TcpState::TimeWait), "{s}");
         }
-        assert!(parse_state("WAITING").unwrap_err().to_string().contains("CLOSE_WAIT"));
+        assert!(
+            parse_state("WAITING")
+                .unwrap_err()
+                .to_string()
+                .contains("CLOSE_WAIT")
+        );
     }
 }

@@ -9,6 +9,7 @@
 //!                                        └── owner ─────┘
 //! ```
 
+pub mod aggregate;
 pub mod cli;
 pub mod clock;
 pub mod event;
@@ -17,5 +18,4 @@ pub mod lifecycle;
 pub mod owner;
 pub mod probe;
 pub mod source;
-pub mod aggregate;
 pub mod view;

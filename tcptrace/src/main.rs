@@ -9,7 +9,10 @@ use tcptrace::{
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => fail(&anyhow::anyhow!("cannot start the runtime: {e}")),
     };
@@ -22,7 +25,9 @@ fn main() {
     });
     if let Err(e) = result {
         // A closed pipe (`tcptrace trace | head`) is how a reader says "enough".
-        if e.downcast_ref::<std::io::Error>().map(|io| io.kind()) == Some(std::io::ErrorKind::BrokenPipe) {
+        if e.downcast_ref::<std::io::Error>().map(|io| io.kind())
+            == Some(std::io::ErrorKind::BrokenPipe)
+        {
             std::process::exit(0);
         }
         fail(&e);

@@ -35,13 +35,21 @@ fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not found: build it first (cargo build --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: build it first (cargo build --workspace)",
+        p.display()
+    );
     p
 }
 
 /// A port nobody listens on right now.
 pub fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind :0").local_addr().unwrap().port()
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .expect("bind :0")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process whose stdout is read line by line in the background.
@@ -70,7 +78,12 @@ impl Proc {
                 }
             }
         });
-        Proc { child, stdin, lines: rx, seen: Vec::new() }
+        Proc {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -89,14 +102,20 @@ impl Proc {
                         return rest.trim().to_string();
                     }
                 }
-                Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}; saw {:?}", self.seen),
+                Err(_) => panic!(
+                    "no line starting with {prefix:?} within {timeout:?}; saw {:?}",
+                    self.seen
+                ),
             }
         }
     }
 
     /// Lines starting with `prefix` seen so far (after `expect` calls).
     pub fn seen_with(&self, prefix: &str) -> Vec<String> {
-        self.seen.iter().filter_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string())).collect()
+        self.seen
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()))
+            .collect()
     }
 
     /// Waits for `done`, collecting everything before it.
@@ -130,14 +149,29 @@ impl Drop for Proc {
 
 /// `tcpscenario server ...`; returns once it listens.
 pub fn server(bind: SocketAddr, args: &[&str]) -> (Proc, u16) {
-    let mut p = Proc::spawn(Command::new(scenario_bin()).arg("server").arg("--bind").arg(bind.to_string()).args(args));
-    let port: u16 = p.expect("listening", Duration::from_secs(10)).parse().unwrap();
+    let mut p = Proc::spawn(
+        Command::new(scenario_bin())
+            .arg("server")
+            .arg("--bind")
+            .arg(bind.to_string())
+            .args(args),
+    );
+    let port: u16 = p
+        .expect("listening", Duration::from_secs(10))
+        .parse()
+        .unwrap();
     (p, port)
 }
 
 /// `tcpscenario client ...`.
 pub fn client(to: SocketAddr, args: &[&str]) -> Proc {
-    Proc::spawn(Command::new(scenario_bin()).arg("client").arg("--connect").arg(to.to_string()).args(args))
+    Proc::spawn(
+        Command::new(scenario_bin())
+            .arg("client")
+            .arg("--connect")
+            .arg(to.to_string())
+            .args(args),
+    )
 }
 
 /// The tracer as a child process.
@@ -166,7 +200,8 @@ impl TracerOutput {
 
     /// stdout parsed as one JSON document.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("bad JSON document: {e}\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON document: {e}\n{}", self.stdout))
     }
 }
 
@@ -206,18 +241,29 @@ impl Tracer {
                 Ok(l) => {
                     early.push(l.clone());
                     if l.contains("attached") {
-                        return Tracer { child, stdout, stderr, started: early.join("\n") };
+                        return Tracer {
+                            child,
+                            stdout,
+                            stderr,
+                            started: early.join("\n"),
+                        };
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = child.wait();
-                    panic!("tcptrace {args:?} exited before attaching:\n{}", early.join("\n"));
+                    panic!(
+                        "tcptrace {args:?} exited before attaching:\n{}",
+                        early.join("\n")
+                    );
                 }
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("tcptrace {args:?} did not attach within 60 s:\n{}", early.join("\n"));
+                panic!(
+                    "tcptrace {args:?} did not attach within 60 s:\n{}",
+                    early.join("\n")
+                );
             }
         }
     }
@@ -261,7 +307,11 @@ impl Tracer {
 /// Runs tcptrace to completion with the given args (for commands that exit by themselves or
 /// fail), returning its output.
 pub fn run_tcptrace(args: &[&str]) -> TracerOutput {
-    let out = Command::new(tcptrace_bin()).args(args).stdin(Stdio::null()).output().expect("run tcptrace");
+    let out = Command::new(tcptrace_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tcptrace");
     TracerOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -275,7 +325,11 @@ pub fn ss_rows(port: u16) -> Vec<(String, String, String)> {
         .args(["-tanH", &format!("( sport = :{port} or dport = :{port} )")])
         .output()
         .expect("run ss");
-    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -305,12 +359,25 @@ pub struct SocketTrace {
 impl SocketTrace {
     /// `["CLOSE->SYN_SENT", ...]`.
     pub fn transitions(&self) -> Vec<String> {
-        self.lines.iter().map(|l| format!("{}->{}", l["old"].as_str().unwrap(), l["new"].as_str().unwrap())).collect()
+        self.lines
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}->{}",
+                    l["old"].as_str().unwrap(),
+                    l["new"].as_str().unwrap()
+                )
+            })
+            .collect()
     }
 
     /// Distinct owner pids reported (null excluded).
     pub fn pids(&self) -> Vec<u64> {
-        let mut p: Vec<u64> = self.lines.iter().filter_map(|l| l["pid"].as_u64()).collect();
+        let mut p: Vec<u64> = self
+            .lines
+            .iter()
+            .filter_map(|l| l["pid"].as_u64())
+            .collect();
         p.sort();
         p.dedup();
         p
@@ -331,9 +398,14 @@ pub fn socket_lives(lines: &[serde_json::Value]) -> Vec<SocketTrace> {
     let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     let mut lives: Vec<SocketTrace> = Vec::new();
     for l in lines {
-        let Some(id) = l["sock"].as_u64() else { continue };
+        let Some(id) = l["sock"].as_u64() else {
+            continue;
+        };
         let idx = *open.entry(id).or_insert_with(|| {
-            lives.push(SocketTrace { cookie: id, lines: Vec::new() });
+            lives.push(SocketTrace {
+                cookie: id,
+                lines: Vec::new(),
+            });
             lives.len() - 1
         });
         lives[idx].lines.push(l.clone());

@@ -14,10 +14,16 @@ fn unknown_flag_is_a_usage_error() {
 #[test]
 fn malformed_filters_name_the_bad_part() {
     for (args, needle) in [
-        (vec!["trace", "--peer", "10.0.0.256"], "'10.0.0.256' is not an IP address"),
+        (
+            vec!["trace", "--peer", "10.0.0.256"],
+            "'10.0.0.256' is not an IP address",
+        ),
         (vec!["trace", "--peer", "10.0.0.0/40"], "prefix '/40'"),
         (vec!["trace", "--peer", "[::1]x"], "expected ':PORT'"),
-        (vec!["trace", "--state", "HALF_OPEN"], "'HALF_OPEN' is not a TCP state"),
+        (
+            vec!["trace", "--state", "HALF_OPEN"],
+            "'HALF_OPEN' is not a TCP state",
+        ),
         (vec!["trace", "--port", "0"], "'0' is not a port"),
         (vec!["trace", "--ring-size", "3M"], "power of two"),
         (vec!["report", "--duration", "5y"], "unknown unit 'y'"),
@@ -38,7 +44,10 @@ fn without_privileges_the_error_says_what_is_needed() {
         .expect("run tcptrace as nobody");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("needs root, or the capabilities CAP_BPF and CAP_PERFMON"), "{stderr}");
+    assert!(
+        stderr.contains("needs root, or the capabilities CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
 }
 
 trait AsNobody {
@@ -50,7 +59,10 @@ impl AsNobody for std::process::Command {
         // SAFETY: only setgroups/setgid/setuid between fork and exec.
         unsafe {
             self.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

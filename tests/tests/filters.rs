@@ -12,8 +12,18 @@ fn round(addr: SocketAddr, client_args: &[&str]) -> (String, String, u32, u32) {
     let mut args = vec!["--hold-ms", "10"];
     args.extend_from_slice(client_args);
     let mut cli = client(addr, &args);
-    let local = cli.expect("connected", T).split_whitespace().next().unwrap().to_string();
-    let acc = srv.expect("accepted", T).split_whitespace().next().unwrap().to_string();
+    let local = cli
+        .expect("connected", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let acc = srv
+        .expect("accepted", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     cli.wait_done(T);
     srv.wait_done(T);
     let pids = (cli.pid(), srv.pid());
@@ -32,7 +42,10 @@ fn trace(args: &[&str], traffic: impl FnOnce()) -> Vec<serde_json::Value> {
 }
 
 fn ports_of(lines: &[serde_json::Value]) -> Vec<(u64, u64)> {
-    lines.iter().map(|l| (l["lport"].as_u64().unwrap(), l["rport"].as_u64().unwrap())).collect()
+    lines
+        .iter()
+        .map(|l| (l["lport"].as_u64().unwrap(), l["rport"].as_u64().unwrap()))
+        .collect()
 }
 
 fn v4() -> std::net::IpAddr {
@@ -46,7 +59,11 @@ fn port_keeps_its_port_and_drops_others() {
         round(SocketAddr::new(v4(), p), &[]);
         round(SocketAddr::new(v4(), q), &[]);
     });
-    assert_eq!(lines.len(), 12, "10 transitions + listener's 2 on port {p}: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        12,
+        "10 transitions + listener's 2 on port {p}: {lines:?}"
+    );
     for (l, r) in ports_of(&lines) {
         assert!(l == p as u64 || r == p as u64, "only port {p}: {l}->{r}");
     }
@@ -79,8 +96,20 @@ fn pid_keeps_only_that_processs_sockets() {
     let mut a = client(addr, &["--hold-ms", "2000"]);
     let mut b = client(addr, &["--hold-ms", "2000"]);
     // Start tracing before either client closes, filtered on client A.
-    let tracer = Tracer::start(&["trace", "--json", "--port", &p.to_string(), "--pid", &a.pid().to_string()]);
-    let a_local = a.expect("connected", T).split_whitespace().next().unwrap().to_string();
+    let tracer = Tracer::start(&[
+        "trace",
+        "--json",
+        "--port",
+        &p.to_string(),
+        "--pid",
+        &a.pid().to_string(),
+    ]);
+    let a_local = a
+        .expect("connected", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     b.expect("connected", T);
     a.wait_done(T);
     b.wait_done(T);
@@ -94,11 +123,30 @@ fn pid_keeps_only_that_processs_sockets() {
     assert!(!lines.is_empty());
     assert!(lines.iter().all(|l| l["pid"] == a_pid), "{lines:?}");
     let want: SocketAddr = a_local.parse().unwrap();
-    assert!(lines.iter().all(|l| l["lport"] == want.port()), "only A's socket: {lines:?}");
+    assert!(
+        lines.iter().all(|l| l["lport"] == want.port()),
+        "only A's socket: {lines:?}"
+    );
     // The sockets predate the tracer: the owner comes from the start-up snapshot or from A's
     // close() in kernel context; either way all of A's remaining transitions are there.
-    let t: Vec<String> = lines.iter().map(|l| format!("{}->{}", l["old"].as_str().unwrap(), l["new"].as_str().unwrap())).collect();
-    assert_eq!(t, ["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]);
+    let t: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}->{}",
+                l["old"].as_str().unwrap(),
+                l["new"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        t,
+        [
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
+    );
 }
 
 #[test]
@@ -114,7 +162,13 @@ fn comm_keeps_only_that_command() {
         let (mut srv, _) = server(addr, &["--conns", "2", "--on-eof", "close"]);
         let mut a = client(addr, &["--hold-ms", "10"]);
         a.wait_done(T);
-        let mut b = Proc::spawn(std::process::Command::new(&other).args(["client", "--connect", &addr.to_string(), "--hold-ms", "10"]));
+        let mut b = Proc::spawn(std::process::Command::new(&other).args([
+            "client",
+            "--connect",
+            &addr.to_string(),
+            "--hold-ms",
+            "10",
+        ]));
         b.wait_done(T);
         srv.wait_done(T);
         a.finish();
@@ -122,7 +176,11 @@ fn comm_keeps_only_that_command() {
         srv.finish();
     });
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!(lines.len(), 5, "only the othercomm client's 5 transitions: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        5,
+        "only the othercomm client's 5 transitions: {lines:?}"
+    );
     assert!(lines.iter().all(|l| l["comm"] == "othercomm"));
 }
 
@@ -134,13 +192,29 @@ fn peer_keeps_matching_remote_addresses() {
         round(addr, &["--bind-ip", "127.0.0.2"]);
         round(addr, &["--bind-ip", "127.0.0.3"]);
     });
-    assert_eq!(lines.len(), 5, "the accepted socket whose peer is 127.0.0.2: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        5,
+        "the accepted socket whose peer is 127.0.0.2: {lines:?}"
+    );
     assert!(lines.iter().all(|l| l["raddr"] == "127.0.0.2"));
 
-    let lines = trace(&["--port", &p.to_string(), "--peer", &format!("127.0.0.0/8:{p}")], || {
-        round(addr, &["--bind-ip", "127.0.0.2"]);
-    });
-    assert_eq!(lines.len(), 5, "client side: remote is 127.0.0.1:{p}: {lines:?}");
+    let lines = trace(
+        &[
+            "--port",
+            &p.to_string(),
+            "--peer",
+            &format!("127.0.0.0/8:{p}"),
+        ],
+        || {
+            round(addr, &["--bind-ip", "127.0.0.2"]);
+        },
+    );
+    assert_eq!(
+        lines.len(),
+        5,
+        "client side: remote is 127.0.0.1:{p}: {lines:?}"
+    );
 }
 
 #[test]
@@ -149,7 +223,16 @@ fn state_keeps_transitions_touching_it() {
     let lines = trace(&["--port", &p.to_string(), "--state", "close-wait"], || {
         round(SocketAddr::new(v4(), p), &[]);
     });
-    let t: Vec<String> = lines.iter().map(|l| format!("{}->{}", l["old"].as_str().unwrap(), l["new"].as_str().unwrap())).collect();
+    let t: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}->{}",
+                l["old"].as_str().unwrap(),
+                l["new"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(t, ["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK"]);
 }
 

@@ -8,7 +8,11 @@ use tcptrace_tests::*;
 const T: Duration = Duration::from_secs(30);
 
 fn lost_from_summary(stderr: &str) -> u64 {
-    let line = stderr.lines().rev().find(|l| l.contains("; lost ")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("; lost "))
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
     let after = line.split("; lost ").nth(1).unwrap();
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
@@ -19,7 +23,14 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let conns = 60;
-    let tracer = Tracer::start(&["trace", "--json", "--port", &port.to_string(), "--ring-size", "4K"]);
+    let tracer = Tracer::start(&[
+        "trace",
+        "--json",
+        "--port",
+        &port.to_string(),
+        "--ring-size",
+        "4K",
+    ]);
     // Stall the reader: the kernel keeps writing until the 4 KiB ring is full.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
@@ -36,7 +47,12 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     let port2_round = {
         let (mut srv, _) = server(addr, &["--on-eof", "close"]);
         let mut cli = client(addr, &[]);
-        let local = cli.expect("connected", T).split_whitespace().next().unwrap().to_string();
+        let local = cli
+            .expect("connected", T)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         cli.wait_done(T);
         srv.wait_done(T);
         cli.finish();
@@ -50,7 +66,20 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     assert_eq!(after.transitions().len(), 5, "{:?}", after.transitions());
     let expected = conns * 10 + 2 + 12;
     let lost = lost_from_summary(&out.stderr);
-    assert!(lost > 0, "a 4 KiB ring cannot hold {expected} events: {}", out.stderr);
-    assert_eq!(lines.len() as u64 + lost, expected as u64, "received + lost = generated\n{}", out.stderr);
-    assert!(out.stderr.contains(&format!("lost {lost}")), "reported as it happened too: {}", out.stderr);
+    assert!(
+        lost > 0,
+        "a 4 KiB ring cannot hold {expected} events: {}",
+        out.stderr
+    );
+    assert_eq!(
+        lines.len() as u64 + lost,
+        expected as u64,
+        "received + lost = generated\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("lost {lost}")),
+        "reported as it happened too: {}",
+        out.stderr
+    );
 }

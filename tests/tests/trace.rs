@@ -8,7 +8,10 @@ use tcptrace_tests::*;
 const T: Duration = Duration::from_secs(20);
 
 fn trace_args(port: u16, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["trace", "--json", "--port"].iter().map(|s| s.to_string()).collect();
+    let mut v: Vec<String> = ["trace", "--json", "--port"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     v.push(port.to_string());
     v.extend(extra.iter().map(|s| s.to_string()));
     v
@@ -30,7 +33,9 @@ fn assert_seq(s: &SocketTrace, want: &[&str]) {
 }
 
 fn dwell_ms(s: &SocketTrace, old: &str, new: &str) -> f64 {
-    s.line(old, new)["dwell_ms"].as_f64().unwrap_or_else(|| panic!("no dwell on {old}->{new}"))
+    s.line(old, new)["dwell_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no dwell on {old}->{new}"))
 }
 
 const CLIENT_FIRST: [&str; 5] = [
@@ -70,16 +75,31 @@ fn client_first_close(ip: &str) {
 
     let c = socket_with_local(&lines, &local);
     assert_seq(&c, &CLIENT_FIRST);
-    assert_eq!(c.pids(), vec![cpid], "client socket owned by the client only");
+    assert_eq!(
+        c.pids(),
+        vec![cpid],
+        "client socket owned by the client only"
+    );
     assert!(dwell_ms(&c, "ESTABLISHED", "FIN_WAIT1") >= 120.0);
-    assert_eq!(c.line("FIN_WAIT2", "CLOSE")["note"], "time_wait", "active closer enters TIME_WAIT");
+    assert_eq!(
+        c.line("FIN_WAIT2", "CLOSE")["note"],
+        "time_wait",
+        "active closer enters TIME_WAIT"
+    );
     // The CLOSE event carries the tuple the socket had, not the released port 0.
-    assert_eq!(c.line("FIN_WAIT2", "CLOSE")["rport"].as_u64(), Some(port as u64));
+    assert_eq!(
+        c.line("FIN_WAIT2", "CLOSE")["rport"].as_u64(),
+        Some(port as u64)
+    );
 
     let a = socket_with_local(&lines, &accepted_local);
     // The accepted socket shares the local port with the listener; take the one with a peer.
     assert_seq(&a, &PASSIVE_CLOSE_ACCEPTED);
-    assert_eq!(a.pids(), vec![spid], "accepted socket owned by the server, never the peer");
+    assert_eq!(
+        a.pids(),
+        vec![spid],
+        "accepted socket owned by the server, never the peer"
+    );
     assert!(dwell_ms(&a, "CLOSE_WAIT", "LAST_ACK") >= 80.0);
 
     let listeners: Vec<_> = sockets_on_port(&lines, port, true)
@@ -89,7 +109,10 @@ fn client_first_close(ip: &str) {
     assert_eq!(listeners.len(), 1);
     assert_seq(&listeners[0], &["CLOSE->LISTEN", "LISTEN->CLOSE"]);
     assert_eq!(listeners[0].pids(), vec![spid]);
-    assert!(!out.stdout.contains("\"comm\":\"swapper"), "swapper is never an owner");
+    assert!(
+        !out.stdout.contains("\"comm\":\"swapper"),
+        "swapper is never an owner"
+    );
 }
 
 #[test]
@@ -109,8 +132,18 @@ fn server_first_close(ip: &str) {
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--close-first-ms", "100"]);
     let mut cli = client(addr, &["--wait-eof", "--close-delay-ms", "60"]);
-    let local = cli.expect("connected", T).split_whitespace().next().unwrap().to_string();
-    let accepted_local = srv.expect("accepted", T).split_whitespace().next().unwrap().to_string();
+    let local = cli
+        .expect("connected", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let accepted_local = srv
+        .expect("accepted", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     cli.wait_done(T);
     srv.wait_done(T);
     let (cpid, spid) = (cli.pid() as u64, srv.pid() as u64);
@@ -166,8 +199,18 @@ fn rst_close(ip: &str) {
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--on-eof", "close"]);
     let mut cli = client(addr, &["--hold-ms", "50", "--linger0"]);
-    let local = cli.expect("connected", T).split_whitespace().next().unwrap().to_string();
-    let accepted_local = srv.expect("accepted", T).split_whitespace().next().unwrap().to_string();
+    let local = cli
+        .expect("connected", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let accepted_local = srv
+        .expect("accepted", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     cli.wait_done(T);
     srv.wait_done(T);
     cli.finish();
@@ -175,10 +218,24 @@ fn rst_close(ip: &str) {
     settle();
     let lines = tracer.stop().json_lines();
     let c = socket_with_local(&lines, &local);
-    assert_seq(&c, &["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]);
+    assert_seq(
+        &c,
+        &[
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE",
+        ],
+    );
     assert_eq!(c.line("ESTABLISHED", "CLOSE")["note"], "reset");
     let a = socket_with_local(&lines, &accepted_local);
-    assert_seq(&a, &["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE"]);
+    assert_seq(
+        &a,
+        &[
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE",
+        ],
+    );
     assert_eq!(a.line("ESTABLISHED", "CLOSE")["note"], "reset");
 }
 
@@ -236,21 +293,37 @@ fn text_output_has_aligned_columns_and_no_swapper() {
     let out = tracer.stop();
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines[0].starts_with("TIME"), "header first: {}", out.stdout);
-    assert_eq!(lines.len(), 1 + 12, "header + 10 transitions + listener's 2:\n{}", out.stdout);
+    assert_eq!(
+        lines.len(),
+        1 + 12,
+        "header + 10 transitions + listener's 2:\n{}",
+        out.stdout
+    );
     let arrow = lines[1].find("->").unwrap();
     for l in &lines[1..] {
         assert_eq!(l.find(" -> "), Some(arrow - 1), "aligned: {l}");
     }
     assert!(!out.stdout.contains("swapper"));
-    assert!(out.stderr.contains("lost 0 events"), "final summary: {}", out.stderr);
+    assert!(
+        out.stderr.contains("lost 0 events"),
+        "final summary: {}",
+        out.stderr
+    );
 }
 
 /// Runs `tcpscenario simclose` inside a fresh network namespace (it takes that namespace's `lo`
 /// down for a moment).
 fn simultaneous_close(ip: &str) {
-    let ns = format!("tcptrace-sim-{}-{}", std::process::id(), if ip.contains(':') { 6 } else { 4 });
+    let ns = format!(
+        "tcptrace-sim-{}-{}",
+        std::process::id(),
+        if ip.contains(':') { 6 } else { 4 }
+    );
     let run = |args: &[&str]| {
-        let ok = std::process::Command::new("ip").args(args).status().expect("run ip");
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("run ip");
         assert!(ok.success(), "ip {args:?}");
     };
     run(&["netns", "add", &ns]);
@@ -258,13 +331,28 @@ fn simultaneous_close(ip: &str) {
     let ipa: std::net::IpAddr = ip.parse().unwrap();
     let port = free_port(ipa);
     let tracer = start(port, &[]);
-    let mut p = Proc::spawn(std::process::Command::new("ip").args(["netns", "exec", &ns]).arg(scenario_bin()).args([
-        "simclose",
-        "--bind",
-        &SocketAddr::new(ipa, port).to_string(),
-    ]));
-    let local = p.expect("connected", T).split_whitespace().next().unwrap().to_string();
-    let accepted = p.expect("accepted", T).split_whitespace().next().unwrap().to_string();
+    let mut p = Proc::spawn(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(scenario_bin())
+            .args([
+                "simclose",
+                "--bind",
+                &SocketAddr::new(ipa, port).to_string(),
+            ]),
+    );
+    let local = p
+        .expect("connected", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let accepted = p
+        .expect("accepted", T)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     p.wait_done(T);
     p.finish();
     settle();
@@ -272,9 +360,26 @@ fn simultaneous_close(ip: &str) {
     run(&["netns", "del", &ns]);
     for (who, first) in [(&local, "CLOSE->SYN_SENT"), (&accepted, "LISTEN->SYN_RECV")] {
         let s = socket_with_local(&lines, who);
-        let mid = if first == "CLOSE->SYN_SENT" { "SYN_SENT->ESTABLISHED" } else { "SYN_RECV->ESTABLISHED" };
-        assert_seq(&s, &[first, mid, "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]);
-        assert_eq!(s.line("CLOSING", "CLOSE")["note"], "time_wait", "both sides end in TIME_WAIT");
+        let mid = if first == "CLOSE->SYN_SENT" {
+            "SYN_SENT->ESTABLISHED"
+        } else {
+            "SYN_RECV->ESTABLISHED"
+        };
+        assert_seq(
+            &s,
+            &[
+                first,
+                mid,
+                "ESTABLISHED->FIN_WAIT1",
+                "FIN_WAIT1->CLOSING",
+                "CLOSING->CLOSE",
+            ],
+        );
+        assert_eq!(
+            s.line("CLOSING", "CLOSE")["note"],
+            "time_wait",
+            "both sides end in TIME_WAIT"
+        );
         assert_ne!(s.line("CLOSING", "CLOSE")["netns"], 0);
     }
 }

@@ -1125,7 +1125,10 @@ mod tests {
 
     #[test]
     fn running_kernel_offsets_match_bpftool() {
-        assert!(Path::new(VMLINUX_BTF).exists(), "the test machine has kernel BTF");
+        assert!(
+            Path::new(VMLINUX_BTF).exists(),
+            "the test machine has kernel BTF"
+        );
         let ours = sock_offsets().expect("offsets from the running kernel's BTF");
         let out = match Command::new("bpftool")
             .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])

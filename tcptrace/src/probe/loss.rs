@@ -52,7 +52,11 @@ const WINDOW: usize = 256;
 
 impl Default for BackupDedup {
     fn default() -> Self {
-        BackupDedup { recent: VecDeque::with_capacity(WINDOW), duplicates: 0, recovered: 0 }
+        BackupDedup {
+            recent: VecDeque::with_capacity(WINDOW),
+            duplicates: 0,
+            recovered: 0,
+        }
     }
 }
 
@@ -88,12 +92,20 @@ mod tests {
     fn ev(cookie: u64, old: TcpState, new: TcpState, backup: bool) -> Event {
         Event {
             ts_ns: 1,
-            sock: SockId { cookie, skaddr: cookie * 8 },
+            sock: SockId {
+                cookie,
+                skaddr: cookie * 8,
+            },
             netns: 1,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),
             what: What::Transition { old, new },
-            task: Task { pid: 0, tid: 0, comm: String::new(), cgroup_id: 0 },
+            task: Task {
+                pid: 0,
+                tid: 0,
+                comm: String::new(),
+                cgroup_id: 0,
+            },
             owner_context: false,
             from_backup: backup,
         }

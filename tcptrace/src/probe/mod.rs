@@ -97,7 +97,10 @@ pub enum ProbeError {
 
 fn aya_err<E: Into<anyhow::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> ProbeError {
     let what = what.into();
-    move |e| ProbeError::Aya { what, source: e.into() }
+    move |e| ProbeError::Aya {
+        what,
+        source: e.into(),
+    }
 }
 
 /// The loaded and attached programs. Dropping it detaches everything; nothing is pinned, so a
@@ -193,7 +196,10 @@ impl Probe {
     /// runs the kernel skipped, per program role.
     pub fn kernel_counters(&self) -> KernelCounters {
         let sum = |slot: u32| -> u64 {
-            self.counters.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+            self.counters
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
         };
         let mut c = KernelCounters {
             ring_full: sum(COUNTER_RESERVE_FAILED),
@@ -202,7 +208,11 @@ impl Probe {
             ..Default::default()
         };
         for (name, st) in self.program_stats() {
-            let role = self.programs.iter().find(|(n, _)| *n == name).map(|(_, r)| *r);
+            let role = self
+                .programs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, r)| *r);
             match role {
                 Some(ProgRole::Primary) => c.primary_skipped += st.recursion_misses,
                 Some(ProgRole::Reset) => c.reset_skipped += st.recursion_misses,
@@ -263,7 +273,9 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     let mut cfg = probe_config(opts);
     cfg.offsets = offsets;
     let btf = Btf::from_sys_fs().map_err(aya_err("loading kernel BTF"))?;
-    let mut ebpf = base_loader(&cfg, opts).load(BPF_OBJECT).map_err(aya_err("loading the kernel object"))?;
+    let mut ebpf = base_loader(&cfg, opts)
+        .load(BPF_OBJECT)
+        .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
     let mut programs = vec![("set_state_btf", ProgRole::Primary)];
     if opts.backup {
@@ -280,14 +292,20 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     // Attach order matters: the primary must run first for each event so the backup can tell
     // whether it ran. Programs on one hook run in attach order.
     for (name, _) in &programs {
-        let hook = hooks.iter().find(|(n, _)| n == name).map(|(_, h)| *h).unwrap_or_default();
+        let hook = hooks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| *h)
+            .unwrap_or_default();
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| aya_err(*name)(anyhow::anyhow!("missing from the object")))?
             .try_into()
             .map_err(aya_err(*name))?;
-        prog.load(hook, &btf).map_err(aya_err(format!("loading {name} on {hook}")))?;
-        prog.attach().map_err(aya_err(format!("attaching {name} to {hook}")))?;
+        prog.load(hook, &btf)
+            .map_err(aya_err(format!("loading {name} on {hook}")))?;
+        prog.attach()
+            .map_err(aya_err(format!("attaching {name} to {hook}")))?;
     }
     let counters = take_counters(&mut ebpf)?;
     Ok(Probe {
@@ -305,24 +323,34 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     let set_state = tracefs::event_format(&root, "sock", "inet_sock_set_state")
         .map_err(|_| ProbeError::NoTracepoint)?;
     let mut cfg = probe_config(opts);
-    cfg.tp_set_state = tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
+    cfg.tp_set_state =
+        tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
     // Offsets are optional here: with BTF (a forced fallback) the namespace is still read.
     if let Ok(offsets) = btf::sock_offsets() {
         cfg.offsets = offsets;
     }
-    let mut programs = vec![("set_state_tp", ProgRole::Primary, "sock", "inet_sock_set_state")];
+    let mut programs = vec![(
+        "set_state_tp",
+        ProgRole::Primary,
+        "sock",
+        "inet_sock_set_state",
+    )];
     // The reset tracepoints exist since 4.15/4.16 (tcp_send_reset, tcp_receive_reset); without
     // them a RST close cannot be told from a TIME_WAIT close, which the startup notice says.
     for (name, event, slot) in [
         ("reset_rx_tp", "tcp_receive_reset", &mut cfg.tp_reset_rx),
         ("reset_tx_tp", "tcp_send_reset", &mut cfg.tp_reset_tx),
     ] {
-        if let Ok(l) = tracefs::event_format(&root, "tcp", event).and_then(|f| tracefs::reset_layout(&f)) {
+        if let Ok(l) =
+            tracefs::event_format(&root, "tcp", event).and_then(|f| tracefs::reset_layout(&f))
+        {
             *slot = l;
             programs.push((name, ProgRole::Reset, "tcp", event));
         }
     }
-    let mut ebpf = base_loader(&cfg, opts).load(BPF_OBJECT).map_err(aya_err("loading the kernel object"))?;
+    let mut ebpf = base_loader(&cfg, opts)
+        .load(BPF_OBJECT)
+        .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
     for (name, _, category, event) in &programs {
         let prog: &mut TracePoint = ebpf
@@ -331,7 +359,8 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
             .try_into()
             .map_err(aya_err(*name))?;
         prog.load().map_err(aya_err(format!("loading {name}")))?;
-        prog.attach(category, event).map_err(aya_err(format!("attaching {name} to {category}:{event}")))?;
+        prog.attach(category, event)
+            .map_err(aya_err(format!("attaching {name} to {category}:{event}")))?;
     }
     let counters = take_counters(&mut ebpf)?;
     Ok(Probe {
@@ -355,7 +384,8 @@ fn fill_ports(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<(), ProbeError> {
         .map_err(aya_err("PORTS map"))?;
     for &(port, bits) in &opts.ports {
         let cur = map.get(&port, 0).unwrap_or(0);
-        map.insert(port, cur | bits, 0).map_err(aya_err("filling PORTS"))?;
+        map.insert(port, cur | bits, 0)
+            .map_err(aya_err("filling PORTS"))?;
     }
     Ok(())
 }

@@ -41,7 +41,12 @@ pub struct TextWriter<W: Write> {
 
 impl<W: Write> TextWriter<W> {
     pub fn new(out: W, clock: WallClock) -> Self {
-        TextWriter { out, clock, local_w: 21, remote_w: 21 }
+        TextWriter {
+            out,
+            clock,
+            local_w: 21,
+            remote_w: 21,
+        }
     }
 
     pub fn header(&mut self) -> io::Result<()> {
@@ -204,12 +209,23 @@ mod tests {
     fn ev() -> Event {
         Event {
             ts_ns: 5_000_000_000,
-            sock: SockId { cookie: 9, skaddr: 0xffff_0000_0000_1000 },
+            sock: SockId {
+                cookie: 9,
+                skaddr: 0xffff_0000_0000_1000,
+            },
             netns: 1,
             local: "[::1]:8080".parse().unwrap(),
             remote: "[::1]:40000".parse().unwrap(),
-            what: What::Transition { old: TcpState::Established, new: TcpState::CloseWait },
-            task: Task { pid: 0, tid: 0, comm: "swapper/1".into(), cgroup_id: 1 },
+            what: What::Transition {
+                old: TcpState::Established,
+                new: TcpState::CloseWait,
+            },
+            task: Task {
+                pid: 0,
+                tid: 0,
+                comm: "swapper/1".into(),
+                cgroup_id: 1,
+            },
             owner_context: false,
             from_backup: false,
         }
@@ -220,11 +236,24 @@ mod tests {
         let e = ev();
         let mut buf = Vec::new();
         let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
-        let line = TraceLine { local: e.local, remote: e.remote, event: e, old: TcpState::Established, new: TcpState::CloseWait, owner: None, owner_method: None, dwell_ns: Some(1_500_000), note: None };
+        let line = TraceLine {
+            local: e.local,
+            remote: e.remote,
+            event: e,
+            old: TcpState::Established,
+            new: TcpState::CloseWait,
+            owner: None,
+            owner_method: None,
+            dwell_ns: Some(1_500_000),
+            note: None,
+        };
         w.line(&line).unwrap();
         let s = String::from_utf8(buf).unwrap();
         assert!(s.contains("      - -"), "{s}");
-        assert!(!s.contains("swapper"), "the softirq task is never shown as owner: {s}");
+        assert!(
+            !s.contains("swapper"),
+            "the softirq task is never shown as owner: {s}"
+        );
         assert!(s.contains("ESTABLISHED -> CLOSE_WAIT"), "{s}");
         assert!(s.contains("1.500"), "{s}");
         assert!(s.contains("[::1]:8080"), "{s}");
@@ -234,7 +263,17 @@ mod tests {
     fn json_line_is_typed_and_escapes_comm() {
         let mut e = ev();
         e.task.comm = "evil\"\n{".into();
-        let line = TraceLine { local: e.local, remote: e.remote, event: e, old: TcpState::Established, new: TcpState::CloseWait, owner: Some((7, "a\"b".into())), owner_method: Some("listener"), dwell_ns: None, note: None };
+        let line = TraceLine {
+            local: e.local,
+            remote: e.remote,
+            event: e,
+            old: TcpState::Established,
+            new: TcpState::CloseWait,
+            owner: Some((7, "a\"b".into())),
+            owner_method: Some("listener"),
+            dwell_ns: None,
+            note: None,
+        };
         let mut buf = Vec::new();
         write_json(&mut buf, &line, &WallClock::with_offset_ns(0)).unwrap();
         let s = String::from_utf8(buf).unwrap();

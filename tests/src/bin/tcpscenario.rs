@@ -88,10 +88,16 @@ fn server(o: &Opts) -> Vec<TcpStream> {
     for _ in 0..o.conns {
         let (s, peer) = l.accept().expect("accept");
         println!("accepted {} {}", s.local_addr().unwrap(), peer);
-        let (leak, delay, first, linger0) = (o.on_eof_leak, o.close_delay, o.close_first, o.linger0);
-        handles.push(thread::spawn(move || serve_one(s, leak, delay, first, linger0)));
+        let (leak, delay, first, linger0) =
+            (o.on_eof_leak, o.close_delay, o.close_first, o.linger0);
+        handles.push(thread::spawn(move || {
+            serve_one(s, leak, delay, first, linger0)
+        }));
     }
-    let kept = handles.into_iter().filter_map(|h| h.join().unwrap()).collect();
+    let kept = handles
+        .into_iter()
+        .filter_map(|h| h.join().unwrap())
+        .collect();
     drop(l);
     kept
 }
@@ -126,15 +132,30 @@ fn simclose(o: &Opts) -> Vec<TcpStream> {
     let l = TcpListener::bind(o.addr).expect("bind");
     let c = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
     let (a, _) = l.accept().expect("accept");
-    println!("connected {} {}", c.local_addr().unwrap(), c.peer_addr().unwrap());
-    println!("accepted {} {}", a.local_addr().unwrap(), a.peer_addr().unwrap());
+    println!(
+        "connected {} {}",
+        c.local_addr().unwrap(),
+        c.peer_addr().unwrap()
+    );
+    println!(
+        "accepted {} {}",
+        a.local_addr().unwrap(),
+        a.peer_addr().unwrap()
+    );
     let lo = |state: &str| {
-        let ok = std::process::Command::new("ip").args(["link", "set", "lo", state]).status();
-        assert!(ok.map(|s| s.success()).unwrap_or(false), "ip link set lo {state}");
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", "lo", state])
+            .status();
+        assert!(
+            ok.map(|s| s.success()).unwrap_or(false),
+            "ip link set lo {state}"
+        );
     };
     lo("down");
-    c.shutdown(std::net::Shutdown::Write).expect("shutdown client");
-    a.shutdown(std::net::Shutdown::Write).expect("shutdown server");
+    c.shutdown(std::net::Shutdown::Write)
+        .expect("shutdown client");
+    a.shutdown(std::net::Shutdown::Write)
+        .expect("shutdown server");
     thread::sleep(Duration::from_millis(50));
     lo("up");
     // The FINs are retransmitted after the minimum RTO (200 ms).
@@ -157,7 +178,11 @@ fn client(o: &Opts) -> Vec<TcpStream> {
                 continue;
             }
         };
-        println!("connected {} {}", s.local_addr().unwrap(), s.peer_addr().unwrap());
+        println!(
+            "connected {} {}",
+            s.local_addr().unwrap(),
+            s.peer_addr().unwrap()
+        );
         thread::sleep(o.hold);
         if o.wait_eof {
             let mut buf = [0u8; 512];
@@ -177,7 +202,11 @@ fn client(o: &Opts) -> Vec<TcpStream> {
 
 /// Connects from a chosen source address (e.g. 127.0.0.2), so tests get several distinct peers.
 fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let domain = if ip.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let domain = if ip.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // SAFETY: plain socket syscalls on a fd we own until it is wrapped in a TcpStream.
     unsafe {
         let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -227,7 +256,10 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// SO_LINGER with a zero timeout: close() sends a RST instead of a FIN.
 fn set_linger0(s: &TcpStream) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt reads `l` for the given length.
     unsafe {
         libc::setsockopt(
