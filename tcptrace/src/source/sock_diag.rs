@@ -61,6 +61,19 @@ pub enum SockDiagError {
     Malformed(&'static str),
     #[error("cannot read the network namespace inode: {0}")]
     Netns(#[source] io::Error),
+    /// The namespace went away before it could be entered (its last process exited, or
+    /// `ip netns del` removed it), or its `/proc/PID/ns/net` path now leads to another namespace
+    /// because the pid was reused.
+    #[error("network namespace {inode} is gone")]
+    NetnsGone { inode: u32 },
+    #[error("cannot enter network namespace {inode}: {source}")]
+    Setns {
+        inode: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the thread that enters network namespaces: {0}")]
+    NetnsWorker(#[source] io::Error),
 }
 
 /// Dumps every TCP socket (IPv4 then IPv6, every state) of the caller's network namespace,
