@@ -210,8 +210,13 @@ impl Tracer {
     /// stderr). Panics with the tracer's own error if it exits first: lacking privileges is a
     /// failure, never a skip.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(tcptrace_bin())
-            .args(args)
+        Tracer::start_command(Command::new(tcptrace_bin()).args(args))
+    }
+
+    /// Like [`Tracer::start`], for a prepared command (e.g. under `setpriv`).
+    pub fn start_command(cmd: &mut Command) -> Tracer {
+        let args = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

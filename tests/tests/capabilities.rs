@@ -1,0 +1,33 @@
+//! tcptrace runs with exactly the documented capabilities and no root: CAP_BPF and CAP_PERFMON
+//! for the kernel programs, CAP_NET_ADMIN for the socket table, CAP_SYS_PTRACE and
+//! CAP_DAC_READ_SEARCH to read other processes' fds and tracefs.
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use tcptrace_tests::*;
+
+const CAPS: &str = "+bpf,+perfmon,+net_admin,+sys_ptrace,+dac_read_search";
+
+#[test]
+fn traces_as_nobody_with_only_the_documented_capabilities() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let tracer = Tracer::start_command(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={CAPS}"))
+            .arg(format!("--ambient-caps={CAPS}"))
+            .arg(tcptrace_bin())
+            .args(["trace", "--json", "--port", &port.to_string()]),
+    );
+    let (mut srv, _) = server(addr, &["--on-eof", "close"]);
+    let mut cli = client(addr, &["--hold-ms", "10"]);
+    cli.wait_done(Duration::from_secs(20));
+    srv.wait_done(Duration::from_secs(20));
+    cli.finish();
+    srv.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop();
+    assert_eq!(out.json_lines().len(), 12, "{}\n{}", out.stdout, out.stderr);
+}
