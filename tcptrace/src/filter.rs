@@ -135,10 +135,10 @@ impl fmt::Display for PeerSpec {
 
 impl PeerSpec {
     pub fn matches(&self, remote: &SocketAddr) -> bool {
-        if let Some(p) = self.port {
-            if remote.port() != p {
-                return false;
-            }
+        if let Some(p) = self.port
+            && remote.port() != p
+        {
+            return false;
         }
         prefix_match(self.addr, self.prefix, remote.ip())
     }
@@ -240,10 +240,10 @@ impl Filters {
 
     /// Whether the socket's endpoints pass (ports, peers, family).
     pub fn matches_endpoints(&self, local: &SocketAddr, remote: &SocketAddr) -> bool {
-        if let Some(f) = self.family {
-            if (f == Family::V6) != local.is_ipv6() {
-                return false;
-            }
+        if let Some(f) = self.family
+            && (f == Family::V6) != local.is_ipv6()
+        {
+            return false;
         }
         let any_port = !self.ports.is_empty() || !self.lports.is_empty() || !self.rports.is_empty();
         if any_port {

@@ -150,10 +150,10 @@ impl Probe {
         }
         // Classic tracepoints need tracefs; it is also how we tell "no such tracepoint".
         let tracefs = tracefs::tracefs_root().ok();
-        if let Some(root) = &tracefs {
-            if !root.join("events/sock/inet_sock_set_state").exists() {
-                return Err(ProbeError::NoTracepoint);
-            }
+        if let Some(root) = &tracefs
+            && !root.join("events/sock/inet_sock_set_state").exists()
+        {
+            return Err(ProbeError::NoTracepoint);
         }
         let (path, fallback_reason) = match opts.force_path {
             Some(p) => (p, None),
