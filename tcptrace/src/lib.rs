@@ -10,6 +10,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod event;

@@ -6,18 +6,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::{
+    aggregate::{AggLimits, Aggregates, Summary, SummaryInput, summary},
     cli::ProbeArgs,
     clock::{WallClock, monotonic_ns},
     event::Event,
     filter::Filters,
-    lifecycle::{Limits, SocketTable},
+    lifecycle::{Applied, FdOwners, Limits, ReconcileStats, SocketTable},
+    owner::fdscan,
     probe::{EventReader, HookPath, LossReport, Probe, ProbeOptions},
+    source::netns,
 };
 
 pub struct Live {
     pub probe: Probe,
     pub reader: EventReader,
     pub table: SocketTable,
+    pub agg: Aggregates,
     pub clock: WallClock,
     pub started: Instant,
     pub started_ns: u64,
@@ -25,7 +29,11 @@ pub struct Live {
     pub events: u64,
     lost_reported: u64,
     last_loss_check: Instant,
+    last_reconcile: Instant,
 }
+
+/// How often the table is checked against the kernel's (and owners re-read from /proc).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 /// How tcptrace learns that a socket entered TIME_WAIT on this path.
 pub fn timewait_method(_path: HookPath) -> &'static str {
@@ -54,18 +62,74 @@ impl Live {
             probe.ring_bytes / 1024,
             timewait_method(probe.path()),
         );
-        let table = SocketTable::new(Limits { fin_timeout_ns: fin_timeout_ns(), ..Limits::default() });
-        Ok(Live {
+        let table =
+            SocketTable::new(Limits { fin_timeout_ns: fin_timeout_ns(), ..Limits::default() });
+        let started_ns = monotonic_ns();
+        let mut live = Live {
             probe,
             reader,
             table,
+            agg: Aggregates::new(started_ns, AggLimits::default()),
             clock: WallClock::now(),
             started: Instant::now(),
-            started_ns: monotonic_ns(),
+            started_ns,
             events: 0,
             lost_reported: 0,
             last_loss_check: Instant::now(),
-        })
+            last_reconcile: Instant::now(),
+        };
+        // The programs are attached first, so no transition falls between the kernel table
+        // dump and the event stream; the table drops what the dump already covers.
+        live.reconcile().context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
+        Ok(live)
+    }
+
+    /// Feeds one event to the socket table and the aggregates.
+    pub fn apply(&mut self, ev: &Event) -> Applied {
+        let a = self.table.apply(ev);
+        self.agg.observe_applied(&a, ev.ts_ns);
+        a
+    }
+
+    /// Timer work: expire timewait sockets, reconcile with the kernel table every
+    /// `RECONCILE_EVERY`, report new losses.
+    pub fn tick(&mut self) {
+        let now = monotonic_ns();
+        let expired = self.table.expire(now);
+        self.agg.observe_expired(&expired, now);
+        if self.last_reconcile.elapsed() >= RECONCILE_EVERY {
+            if let Err(e) = self.reconcile() {
+                log::warn!("reconciliation with the kernel socket table failed: {e:#}");
+            }
+        }
+        self.report_new_losses();
+    }
+
+    /// Compares the table with the kernel's socket table (every network namespace) and names
+    /// the holders of sockets by scanning /proc/*/fd, as `ss -p` does. Counts what it fixed.
+    pub fn reconcile(&mut self) -> anyhow::Result<ReconcileStats> {
+        self.last_reconcile = Instant::now();
+        let snap = netns::dump_all_namespaces()?;
+        let owners: FdOwners = fdscan::scan_socket_owners(None)
+            .into_iter()
+            .map(|(inode, procs)| (inode, procs.into_iter().map(|p| (p.pid, p.comm)).collect()))
+            .collect();
+        Ok(self.table.reconcile(&snap, Some(&owners)))
+    }
+
+    /// The report document's core, as of now.
+    pub fn summary(&self, top: usize) -> Summary {
+        summary(
+            &self.table,
+            &self.agg,
+            &SummaryInput {
+                now_ns: monotonic_ns(),
+                lost_events: self.loss().lost(),
+                timewait_method: timewait_method(self.probe.path()),
+                port_range: port_range(),
+                top,
+            },
+        )
     }
 
     /// Waits for the next poll and returns the events drained.
@@ -133,6 +197,21 @@ pub fn fin_timeout_ns() -> u64 {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(60)
         * 1_000_000_000
+}
+
+/// `net.ipv4.ip_local_port_range`: the ephemeral ports connect() picks from.
+pub fn port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Resolves when the user asks to stop (Ctrl-C, SIGTERM) or the duration runs out.

@@ -38,8 +38,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
         pending = fresh;
         out.flush()?;
-        live.table.expire(crate::clock::monotonic_ns());
-        live.report_new_losses();
+        live.tick();
         if done {
             for l in pending.drain(..) {
                 out.line(&l)?;
@@ -62,7 +61,7 @@ fn apply_batch(
 ) -> Vec<TraceLine> {
     let mut lines: Vec<TraceLine> = Vec::new();
     for ev in batch.drain(..) {
-        let applied = live.table.apply(&ev);
+        let applied = live.apply(&ev);
         if applied.is_duplicate() {
             continue;
         }

@@ -1,3 +1,6 @@
-//! Views: how results reach the user.
+//! Views: how results reach the user. They render; they never reach back into the probe.
 
+pub mod report;
+pub mod table;
+pub mod top;
 pub mod trace;

@@ -1,0 +1,168 @@
+//! `tcptrace report`: the summary as text, or as one JSON document.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::table::{Align, Table, human_ms, printable, rate};
+use crate::aggregate::{GroupCounts, Summary};
+
+/// The `report --json` document: the engine's summary plus where and when it was taken.
+/// Fields that say when the report was made: `generated_at`, `host`; everything else is a
+/// function of the events observed.
+#[derive(Serialize)]
+pub struct ReportDoc<'a> {
+    /// Document format version.
+    pub schema: u32,
+    /// Wall-clock time the report was made, seconds since the Unix epoch.
+    pub generated_at: f64,
+    pub host: String,
+    pub kernel: String,
+    /// Kernel hook that delivered the events: "tp_btf" or "tracepoint".
+    pub hook: String,
+    #[serde(flatten)]
+    pub summary: &'a Summary,
+}
+
+pub const SCHEMA: u32 = 1;
+
+fn counts_cells(c: &GroupCounts) -> Vec<String> {
+    vec![
+        c.close_wait.to_string(),
+        rate(c.close_wait_per_s),
+        c.close_wait_oldest_ms.map(human_ms).unwrap_or_else(|| {
+            if c.close_wait_age_unknown > 0 { "before start".into() } else { "-".into() }
+        }),
+        c.time_wait.to_string(),
+        rate(c.time_wait_per_s),
+    ]
+}
+
+const COUNT_HEADERS: [(&str, Align); 5] = [
+    ("CLOSE_WAIT", Align::Right),
+    ("CW/s", Align::Right),
+    ("OLDEST_CW", Align::Right),
+    ("TIME_WAIT", Align::Right),
+    ("TW/s", Align::Right),
+];
+
+fn with_counts(first: &[(&'static str, Align)]) -> Vec<(&'static str, Align)> {
+    let mut h = first.to_vec();
+    h.extend_from_slice(&COUNT_HEADERS);
+    h
+}
+
+/// Renders the summary for a terminal.
+pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
+    let s = doc.summary;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tcptrace report: {:.1}s observed on {} (kernel {}), hook {}, TIME_WAIT {}",
+        s.window_s, doc.host, doc.kernel, doc.hook, s.timewait_method
+    );
+    let c = &s.corrections;
+    let _ = writeln!(
+        out,
+        "lost events: {}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",
+        s.lost_events,
+        c.added + c.removed + c.state_fixed,
+        s.evictions.sockets,
+        s.evictions.groups
+    );
+    let totals: Vec<String> =
+        s.totals.iter().filter(|(_, n)| *n > 0).map(|(st, n)| format!("{} {n}", st.name())).collect();
+    let _ = writeln!(out, "sockets now: {}", if totals.is_empty() { "none".into() } else { totals.join("  ") });
+    if s.unattributed.time_wait + s.unattributed.close_wait > 0 {
+        let _ = writeln!(
+            out,
+            "owner unknown: TIME_WAIT {}  CLOSE_WAIT {}",
+            s.unattributed.time_wait, s.unattributed.close_wait
+        );
+    }
+
+    let mut t = Table::new(&with_counts(&[("PID", Align::Right), ("COMM", Align::Left)]));
+    for r in s.by_pid.iter().take(rows) {
+        let mut cells = vec![r.pid.to_string(), printable(r.comm.as_str())];
+        cells.extend(counts_cells(&r.counts));
+        t.row(cells);
+    }
+    section(&mut out, "By process", &t);
+
+    let mut t = Table::new(&with_counts(&[("LOCAL_PORT", Align::Right)]));
+    for r in s.by_local_port.iter().take(rows) {
+        let mut cells = vec![r.port.to_string()];
+        cells.extend(counts_cells(&r.counts));
+        t.row(cells);
+    }
+    section(&mut out, "By local port (inbound connections)", &t);
+
+    let mut t = Table::new(&with_counts(&[("PEER", Align::Left)]));
+    for r in s.by_peer.iter().take(rows) {
+        let peer = match r.port {
+            Some(p) if r.addr.contains(':') => format!("[{}]:{p}", r.addr),
+            Some(p) => format!("{}:{p}", r.addr),
+            None => format!("{} (inbound)", r.addr),
+        };
+        let mut cells = vec![peer];
+        cells.extend(counts_cells(&r.counts));
+        t.row(cells);
+    }
+    section(&mut out, "By peer", &t);
+
+    let mut t = Table::new(&[
+        ("STATE", Align::Left),
+        ("STAYS", Align::Right),
+        ("P50", Align::Right),
+        ("P90", Align::Right),
+        ("P99", Align::Right),
+        ("MAX", Align::Right),
+    ]);
+    for (state, d) in &s.dwell_ms {
+        if d.count == 0 {
+            continue;
+        }
+        t.row(vec![
+            state.to_string(),
+            d.count.to_string(),
+            human_ms(d.p50),
+            human_ms(d.p90),
+            human_ms(d.p99),
+            human_ms(d.max),
+        ]);
+    }
+    section(&mut out, "Time spent in each state (completed stays)", &t);
+
+    let mut t = Table::new(&[
+        ("FROM", Align::Left),
+        ("TO", Align::Left),
+        ("TIME_WAIT", Align::Right),
+        ("PORT_RANGE", Align::Right),
+        ("USED", Align::Right),
+    ]);
+    for p in s.port_pressure.iter().take(rows) {
+        let to = if p.peer_addr.contains(':') {
+            format!("[{}]:{}", p.peer_addr, p.peer_port)
+        } else {
+            format!("{}:{}", p.peer_addr, p.peer_port)
+        };
+        t.row(vec![
+            p.local_addr.clone(),
+            to,
+            p.time_wait.to_string(),
+            p.range_size.to_string(),
+            format!("{:.1}%", p.ratio * 100.0),
+        ]);
+    }
+    section(&mut out, "Ephemeral ports held by TIME_WAIT, per destination", &t);
+    out
+}
+
+fn section(out: &mut String, title: &str, t: &Table) {
+    let _ = writeln!(out, "\n{title}");
+    if t.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        out.push_str(&t.render());
+    }
+}

@@ -1,0 +1,127 @@
+//! Plain aligned text tables, shared by `report` and `top`.
+
+/// Column alignment.
+#[derive(Clone, Copy)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+pub struct Table {
+    headers: Vec<(String, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[(&str, Align)]) -> Table {
+        Table { headers: headers.iter().map(|(h, a)| (h.to_string(), *a)).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Renders with two spaces between columns; the last column is not padded.
+    pub fn render(&self) -> String {
+        let n = self.headers.len();
+        let mut w: Vec<usize> = self.headers.iter().map(|(h, _)| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let line = |cells: Vec<&str>, out: &mut String| {
+            let mut s = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let pad = w[i].saturating_sub(c.chars().count());
+                let last = i + 1 == cells.len();
+                match self.headers[i].1 {
+                    Align::Left if last => s.push_str(c),
+                    Align::Left => {
+                        s.push_str(c);
+                        s.push_str(&" ".repeat(pad));
+                    }
+                    Align::Right => {
+                        s.push_str(&" ".repeat(pad));
+                        s.push_str(c);
+                    }
+                }
+                if !last {
+                    s.push_str("  ");
+                }
+            }
+            out.push_str(s.trim_end());
+            out.push('\n');
+        };
+        line(self.headers.iter().map(|(h, _)| h.as_str()).collect(), &mut out);
+        for r in &self.rows {
+            line(r.iter().map(|c| c.as_str()).collect(), &mut out);
+        }
+        out
+    }
+}
+
+/// Milliseconds as a short human duration: `850ms`, `12.3s`, `4m05s`, `2h10m`.
+pub fn human_ms(ms: f64) -> String {
+    if !ms.is_finite() || ms < 0.0 {
+        return "-".into();
+    }
+    if ms < 1000.0 {
+        return format!("{ms:.0}ms");
+    }
+    let s = ms / 1000.0;
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let s = s as u64;
+    if s < 3600 {
+        return format!("{}m{:02}s", s / 60, s % 60);
+    }
+    format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+}
+
+/// A rate with one decimal, `-` for zero.
+pub fn rate(per_s: f64) -> String {
+    if per_s <= 0.0 { "-".into() } else { format!("{per_s:.1}") }
+}
+
+/// Replaces control characters in attacker-controlled strings (comm is set by the process
+/// itself) so they cannot move the cursor or rewrite the terminal.
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_and_trailing_space_is_trimmed() {
+        let mut t = Table::new(&[("PID", Align::Right), ("COMM", Align::Left), ("N", Align::Right)]);
+        t.row(vec!["1".into(), "a".into(), "10".into()]);
+        t.row(vec!["12345".into(), "longname".into(), "2".into()]);
+        let r = t.render();
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(lines[0], "  PID  COMM       N");
+        assert_eq!(lines[1], "    1  a         10");
+        assert_eq!(lines[2], "12345  longname   2");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_ms(850.0), "850ms");
+        assert_eq!(human_ms(12_345.0), "12.3s");
+        assert_eq!(human_ms(245_000.0), "4m05s");
+        assert_eq!(human_ms(7_800_000.0), "2h10m");
+    }
+
+    #[test]
+    fn control_characters_are_neutralised() {
+        assert_eq!(printable("a\x1b[2Jb\n"), "a?[2Jb?");
+    }
+}
