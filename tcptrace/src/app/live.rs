@@ -22,6 +22,8 @@ pub struct Live {
     pub reader: EventReader,
     pub table: SocketTable,
     pub agg: Aggregates,
+    /// What the user asked to see; the kernel table dump is cut to it like the event stream.
+    pub filters: Filters,
     pub clock: WallClock,
     pub started: Instant,
     pub started_ns: u64,
@@ -70,6 +72,7 @@ impl Live {
             reader,
             table,
             agg: Aggregates::new(started_ns, AggLimits::default()),
+            filters: filters.clone(),
             clock: WallClock::now(),
             started: Instant::now(),
             started_ns,
@@ -109,7 +112,10 @@ impl Live {
     /// the holders of sockets by scanning /proc/*/fd, as `ss -p` does. Counts what it fixed.
     pub fn reconcile(&mut self) -> anyhow::Result<ReconcileStats> {
         self.last_reconcile = Instant::now();
-        let snap = netns::dump_all_namespaces()?;
+        let mut snap = netns::dump_all_namespaces()?;
+        // The same endpoint filters as the kernel applies to events, so the table holds the
+        // same sockets from both sources.
+        snap.sockets.retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
         let owners: FdOwners = fdscan::scan_socket_owners(None)
             .into_iter()
             .map(|(inode, procs)| (inode, procs.into_iter().map(|p| (p.pid, p.comm)).collect()))

@@ -1,0 +1,198 @@
+//! `tcptrace report` and `top` on scripted loopback scenarios: counts equal `ss`, every socket is
+//! attributed to the process that really owns it (including sockets older than tcptrace), and
+//! dwell times match the times the test induced.
+
+use std::{collections::HashMap, net::SocketAddr, process::Command, time::Duration};
+
+use serde_json::Value;
+use tcptrace_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn report(args: &[&str]) -> Tracer {
+    let mut a = vec!["report", "--json"];
+    a.extend_from_slice(args);
+    Tracer::start(&a)
+}
+
+/// `ss -tanH state STATE` rows matching a filter expression.
+fn ss_count(state: &str, filter: &str) -> usize {
+    let out = Command::new("ss").args(["-tanH", "state", state, filter]).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn row<'a>(list: &'a Value, key: &str, val: &Value) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| &r[key] == val)
+        .unwrap_or_else(|| panic!("no row with {key} = {val} in {list:#}"))
+}
+
+fn peer_row<'a>(doc: &'a Value, addr: &str, port: u16) -> &'a Value {
+    doc["by_peer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["addr"] == addr && r["port"] == port)
+        .unwrap_or_else(|| panic!("no by_peer row {addr}:{port} in {:#}", doc["by_peer"]))
+}
+
+/// The documented shape of the report document (README, "report --json").
+fn assert_shape(doc: &Value) {
+    assert!(doc["lost_events"].is_u64(), "lost_events is an integer");
+    assert!(doc["schema"].is_u64());
+    for (list, keys) in [
+        ("by_pid", &["pid", "comm", "time_wait", "close_wait"][..]),
+        ("by_local_port", &["port", "time_wait", "close_wait"][..]),
+        ("by_peer", &["addr", "port", "time_wait", "close_wait"][..]),
+    ] {
+        for r in doc[list].as_array().unwrap_or_else(|| panic!("{list} is an array")) {
+            for k in keys {
+                assert!(!r[k].is_null() || (*k == "port" && list == "by_peer"), "{list} row has {k}: {r}");
+            }
+            assert!(r["time_wait"].is_u64() && r["close_wait"].is_u64());
+        }
+    }
+    for r in doc["by_pid"].as_array().unwrap() {
+        assert_ne!(r["pid"], 0, "never pid 0");
+        assert_ne!(r["comm"].as_str().unwrap_or("").split('/').next(), Some("swapper"));
+    }
+    for r in doc["by_peer"].as_array().unwrap() {
+        assert!(r["addr"].as_str().unwrap().parse::<std::net::IpAddr>().is_ok(), "addr is an IP: {r}");
+    }
+    for (state, d) in doc["dwell_ms"].as_object().expect("dwell_ms object") {
+        for k in ["count", "p50", "p90", "p99", "max"] {
+            assert!(d[k].is_number(), "dwell_ms.{state}.{k}: {d}");
+        }
+    }
+}
+
+#[test]
+fn close_wait_leak_before_and_after_start_is_counted_and_attributed() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let (mut srv, _) = server(addr, &["--conns", "6", "--on-eof", "leak"]);
+    // Three leaks exist before tcptrace starts.
+    let mut before = client(addr, &["--conns", "3"]);
+    before.wait_done(T);
+    std::thread::sleep(Duration::from_millis(200));
+    let tracer = report(&["--duration", "4s", "--port", &port.to_string()]);
+    let mut after = client(addr, &["--conns", "3"]);
+    after.wait_done(T);
+    srv.wait_done(T);
+    let out = tracer.wait();
+    let doc = out.json();
+    assert_shape(&doc);
+    let spid = srv.pid();
+    let ss_cw = ss_count("close-wait", &format!("sport = :{port}"));
+    assert_eq!(ss_cw, 6);
+    let r = row(&doc["by_pid"], "pid", &Value::from(spid));
+    assert_eq!(r["close_wait"], 6, "{r:#}");
+    assert_eq!(r["comm"], "tcpscenario");
+    assert_eq!(row(&doc["by_local_port"], "port", &Value::from(port))["close_wait"], 6);
+    assert_eq!(doc["totals"]["CLOSE_WAIT"], ss_cw, "totals equal ss");
+    // The active closers' sockets wait for the leaker's FIN: FIN_WAIT2, as ss shows them.
+    assert_eq!(doc["totals"]["FIN_WAIT2"], ss_count("fin-wait-2", &format!("dport = :{port}")));
+    assert_eq!(doc["unattributed"]["close_wait"], 0, "every CLOSE_WAIT socket has its owner");
+    assert_eq!(doc["lost_events"], 0, "{}", out.stderr);
+    before.finish();
+    after.finish();
+    srv.finish();
+}
+
+#[test]
+fn short_connections_pile_time_wait_per_client_and_peer() {
+    let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    let (pa, pb) = (free_port(a), free_port(b));
+    let tracer = report(&["--duration", "4s", "--port", &pa.to_string(), "--port", &pb.to_string()]);
+    let (mut sa, _) = server(SocketAddr::new(a, pa), &["--conns", "20", "--on-eof", "close"]);
+    let (mut sb, _) = server(SocketAddr::new(b, pb), &["--conns", "10", "--on-eof", "close"]);
+    let mut c1 = client(SocketAddr::new(a, pa), &["--conns", "20"]);
+    let mut c2 = client(SocketAddr::new(b, pb), &["--conns", "10"]);
+    for p in [&mut c1, &mut c2, &mut sa, &mut sb] {
+        p.wait_done(T);
+    }
+    let doc = tracer.wait().json();
+    assert_shape(&doc);
+    assert_eq!(ss_count("time-wait", &format!("dport = :{pa}")), 20);
+    assert_eq!(ss_count("time-wait", &format!("dport = :{pb}")), 10);
+    assert_eq!(peer_row(&doc, "127.0.0.2", pa)["time_wait"], 20);
+    assert_eq!(peer_row(&doc, "127.0.0.3", pb)["time_wait"], 10);
+    assert_eq!(row(&doc["by_pid"], "pid", &Value::from(c1.pid()))["time_wait"], 20, "the closer owns its TIME_WAIT");
+    assert_eq!(row(&doc["by_pid"], "pid", &Value::from(c2.pid()))["time_wait"], 10);
+    assert!(doc["by_pid"].as_array().unwrap().iter().all(|r| r["pid"] != sa.pid() || r["time_wait"] == 0), "servers hold none");
+    assert_eq!(doc["totals"]["TIME_WAIT"], 30);
+    for p in [c1, c2, sa, sb] {
+        p.finish();
+    }
+}
+
+#[test]
+fn server_closing_first_holds_time_wait_on_its_port() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let tracer = report(&["--duration", "4s", "--port", &port.to_string()]);
+    let (mut srv, _) = server(addr, &["--conns", "15", "--close-first-ms", "0"]);
+    let mut cli = client(addr, &["--conns", "15", "--wait-eof"]);
+    cli.wait_done(T);
+    srv.wait_done(T);
+    let doc = tracer.wait().json();
+    assert_shape(&doc);
+    assert_eq!(ss_count("time-wait", &format!("sport = :{port}")), 15);
+    assert_eq!(row(&doc["by_local_port"], "port", &Value::from(port))["time_wait"], 15);
+    assert_eq!(row(&doc["by_pid"], "pid", &Value::from(srv.pid()))["time_wait"], 15);
+    assert_eq!(doc["totals"]["TIME_WAIT"], 15);
+    cli.finish();
+    srv.finish();
+}
+
+#[test]
+fn dwell_times_match_the_induced_ones() {
+    let ip = "::1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let tracer = report(&["--duration", "5s", "--port", &port.to_string()]);
+    // Each connection: the client holds it open 150 ms, then closes; the server sits in
+    // CLOSE_WAIT 250 ms before closing.
+    let (mut srv, _) = server(addr, &["--conns", "5", "--on-eof", "close", "--close-delay-ms", "250"]);
+    let mut cli = client(addr, &["--conns", "5", "--hold-ms", "150"]);
+    cli.wait_done(T);
+    srv.wait_done(T);
+    std::thread::sleep(Duration::from_millis(400));
+    let doc = tracer.wait().json();
+    let d: HashMap<String, Value> = serde_json::from_value(doc["dwell_ms"].clone()).unwrap();
+    let cw = &d["CLOSE_WAIT"];
+    assert_eq!(cw["count"], 5, "{cw}");
+    for k in ["p50", "max"] {
+        let v = cw[k].as_f64().unwrap();
+        assert!((250.0..260.0).contains(&v), "CLOSE_WAIT {k} = {v} ms, induced 250 ms");
+    }
+    let est = &d["ESTABLISHED"];
+    assert_eq!(est["count"], 10, "client and server sides: {est}");
+    let p50 = est["p50"].as_f64().unwrap();
+    assert!((150.0..160.0).contains(&p50), "ESTABLISHED p50 = {p50} ms, induced 150 ms");
+    cli.finish();
+    srv.finish();
+}
+
+#[test]
+fn top_shows_the_leaking_process_first_within_one_refresh() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let (mut leaker, _) = server(addr, &["--conns", "4", "--on-eof", "leak"]);
+    let mut cli = client(addr, &["--conns", "4"]);
+    cli.wait_done(T);
+    leaker.wait_done(T);
+    let out = Tracer::start(&["top", "--iterations", "1", "--interval", "1s"]).wait();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let head = lines.iter().position(|l| l.trim_start().starts_with("PID")).unwrap_or_else(|| panic!("{}", out.stdout));
+    let first = lines[head + 1];
+    assert!(first.trim_start().starts_with(&leaker.pid().to_string()), "leaker on top:\n{}", out.stdout);
+    assert!(lines[0].contains("lost events 0"), "{}", lines[0]);
+    cli.finish();
+    leaker.finish();
+}
