@@ -24,7 +24,7 @@ fn event_id(ev: &Event) -> (IdKind, u64) {
 
 /// Transitions that start a new socket: connect(), listen(), and an accepted child, which the
 /// kernel clones from the listener with the listener's state, then sets to SYN_RECV
-/// (`inet_csk_clone_lock`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_connection_sock.c#L1000>).
+/// (`inet_csk_clone_lock`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_connection_sock.c>).
 fn is_birth(old: TcpState, new: TcpState) -> bool {
     old == Close || (old == Listen && new == SynRecv)
 }
@@ -323,7 +323,7 @@ impl SocketTable {
 
     /// X -> CLOSE. TIME_WAIT never shows on the tracepoint: FIN_WAIT2 -> CLOSE and
     /// CLOSING -> CLOSE without a RST hand the connection to a timewait socket
-    /// (`tcp_time_wait`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c#L267>).
+    /// (`tcp_time_wait`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c>).
     fn close(
         &mut self,
         slot: u32,
@@ -342,7 +342,7 @@ impl SocketTable {
         }
         // An orphan's FIN_WAIT2 becomes a timewait socket in substate FIN_WAIT2 as soon as its
         // FIN is acked (tcp_rcv_state_process, case TCP_FIN_WAIT1,
-        // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L6590>); it turns
+        // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c>); it turns
         // TIME_WAIT only when the peer's FIN arrives. A local peer still in CLOSE_WAIT has
         // not sent it.
         let held = !reset && old == FinWait2 && self.peer_holds(slot);
@@ -431,7 +431,7 @@ impl SocketTable {
         if e.is_mini() {
             // A timewait socket that answers with or receives a RST is destroyed
             // (tcp_v4_rcv TCP_TW_RST; tcp_timewait_state_process with tcp_rfc1337 off,
-            // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c#L150>).
+            // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c>).
             let left = Change::Left {
                 state: e.state(),
                 dwell_ns: e.dwell_until(ts),

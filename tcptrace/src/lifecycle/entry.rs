@@ -48,8 +48,8 @@ pub(super) struct Entry {
     pub last_ns: u64,
     pub netns: u32,
     /// Socket file inode (from the kernel table), 0 when unknown or none. Socket inodes come from
-    /// `get_next_ino()`, an `unsigned int`
-    /// (<https://github.com/torvalds/linux/blob/v6.1/net/socket.c#L633>).
+    /// `get_next_ino()` in `sock_alloc`, an `unsigned int`
+    /// (<https://github.com/torvalds/linux/blob/v6.1/net/socket.c>).
     pub inode: u32,
     pub owner: OwnerRef,
     /// Who closed this socket (who called close() or shutdown()): TIME_WAIT belongs to them.

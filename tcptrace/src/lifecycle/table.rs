@@ -20,7 +20,7 @@ use super::slab::Slab;
 use super::stats::{StateCounts, TableStats};
 
 /// `TCP_TIMEWAIT_LEN`: how long a timewait socket lives in TIME_WAIT.
-/// <https://github.com/torvalds/linux/blob/v6.1/include/net/tcp.h#L121>
+/// <https://github.com/torvalds/linux/blob/v6.1/include/net/tcp.h>
 pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
 
 /// Bounds and kernel timings the table works with.
