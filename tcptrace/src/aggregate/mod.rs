@@ -1,1 +1,29 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! Group-by tables and dwell distributions, and the report document built from them.
+//!
+//! Two sources, kept apart so each is exact for what it answers:
+//! - History ([`Aggregates`]): fed with every lifecycle change — entries into TIME_WAIT and
+//!   CLOSE_WAIT, completed stays (dwell), connection lifetimes — per process, local port, peer
+//!   address, peer (address, port) and process x peer, in bounded tables.
+//! - The present: current TIME_WAIT / CLOSE_WAIT counts and CLOSE_WAIT ages are computed from
+//!   the socket table when the report is built, so they always equal it.
+//!
+//! [`summary`] joins both into [`Summary`], the `report --json` document.
+
+mod aggregates;
+mod current;
+mod dwell;
+mod group;
+mod pressure;
+mod summary;
+
+#[cfg(test)]
+mod tests;
+
+pub use aggregates::{AggLimits, Aggregates, Peer};
+pub use dwell::{Dwell, DwellMs};
+pub use group::{GroupStats, GroupTable};
+pub use pressure::PortPressure;
+pub use summary::{
+    Attributions, Evictions, GroupCounts, PeerAddrRow, PeerRow, PidPeerRow, PidRow, PortRow,
+    Summary, SummaryInput, Unattributed, summary,
+};

@@ -1,0 +1,278 @@
+//! Who owns a socket, how we know, and the interned store that keeps one copy per process.
+
+use std::fmt;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::event::Task;
+
+/// A task name as the kernel keeps it: at most 15 bytes, NUL padded (`TASK_COMM_LEN`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// Truncates to 15 bytes on a character boundary, as the kernel would keep it.
+    pub fn new(s: &str) -> Comm {
+        let mut end = s.len().min(15);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut b = [0u8; 16];
+        b[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Comm(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        let n = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        // Built from a &str cut on a character boundary, so always UTF-8.
+        std::str::from_utf8(&self.0[..n]).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The process a socket belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Owner {
+    /// Thread group id (what `ps` calls the pid). Never 0.
+    pub pid: u32,
+    /// The task name (for kernel-context attribution, the name of the thread that made the call).
+    pub comm: Comm,
+    /// cgroup v2 id, 0 when unknown (the fd scan does not read it).
+    pub cgroup_id: u64,
+}
+
+impl From<&Task> for Owner {
+    fn from(t: &Task) -> Owner {
+        Owner {
+            pid: t.pid,
+            comm: Comm::new(&t.comm),
+            cgroup_id: t.cgroup_id,
+        }
+    }
+}
+
+/// How the owner of a socket was learned, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The socket's own process made a system call that changed its state (connect, listen,
+    /// close): the task current in the kernel was the owner. Exact at that moment.
+    KernelContext,
+    /// The socket holder's fd was found by scanning `/proc/*/fd` (periodic scan). Exact at scan
+    /// time, and the only way to name the holder of a socket after fork or fd passing.
+    FdScan,
+    /// Found in the kernel socket table (it predates tracing or its events were lost) and
+    /// attributed by the fd scan taken with that snapshot.
+    Snapshot,
+    /// An accepted socket inherits the owner of the listener it was accepted from. A guess:
+    /// the process that listens usually accepts, but it may hand the socket to another.
+    Listener,
+}
+
+impl Attribution {
+    pub(super) const fn to_u8(self) -> u8 {
+        match self {
+            Attribution::KernelContext => 1,
+            Attribution::FdScan => 2,
+            Attribution::Snapshot => 3,
+            Attribution::Listener => 4,
+        }
+    }
+
+    pub(super) const fn from_u8(v: u8) -> Option<Attribution> {
+        match v {
+            1 => Some(Attribution::KernelContext),
+            2 => Some(Attribution::FdScan),
+            3 => Some(Attribution::Snapshot),
+            4 => Some(Attribution::Listener),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Attribution::KernelContext => "kernel_context",
+            Attribution::FdScan => "fd_scan",
+            Attribution::Snapshot => "snapshot",
+            Attribution::Listener => "listener",
+        }
+    }
+}
+
+/// Owner reference stored in a socket entry: 0 is "unknown", otherwise pool index + 1.
+pub(super) type OwnerRef = u32;
+
+struct Slot {
+    owner: Owner,
+    /// Socket entries (owner and closer fields) pointing here; 0 means the slot is free.
+    refs: u32,
+}
+
+/// One copy of each owner, shared by all its sockets and reference counted, so the pool never
+/// holds more owners than there are live references.
+pub(super) struct OwnerPool {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Slot indexes, hashed by (pid, comm).
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl OwnerPool {
+    pub fn new() -> OwnerPool {
+        OwnerPool {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    fn hash(hasher: &DefaultHashBuilder, o: &Owner) -> u64 {
+        hasher.hash_one((o.pid, o.comm))
+    }
+
+    /// Takes one reference to `owner`. Owners are keyed by (pid, comm); a known non-zero cgroup
+    /// id replaces an unknown one (the fd scan brings none).
+    pub fn acquire(&mut self, owner: &Owner) -> OwnerRef {
+        let h = Self::hash(&self.hasher, owner);
+        let slots = &mut self.slots;
+        if let Some(&i) = self.index.find(h, |&i| {
+            let o = &slots[i as usize].owner;
+            o.pid == owner.pid && o.comm == owner.comm
+        }) {
+            let s = &mut slots[i as usize];
+            s.refs += 1;
+            if owner.cgroup_id != 0 {
+                s.owner.cgroup_id = owner.cgroup_id;
+            }
+            return i + 1;
+        }
+        let slot = Slot {
+            owner: *owner,
+            refs: 1,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(h, i, |&j| Self::hash(hasher, &slots[j as usize].owner));
+        i + 1
+    }
+
+    /// Takes one more reference to an owner already held.
+    pub fn retain(&mut self, r: OwnerRef) -> OwnerRef {
+        if r != 0 {
+            self.slots[(r - 1) as usize].refs += 1;
+        }
+        r
+    }
+
+    pub fn release(&mut self, r: OwnerRef) {
+        if r == 0 {
+            return;
+        }
+        let i = r - 1;
+        let s = &mut self.slots[i as usize];
+        s.refs -= 1;
+        if s.refs == 0 {
+            let h = Self::hash(&self.hasher, &s.owner);
+            if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
+                e.remove();
+            }
+            self.free.push(i);
+        }
+    }
+
+    pub fn get(&self, r: OwnerRef) -> Option<Owner> {
+        (r != 0).then(|| self.slots[(r - 1) as usize].owner)
+    }
+
+    /// Heap bytes held (capacity, not length).
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.free.capacity() * 4
+            + self.index.allocation_size()
+    }
+
+    /// Owners currently referenced (for tests and memory accounting).
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pid: u32, comm: &str, cg: u64) -> Owner {
+        Owner {
+            pid,
+            comm: Comm::new(comm),
+            cgroup_id: cg,
+        }
+    }
+
+    #[test]
+    fn comm_keeps_at_most_15_bytes_on_a_char_boundary() {
+        assert_eq!(
+            Comm::new("a-very-long-process-name").as_str(),
+            "a-very-long-pro"
+        );
+        assert_eq!(Comm::new("ééééééééé").as_str(), "ééééééé");
+        assert_eq!(Comm::new("").as_str(), "");
+    }
+
+    #[test]
+    fn pool_shares_one_copy_and_frees_it_with_the_last_reference() {
+        let mut p = OwnerPool::new();
+        let a = p.acquire(&owner(10, "nginx", 0));
+        let b = p.acquire(&owner(10, "nginx", 77));
+        assert_eq!(a, b);
+        assert_eq!(
+            p.get(a).unwrap().cgroup_id,
+            77,
+            "known cgroup replaces unknown"
+        );
+        let c = p.acquire(&owner(11, "curl", 1));
+        assert_ne!(a, c);
+        assert_eq!(p.len(), 2);
+        p.release(a);
+        assert_eq!(p.len(), 2);
+        p.release(b);
+        assert_eq!(p.len(), 1);
+        // The freed slot is reused and the index no longer finds the old owner.
+        let d = p.acquire(&owner(12, "java", 0));
+        assert_eq!(d, a);
+        assert_eq!(p.get(d).unwrap().pid, 12);
+        let e = p.acquire(&owner(10, "nginx", 0));
+        assert_ne!(e, d);
+        assert_eq!(p.get(e).unwrap().cgroup_id, 0);
+    }
+}

@@ -1,0 +1,49 @@
+//! Kernel-free tests of the socket table, driven by synthetic event streams (see `fixtures`).
+
+mod bounds;
+mod close;
+mod connection;
+mod owner;
+mod perf;
+mod reconcile;
+mod timewait;
+
+use std::collections::HashMap;
+
+use tcptrace_common::TcpState;
+
+use super::fixtures::Sk;
+use super::table::{SocketTable, SocketView};
+
+/// The socket with these addresses (None when gone).
+fn find(t: &SocketTable, sk: &Sk) -> Option<SocketView> {
+    let found: Vec<_> = t
+        .iter()
+        .filter(|v| v.local == sk.local && v.remote == sk.remote)
+        .collect();
+    assert!(found.len() <= 1, "two sockets on one 4-tuple: {found:?}");
+    found.into_iter().next()
+}
+
+fn state_of(t: &SocketTable, sk: &Sk) -> Option<TcpState> {
+    find(t, sk).map(|v| v.state)
+}
+
+/// The incremental counts must equal a full scan, always.
+fn check_counts(t: &SocketTable) {
+    let mut scan: HashMap<TcpState, u64> = HashMap::new();
+    for v in t.iter() {
+        *scan.entry(v.state).or_default() += 1;
+    }
+    let c = t.counts();
+    for (s, n) in c.iter() {
+        assert_eq!(
+            n,
+            scan.get(&s).copied().unwrap_or(0),
+            "count of {}",
+            s.name()
+        );
+    }
+    assert_eq!(c.total() as usize, t.len());
+    assert_eq!(t.iter().count(), t.len());
+}

@@ -1,0 +1,58 @@
+//! Timewait sockets leaving on their own: the kernel's timers, which no tracepoint shows.
+
+use tcptrace_common::TcpState;
+
+use super::change::{Change, LeaveReason, SockChange};
+use super::table::SocketTable;
+
+impl SocketTable {
+    /// When the timewait socket in `slot` is destroyed by its timer: 60 s after entering
+    /// TIME_WAIT (`TCP_TIMEWAIT_LEN`), or tcp_fin_timeout after an orphan's FIN_WAIT2 became a
+    /// timewait socket (`tcp_time_wait(sk, TCP_FIN_WAIT2, tmo)`). `last_ns` of a timewait entry
+    /// is when the kernel created it.
+    pub(super) fn mini_deadline(&self, slot: u32) -> u64 {
+        let e = &self.slab[slot as usize];
+        match e.state() {
+            TcpState::FinWait2 => e.last_ns.saturating_add(self.limits.fin_timeout_ns),
+            _ => e
+                .since()
+                .unwrap_or(e.last_ns)
+                .saturating_add(self.limits.timewait_len_ns),
+        }
+    }
+
+    /// Removes timewait sockets whose timer has run out by `now_ns` (CLOCK_MONOTONIC) and
+    /// reports them. The scan is linear but skipped until the earliest deadline; call it about
+    /// once a second.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<SockChange> {
+        let mut out = Vec::new();
+        if now_ns < self.next_expiry_ns {
+            return out;
+        }
+        let mut next = u64::MAX;
+        for slot in 0..self.slab.len() as u32 {
+            let e = &self.slab[slot as usize];
+            if e.is_free() || !e.is_mini() {
+                continue;
+            }
+            let deadline = self.mini_deadline(slot);
+            if now_ns < deadline {
+                next = next.min(deadline);
+                continue;
+            }
+            let change = Change::Left {
+                state: e.state(),
+                dwell_ns: e.since().map(|s| deadline.saturating_sub(s)),
+                reason: LeaveReason::Expired,
+            };
+            out.push(SockChange {
+                sock: self.info(slot),
+                change,
+            });
+            self.stats.timewait_expired += 1;
+            self.retire(slot, deadline);
+        }
+        self.next_expiry_ns = next;
+        out
+    }
+}
