@@ -430,16 +430,23 @@ pub fn sockets_on_port(lines: &[serde_json::Value], port: u16, local: bool) -> V
         .collect()
 }
 
-/// The socket life whose local endpoint is `local` (as tcpscenario prints it).
-pub fn socket_with_local(lines: &[serde_json::Value], local: &str) -> SocketTrace {
-    let want: SocketAddr = local.parse().expect("socket address");
+/// The socket life with this endpoint pair, as tcpscenario prints it (`connected LOCAL PEER`,
+/// `accepted LOCAL PEER`): the pair tells an accepted socket from its listener.
+pub fn socket_with(lines: &[serde_json::Value], endpoints: &str) -> SocketTrace {
+    let mut it = endpoints
+        .split_whitespace()
+        .map(|a| a.parse::<SocketAddr>().expect("socket address"));
+    let (local, remote) = (it.next().expect("local"), it.next().expect("peer"));
+    let matches = |l: &serde_json::Value, a: &SocketAddr, ip: &str, port: &str| {
+        l[port].as_u64() == Some(a.port() as u64)
+            && l[ip].as_str().and_then(|x| x.parse::<IpAddr>().ok()) == Some(a.ip())
+    };
     socket_lives(lines)
         .into_iter()
         .find(|s| {
             s.lines.iter().any(|l| {
-                l["lport"].as_u64() == Some(want.port() as u64)
-                    && l["laddr"].as_str().and_then(|a| a.parse::<IpAddr>().ok()) == Some(want.ip())
+                matches(l, &local, "laddr", "lport") && matches(l, &remote, "raddr", "rport")
             })
         })
-        .unwrap_or_else(|| panic!("no socket with local {local}"))
+        .unwrap_or_else(|| panic!("no socket {local} -> {remote}"))
 }

@@ -47,12 +47,7 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     let port2_round = {
         let (mut srv, _) = server(addr, &["--on-eof", "close"]);
         let mut cli = client(addr, &[]);
-        let local = cli
-            .expect("connected", T)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+        let local = cli.expect("connected", T);
         cli.wait_done(T);
         srv.wait_done(T);
         cli.finish();
@@ -62,7 +57,7 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     std::thread::sleep(Duration::from_millis(300));
     let out = tracer.stop();
     let lines = out.json_lines();
-    let after = socket_with_local(&lines, &port2_round);
+    let after = socket_with(&lines, &port2_round);
     assert_eq!(after.transitions().len(), 5, "{:?}", after.transitions());
     let expected = conns * 10 + 2 + 12;
     let lost = lost_from_summary(&out.stderr);

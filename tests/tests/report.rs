@@ -17,8 +17,14 @@ fn report(args: &[&str]) -> Tracer {
 
 /// `ss -tanH state STATE` rows matching a filter expression.
 fn ss_count(state: &str, filter: &str) -> usize {
-    let out = Command::new("ss").args(["-tanH", "state", state, filter]).output().expect("ss");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    let out = Command::new("ss")
+        .args(["-tanH", "state", state, filter])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
 }
 
 fn row<'a>(list: &'a Value, key: &str, val: &Value) -> &'a Value {
@@ -47,19 +53,35 @@ fn assert_shape(doc: &Value) {
         ("by_local_port", &["port", "time_wait", "close_wait"][..]),
         ("by_peer", &["addr", "port", "time_wait", "close_wait"][..]),
     ] {
-        for r in doc[list].as_array().unwrap_or_else(|| panic!("{list} is an array")) {
+        for r in doc[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{list} is an array"))
+        {
             for k in keys {
-                assert!(!r[k].is_null() || (*k == "port" && list == "by_peer"), "{list} row has {k}: {r}");
+                assert!(
+                    !r[k].is_null() || (*k == "port" && list == "by_peer"),
+                    "{list} row has {k}: {r}"
+                );
             }
             assert!(r["time_wait"].is_u64() && r["close_wait"].is_u64());
         }
     }
     for r in doc["by_pid"].as_array().unwrap() {
         assert_ne!(r["pid"], 0, "never pid 0");
-        assert_ne!(r["comm"].as_str().unwrap_or("").split('/').next(), Some("swapper"));
+        assert_ne!(
+            r["comm"].as_str().unwrap_or("").split('/').next(),
+            Some("swapper")
+        );
     }
     for r in doc["by_peer"].as_array().unwrap() {
-        assert!(r["addr"].as_str().unwrap().parse::<std::net::IpAddr>().is_ok(), "addr is an IP: {r}");
+        assert!(
+            r["addr"]
+                .as_str()
+                .unwrap()
+                .parse::<std::net::IpAddr>()
+                .is_ok(),
+            "addr is an IP: {r}"
+        );
     }
     for (state, d) in doc["dwell_ms"].as_object().expect("dwell_ms object") {
         for k in ["count", "p50", "p90", "p99", "max"] {
@@ -91,11 +113,22 @@ fn close_wait_leak_before_and_after_start_is_counted_and_attributed() {
     let r = row(&doc["by_pid"], "pid", &Value::from(spid));
     assert_eq!(r["close_wait"], 6, "{r:#}");
     assert_eq!(r["comm"], "tcpscenario");
-    assert_eq!(row(&doc["by_local_port"], "port", &Value::from(port))["close_wait"], 6);
+    assert_eq!(
+        row(&doc["by_local_port"], "port", &Value::from(port))["close_wait"],
+        6,
+        "{doc:#}\n{}",
+        out.stderr
+    );
     assert_eq!(doc["totals"]["CLOSE_WAIT"], ss_cw, "totals equal ss");
     // The active closers' sockets wait for the leaker's FIN: FIN_WAIT2, as ss shows them.
-    assert_eq!(doc["totals"]["FIN_WAIT2"], ss_count("fin-wait-2", &format!("dport = :{port}")));
-    assert_eq!(doc["unattributed"]["close_wait"], 0, "every CLOSE_WAIT socket has its owner");
+    assert_eq!(
+        doc["totals"]["FIN_WAIT2"],
+        ss_count("fin-wait-2", &format!("dport = :{port}"))
+    );
+    assert_eq!(
+        doc["unattributed"]["close_wait"], 0,
+        "every CLOSE_WAIT socket has its owner"
+    );
     assert_eq!(doc["lost_events"], 0, "{}", out.stderr);
     before.finish();
     after.finish();
@@ -104,11 +137,25 @@ fn close_wait_leak_before_and_after_start_is_counted_and_attributed() {
 
 #[test]
 fn short_connections_pile_time_wait_per_client_and_peer() {
-    let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+        ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
     let (pa, pb) = (free_port(a), free_port(b));
-    let tracer = report(&["--duration", "4s", "--port", &pa.to_string(), "--port", &pb.to_string()]);
-    let (mut sa, _) = server(SocketAddr::new(a, pa), &["--conns", "20", "--on-eof", "close"]);
-    let (mut sb, _) = server(SocketAddr::new(b, pb), &["--conns", "10", "--on-eof", "close"]);
+    let tracer = report(&[
+        "--duration",
+        "4s",
+        "--port",
+        &pa.to_string(),
+        "--port",
+        &pb.to_string(),
+    ]);
+    let (mut sa, _) = server(
+        SocketAddr::new(a, pa),
+        &["--conns", "20", "--on-eof", "close"],
+    );
+    let (mut sb, _) = server(
+        SocketAddr::new(b, pb),
+        &["--conns", "10", "--on-eof", "close"],
+    );
     let mut c1 = client(SocketAddr::new(a, pa), &["--conns", "20"]);
     let mut c2 = client(SocketAddr::new(b, pb), &["--conns", "10"]);
     for p in [&mut c1, &mut c2, &mut sa, &mut sb] {
@@ -120,9 +167,23 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
     assert_eq!(ss_count("time-wait", &format!("dport = :{pb}")), 10);
     assert_eq!(peer_row(&doc, "127.0.0.2", pa)["time_wait"], 20);
     assert_eq!(peer_row(&doc, "127.0.0.3", pb)["time_wait"], 10);
-    assert_eq!(row(&doc["by_pid"], "pid", &Value::from(c1.pid()))["time_wait"], 20, "the closer owns its TIME_WAIT");
-    assert_eq!(row(&doc["by_pid"], "pid", &Value::from(c2.pid()))["time_wait"], 10);
-    assert!(doc["by_pid"].as_array().unwrap().iter().all(|r| r["pid"] != sa.pid() || r["time_wait"] == 0), "servers hold none");
+    assert_eq!(
+        row(&doc["by_pid"], "pid", &Value::from(c1.pid()))["time_wait"],
+        20,
+        "the closer owns its TIME_WAIT"
+    );
+    assert_eq!(
+        row(&doc["by_pid"], "pid", &Value::from(c2.pid()))["time_wait"],
+        10
+    );
+    assert!(
+        doc["by_pid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["pid"] != sa.pid() || r["time_wait"] == 0),
+        "servers hold none"
+    );
     assert_eq!(doc["totals"]["TIME_WAIT"], 30);
     for p in [c1, c2, sa, sb] {
         p.finish();
@@ -142,8 +203,14 @@ fn server_closing_first_holds_time_wait_on_its_port() {
     let doc = tracer.wait().json();
     assert_shape(&doc);
     assert_eq!(ss_count("time-wait", &format!("sport = :{port}")), 15);
-    assert_eq!(row(&doc["by_local_port"], "port", &Value::from(port))["time_wait"], 15);
-    assert_eq!(row(&doc["by_pid"], "pid", &Value::from(srv.pid()))["time_wait"], 15);
+    assert_eq!(
+        row(&doc["by_local_port"], "port", &Value::from(port))["time_wait"],
+        15
+    );
+    assert_eq!(
+        row(&doc["by_pid"], "pid", &Value::from(srv.pid()))["time_wait"],
+        15
+    );
     assert_eq!(doc["totals"]["TIME_WAIT"], 15);
     cli.finish();
     srv.finish();
@@ -157,7 +224,17 @@ fn dwell_times_match_the_induced_ones() {
     let tracer = report(&["--duration", "5s", "--port", &port.to_string()]);
     // Each connection: the client holds it open 150 ms, then closes; the server sits in
     // CLOSE_WAIT 250 ms before closing.
-    let (mut srv, _) = server(addr, &["--conns", "5", "--on-eof", "close", "--close-delay-ms", "250"]);
+    let (mut srv, _) = server(
+        addr,
+        &[
+            "--conns",
+            "5",
+            "--on-eof",
+            "close",
+            "--close-delay-ms",
+            "250",
+        ],
+    );
     let mut cli = client(addr, &["--conns", "5", "--hold-ms", "150"]);
     cli.wait_done(T);
     srv.wait_done(T);
@@ -168,12 +245,18 @@ fn dwell_times_match_the_induced_ones() {
     assert_eq!(cw["count"], 5, "{cw}");
     for k in ["p50", "max"] {
         let v = cw[k].as_f64().unwrap();
-        assert!((250.0..260.0).contains(&v), "CLOSE_WAIT {k} = {v} ms, induced 250 ms");
+        assert!(
+            (250.0..260.0).contains(&v),
+            "CLOSE_WAIT {k} = {v} ms, induced 250 ms"
+        );
     }
     let est = &d["ESTABLISHED"];
     assert_eq!(est["count"], 10, "client and server sides: {est}");
     let p50 = est["p50"].as_f64().unwrap();
-    assert!((150.0..160.0).contains(&p50), "ESTABLISHED p50 = {p50} ms, induced 150 ms");
+    assert!(
+        (150.0..160.0).contains(&p50),
+        "ESTABLISHED p50 = {p50} ms, induced 150 ms"
+    );
     cli.finish();
     srv.finish();
 }
@@ -189,9 +272,16 @@ fn top_shows_the_leaking_process_first_within_one_refresh() {
     leaker.wait_done(T);
     let out = Tracer::start(&["top", "--iterations", "1", "--interval", "1s"]).wait();
     let lines: Vec<&str> = out.stdout.lines().collect();
-    let head = lines.iter().position(|l| l.trim_start().starts_with("PID")).unwrap_or_else(|| panic!("{}", out.stdout));
+    let head = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("PID"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
     let first = lines[head + 1];
-    assert!(first.trim_start().starts_with(&leaker.pid().to_string()), "leaker on top:\n{}", out.stdout);
+    assert!(
+        first.trim_start().starts_with(&leaker.pid().to_string()),
+        "leaker on top:\n{}",
+        out.stdout
+    );
     assert!(lines[0].contains("lost events 0"), "{}", lines[0]);
     cli.finish();
     leaker.finish();

@@ -64,8 +64,10 @@ impl Live {
             probe.ring_bytes / 1024,
             timewait_method(probe.path()),
         );
-        let table =
-            SocketTable::new(Limits { fin_timeout_ns: fin_timeout_ns(), ..Limits::default() });
+        let table = SocketTable::new(Limits {
+            fin_timeout_ns: fin_timeout_ns(),
+            ..Limits::default()
+        });
         let started_ns = monotonic_ns();
         let mut live = Live {
             probe,
@@ -83,7 +85,8 @@ impl Live {
         };
         // The programs are attached first, so no transition falls between the kernel table
         // dump and the event stream; the table drops what the dump already covers.
-        live.reconcile().context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
+        live.reconcile()
+            .context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
         Ok(live)
     }
 
@@ -115,7 +118,8 @@ impl Live {
         let mut snap = netns::dump_all_namespaces()?;
         // The same endpoint filters as the kernel applies to events, so the table holds the
         // same sockets from both sources.
-        snap.sockets.retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
+        snap.sockets
+            .retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
         let owners: FdOwners = fdscan::scan_socket_owners(None)
             .into_iter()
             .map(|(inode, procs)| (inode, procs.into_iter().map(|p| (p.pid, p.comm)).collect()))
@@ -217,7 +221,9 @@ pub fn port_range() -> (u16, u16) {
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Resolves when the user asks to stop (Ctrl-C, SIGTERM) or the duration runs out.

@@ -21,8 +21,16 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
     let mut live = Live::start(&args.probe, &filters)?;
     let interactive = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
-    let mut state = TopState { by: args.by, sort: args.sort, rows: args.rows };
-    let _raw = if interactive { Some(RawMode::enter()?) } else { None };
+    let mut state = TopState {
+        by: args.by,
+        sort: args.sort,
+        rows: args.rows,
+    };
+    let _raw = if interactive {
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
     let mut batch = Vec::new();
@@ -40,7 +48,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         if interactive {
             while event::poll(Duration::ZERO)? {
                 if let TermEvent::Key(k) = event::read()? {
-                    let quit = matches!(k.code, KeyCode::Char('c')) && k.modifiers.contains(KeyModifiers::CONTROL);
+                    let quit = matches!(k.code, KeyCode::Char('c'))
+                        && k.modifiers.contains(KeyModifiers::CONTROL);
                     let c = match k.code {
                         KeyCode::Char(c) => c,
                         KeyCode::Esc => 'q',
@@ -63,7 +72,11 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
             let text = screen(&s, &state, live.loss().lost(), &clock, interactive);
             let mut out = std::io::stdout().lock();
             if interactive {
-                execute!(out, cursor::MoveTo(0, 0), terminal::Clear(terminal::ClearType::All))?;
+                execute!(
+                    out,
+                    cursor::MoveTo(0, 0),
+                    terminal::Clear(terminal::ClearType::All)
+                )?;
                 // Raw mode: lines need an explicit carriage return.
                 out.write_all(text.replace('\n', "\r\n").as_bytes())?;
             } else {
@@ -98,14 +111,22 @@ struct RawMode;
 impl RawMode {
     fn enter() -> anyhow::Result<RawMode> {
         terminal::enable_raw_mode()?;
-        execute!(std::io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
         Ok(RawMode)
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = execute!(std::io::stdout(), cursor::Show, terminal::LeaveAlternateScreen);
+        let _ = execute!(
+            std::io::stdout(),
+            cursor::Show,
+            terminal::LeaveAlternateScreen
+        );
         let _ = terminal::disable_raw_mode();
     }
 }

@@ -95,12 +95,18 @@ fn trace_line(
     filters: &Filters,
 ) -> Option<TraceLine> {
     let info = applied.sock.as_ref();
-    let local = info.map(|s| s.local).filter(|a| a.port() != 0 || ev.local.port() == 0).unwrap_or(ev.local);
+    let local = info
+        .map(|s| s.local)
+        .filter(|a| a.port() != 0 || ev.local.port() == 0)
+        .unwrap_or(ev.local);
     let remote = info.map(|s| s.remote).unwrap_or(ev.remote);
     let owner = info.and_then(|s| s.owner);
     if !filters.matches_states(old, new)
         || !filters.matches_endpoints(&local, &remote)
-        || !filters.matches_owner(owner.as_ref().map(|o| OwnerView { pid: o.pid, comm: o.comm.as_str() }))
+        || !filters.matches_owner(owner.as_ref().map(|o| OwnerView {
+            pid: o.pid,
+            comm: o.comm.as_str(),
+        }))
     {
         return None;
     }
@@ -110,7 +116,10 @@ fn trace_line(
             continue;
         }
         match change {
-            Change::Entered { state: tcptrace_common::TcpState::TimeWait, .. } => note = Some("time_wait"),
+            Change::Entered {
+                state: tcptrace_common::TcpState::TimeWait,
+                ..
+            } => note = Some("time_wait"),
             Change::HeldInFinWait2 { .. } => note = Some("fin_wait2_orphan"),
             Change::Closed { reset: true, .. } => note = Some("reset"),
             _ => {}
@@ -136,7 +145,11 @@ enum Out<W: Write> {
 
 impl<W: Write> Out<W> {
     fn new(w: W, json: bool, clock: crate::clock::WallClock) -> Self {
-        if json { Out::Json(w, clock) } else { Out::Text(TextWriter::new(w, clock)) }
+        if json {
+            Out::Json(w, clock)
+        } else {
+            Out::Text(TextWriter::new(w, clock))
+        }
     }
 
     fn header(&mut self) -> std::io::Result<()> {

@@ -31,7 +31,11 @@ fn counts_cells(c: &GroupCounts) -> Vec<String> {
         c.close_wait.to_string(),
         rate(c.close_wait_per_s),
         c.close_wait_oldest_ms.map(human_ms).unwrap_or_else(|| {
-            if c.close_wait_age_unknown > 0 { "before start".into() } else { "-".into() }
+            if c.close_wait_age_unknown > 0 {
+                "before start".into()
+            } else {
+                "-".into()
+            }
         }),
         c.time_wait.to_string(),
         rate(c.time_wait_per_s),
@@ -70,9 +74,21 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         s.evictions.sockets,
         s.evictions.groups
     );
-    let totals: Vec<String> =
-        s.totals.iter().filter(|(_, n)| *n > 0).map(|(st, n)| format!("{} {n}", st.name())).collect();
-    let _ = writeln!(out, "sockets now: {}", if totals.is_empty() { "none".into() } else { totals.join("  ") });
+    let totals: Vec<String> = s
+        .totals
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(st, n)| format!("{} {n}", st.name()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "sockets now: {}",
+        if totals.is_empty() {
+            "none".into()
+        } else {
+            totals.join("  ")
+        }
+    );
     if s.unattributed.time_wait + s.unattributed.close_wait > 0 {
         let _ = writeln!(
             out,
@@ -81,7 +97,10 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         );
     }
 
-    let mut t = Table::new(&with_counts(&[("PID", Align::Right), ("COMM", Align::Left)]));
+    let mut t = Table::new(&with_counts(&[
+        ("PID", Align::Right),
+        ("COMM", Align::Left),
+    ]));
     for r in s.by_pid.iter().take(rows) {
         let mut cells = vec![r.pid.to_string(), printable(r.comm.as_str())];
         cells.extend(counts_cells(&r.counts));
@@ -154,7 +173,11 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
             format!("{:.1}%", p.ratio * 100.0),
         ]);
     }
-    section(&mut out, "Ephemeral ports held by TIME_WAIT, per destination", &t);
+    section(
+        &mut out,
+        "Ephemeral ports held by TIME_WAIT, per destination",
+        &t,
+    );
     out
 }
 

@@ -14,7 +14,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[(&str, Align)]) -> Table {
-        Table { headers: headers.iter().map(|(h, a)| (h.to_string(), *a)).collect(), rows: Vec::new() }
+        Table {
+            headers: headers.iter().map(|(h, a)| (h.to_string(), *a)).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -28,7 +31,11 @@ impl Table {
     /// Renders with two spaces between columns; the last column is not padded.
     pub fn render(&self) -> String {
         let n = self.headers.len();
-        let mut w: Vec<usize> = self.headers.iter().map(|(h, _)| h.chars().count()).collect();
+        let mut w: Vec<usize> = self
+            .headers
+            .iter()
+            .map(|(h, _)| h.chars().count())
+            .collect();
         for r in &self.rows {
             for (i, c) in r.iter().enumerate().take(n) {
                 w[i] = w[i].max(c.chars().count());
@@ -58,7 +65,10 @@ impl Table {
             out.push_str(s.trim_end());
             out.push('\n');
         };
-        line(self.headers.iter().map(|(h, _)| h.as_str()).collect(), &mut out);
+        line(
+            self.headers.iter().map(|(h, _)| h.as_str()).collect(),
+            &mut out,
+        );
         for r in &self.rows {
             line(r.iter().map(|c| c.as_str()).collect(), &mut out);
         }
@@ -87,13 +97,19 @@ pub fn human_ms(ms: f64) -> String {
 
 /// A rate with one decimal, `-` for zero.
 pub fn rate(per_s: f64) -> String {
-    if per_s <= 0.0 { "-".into() } else { format!("{per_s:.1}") }
+    if per_s <= 0.0 {
+        "-".into()
+    } else {
+        format!("{per_s:.1}")
+    }
 }
 
 /// Replaces control characters in attacker-controlled strings (comm is set by the process
 /// itself) so they cannot move the cursor or rewrite the terminal.
 pub fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -102,7 +118,11 @@ mod tests {
 
     #[test]
     fn columns_align_and_trailing_space_is_trimmed() {
-        let mut t = Table::new(&[("PID", Align::Right), ("COMM", Align::Left), ("N", Align::Right)]);
+        let mut t = Table::new(&[
+            ("PID", Align::Right),
+            ("COMM", Align::Left),
+            ("N", Align::Right),
+        ]);
         t.row(vec!["1".into(), "a".into(), "10".into()]);
         t.row(vec!["12345".into(), "longname".into(), "2".into()]);
         let r = t.render();

@@ -60,7 +60,10 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
         SortBy::TimeWait => "TIME_WAIT",
     };
     if interactive {
-        let _ = writeln!(out, "by {by}, sorted by {sort}    keys: p process  o port  e peer  c/t sort  q quit");
+        let _ = writeln!(
+            out,
+            "by {by}, sorted by {sort}    keys: p process  o port  e peer  c/t sort  q quit"
+        );
     } else {
         let _ = writeln!(out, "by {by}, sorted by {sort}");
     }
@@ -76,10 +79,15 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
         vec![
             c.close_wait.to_string(),
             rate(c.close_wait_per_s),
-            c.close_wait_oldest_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+            c.close_wait_oldest_ms
+                .map(human_ms)
+                .unwrap_or_else(|| "-".into()),
             c.time_wait.to_string(),
             rate(c.time_wait_per_s),
-            c.dwell_ms.get("TIME_WAIT").map(|d| human_ms(d.p50)).unwrap_or_else(|| "-".into()),
+            c.dwell_ms
+                .get("TIME_WAIT")
+                .map(|d| human_ms(d.p50))
+                .unwrap_or_else(|| "-".into()),
         ]
     };
     let mut rows: Vec<(Vec<String>, (u64, u64, u64))> = match st.by {
@@ -141,7 +149,11 @@ mod tests {
 
     #[test]
     fn keys_switch_grouping_and_sort_and_quit() {
-        let mut st = TopState { by: GroupBy::Pid, sort: SortBy::CloseWait, rows: 10 };
+        let mut st = TopState {
+            by: GroupBy::Pid,
+            sort: SortBy::CloseWait,
+            rows: 10,
+        };
         assert!(st.key('e'));
         assert_eq!(st.by, GroupBy::Peer);
         assert!(st.key('t'));

@@ -174,7 +174,7 @@ fn client(o: &Opts) -> Vec<TcpStream> {
         let mut s = match s {
             Ok(s) => s,
             Err(e) => {
-                println!("refused {}", e.kind());
+                println!("refused {:?}", e.kind());
                 continue;
             }
         };
