@@ -103,10 +103,10 @@ impl Live {
         let now = monotonic_ns();
         let expired = self.table.expire(now);
         self.agg.observe_expired(&expired, now);
-        if self.last_reconcile.elapsed() >= RECONCILE_EVERY {
-            if let Err(e) = self.reconcile() {
-                log::warn!("reconciliation with the kernel socket table failed: {e:#}");
-            }
+        if self.last_reconcile.elapsed() >= RECONCILE_EVERY
+            && let Err(e) = self.reconcile()
+        {
+            log::warn!("reconciliation with the kernel socket table failed: {e:#}");
         }
         self.report_new_losses();
     }

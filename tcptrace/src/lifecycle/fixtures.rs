@@ -229,6 +229,7 @@ pub fn ks(state: TcpState, local: &str, remote: &str, cookie: u64, inode: u64) -
         timer_ms: None,
         rqueue: 0,
         wqueue: 0,
+        cgroup_id: 0,
     }
 }
 

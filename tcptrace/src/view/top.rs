@@ -124,7 +124,7 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
             })
             .collect(),
     };
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     let mut h: Vec<(&str, Align)> = match st.by {
         GroupBy::Pid => vec![("PID", Align::Right), ("COMM", Align::Left)],
         GroupBy::Port => vec![("LOCAL_PORT", Align::Right)],
