@@ -2,7 +2,7 @@
 //!
 //! Malformed values are rejected by clap with exit code 2 and a message naming the bad part.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcptrace_common::TcpState;
@@ -31,6 +31,23 @@ pub enum Command {
     Top(TopArgs),
     /// Observe for a while, then print a summary of accumulation and dwell times.
     Report(ReportArgs),
+    /// Record the session (kernel table dumps and every event) to a file for later analysis
+    /// with `--from FILE`.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// The file to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Stop after this long; default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -160,7 +177,20 @@ pub struct ProbeArgs {
     /// Kernel hook: auto picks tp_btf when the kernel has BTF, else the classic tracepoint.
     #[arg(long, value_enum, default_value_t = HookArg::Auto)]
     pub hook: HookArg,
+    /// Read a recorded session (`tcptrace record`) instead of the kernel.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// With --from: replay speed, a multiple of real time (1, 10, 0.5) or max.
+    #[arg(long, default_value = "max", value_parser = crate::app::replay::parse_speed)]
+    pub speed: Speed,
+    /// Also write the session to FILE as it runs (what `tcptrace record` writes).
+    #[arg(long, value_name = "FILE", conflicts_with = "from")]
+    pub record: Option<PathBuf>,
 }
+
+/// Replay speed: a multiple of real time, or None for as fast as possible.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Speed(pub Option<f64>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HookArg {

@@ -1,10 +1,19 @@
-//! A live session: the probe attached, the socket table fed, losses watched. Every command that
-//! observes the kernel (trace, top, report) runs one of these.
+//! A session: events from the kernel (or from a recording), the socket table fed, losses
+//! watched. Every command that observes sockets (trace, top, report) runs one of these.
+//!
+//! A live session can also record itself: events, kernel table dumps, timer ticks and loss
+//! counters go to the file in the order the session applied them, so a replay with `--from`
+//! rebuilds exactly the same tables.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 
+use super::replay::{FileSource, Step};
 use crate::{
     aggregate::{AggLimits, Aggregates, Summary, SummaryInput, summary},
     cli::ProbeArgs,
@@ -12,14 +21,26 @@ use crate::{
     event::Event,
     filter::Filters,
     lifecycle::{Applied, FdOwners, Limits, ReconcileStats, SocketTable},
-    owner::fdscan,
-    probe::{EventReader, HookPath, LossReport, Probe, ProbeOptions},
-    source::netns,
+    owner::{fdscan, process::ProcessRef},
+    probe::{EventReader, HookPath, LossReport, Probe, ProbeOptions, kernel::kernel_release},
+    source::{
+        netns,
+        record::{Header, RecordWriter},
+        snapshot::Snapshot,
+    },
 };
 
+/// Where the events come from.
+pub enum Source {
+    Kernel {
+        probe: Box<Probe>,
+        reader: EventReader,
+    },
+    File(Box<FileSource>),
+}
+
 pub struct Live {
-    pub probe: Probe,
-    pub reader: EventReader,
+    pub source: Source,
     pub table: SocketTable,
     pub agg: Aggregates,
     /// What the user asked to see; the kernel table dump is cut to it like the event stream.
@@ -27,11 +48,15 @@ pub struct Live {
     pub clock: WallClock,
     pub started: Instant,
     pub started_ns: u64,
-    /// Events taken from the ring (after duplicate removal).
+    /// Events applied (after duplicate removal).
     pub events: u64,
+    recorder: Option<RecordWriter<std::io::BufWriter<std::fs::File>>>,
+    /// Why a replay stopped early (a truncated or corrupt recording).
+    replay_error: Option<anyhow::Error>,
     lost_reported: u64,
     last_loss_check: Instant,
     last_reconcile: Instant,
+    last_loss_recorded: LossReport,
 }
 
 /// How often the table is checked against the kernel's (and owners re-read from /proc).
@@ -43,9 +68,13 @@ pub fn timewait_method(_path: HookPath) -> &'static str {
 }
 
 impl Live {
-    /// Loads and attaches the kernel programs and says so on stderr (tests wait for the word
-    /// "attached").
+    /// Starts a session: replays `--from FILE`, or loads and attaches the kernel programs and
+    /// says so on stderr (tests wait for the word "attached"). With `--record FILE` the
+    /// session is written to FILE as it runs.
     pub fn start(args: &ProbeArgs, filters: &Filters) -> anyhow::Result<Live> {
+        if let Some(path) = &args.from {
+            return Live::replay(path, args.speed.0, filters);
+        }
         let opts = ProbeOptions {
             ring_bytes: args.ring_size,
             family: filters.kernel_family(),
@@ -64,30 +93,215 @@ impl Live {
             probe.ring_bytes / 1024,
             timewait_method(probe.path()),
         );
-        let table = SocketTable::new(Limits {
-            fin_timeout_ns: fin_timeout_ns(),
-            ..Limits::default()
-        });
         let started_ns = monotonic_ns();
-        let mut live = Live {
-            probe,
-            reader,
-            table,
-            agg: Aggregates::new(started_ns, AggLimits::default()),
-            filters: filters.clone(),
-            clock: WallClock::now(),
-            started: Instant::now(),
+        let clock = WallClock::now();
+        let mut live = Live::new(
+            Source::Kernel {
+                probe: Box::new(probe),
+                reader,
+            },
+            filters,
+            clock,
             started_ns,
-            events: 0,
-            lost_reported: 0,
-            last_loss_check: Instant::now(),
-            last_reconcile: Instant::now(),
-        };
+            fin_timeout_ns(),
+        );
+        if let Some(path) = &args.record {
+            live.record_to(path)?;
+        }
         // The programs are attached first, so no transition falls between the kernel table
         // dump and the event stream; the table drops what the dump already covers.
         live.reconcile()
             .context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
         Ok(live)
+    }
+
+    fn new(
+        source: Source,
+        filters: &Filters,
+        clock: WallClock,
+        start_ns: u64,
+        fin_ns: u64,
+    ) -> Live {
+        Live {
+            source,
+            table: SocketTable::new(Limits {
+                fin_timeout_ns: fin_ns,
+                ..Limits::default()
+            }),
+            agg: Aggregates::new(start_ns, AggLimits::default()),
+            filters: filters.clone(),
+            clock,
+            started: Instant::now(),
+            started_ns: start_ns,
+            events: 0,
+            recorder: None,
+            replay_error: None,
+            lost_reported: 0,
+            last_loss_check: Instant::now(),
+            last_reconcile: Instant::now(),
+            last_loss_recorded: LossReport::default(),
+        }
+    }
+
+    /// A session read from a recording. `speed`: None as fast as possible, Some(1.0) real time.
+    pub fn replay(path: &Path, speed: Option<f64>, filters: &Filters) -> anyhow::Result<Live> {
+        let file = FileSource::open(path, speed)?;
+        let h = &file.header;
+        eprintln!(
+            "tcptrace: replaying {} recorded on {} (kernel {}, hook {}) by tcptrace {}",
+            path.display(),
+            h.hostname,
+            h.kernel_release,
+            h.hook,
+            h.tcptrace_version
+        );
+        let (clock, start, fin) = (
+            h.wall_clock(),
+            h.start_mono_ns,
+            u64::from(h.tcp_fin_timeout_s.unwrap_or(60)) * 1_000_000_000,
+        );
+        Ok(Live::new(
+            Source::File(Box::new(file)),
+            filters,
+            clock,
+            start,
+            fin,
+        ))
+    }
+
+    /// Starts writing the session to `path`.
+    pub fn record_to(&mut self, path: &Path) -> anyhow::Result<()> {
+        let Source::Kernel { probe, .. } = &self.source else {
+            anyhow::bail!("--record needs a live session, not --from");
+        };
+        let (lo, hi) = port_range();
+        let header = Header {
+            kernel_release: kernel_release(),
+            hostname: hostname(),
+            start_wall_ns: (self.started_ns as i128 + self.clock.offset_ns()).max(0) as u64,
+            start_mono_ns: self.started_ns,
+            hook: probe.path().to_string(),
+            timewait_method: timewait_method(probe.path()).to_string(),
+            ip_local_port_range: Some([lo, hi]),
+            tcp_fin_timeout_s: Some((fin_timeout_ns() / 1_000_000_000) as u32),
+            command_line: std::env::args().collect(),
+            ..Header::default()
+        };
+        let w = RecordWriter::create(path, &header)
+            .with_context(|| format!("creating the recording {}", path.display()))?;
+        self.recorder = Some(w);
+        Ok(())
+    }
+
+    /// Fails if the recording being replayed turned out truncated or corrupt: results from
+    /// part of a file must not pass for the whole.
+    pub fn check_replay(&mut self) -> anyhow::Result<()> {
+        match self.replay_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// True once a replayed recording has been read to its end.
+    pub fn is_done(&self) -> bool {
+        matches!(&self.source, Source::File(f) if f.finished())
+    }
+
+    /// The session's clock: monotonic now when live, the latest recorded time when replaying.
+    pub fn now_ns(&self) -> u64 {
+        match &self.source {
+            Source::Kernel { .. } => monotonic_ns(),
+            Source::File(f) => f.now_ns,
+        }
+    }
+
+    /// "tp_btf" or "tracepoint": how the events were (or are being) delivered.
+    pub fn hook(&self) -> String {
+        match &self.source {
+            Source::Kernel { probe, .. } => probe.path().to_string(),
+            Source::File(f) => f.header.hook.clone(),
+        }
+    }
+
+    pub fn kernel(&self) -> String {
+        match &self.source {
+            Source::Kernel { .. } => kernel_release(),
+            Source::File(f) => f.header.kernel_release.clone(),
+        }
+    }
+
+    pub fn host(&self) -> String {
+        match &self.source {
+            Source::Kernel { .. } => hostname(),
+            Source::File(f) => f.header.hostname.clone(),
+        }
+    }
+
+    pub fn probe(&self) -> Option<&Probe> {
+        match &self.source {
+            Source::Kernel { probe, .. } => Some(probe),
+            Source::File(_) => None,
+        }
+    }
+
+    /// Waits for the next events and returns how many were appended. When replaying, the
+    /// recorded kernel table dumps and timer ticks are applied here, in file order.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> usize {
+        let step = match &mut self.source {
+            Source::File(f) => f.take_step(),
+            Source::Kernel { .. } => None,
+        };
+        if let Some(step) = step {
+            self.step(step);
+            return 0;
+        }
+        let n = match &mut self.source {
+            Source::Kernel { reader, .. } => reader.next_batch(out).await,
+            Source::File(f) => match f.next_batch(out).await {
+                Ok(n) => n,
+                Err(e) => {
+                    f.stop();
+                    self.replay_error = Some(e);
+                    0
+                }
+            },
+        };
+        self.record_events(&out[out.len() - n..]);
+        self.events += n as u64;
+        n
+    }
+
+    /// Drains what is left without waiting (at shutdown).
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
+        let n = match &mut self.source {
+            Source::Kernel { reader, .. } => reader.drain_into(out),
+            Source::File(_) => 0,
+        };
+        self.record_events(&out[out.len() - n..]);
+        self.events += n as u64;
+        n
+    }
+
+    fn record_events(&mut self, evs: &[Event]) {
+        if let Some(w) = &mut self.recorder {
+            for ev in evs {
+                if let Err(e) = w.write_event(ev) {
+                    eprintln!("tcptrace: recording stopped: {e}");
+                    self.recorder = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, step: Step) {
+        match step {
+            Step::Reconcile(snap, owners) => {
+                self.apply_snapshot(snap, owners);
+            }
+            Step::Tick(ts) => self.expire(ts),
+            Step::End(ts) => self.expire(ts),
+        }
     }
 
     /// Feeds one event to the socket table and the aggregates.
@@ -97,12 +311,31 @@ impl Live {
         a
     }
 
-    /// Timer work: expire timewait sockets, reconcile with the kernel table every
-    /// `RECONCILE_EVERY`, report new losses.
-    pub fn tick(&mut self) {
-        let now = monotonic_ns();
+    fn expire(&mut self, now: u64) {
         let expired = self.table.expire(now);
         self.agg.observe_expired(&expired, now);
+    }
+
+    /// Timer work: expire timewait sockets, reconcile with the kernel table every
+    /// `RECONCILE_EVERY`, report new losses. Replayed sessions run the recorded ticks instead.
+    pub fn tick(&mut self) {
+        if !matches!(self.source, Source::Kernel { .. }) {
+            return;
+        }
+        let now = monotonic_ns();
+        self.expire(now);
+        let loss = self.loss();
+        if let Some(w) = &mut self.recorder {
+            let mut ok = w.write_mark(now);
+            if loss != self.last_loss_recorded {
+                ok = ok.and_then(|_| w.write_loss(&loss, now));
+                self.last_loss_recorded = loss;
+            }
+            if let Err(e) = ok {
+                eprintln!("tcptrace: recording stopped: {e}");
+                self.recorder = None;
+            }
+        }
         if self.last_reconcile.elapsed() >= RECONCILE_EVERY
             && let Err(e) = self.reconcile()
         {
@@ -113,51 +346,94 @@ impl Live {
 
     /// Compares the table with the kernel's socket table (every network namespace) and names
     /// the holders of sockets by scanning /proc/*/fd, as `ss -p` does. Counts what it fixed.
+    /// A replayed session has its dumps in the file and does nothing here.
     pub fn reconcile(&mut self) -> anyhow::Result<ReconcileStats> {
+        if !matches!(self.source, Source::Kernel { .. }) {
+            return Ok(ReconcileStats::default());
+        }
         self.last_reconcile = Instant::now();
-        let mut snap = netns::dump_all_namespaces()?;
+        let snap = netns::dump_all_namespaces()?;
+        let scan_ns = monotonic_ns();
+        let procs: HashMap<u64, Vec<ProcessRef>> = fdscan::scan_socket_owners(None);
+        if let Some(w) = &mut self.recorder {
+            let mut cut = snap.clone();
+            cut.sockets
+                .retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
+            let ok = w
+                .write_snapshot(&cut)
+                .and_then(|_| w.write_fd_owners(scan_ns, &procs));
+            if let Err(e) = ok {
+                eprintln!("tcptrace: recording stopped: {e}");
+                self.recorder = None;
+            }
+        }
+        let owners: FdOwners = procs
+            .into_iter()
+            .map(|(inode, procs)| (inode, procs.into_iter().map(|p| (p.pid, p.comm)).collect()))
+            .collect();
+        Ok(self.apply_snapshot(snap, Some(owners)))
+    }
+
+    fn apply_snapshot(&mut self, mut snap: Snapshot, owners: Option<FdOwners>) -> ReconcileStats {
         // The same endpoint filters as the kernel applies to events, so the table holds the
         // same sockets from both sources.
         snap.sockets
             .retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
-        let owners: FdOwners = fdscan::scan_socket_owners(None)
-            .into_iter()
-            .map(|(inode, procs)| (inode, procs.into_iter().map(|p| (p.pid, p.comm)).collect()))
-            .collect();
-        Ok(self.table.reconcile(&snap, Some(&owners)))
+        self.table.reconcile(&snap, owners.as_ref())
+    }
+
+    /// Ends the session at `now_ns`: the last timer work (a replay runs it from the End
+    /// record), and the recording's End record with the final counters.
+    pub fn finish(&mut self, now_ns: u64) -> anyhow::Result<()> {
+        if matches!(self.source, Source::Kernel { .. }) {
+            self.expire(now_ns);
+        }
+        if let Some(w) = self.recorder.take() {
+            let loss = self.loss();
+            w.finish(&loss, now_ns).context("finishing the recording")?;
+        }
+        Ok(())
     }
 
     /// The report document's core, as of now.
     pub fn summary(&self, top: usize) -> Summary {
+        self.summary_at(top, self.now_ns())
+    }
+
+    pub fn summary_at(&self, top: usize, now_ns: u64) -> Summary {
         summary(
             &self.table,
             &self.agg,
             &SummaryInput {
-                now_ns: monotonic_ns(),
+                now_ns,
                 lost_events: self.loss().lost(),
-                timewait_method: timewait_method(self.probe.path()),
-                port_range: port_range(),
+                timewait_method: match &self.source {
+                    Source::Kernel { probe, .. } => timewait_method(probe.path()),
+                    Source::File(f) => &f.header.timewait_method,
+                },
+                port_range: self.port_range(),
                 top,
             },
         )
     }
 
-    /// Waits for the next poll and returns the events drained.
-    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> usize {
-        let n = self.reader.next_batch(out).await;
-        self.events += n as u64;
-        n
-    }
-
-    /// Drains what is left without waiting (at shutdown).
-    pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
-        let n = self.reader.drain_into(out);
-        self.events += n as u64;
-        n
+    /// The ephemeral port range of the observed host.
+    pub fn port_range(&self) -> (u16, u16) {
+        match &self.source {
+            Source::File(f) => f
+                .header
+                .ip_local_port_range
+                .map(|[a, b]| (a, b))
+                .unwrap_or((32768, 60999)),
+            Source::Kernel { .. } => port_range(),
+        }
     }
 
     pub fn loss(&self) -> LossReport {
-        self.probe.loss(&self.reader)
+        match &self.source {
+            Source::Kernel { probe, reader } => probe.loss(reader),
+            Source::File(f) => f.loss,
+        }
     }
 
     /// Prints a line on stderr when events were lost since the last check (at most once a

@@ -1,6 +1,8 @@
 //! Commands: each wires a source to the pipeline and a view.
 
 pub mod live;
+pub mod record;
+pub mod replay;
 pub mod report;
 pub mod top;
 pub mod trace;

@@ -1,9 +1,8 @@
 //! `tcptrace report`: observe for a while, reconcile with the kernel table, summarise.
 
 use crate::{
-    app::live::{Live, hostname, stop_signal},
+    app::live::{Live, stop_signal},
     cli::ReportArgs,
-    probe::kernel::kernel_release,
     view::report::{ReportDoc, SCHEMA, text},
 };
 
@@ -28,20 +27,23 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
             live.apply(&ev);
         }
         live.tick();
-        if done {
+        if done || live.is_done() {
             break;
         }
     }
     // Counts are the sockets in each state when the report is taken: one last check against
-    // the kernel's table makes them exact.
+    // the kernel's table makes them exact (a replay has that check in the file).
+    live.check_replay()?;
     live.reconcile()?;
-    let summary = live.summary(REPORT_TOP);
+    let now = live.now_ns();
+    live.finish(now)?;
+    let summary = live.summary_at(REPORT_TOP, now);
     let doc = ReportDoc {
         schema: SCHEMA,
-        generated_at: live.clock.unix_secs(crate::clock::monotonic_ns()),
-        host: hostname(),
-        kernel: kernel_release(),
-        hook: live.probe.path().to_string(),
+        generated_at: crate::clock::WallClock::now().unix_secs(crate::clock::monotonic_ns()),
+        host: live.host(),
+        kernel: live.kernel(),
+        hook: live.hook(),
         summary: &summary,
     };
     if args.json {

@@ -65,7 +65,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         if done {
             break;
         }
-        if Instant::now() >= next_refresh {
+        let replay_over = live.is_done();
+        if Instant::now() >= next_refresh || replay_over {
             next_refresh = Instant::now() + args.interval;
             let s = live.summary(usize::MAX);
             let clock = time_of_day();
@@ -84,14 +85,16 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
             }
             out.flush()?;
             shown += 1;
-            if args.iterations.is_some_and(|n| shown >= n) {
+            if args.iterations.is_some_and(|n| shown >= n) || replay_over {
                 break;
             }
         }
     }
     drop(_raw);
+    let now = live.now_ns();
+    live.finish(now)?;
     eprintln!("{}", live.summary_line());
-    Ok(())
+    live.check_replay()
 }
 
 fn time_of_day() -> String {

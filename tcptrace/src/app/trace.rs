@@ -39,7 +39,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         pending = fresh;
         out.flush()?;
         live.tick();
-        if done {
+        if done || live.is_done() {
             for l in pending.drain(..) {
                 out.line(&l)?;
             }
@@ -47,8 +47,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             break;
         }
     }
+    let now = live.now_ns();
+    live.finish(now)?;
     eprintln!("{}", live.summary_line());
-    Ok(())
+    live.check_replay()
 }
 
 /// Feeds a batch to the socket table; returns the lines to print, and marks lines still pending

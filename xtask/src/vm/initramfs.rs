@@ -25,6 +25,8 @@ const GUEST_TESTS_DIR: &str = "/tests";
 pub struct Payload<'a> {
     pub tracer: &'a Path,
     pub scenario: &'a Path,
+    /// Kernel modules to load at boot, in order (the guest kernel's own `.ko` files).
+    pub modules: &'a [PathBuf],
     pub tests: &'a [TestBinary],
     /// Arguments for every test binary (filter, `--exact`, ...).
     pub libtest_args: &'a [String],
@@ -64,6 +66,12 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
     install_binary(payload.tracer, staging, GUEST_TRACER)?;
     dynamic.push(payload.tracer.to_path_buf());
     install_binary(payload.scenario, staging, GUEST_SCENARIO)?;
+    fs::create_dir_all(staging.join("lib/modules"))?;
+    for m in payload.modules {
+        let name = m.file_name().context("module file name")?;
+        fs::copy(m, staging.join("lib/modules").join(name))
+            .with_context(|| format!("copying {}", m.display()))?;
+    }
     dynamic.push(payload.scenario.to_path_buf());
     for test in payload.tests {
         let guest = format!("{GUEST_TESTS_DIR}/{}", test.name);
@@ -73,6 +81,8 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
     for (tool, guest, required) in [
         ("ss", "/bin/ss", true),
         ("ip", "/sbin/ip", true),
+        // util-linux's, not busybox's: the capability test needs --reuid and --ambient-caps.
+        ("setpriv", "/usr/bin/setpriv", true),
         ("bpftool", "/sbin/bpftool", false),
     ] {
         match find_on_path(tool) {
@@ -260,7 +270,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-ip link set lo up
+{insmods}ip link set lo up
 echo "{init} $(uname -r)"
 export TCPTRACE_BIN={tracer} TCPSCENARIO_BIN={scenario} RUST_BACKTRACE=1
 {passthrough}cd {package_dir}
@@ -270,6 +280,12 @@ poweroff -f
         init = markers::INIT,
         tracer = GUEST_TRACER,
         scenario = GUEST_SCENARIO,
+        insmods = payload
+            .modules
+            .iter()
+            .filter_map(|m| m.file_name())
+            .map(|n| format!("insmod /lib/modules/{}\n", n.to_string_lossy()))
+            .collect::<String>(),
         package_dir = cmd::shell_quote(&payload.package_dir.to_string_lossy()),
         done = markers::ALL_DONE,
     )

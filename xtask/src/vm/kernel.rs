@@ -172,3 +172,29 @@ mod tests {
         );
     }
 }
+
+/// The socket-diagnostics modules `ss` and tcptrace's kernel table dump need. Debian's cloud
+/// kernels build them as modules (`CONFIG_INET_DIAG=m`, `CONFIG_INET_TCP_DIAG=m`) and the guest
+/// has no module tree, so the initramfs carries them and `/init` loads them, in this order.
+pub fn diag_modules(guest: &GuestKernel) -> Result<Vec<PathBuf>> {
+    let root = guest
+        .vmlinuz
+        .parent()
+        .and_then(|boot| boot.parent())
+        .context("kernel tree of the guest")?;
+    let mut found = Vec::new();
+    for name in ["inet_diag.ko", "tcp_diag.ko"] {
+        let hit = std::fs::read_dir(root.join("lib/modules"))?
+            .filter_map(|d| d.ok())
+            .map(|d| d.path().join("kernel/net/ipv4").join(name))
+            .find(|p| p.exists());
+        match hit {
+            Some(p) => found.push(p),
+            // Built in: nothing to load.
+            None => {
+                eprintln!("vm: {name} not found in the guest kernel's modules; assuming built in")
+            }
+        }
+    }
+    Ok(found)
+}

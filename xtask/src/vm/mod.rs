@@ -68,9 +68,11 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
         "{} is missing: the integration tests build it",
         scenario.display()
     );
+    let modules = kernel::diag_modules(&guest)?;
     let payload = initramfs::Payload {
         tracer: &tracer,
         scenario: &scenario,
+        modules: &modules,
         tests: &tests,
         libtest_args: &opts.libtest_args,
         package_dir: &package_dir,
