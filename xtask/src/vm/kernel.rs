@@ -154,25 +154,6 @@ fn newest_by_abi<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
         .map(|(_, n)| n.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn newest_kernel_compares_abi_numerically() {
-        let names = [
-            "linux-image-6.1.0-9-cloud-amd64",
-            "linux-image-6.1.0-56-cloud-amd64",
-            "linux-image-6.1.0-100-cloud-amd64-unsigned",
-            "linux-image-6.1.0-47-cloud-amd64",
-        ];
-        assert_eq!(
-            newest_by_abi(names.into_iter()).as_deref(),
-            Some("linux-image-6.1.0-56-cloud-amd64")
-        );
-    }
-}
-
 /// The socket-diagnostics modules `ss` and tcptrace's kernel table dump need. Debian's cloud
 /// kernels build them as modules (`CONFIG_INET_DIAG=m`, `CONFIG_INET_TCP_DIAG=m`) and the guest
 /// has no module tree, so the initramfs carries them and `/init` loads them, in this order.
@@ -197,4 +178,23 @@ pub fn diag_modules(guest: &GuestKernel) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_compares_abi_numerically() {
+        let names = [
+            "linux-image-6.1.0-9-cloud-amd64",
+            "linux-image-6.1.0-56-cloud-amd64",
+            "linux-image-6.1.0-100-cloud-amd64-unsigned",
+            "linux-image-6.1.0-47-cloud-amd64",
+        ];
+        assert_eq!(
+            newest_by_abi(names.into_iter()).as_deref(),
+            Some("linux-image-6.1.0-56-cloud-amd64")
+        );
+    }
 }
