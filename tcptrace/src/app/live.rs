@@ -34,7 +34,7 @@ use crate::{
 pub enum Source {
     Kernel {
         probe: Box<Probe>,
-        reader: EventReader,
+        reader: Box<EventReader>,
     },
     File(Box<FileSource>),
 }
@@ -98,7 +98,7 @@ impl Live {
         let mut live = Live::new(
             Source::Kernel {
                 probe: Box::new(probe),
-                reader,
+                reader: Box::new(reader),
             },
             filters,
             clock,
