@@ -49,7 +49,10 @@ impl serde::Serialize for Comm {
 }
 
 /// The process a socket belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+///
+/// Identity is (pid, comm): the cgroup id is learned later for some sockets (the fd scan
+/// brings none), and one process must stay one row in every table.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Owner {
     /// Thread group id (what `ps` calls the pid). Never 0.
     pub pid: u32,
@@ -57,6 +60,32 @@ pub struct Owner {
     pub comm: Comm,
     /// cgroup v2 id, 0 when unknown (the fd scan does not read it).
     pub cgroup_id: u64,
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, o: &Owner) -> bool {
+        (self.pid, self.comm) == (o.pid, o.comm)
+    }
+}
+
+impl Eq for Owner {}
+
+impl std::hash::Hash for Owner {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.pid, self.comm).hash(h)
+    }
+}
+
+impl PartialOrd for Owner {
+    fn partial_cmp(&self, o: &Owner) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Owner {
+    fn cmp(&self, o: &Owner) -> std::cmp::Ordering {
+        (self.pid, self.comm).cmp(&(o.pid, o.comm))
+    }
 }
 
 impl From<&Task> for Owner {
