@@ -6,9 +6,8 @@
 /// Bits in the values of the `PORTS` map.
 pub const PORT_MATCH_LOCAL: u8 = 1 << 0;
 pub const PORT_MATCH_REMOTE: u8 = 1 << 1;
-/// Bits of `ProbeConfig::port_filter`: a port filter is set, and it has local-port entries.
+/// Bit of `ProbeConfig::port_filter`: a port filter is set.
 pub const PORT_FILTER_ON: u8 = 1 << 0;
-pub const PORT_FILTER_HAS_LOCAL: u8 = 1 << 1;
 /// Most ports a filter may name; the kernel map has this many slots.
 pub const MAX_FILTER_PORTS: u32 = 64;
 

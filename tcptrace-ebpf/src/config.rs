@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::filter::{MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout};
 
@@ -83,11 +83,25 @@ pub const COUNTER_RESERVE_FAILED: u32 = 0;
 pub const COUNTER_BACKUP_EMITTED: u32 = 1;
 /// Events dropped by the in-kernel filters (not lost: unwanted).
 pub const COUNTER_FILTERED: u32 = 2;
-const COUNTER_SLOTS: u32 = 4;
+/// The part of `COUNTER_RESERVE_FAILED` that the backup program failed to deliver. Those events
+/// are also among the primary's recursion misses; userspace must not count them twice.
+pub const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
+/// Runs the primary missed whose event the backup then dropped as unwanted (not TCP, or
+/// outside the filters): skipped, but not lost.
+pub const COUNTER_BACKUP_DISCARDED: u32 = 4;
+/// The part of `COUNTER_RESERVE_FAILED` that were reset events, not transitions.
+pub const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
+const COUNTER_SLOTS: u32 = 8;
 
 /// Ports the user asked for: value bits are `PORT_MATCH_LOCAL` / `PORT_MATCH_REMOTE`.
 #[map]
 pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+/// Sockets (cookie, or kernel address on the classic path) that passed the port filter, so their
+/// closing event, which no longer carries the local port, passes too. LRU: bounded, and a socket
+/// whose close was never seen ages out.
+#[map]
+pub static ADMITTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[inline(always)]
 pub fn count(slot: u32) {

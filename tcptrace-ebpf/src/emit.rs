@@ -7,13 +7,15 @@ use aya_ebpf::{
     },
 };
 use tcptrace_common::{
-    event::RawEvent,
-    filter::{
-        PORT_FILTER_HAS_LOCAL, PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig,
-    },
+    EventKind, TcpState,
+    event::{FLAG_FROM_BACKUP, RawEvent},
+    filter::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
 };
 
-use crate::config::{COUNTER_FILTERED, COUNTER_RESERVE_FAILED, EVENTS, PORTS, count};
+use crate::config::{
+    ADMITTED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED, COUNTER_FILTERED,
+    COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED, EVENTS, PORTS, count,
+};
 
 /// Stamps the time and the current task. The task is only the socket's owner for some
 /// transitions; `FLAG_OWNER_CONTEXT` says which, and userspace never trusts it otherwise.
@@ -31,30 +33,41 @@ pub fn fill_task(ev: &mut RawEvent) {
 
 /// Family and port filters.
 ///
-/// A socket in `connect()` has no local port yet: the kernel picks it after the
-/// CLOSE->SYN_SENT transition (see `tcp_v4_connect()`,
-/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L283>). Such an event
-/// passes when its remote port matches, or when a local-port filter exists (userspace decides
-/// once the port is known).
+/// Ports alone cannot decide two kinds of events, because the kernel has not chosen the local
+/// port yet or has already released it:
+/// - CLOSE->SYN_SENT in `connect()`: the port is picked after the transition (see
+///   `tcp_v4_connect()`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L283>).
+///   It passes when its remote port matches.
+/// - X->CLOSE: `tcp_set_state()` unhashes the socket and releases the port first (the event says
+///   0). It passes when the same socket passed before, which `ADMITTED` remembers.
+///
+/// So the kernel filter is exact: userspace sees every event of the sockets it asked for and
+/// nothing else, and lost-event counts stay comparable with what was generated.
 #[inline(always)]
 pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
     if cfg.family != 0 && ev.family != cfg.family {
         return false;
     }
-    if cfg.port_filter & PORT_FILTER_ON != 0 {
-        // SAFETY: the values are plain bytes; a concurrent update at worst gives the old value.
-        let remote = unsafe { PORTS.get(&ev.dport) }.copied().unwrap_or(0);
-        if remote & PORT_MATCH_REMOTE != 0 {
-            return true;
-        }
-        if ev.sport == 0 {
-            return cfg.port_filter & PORT_FILTER_HAS_LOCAL != 0;
-        }
-        // SAFETY: as above.
-        let local = unsafe { PORTS.get(&ev.sport) }.copied().unwrap_or(0);
-        return local & PORT_MATCH_LOCAL != 0;
+    if cfg.port_filter & PORT_FILTER_ON == 0 {
+        return true;
     }
-    true
+    let key = if ev.cookie != 0 { ev.cookie } else { ev.skaddr };
+    let closing = ev.kind == EventKind::StateChange as u8 && ev.newstate == TcpState::Close as u8;
+    // SAFETY: the values are plain bytes; a concurrent update at worst gives the old value.
+    let remote = unsafe { PORTS.get(&ev.dport) }.copied().unwrap_or(0) & PORT_MATCH_REMOTE != 0;
+    let matched = if ev.sport == 0 {
+        // SAFETY: as above.
+        remote || unsafe { ADMITTED.get(&key) }.is_some()
+    } else {
+        // SAFETY: as above.
+        remote || unsafe { PORTS.get(&ev.sport) }.copied().unwrap_or(0) & PORT_MATCH_LOCAL != 0
+    };
+    if matched && !closing {
+        let _ = ADMITTED.insert(&key, &1, 0);
+    } else if closing {
+        let _ = ADMITTED.remove(&key);
+    }
+    matched
 }
 
 /// Copies the record into the ring buffer without waking the reader, unless enough data waits.
@@ -66,6 +79,9 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
 pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
     if !wanted(ev, cfg) {
         count(COUNTER_FILTERED);
+        if ev.flags & FLAG_FROM_BACKUP != 0 {
+            count(COUNTER_BACKUP_DISCARDED);
+        }
         return;
     }
     let mut flags = BPF_RB_NO_WAKEUP as u64;
@@ -78,5 +94,11 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
     }
     if EVENTS.output::<RawEvent>(ev, flags).is_err() {
         count(COUNTER_RESERVE_FAILED);
+        if ev.flags & FLAG_FROM_BACKUP != 0 {
+            count(COUNTER_BACKUP_RESERVE_FAILED);
+        }
+        if ev.kind != EventKind::StateChange as u8 {
+            count(COUNTER_RESET_RESERVE_FAILED);
+        }
     }
 }

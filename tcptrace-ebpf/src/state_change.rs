@@ -16,7 +16,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    config::{COUNTER_BACKUP_EMITTED, config, count},
+    config::{COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_EMITTED, config, count},
     emit, record, sock,
 };
 
@@ -73,6 +73,10 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     };
     let cfg = config();
     if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
+        if role == Role::Backup {
+            // A run the primary missed, but of a socket we never report: not a lost event.
+            count(COUNTER_BACKUP_DISCARDED);
+        }
         return 0;
     }
     let mut ev = RawEvent::zeroed();

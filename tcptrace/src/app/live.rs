@@ -55,6 +55,7 @@ pub struct Live {
     replay_error: Option<anyhow::Error>,
     lost_reported: u64,
     last_loss_check: Instant,
+    last_loss_poll: Instant,
     last_reconcile: Instant,
     last_loss_recorded: LossReport,
 }
@@ -137,7 +138,14 @@ impl Live {
             recorder: None,
             replay_error: None,
             lost_reported: 0,
-            last_loss_check: Instant::now(),
+            // Due at once: the first loss is reported at the first tick, then at most once a
+            // second.
+            last_loss_check: Instant::now()
+                .checked_sub(Duration::from_secs(2))
+                .unwrap_or_else(Instant::now),
+            last_loss_poll: Instant::now()
+                .checked_sub(Duration::from_secs(2))
+                .unwrap_or_else(Instant::now),
             last_reconcile: Instant::now(),
             last_loss_recorded: LossReport::default(),
         }
@@ -324,7 +332,13 @@ impl Live {
         }
         let now = monotonic_ns();
         self.expire(now);
-        let loss = self.loss();
+        let poll_loss =
+            self.recorder.is_some() && self.last_loss_poll.elapsed() >= Duration::from_millis(100);
+        let loss = if poll_loss {
+            self.loss()
+        } else {
+            self.last_loss_recorded
+        };
         if let Some(w) = &mut self.recorder {
             let mut ok = w.write_mark(now);
             if loss != self.last_loss_recorded {
@@ -439,13 +453,18 @@ impl Live {
     /// Prints a line on stderr when events were lost since the last check (at most once a
     /// second): losses are never silent.
     pub fn report_new_losses(&mut self) {
+        // Reading the counters costs a few syscalls: at most ten times a second.
+        if self.last_loss_poll.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_loss_poll = Instant::now();
         if self.last_loss_check.elapsed() < Duration::from_secs(1) {
             return;
         }
-        self.last_loss_check = Instant::now();
         let loss = self.loss();
         let lost = loss.lost();
         if lost > self.lost_reported {
+            self.last_loss_check = Instant::now();
             eprintln!(
                 "tcptrace: lost {} events (total {lost}: ring full {}, nested runs skipped {} of \
                  which {} recovered, resets skipped {})",
@@ -463,11 +482,13 @@ impl Live {
     pub fn summary_line(&self) -> String {
         let loss = self.loss();
         format!(
-            "tcptrace: {} events in {:.1}s; lost {} events (ring full {}, nested runs skipped {}, \
-             recovered by the backup program {}, duplicates dropped {})",
+            "tcptrace: {} events in {:.1}s; lost {} events ({} transitions, {} resets; ring full {}, \
+             nested runs skipped {}, recovered by the backup program {}, duplicates dropped {})",
             self.events,
             self.started.elapsed().as_secs_f64(),
             loss.lost(),
+            loss.lost_transitions(),
+            loss.lost_resets(),
             loss.ring_full,
             loss.primary_skipped,
             loss.recovered,

@@ -12,7 +12,15 @@ use crate::event::Event;
 pub struct LossReport {
     /// `bpf_ringbuf_reserve` failed because the ring was full (the reader fell behind).
     pub ring_full: u64,
-    /// Runs of the primary state-change program the kernel skipped (nested on one CPU).
+    /// Of `ring_full`, events the backup program could not deliver: they are also among
+    /// `primary_skipped`, and counted once.
+    pub backup_ring_full: u64,
+    /// Of `ring_full`, reset events (not transitions).
+    pub reset_ring_full: u64,
+    /// Runs of the primary state-change program the kernel skipped (nested on one CPU), less
+    /// those whose event the backup program found unwanted (not TCP, or filtered out). On the
+    /// classic tracepoint path, which has no backup program, every skipped run counts: an
+    /// upper bound.
     pub primary_skipped: u64,
     /// Of those, transitions the backup program delivered instead.
     pub recovered: u64,
@@ -25,10 +33,22 @@ pub struct LossReport {
 }
 
 impl LossReport {
+    /// State transitions that never reached userspace.
+    pub fn lost_transitions(&self) -> u64 {
+        self.lost() - self.lost_resets()
+    }
+
+    /// Reset events that never reached userspace (a RST close may then read as TIME_WAIT).
+    pub fn lost_resets(&self) -> u64 {
+        self.reset_ring_full + self.reset_skipped
+    }
+
     /// Events that never reached userspace: the number to show the user.
     pub fn lost(&self) -> u64 {
         self.ring_full
-            + self.primary_skipped.saturating_sub(self.recovered)
+            + self
+                .primary_skipped
+                .saturating_sub(self.recovered + self.backup_ring_full)
             + self.reset_skipped
             + self.undecodable
     }
@@ -132,6 +152,7 @@ mod tests {
     fn lost_subtracts_recoveries_only_from_primary_skips() {
         let r = LossReport {
             ring_full: 3,
+            backup_ring_full: 0,
             primary_skipped: 10,
             recovered: 9,
             reset_skipped: 2,
@@ -139,5 +160,18 @@ mod tests {
             undecodable: 0,
         };
         assert_eq!(r.lost(), 3 + 1 + 2);
+    }
+
+    #[test]
+    fn a_backup_event_lost_to_a_full_ring_counts_once() {
+        // One nested transition: the primary was skipped, the backup tried and the ring was
+        // full. It is one lost event, not two.
+        let r = LossReport {
+            ring_full: 1,
+            backup_ring_full: 1,
+            primary_skipped: 1,
+            ..LossReport::default()
+        };
+        assert_eq!(r.lost(), 1);
     }
 }

@@ -15,9 +15,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
-use tcptrace_common::filter::{
-    MAX_FILTER_PORTS, PORT_FILTER_HAS_LOCAL, PORT_FILTER_ON, PORT_MATCH_LOCAL, ProbeConfig,
-};
+use tcptrace_common::filter::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig};
 
 pub use loss::LossReport;
 pub use reader::EventReader;
@@ -126,11 +124,17 @@ enum ProgRole {
 const COUNTER_RESERVE_FAILED: u32 = 0;
 const COUNTER_BACKUP_EMITTED: u32 = 1;
 const COUNTER_FILTERED: u32 = 2;
+const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
+const COUNTER_BACKUP_DISCARDED: u32 = 4;
+const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
 
 /// Raw counters from the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
     pub ring_full: u64,
+    pub backup_ring_full: u64,
+    pub backup_discarded: u64,
+    pub reset_ring_full: u64,
     pub backup_emitted: u64,
     pub filtered: u64,
     pub primary_skipped: u64,
@@ -203,6 +207,9 @@ impl Probe {
         };
         let mut c = KernelCounters {
             ring_full: sum(COUNTER_RESERVE_FAILED),
+            backup_ring_full: sum(COUNTER_BACKUP_RESERVE_FAILED),
+            backup_discarded: sum(COUNTER_BACKUP_DISCARDED),
+            reset_ring_full: sum(COUNTER_RESET_RESERVE_FAILED),
             backup_emitted: sum(COUNTER_BACKUP_EMITTED),
             filtered: sum(COUNTER_FILTERED),
             ..Default::default()
@@ -229,7 +236,10 @@ impl Probe {
         let k = self.kernel_counters();
         LossReport {
             ring_full: k.ring_full,
-            primary_skipped: k.primary_skipped,
+            backup_ring_full: k.backup_ring_full,
+            reset_ring_full: k.reset_ring_full,
+            // Skipped runs whose events were unwanted anyway are not losses.
+            primary_skipped: k.primary_skipped.saturating_sub(k.backup_discarded),
             recovered: reader.dedup.recovered,
             reset_skipped: k.reset_skipped,
             duplicates: reader.dedup.duplicates,
@@ -258,14 +268,7 @@ fn probe_config(opts: &ProbeOptions) -> ProbeConfig {
 }
 
 fn port_filter_bits(ports: &[(u16, u8)]) -> u8 {
-    let mut bits = 0;
-    if !ports.is_empty() {
-        bits |= PORT_FILTER_ON;
-    }
-    if ports.iter().any(|(_, b)| b & PORT_MATCH_LOCAL != 0) {
-        bits |= PORT_FILTER_HAS_LOCAL;
-    }
-    bits
+    if ports.is_empty() { 0 } else { PORT_FILTER_ON }
 }
 
 fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {

@@ -21,9 +21,9 @@ use super::End;
 pub(super) const CHUNK_TARGET: usize = 64 * 1024;
 /// `taken_ns`, `more`, `count`: the start of every snapshot and fd-owner part.
 pub(super) const PART_HEAD_LEN: usize = 13;
-pub(super) const LOSS_LEN: usize = 56;
+pub(super) const LOSS_LEN: usize = 72;
 pub(super) const MARK_LEN: usize = 8;
-pub(super) const END_LEN: usize = 72;
+pub(super) const END_LEN: usize = 88;
 
 const SOCK_LOCAL_V6: u8 = 1 << 0;
 const SOCK_REMOTE_V6: u8 = 1 << 1;
@@ -185,6 +185,8 @@ fn put_loss(out: &mut [u8], l: &LossReport) {
         l.reset_skipped,
         l.duplicates,
         l.undecodable,
+        l.backup_ring_full,
+        l.reset_ring_full,
     ];
     for (dst, v) in out.chunks_exact_mut(8).zip(fields) {
         dst.copy_from_slice(&v.to_le_bytes());
@@ -352,5 +354,7 @@ pub(super) fn read_loss(c: &mut Cursor<'_>) -> Result<LossReport, Malformed> {
         reset_skipped: c.u64()?,
         duplicates: c.u64()?,
         undecodable: c.u64()?,
+        backup_ring_full: c.u64()?,
+        reset_ring_full: c.u64()?,
     })
 }

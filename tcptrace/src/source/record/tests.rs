@@ -129,6 +129,8 @@ fn loss() -> LossReport {
         reset_skipped: 4,
         duplicates: 5,
         undecodable: 6,
+        backup_ring_full: 7,
+        reset_ring_full: 8,
     }
 }
 
@@ -409,7 +411,7 @@ fn truncated_multi_part_snapshot_is_reported_at_its_first_part() {
             .unwrap(),
     );
     let boundary = start as usize + FRAME_LEN + len0 as usize;
-    for cut in [boundary, boundary + 3, boundary + 100, bytes.len() - 80] {
+    for cut in [boundary, boundary + 3, boundary + 100, bytes.len() - 100] {
         let err = read_all_from_bytes(&bytes[..cut]).unwrap_err();
         assert!(
             matches!(err, RecordError::Truncated { offset, records: 1, at: TruncatedAt::Record, .. } if offset == start),
