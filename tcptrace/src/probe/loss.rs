@@ -153,6 +153,7 @@ mod tests {
         let r = LossReport {
             ring_full: 3,
             backup_ring_full: 0,
+            reset_ring_full: 1,
             primary_skipped: 10,
             recovered: 9,
             reset_skipped: 2,
@@ -160,6 +161,8 @@ mod tests {
             undecodable: 0,
         };
         assert_eq!(r.lost(), 3 + 1 + 2);
+        assert_eq!(r.lost_resets(), 1 + 2);
+        assert_eq!(r.lost_transitions(), 2 + 1);
     }
 
     #[test]
