@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
-    EventKind,
+    EventKind, TcpState,
     event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RawEvent},
     state::runs_in_owner_context,
 };
@@ -46,8 +46,25 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     let sk_btf: *const c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    // SAFETY: sk is the tracepoint's typed `struct sock *`, which this helper accepts.
-    let cookie = unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
+    // The verifier forbids variable-offset arithmetic on the typed pointer; read the address as
+    // a plain number and use bpf_probe_read_kernel for the fields.
+    // SAFETY: the context holds the tracepoint arguments as u64s; argument 0 is `sk`.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr_u64()) }) else {
+        return 0;
+    };
+    // An accepted child reports LISTEN->SYN_RECV from inet_csk_clone_lock() before the kernel
+    // copies the request socket's cookie into it (up to at least 6.1), so a cookie generated
+    // now would be overwritten. That event is keyed by address; userspace ties it to the cookie
+    // the next event carries.
+    // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_connection_sock.c#L1000>
+    let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
+    let cookie = if clone {
+        0
+    } else {
+        // SAFETY: sk is the tracepoint's typed `struct sock *`, which this helper accepts.
+        unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) }
+    };
+    let id = if cookie != 0 { cookie } else { sk };
     let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
     let Some(last) = LAST.get_ptr_mut(0) else {
         return 0;
@@ -55,22 +72,16 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     match role {
         Role::Primary => {
             // SAFETY: per-CPU slot of this program.
-            unsafe { *last = LastSeen { cookie, states } };
+            unsafe { *last = LastSeen { cookie: id, states } };
         }
         Role::Backup => {
             // SAFETY: per-CPU slot; a torn read is impossible on one CPU between programs.
             let seen = unsafe { *last };
-            if seen.cookie == cookie && seen.states == states {
+            if seen.cookie == id && seen.states == states {
                 return 0;
             }
         }
     }
-    // The verifier forbids variable-offset arithmetic on the typed pointer; read the address as
-    // a plain number and use bpf_probe_read_kernel for the fields.
-    // SAFETY: the context holds the tracepoint arguments as u64s; argument 0 is `sk`.
-    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr_u64()) }) else {
-        return 0;
-    };
     let cfg = config();
     if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
         if role == Role::Backup {
@@ -87,7 +98,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     ev.kind = EventKind::StateChange as u8;
     ev.oldstate = old as u8;
     ev.newstate = new as u8;
-    ev.flags = FLAG_HAS_COOKIE;
+    ev.flags = if cookie != 0 { FLAG_HAS_COOKIE } else { 0 };
     if runs_in_owner_context(ev.oldstate, ev.newstate) {
         ev.flags |= FLAG_OWNER_CONTEXT;
     }

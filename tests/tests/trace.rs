@@ -29,7 +29,13 @@ fn settle() {
 }
 
 fn assert_seq(s: &SocketTrace, want: &[&str]) {
-    assert_eq!(s.transitions(), want, "transitions of socket {}", s.cookie);
+    assert_eq!(
+        s.transitions(),
+        want,
+        "transitions of socket {}: {:#?}",
+        s.cookie,
+        s.lines
+    );
 }
 
 fn dwell_ms(s: &SocketTrace, old: &str, new: &str) -> f64 {

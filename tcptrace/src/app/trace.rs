@@ -3,6 +3,8 @@
 
 use std::io::{BufWriter, Write};
 
+use tcptrace_common::TcpState;
+
 use crate::{
     app::live::{Live, stop_signal},
     cli::TraceArgs,
@@ -32,15 +34,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         if done {
             live.drain(&mut batch);
         }
-        let fresh = apply_batch(&mut live, &filters, &mut batch, &mut pending);
-        for l in pending.drain(..) {
+        let fresh = apply_batch(&mut live, &mut batch, &mut pending);
+        for l in pending.drain(..).filter(|l| wanted(&filters, l)) {
             out.line(&l)?;
         }
         pending = fresh;
         out.flush()?;
         live.tick();
         if done || live.is_done() {
-            for l in pending.drain(..) {
+            for l in pending.drain(..).filter(|l| wanted(&filters, l)) {
                 out.line(&l)?;
             }
             out.flush()?;
@@ -53,11 +55,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     live.check_replay()
 }
 
-/// Feeds a batch to the socket table; returns the lines to print, and marks lines still pending
-/// from the previous batch when a RST for their socket shows up now.
+/// Feeds a batch to the socket table and returns its lines. Lines still pending from the
+/// previous batch learn what only later events tell: that a RST closed the socket (the kernel
+/// reports a RST sent by close() just after the ->CLOSE transition), and, for an accepted
+/// socket's first event, its cookie, peer and owner (up to at least 6.1 the kernel reports
+/// LISTEN->SYN_RECV before it fills them in).
 fn apply_batch(
     live: &mut Live,
-    filters: &Filters,
     batch: &mut Vec<Event>,
     pending: &mut [TraceLine],
 ) -> Vec<TraceLine> {
@@ -70,32 +74,53 @@ fn apply_batch(
         match ev.what {
             What::ResetSent | What::ResetReceived => {
                 let key = (ev.netns, ev.sock.key());
-                for l in pending.iter_mut().chain(lines.iter_mut()).rev() {
-                    if (l.event.netns, l.event.sock.key()) == key {
-                        if l.new == tcptrace_common::TcpState::Close && l.note != Some("reset") {
-                            l.note = Some("reset");
-                        }
-                        break;
-                    }
+                if let Some(l) = pending
+                    .iter_mut()
+                    .chain(lines.iter_mut())
+                    .rev()
+                    .find(|l| (l.event.netns, l.event.sock.key()) == key)
+                    && l.new == TcpState::Close
+                {
+                    l.note = Some("reset");
                 }
             }
             What::Transition { old, new } => {
-                if let Some(line) = trace_line(&ev, old, new, &applied, filters) {
-                    lines.push(line);
+                let line = trace_line(&ev, old, new, &applied);
+                if old == TcpState::SynRecv && ev.sock.cookie != 0 {
+                    for l in pending.iter_mut().chain(lines.iter_mut()) {
+                        if l.event.sock.cookie == 0
+                            && (l.event.netns, l.event.sock.skaddr) == (ev.netns, ev.sock.skaddr)
+                        {
+                            l.event.sock.cookie = ev.sock.cookie;
+                            if l.remote.port() == 0 {
+                                l.remote = line.remote;
+                            }
+                            if l.owner.is_none() {
+                                l.owner.clone_from(&line.owner);
+                                l.owner_method = line.owner_method;
+                            }
+                        }
+                    }
                 }
+                lines.push(line);
             }
         }
     }
     lines
 }
 
-fn trace_line(
-    ev: &Event,
-    old: tcptrace_common::TcpState,
-    new: tcptrace_common::TcpState,
-    applied: &Applied,
-    filters: &Filters,
-) -> Option<TraceLine> {
+/// The user's filters, on what the line knows by the time it is printed.
+fn wanted(filters: &Filters, l: &TraceLine) -> bool {
+    filters.matches_states(l.old, l.new)
+        && filters.matches_endpoints(&l.local, &l.remote)
+        && filters.matches_owner(
+            l.owner
+                .as_ref()
+                .map(|(pid, comm)| OwnerView { pid: *pid, comm }),
+        )
+}
+
+fn trace_line(ev: &Event, old: TcpState, new: TcpState, applied: &Applied) -> TraceLine {
     let info = applied.sock.as_ref();
     let local = info
         .map(|s| s.local)
@@ -103,15 +128,6 @@ fn trace_line(
         .unwrap_or(ev.local);
     let remote = info.map(|s| s.remote).unwrap_or(ev.remote);
     let owner = info.and_then(|s| s.owner);
-    if !filters.matches_states(old, new)
-        || !filters.matches_endpoints(&local, &remote)
-        || !filters.matches_owner(owner.as_ref().map(|o| OwnerView {
-            pid: o.pid,
-            comm: o.comm.as_str(),
-        }))
-    {
-        return None;
-    }
     let mut note = None;
     for (who, change) in applied.changes() {
         if *who != crate::lifecycle::Subject::This {
@@ -119,7 +135,7 @@ fn trace_line(
         }
         match change {
             Change::Entered {
-                state: tcptrace_common::TcpState::TimeWait,
+                state: TcpState::TimeWait,
                 ..
             } => note = Some("time_wait"),
             Change::HeldInFinWait2 { .. } => note = Some("fin_wait2_orphan"),
@@ -127,7 +143,7 @@ fn trace_line(
             _ => {}
         }
     }
-    Some(TraceLine {
+    TraceLine {
         event: ev.clone(),
         old,
         new,
@@ -137,7 +153,7 @@ fn trace_line(
         owner_method: info.and_then(|s| s.attribution).map(|a| a.name()),
         dwell_ns: applied.dwell_ns,
         note,
-    })
+    }
 }
 
 enum Out<W: Write> {

@@ -63,6 +63,16 @@ impl SocketTable {
         if let Some(s) = self.find_id(ev.netns, kind, key) {
             return Some(s);
         }
+        // The accepted child's LISTEN->SYN_RECV came without a cookie (the kernel sets it just
+        // after that event): its next event names it by cookie for the first time.
+        if kind == IdKind::Cookie
+            && old == SynRecv
+            && let Some(s) = self.find_id(ev.netns, IdKind::Skaddr, ev.sock.skaddr)
+            && self.slab[s as usize].cookie == 0
+        {
+            self.bind(s, ev);
+            return Some(s);
+        }
         if is_birth(old, new) || ev.local.port() == 0 {
             return None;
         }

@@ -169,3 +169,30 @@ fn fd_scan_confirms_and_corrects_owners_by_inode() {
     assert_eq!(v.owner.unwrap().comm.as_str(), "server-worker");
     assert_eq!(v.attribution, Some(Attribution::FdScan));
 }
+
+/// Up to at least 6.1 the child's LISTEN->SYN_RECV fires before the kernel gives it its cookie,
+/// so the probe sends that event keyed by address only; the next event, with the cookie, must
+/// land on the same socket, which keeps its listener owner and its SYN_RECV dwell.
+#[test]
+fn accepted_child_first_seen_without_cookie_keeps_its_identity() {
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits::default());
+    let lb = Loopback::new(&mut fx, 40102);
+    lb.listen(&mut fx, &mut t);
+    let soft = Loopback::peer_softirq(&lb.client_ctx);
+    let mut child = lb.server.clone();
+    child.local = lb.listener.local;
+    child.remote = addr("0.0.0.0:0");
+    child.id.cookie = 0;
+    fx.step(MS);
+    t.apply(&fx.tr(&child, Listen, SynRecv, &soft));
+    fx.step(2_000);
+    let a = t.apply(&fx.tr(&lb.server, SynRecv, Established, &soft));
+    assert_eq!(
+        a.dwell_ns,
+        Some(2_000),
+        "same socket: its SYN_RECV stay is known"
+    );
+    assert_eq!(a.sock.unwrap().owner.unwrap().pid, 100);
+    assert_eq!(t.len(), 2, "listener and one child, not two children");
+}
