@@ -2,5 +2,6 @@
 
 pub mod live;
 pub mod report;
+pub mod serve;
 pub mod top;
 pub mod trace;

@@ -1,6 +1,7 @@
 //! `tcptrace report`: observe for a while, reconcile with the kernel table, summarise.
 
 use crate::{
+    aggregate::Summary,
     app::live::{Live, hostname, stop_signal},
     cli::ReportArgs,
     probe::kernel::kernel_release,
@@ -9,6 +10,18 @@ use crate::{
 
 /// Rows kept per group-by list in the document.
 pub const REPORT_TOP: usize = 50;
+
+/// The `report --json` document for a summary of `live`, taken now.
+pub fn document<'a>(live: &Live, summary: &'a Summary) -> ReportDoc<'a> {
+    ReportDoc {
+        schema: SCHEMA,
+        generated_at: live.clock.unix_secs(crate::clock::monotonic_ns()),
+        host: hostname(),
+        kernel: kernel_release(),
+        hook: live.probe.path().to_string(),
+        summary,
+    }
+}
 
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
@@ -36,14 +49,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     // the kernel's table makes them exact.
     live.reconcile()?;
     let summary = live.summary(REPORT_TOP);
-    let doc = ReportDoc {
-        schema: SCHEMA,
-        generated_at: live.clock.unix_secs(crate::clock::monotonic_ns()),
-        host: hostname(),
-        kernel: kernel_release(),
-        hook: live.probe.path().to_string(),
-        summary: &summary,
-    };
+    let doc = document(&live, &summary);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {

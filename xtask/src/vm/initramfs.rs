@@ -74,6 +74,9 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
         ("ss", "/bin/ss", true),
         ("ip", "/sbin/ip", true),
         ("bpftool", "/sbin/bpftool", false),
+        // The exporter tests scrape `tcptrace serve` with a real Prometheus (package prometheus).
+        ("prometheus", "/usr/bin/prometheus", false),
+        ("promtool", "/usr/bin/promtool", false),
     ] {
         match find_on_path(tool) {
             Some(host) => {
