@@ -1,5 +1,6 @@
 //! Commands: each wires a source to the pipeline and a view.
 
+pub mod containers;
 pub mod live;
 pub mod report;
 pub mod serve;

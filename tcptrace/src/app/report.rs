@@ -2,8 +2,12 @@
 
 use crate::{
     aggregate::Summary,
-    app::live::{Live, hostname, stop_signal},
+    app::{
+        containers::name_containers,
+        live::{Live, hostname, stop_signal},
+    },
     cli::ReportArgs,
+    owner::container::ContainerNames,
     probe::kernel::kernel_release,
     view::report::{ReportDoc, SCHEMA, text},
 };
@@ -48,7 +52,8 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     // Counts are the sockets in each state when the report is taken: one last check against
     // the kernel's table makes them exact.
     live.reconcile()?;
-    let summary = live.summary(REPORT_TOP);
+    let mut summary = live.summary(REPORT_TOP);
+    name_containers(&mut summary, &mut ContainerNames::new());
     let doc = document(&live, &summary);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);

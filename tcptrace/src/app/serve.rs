@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     app::{
+        containers::name_containers,
         live::{Live, port_range, stop_signal, timewait_method},
         report::{REPORT_TOP, document},
     },
@@ -91,7 +92,8 @@ impl Session {
                 let _ = reply.send(self.metrics(live));
             }
             http::Request::Report(reply) => {
-                let summary = live.summary(REPORT_TOP);
+                let mut summary = live.summary(REPORT_TOP);
+                name_containers(&mut summary, &mut self.containers);
                 let json = serde_json::to_string_pretty(&document(live, &summary))
                     .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
                 let _ = reply.send(json);
