@@ -161,6 +161,28 @@ mod tests {
     }
 
     #[test]
+    fn the_scrape_config_and_alert_rules_pass_promtool() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for args in [
+            &["check", "config", "prometheus.yml"][..],
+            // Feeds the rules synthetic series: a leak fires, a steady count does not.
+            &["test", "rules", "alerts.test.yml"][..],
+        ] {
+            let out = Command::new("promtool")
+                .args(args)
+                .current_dir(&deploy)
+                .output()
+                .expect("promtool (package prometheus)");
+            assert!(
+                out.status.success(),
+                "promtool {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
     fn the_example_config_loads() {
         let p = std::env::temp_dir().join(format!("tcptrace-serve-{}.toml", std::process::id()));
         std::fs::write(&p, SERVE_TOML).unwrap();
