@@ -34,6 +34,8 @@ pub enum Command {
     /// Record the session (kernel table dumps and every event) to a file for later analysis
     /// with `--from FILE`.
     Record(RecordArgs),
+    /// Prometheus exporter: /metrics, /report.json and /healthz over HTTP.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +104,32 @@ pub struct ReportArgs {
     /// Print one JSON document (schema in the README).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Address to serve on [default: 127.0.0.1:9977, or `listen` in the config file].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Config file (TOML: listen, top_pids, top_peers, top_ports, max_connections); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Processes with their own series; the rest are summed into pid="other" [default: 20].
+    #[arg(long, value_name = "N")]
+    pub top_pids: Option<usize>,
+    /// Peers with their own series; the rest are summed into peer="other" [default: 20].
+    #[arg(long, value_name = "N")]
+    pub top_peers: Option<usize>,
+    /// Local ports with their own series; the rest are summed into port="other" [default: 20].
+    #[arg(long, value_name = "N")]
+    pub top_ports: Option<usize>,
+    /// Stop after this long (default: until SIGTERM or Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -309,6 +337,8 @@ mod tests {
             vec!["tcptrace", "trace", "--frobnicate"],
             vec!["tcptrace", "trace", "-4", "-6"],
             vec!["tcptrace", "report", "--duration", "soon"],
+            vec!["tcptrace", "serve", "--listen", "localhost"],
+            vec!["tcptrace", "serve", "--top-pids", "-1"],
         ] {
             let e = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");

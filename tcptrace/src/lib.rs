@@ -14,6 +14,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod event;
+pub mod export;
 pub mod filter;
 pub mod lifecycle;
 pub mod owner;

@@ -22,6 +22,7 @@ fn main() {
             Command::Top(a) => app::top::run(a).await,
             Command::Report(a) => app::report::run(a).await,
             Command::Record(a) => app::record::run(a).await,
+            Command::Serve(a) => app::serve::run(a).await,
         }
     });
     if let Err(e) = result {

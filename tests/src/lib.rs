@@ -4,6 +4,9 @@
 //! Everything here panics on failure rather than returning errors, so a failing test keeps its
 //! backtrace. Nothing skips: without privileges the tracer fails to start and the test fails.
 
+pub mod deploy;
+pub mod exporter;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener},

@@ -67,6 +67,12 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         why: "packs the VM tests' initramfs",
     },
     AptPackage {
+        name: "prometheus",
+        need: Need::Always,
+        why: "a real Prometheus server (and promtool) that the exporter tests start on loopback \
+              to scrape `tcptrace serve` and answer PromQL queries",
+    },
+    AptPackage {
         name: "bpftool",
         need: Need::IfAvailable,
         why: "tests cross-check the loaded programs and their counters with it",

@@ -55,6 +55,18 @@ impl Dwell {
         }
     }
 
+    /// For a cumulative (Prometheus) histogram: the count of values at or below each bound
+    /// (nanoseconds, ascending), and the sum of all values in nanoseconds. Both come from the
+    /// HDR buckets, so a value within the bucket resolution of a bound (0.1 % for the global
+    /// histograms) may count on either side, and the sum is the mean times the count.
+    pub fn cumulative(&self, bounds_ns: &[u64]) -> (Vec<u64>, f64) {
+        let counts = bounds_ns
+            .iter()
+            .map(|&b| self.hist.count_between(0, b / 1_000))
+            .collect();
+        (counts, self.hist.mean() * self.hist.len() as f64 * 1_000.0)
+    }
+
     /// Heap bytes (for accounting).
     pub fn heap_bytes(&self) -> usize {
         self.hist.distinct_values() * std::mem::size_of::<u64>()
@@ -110,6 +122,22 @@ mod tests {
         assert_eq!(s.max, 60_000.0);
         assert!(s.p99 <= s.max);
         assert!(d.heap_bytes() < 4096, "{} bytes", d.heap_bytes());
+    }
+
+    #[test]
+    fn cumulative_counts_at_bounds_and_sum() {
+        let mut d = Dwell::new(GLOBAL_SIGFIG);
+        for ms in [1u64, 2, 50, 60_000, 60_000] {
+            d.record(ms * 1_000_000);
+        }
+        let (counts, sum_ns) = d.cumulative(&[500_000, 10_000_000, 1_000_000_000, 120_000_000_000]);
+        assert_eq!(counts, [0, 2, 3, 5]);
+        let exact = (1 + 2 + 50 + 120_000) as f64 * 1e6;
+        assert!(
+            (sum_ns - exact).abs() / exact < 0.001,
+            "{sum_ns} vs {exact}"
+        );
+        assert_eq!(Dwell::new(2).cumulative(&[1]), (vec![0], 0.0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod tests;
 pub use aggregates::{AggLimits, Aggregates, Peer};
 pub use dwell::{Dwell, DwellMs};
 pub use group::{GroupStats, GroupTable};
-pub use pressure::PortPressure;
+pub use pressure::{PortPressure, port_pressure};
 pub use summary::{
     Attributions, Evictions, GroupCounts, PeerAddrRow, PeerRow, PidPeerRow, PidRow, PortRow,
     Summary, SummaryInput, Unattributed, summary,

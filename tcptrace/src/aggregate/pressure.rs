@@ -30,11 +30,7 @@ pub struct PortPressure {
 }
 
 /// Destinations by timewait sockets on ephemeral ports, most first, at most `top`.
-pub(super) fn port_pressure(
-    table: &SocketTable,
-    range: (u16, u16),
-    top: usize,
-) -> Vec<PortPressure> {
+pub fn port_pressure(table: &SocketTable, range: (u16, u16), top: usize) -> Vec<PortPressure> {
     let (lo, hi) = (range.0.min(range.1), range.0.max(range.1));
     let range_size = (hi - lo) as u32 + 1;
     let mut by_dest: HashMap<(IpAddr, IpAddr, u16), u64> = HashMap::new();

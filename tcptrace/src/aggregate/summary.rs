@@ -140,6 +140,9 @@ pub struct PidRow {
     pub comm: Comm,
     /// cgroup v2 id, 0 when unknown.
     pub cgroup_id: u64,
+    /// The container the process runs in (null outside containers). The engine leaves it
+    /// empty; the commands fill it (`app::containers`), since naming reads the host.
+    pub container: Option<crate::owner::cgroup::Container>,
     #[serde(flatten)]
     pub counts: GroupCounts,
     pub attribution: Attributions,
@@ -212,6 +215,7 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
                 pid: o.pid,
                 comm: o.comm,
                 cgroup_id: o.cgroup_id,
+                container: None,
                 counts: counts(c, agg.by_pid.lookup(o), ages.by_pid.take(o), window_s),
                 attribution: c.map(attributions).unwrap_or_default(),
             }

@@ -1,13 +1,30 @@
 //! `tcptrace report`: observe for a while, reconcile with the kernel table, summarise.
 
 use crate::{
-    app::live::{Live, stop_signal},
+    aggregate::Summary,
+    app::{
+        containers::name_containers,
+        live::{Live, stop_signal},
+    },
     cli::ReportArgs,
+    owner::container::ContainerNames,
     view::report::{ReportDoc, SCHEMA, text},
 };
 
 /// Rows kept per group-by list in the document.
 pub const REPORT_TOP: usize = 50;
+
+/// The `report --json` document for a summary of `live`, taken now.
+pub fn document<'a>(live: &Live, summary: &'a Summary) -> ReportDoc<'a> {
+    ReportDoc {
+        schema: SCHEMA,
+        generated_at: crate::clock::WallClock::now().unix_secs(crate::clock::monotonic_ns()),
+        host: live.host(),
+        kernel: live.kernel(),
+        hook: live.hook(),
+        summary,
+    }
+}
 
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
@@ -37,15 +54,12 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     live.reconcile()?;
     let now = live.now_ns();
     live.finish(now)?;
-    let summary = live.summary_at(REPORT_TOP, now);
-    let doc = ReportDoc {
-        schema: SCHEMA,
-        generated_at: crate::clock::WallClock::now().unix_secs(crate::clock::monotonic_ns()),
-        host: live.host(),
-        kernel: live.kernel(),
-        hook: live.hook(),
-        summary: &summary,
-    };
+    let mut summary = live.summary_at(REPORT_TOP, now);
+    // Container names come from this host's cgroups: only for a live session.
+    if live.probe().is_some() {
+        name_containers(&mut summary, &mut ContainerNames::new());
+    }
+    let doc = document(&live, &summary);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {

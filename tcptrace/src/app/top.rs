@@ -12,8 +12,12 @@ use crossterm::{
 };
 
 use crate::{
-    app::live::{Live, stop_signal},
+    app::{
+        containers::name_containers,
+        live::{Live, stop_signal},
+    },
     cli::TopArgs,
+    owner::container::ContainerNames,
     view::top::{TopState, screen},
 };
 
@@ -33,6 +37,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     };
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
+    let mut containers = ContainerNames::new();
     let mut batch = Vec::new();
     let mut next_refresh = Instant::now();
     let mut shown = 0u64;
@@ -68,7 +73,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         let replay_over = live.is_done();
         if Instant::now() >= next_refresh || replay_over {
             next_refresh = Instant::now() + args.interval;
-            let s = live.summary(usize::MAX);
+            let mut s = live.summary(usize::MAX);
+            name_containers(&mut s, &mut containers);
             let clock = time_of_day();
             let text = screen(&s, &state, live.loss().lost(), &clock, interactive);
             let mut out = std::io::stdout().lock();

@@ -1,8 +1,10 @@
 //! See the crate docs for where this stage sits in the data flow.
 //!
 //! Attribution helpers that read the host: socket inode -> processes (`fdscan`), facts about one
-//! process (`process`), and cgroup id -> path -> container (`cgroup`).
+//! process (`process`), cgroup id -> path -> container (`cgroup`), and the container of a
+//! process as the views name it (`container`).
 
 pub mod cgroup;
+pub mod container;
 pub mod fdscan;
 pub mod process;

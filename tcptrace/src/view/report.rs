@@ -97,12 +97,18 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         );
     }
 
-    let mut t = Table::new(&with_counts(&[
-        ("PID", Align::Right),
-        ("COMM", Align::Left),
-    ]));
-    for r in s.by_pid.iter().take(rows) {
+    let rows_shown = &s.by_pid[..rows.min(s.by_pid.len())];
+    let containers = rows_shown.iter().any(|r| r.container.is_some());
+    let mut first = vec![("PID", Align::Right), ("COMM", Align::Left)];
+    if containers {
+        first.push(("CONTAINER", Align::Left));
+    }
+    let mut t = Table::new(&with_counts(&first));
+    for r in rows_shown {
         let mut cells = vec![r.pid.to_string(), printable(r.comm.as_str())];
+        if containers {
+            cells.push(container_cell(r.container.as_ref()));
+        }
         cells.extend(counts_cells(&r.counts));
         t.row(cells);
     }
@@ -179,6 +185,12 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         &t,
     );
     out
+}
+
+/// The 12-digit id `docker ps` and `crictl ps` show, or `-` outside containers.
+pub fn container_cell(c: Option<&crate::owner::cgroup::Container>) -> String {
+    c.map(|c| c.short_id().to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn section(out: &mut String, title: &str, t: &Table) {

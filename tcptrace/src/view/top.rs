@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::report::container_cell;
 use super::table::{Align, Table, human_ms, printable, rate};
 use crate::{
     aggregate::{GroupCounts, Summary},
@@ -90,12 +91,16 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
                 .unwrap_or_else(|| "-".into()),
         ]
     };
+    let containers = s.by_pid.iter().any(|r| r.container.is_some());
     let mut rows: Vec<(Vec<String>, (u64, u64, u64))> = match st.by {
         GroupBy::Pid => s
             .by_pid
             .iter()
             .map(|r| {
                 let mut v = vec![r.pid.to_string(), printable(r.comm.as_str())];
+                if containers {
+                    v.push(container_cell(r.container.as_ref()));
+                }
                 v.extend(cells(&r.counts));
                 (v, sort_key(&r.counts, st.sort))
             })
@@ -126,6 +131,11 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
     };
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     let mut h: Vec<(&str, Align)> = match st.by {
+        GroupBy::Pid if containers => vec![
+            ("PID", Align::Right),
+            ("COMM", Align::Left),
+            ("CONTAINER", Align::Left),
+        ],
         GroupBy::Pid => vec![("PID", Align::Right), ("COMM", Align::Left)],
         GroupBy::Port => vec![("LOCAL_PORT", Align::Right)],
         GroupBy::Peer => vec![("PEER", Align::Left)],

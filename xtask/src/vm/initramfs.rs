@@ -84,6 +84,9 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
         // util-linux's, not busybox's: the capability test needs --reuid and --ambient-caps.
         ("setpriv", "/usr/bin/setpriv", true),
         ("bpftool", "/sbin/bpftool", false),
+        // The exporter tests scrape `tcptrace serve` with a real Prometheus (package prometheus).
+        ("prometheus", "/usr/bin/prometheus", false),
+        ("promtool", "/usr/bin/promtool", false),
     ] {
         match find_on_path(tool) {
             Some(host) => {

@@ -1,0 +1,48 @@
+//! Event counters the exporter keeps from the stream itself: transitions by old and new state,
+//! and resets. They start at zero when `serve` starts, as Prometheus counters do.
+
+use tcptrace_common::TcpState;
+
+use crate::event::{Event, What};
+
+/// States are numbered 1..=12 (`TCP_ESTABLISHED` .. `TCP_NEW_SYN_RECV`); index 0 is unused.
+const N: usize = 13;
+
+#[derive(Clone, Debug)]
+pub struct EventCounters {
+    transitions: [[u64; N]; N],
+    pub resets_received: u64,
+    pub resets_sent: u64,
+}
+
+impl Default for EventCounters {
+    fn default() -> Self {
+        EventCounters {
+            transitions: [[0; N]; N],
+            resets_received: 0,
+            resets_sent: 0,
+        }
+    }
+}
+
+impl EventCounters {
+    pub fn observe(&mut self, ev: &Event) {
+        match ev.what {
+            What::Transition { old, new } => {
+                self.transitions[old as usize % N][new as usize % N] += 1;
+            }
+            What::ResetReceived => self.resets_received += 1,
+            What::ResetSent => self.resets_sent += 1,
+        }
+    }
+
+    /// Transitions seen at least once: (old, new, count), in state order.
+    pub fn transitions(&self) -> impl Iterator<Item = (TcpState, TcpState, u64)> + '_ {
+        TcpState::ALL.iter().flat_map(move |&old| {
+            TcpState::ALL.iter().filter_map(move |&new| {
+                let n = self.transitions[old as usize % N][new as usize % N];
+                (n > 0).then_some((old, new, n))
+            })
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! Container attribution: a leaking server started inside cgroups named the way Docker and
+//! Kubernetes (containerd, systemd driver) name them shows its container id (and pod uid) in
+//! `report --json`, the report text, `top`, and the exporter's labels.
+//!
+//! The cgroups are made under this host's cgroup v2 mount, wherever it is: `/sys/fs/cgroup`
+//! (unified hosts, and the VM tests) or `/sys/fs/cgroup/unified` (hybrid hosts).
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcptrace::owner::cgroup::Cgroup2Mount;
+use tcptrace_tests::{exporter, *};
+
+const T: Duration = Duration::from_secs(30);
+
+/// 2n random hex digits.
+fn hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A chain of cgroup directories made by the test, removed (deepest first) on drop.
+struct Cgroups {
+    made: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn make(mount: &Cgroup2Mount, rel: &str) -> (Cgroups, PathBuf) {
+        let mut made = Vec::new();
+        let mut dir = mount.mount_point.clone();
+        for part in rel.split('/') {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                made.push(dir.clone());
+            }
+        }
+        (Cgroups { made }, dir)
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in self.made.iter().rev() {
+            // The processes inside are gone by now (the server is dropped first); a zombie may
+            // take a moment to leave.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(d).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A server that joins `cgroup` before it creates any socket (the shell writes its own pid to
+/// cgroup.procs, then becomes the server), and `n` connections it leaks in CLOSE_WAIT.
+fn leaker_in(cgroup: &std::path::Path, n: usize, port: u16) -> Proc {
+    let ip = "127.0.0.1".parse().unwrap();
+    let addr = SocketAddr::new(ip, port);
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec '{}' server --bind {addr} --conns {n} --on-eof leak",
+        cgroup.display(),
+        scenario_bin().display()
+    );
+    let mut srv = Proc::spawn(Command::new("sh").args(["-c", &script]));
+    srv.expect("listening", T);
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", srv.pid())).unwrap();
+    assert!(
+        own.lines().any(|l| l.starts_with("0::")
+            && cgroup.ends_with(l.trim_start_matches("0::").trim_start_matches('/'))),
+        "the server is not in {}: {own}",
+        cgroup.display()
+    );
+    let mut cli = client(addr, &["--conns", &n.to_string()]);
+    cli.wait_done(T);
+    srv.wait_done(T);
+    cli.finish();
+    srv
+}
+
+fn free() -> u16 {
+    free_port("127.0.0.1".parse().unwrap())
+}
+
+fn by_pid_row(doc: &Value, pid: u32) -> &Value {
+    doc["by_pid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"] == pid)
+        .unwrap_or_else(|| panic!("no by_pid row for {pid} in {doc:#}"))
+}
+
+#[test]
+fn a_docker_container_shows_in_every_view() {
+    let mount = Cgroup2Mount::find().expect("a cgroup2 mount");
+    let id = hex(32);
+    let (cg, dir) = Cgroups::make(&mount, &format!("docker-{id}.scope"));
+    let port = free();
+    let srv = leaker_in(&dir, 3, port);
+    let p = port.to_string();
+
+    let doc = Tracer::start(&["report", "--json", "--duration", "2s", "--port", &p])
+        .wait()
+        .json();
+    let row = by_pid_row(&doc, srv.pid());
+    assert_eq!(row["close_wait"], 3, "{row:#}");
+    assert_eq!(row["container"]["id"], id.as_str(), "{row:#}");
+    assert_eq!(row["container"]["runtime"], "docker");
+    assert_eq!(row["container"]["pod_uid"], Value::Null);
+
+    let text = Tracer::start(&["report", "--duration", "1s", "--port", &p])
+        .wait()
+        .stdout;
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&srv.pid().to_string()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(text.contains("CONTAINER"), "{text}");
+    assert!(line.contains(&id[..12]), "{line}");
+
+    let top = Tracer::start(&["top", "--iterations", "1", "--port", &p])
+        .wait()
+        .stdout;
+    assert!(top.contains("CONTAINER"), "{top}");
+    assert!(top.contains(&id[..12]), "{top}");
+
+    let (tracer, addr) = exporter::serve(&["--port", &p]);
+    let body = exporter::get(addr, "/metrics").body;
+    let cw = exporter::sample(
+        &body,
+        "tcptrace_close_wait_sockets",
+        &[("pid", &srv.pid().to_string()), ("container", &id)],
+    );
+    assert_eq!(cw, Some(3.0), "{body}");
+    let _ = tracer.stop();
+    drop(srv);
+    drop(cg);
+}
+
+#[test]
+fn a_kubernetes_pod_container_shows_its_id_and_pod_uid() {
+    let mount = Cgroup2Mount::find().expect("a cgroup2 mount");
+    let id = hex(32);
+    let u = hex(16);
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &u[..8],
+        &u[8..12],
+        &u[12..16],
+        &u[16..20],
+        &u[20..]
+    );
+    let pod = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+    let (cg, dir) = Cgroups::make(
+        &mount,
+        &format!("kubepods.slice/kubepods-besteffort.slice/{pod}/cri-containerd-{id}.scope"),
+    );
+    // The exporter runs first, so it sees the server listen from inside its cgroup: the kernel
+    // reports the cgroup id, and the resolver maps it to the container.
+    let port = free();
+    let p = port.to_string();
+    let (tracer, addr) = exporter::serve(&["--port", &p]);
+    let srv = leaker_in(&dir, 2, port);
+
+    let doc: Value = serde_json::from_str(&exporter::get(addr, "/report.json").body).unwrap();
+    let row = by_pid_row(&doc, srv.pid());
+    assert_eq!(row["close_wait"], 2, "{row:#}");
+    assert_eq!(row["container"]["id"], id.as_str(), "{row:#}");
+    assert_eq!(row["container"]["runtime"], "containerd");
+    assert_eq!(row["container"]["pod_uid"], uid.as_str());
+    let cgroup_id = std::fs::metadata(&dir).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(
+        row["cgroup_id"],
+        cgroup_id.unwrap(),
+        "the kernel reported the cgroup: {row:#}"
+    );
+
+    let body = exporter::get(addr, "/metrics").body;
+    let cw = exporter::sample(
+        &body,
+        "tcptrace_close_wait_sockets",
+        &[
+            ("pid", &srv.pid().to_string()),
+            ("container", &id),
+            ("pod_uid", &uid),
+        ],
+    );
+    assert_eq!(cw, Some(2.0), "{body}");
+    let _ = tracer.stop();
+    drop(srv);
+    drop(cg);
+}
