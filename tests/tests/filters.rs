@@ -83,8 +83,8 @@ fn pid_keeps_only_that_processs_sockets() {
     let p = free_port(v4());
     let addr = SocketAddr::new(v4(), p);
     let (mut srv, _) = server(addr, &["--conns", "2", "--on-eof", "close"]);
-    let mut a = client(addr, &["--hold-ms", "2000"]);
-    let mut b = client(addr, &["--hold-ms", "2000"]);
+    let mut a = client(addr, &["--hold-ms", "5000"]);
+    let mut b = client(addr, &["--hold-ms", "5000"]);
     // Start tracing before either client closes, filtered on client A.
     let tracer = Tracer::start(&[
         "trace",

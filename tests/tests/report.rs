@@ -163,18 +163,24 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
     }
     let doc = tracer.wait().json();
     assert_shape(&doc);
-    assert_eq!(ss_count("time-wait", &format!("dport = :{pa}")), 20);
-    assert_eq!(ss_count("time-wait", &format!("dport = :{pb}")), 10);
-    assert_eq!(peer_row(&doc, "127.0.0.2", pa)["time_wait"], 20);
-    assert_eq!(peer_row(&doc, "127.0.0.3", pb)["time_wait"], 10);
+    // On loopback the kernel may reuse a TIME_WAIT port for a new connection to the same
+    // destination (net.ipv4.tcp_tw_reuse=2, the default, allows it for loopback), which ends
+    // that TIME_WAIT early: `ss` is the referee, and nearly all 20 and 10 must be there.
+    let (ss_a, ss_b) = (
+        ss_count("time-wait", &format!("dport = :{pa}")),
+        ss_count("time-wait", &format!("dport = :{pb}")),
+    );
+    assert!(ss_a >= 15 && ss_b >= 7, "ss: {ss_a} and {ss_b} TIME_WAIT");
+    assert_eq!(peer_row(&doc, "127.0.0.2", pa)["time_wait"], ss_a);
+    assert_eq!(peer_row(&doc, "127.0.0.3", pb)["time_wait"], ss_b);
     assert_eq!(
         row(&doc["by_pid"], "pid", &Value::from(c1.pid()))["time_wait"],
-        20,
+        ss_a,
         "the closer owns its TIME_WAIT"
     );
     assert_eq!(
         row(&doc["by_pid"], "pid", &Value::from(c2.pid()))["time_wait"],
-        10
+        ss_b
     );
     assert!(
         doc["by_pid"]
@@ -184,7 +190,7 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
             .all(|r| r["pid"] != sa.pid() || r["time_wait"] == 0),
         "servers hold none"
     );
-    assert_eq!(doc["totals"]["TIME_WAIT"], 30);
+    assert_eq!(doc["totals"]["TIME_WAIT"], ss_a + ss_b);
     for p in [c1, c2, sa, sb] {
         p.finish();
     }
@@ -202,7 +208,8 @@ fn server_closing_first_holds_time_wait_on_its_port() {
     srv.wait_done(T);
     let doc = tracer.wait().json();
     assert_shape(&doc);
-    assert_eq!(ss_count("time-wait", &format!("sport = :{port}")), 15);
+    let ss_tw = ss_count("time-wait", &format!("sport = :{port}"));
+    assert_eq!(ss_tw, 15, "a server's TIME_WAIT sockets all have distinct client ports");
     assert_eq!(
         row(&doc["by_local_port"], "port", &Value::from(port))["time_wait"],
         15
@@ -214,6 +221,13 @@ fn server_closing_first_holds_time_wait_on_its_port() {
     assert_eq!(doc["totals"]["TIME_WAIT"], 15);
     cli.finish();
     srv.finish();
+}
+
+/// How far past the induced time a measured dwell may be: 10 ms, the goal, on real hardware. In
+/// the QEMU guest (TCG emulation, no KVM here), the test peer's own thread wake-ups take tens of
+/// ms, so xtask's VM run sets TCPTRACE_TEST_SLOW_CPU and the bound is 40 ms there.
+fn dwell_slack_ms() -> f64 {
+    if std::env::var_os("TCPTRACE_TEST_SLOW_CPU").is_some() { 40.0 } else { 10.0 }
 }
 
 #[test]
@@ -270,7 +284,8 @@ fn top_shows_the_leaking_process_first_within_one_refresh() {
     let mut cli = client(addr, &["--conns", "4"]);
     cli.wait_done(T);
     leaker.wait_done(T);
-    let out = Tracer::start(&["top", "--iterations", "1", "--interval", "1s"]).wait();
+    // Only this test's port: the rest of the host may hold older leaks of its own.
+    let out = Tracer::start(&["top", "--iterations", "1", "--interval", "1s", "--port", &port.to_string()]).wait();
     let lines: Vec<&str> = out.stdout.lines().collect();
     let head = lines
         .iter()

@@ -1,7 +1,10 @@
 //! `tcptrace trace`: every transition, live, with its owner and the time spent in the previous
 //! state.
 
-use std::io::{BufWriter, Write};
+use std::{
+    collections::VecDeque,
+    io::{BufWriter, Write},
+};
 
 use tcptrace_common::TcpState;
 
@@ -23,9 +26,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
     let mut batch = Vec::new();
-    // Lines wait one poll before printing: a RST sent by close() is reported by the kernel just
-    // after the socket's ->CLOSE transition, and the line should say "reset".
-    let mut pending: Vec<TraceLine> = Vec::new();
+    // Lines wait HOLD_NS of event time before printing, because later events complete them: a
+    // RST sent by close() is reported just after the socket's ->CLOSE transition, and an
+    // accepted socket's first event lacks its cookie and peer (see `apply_batch`). Holding by
+    // event time, not by batch, makes a replay print exactly what the live session printed.
+    let mut pending: VecDeque<TraceLine> = VecDeque::new();
     loop {
         let done = tokio::select! {
             r = &mut stop => { r?; true }
@@ -34,18 +39,21 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         if done {
             live.drain(&mut batch);
         }
-        let fresh = apply_batch(&mut live, &mut batch, &mut pending);
-        for l in pending.drain(..).filter(|l| wanted(&filters, l)) {
-            out.line(&l)?;
-        }
-        pending = fresh;
-        out.flush()?;
-        live.tick();
-        if done || live.is_done() {
-            for l in pending.drain(..).filter(|l| wanted(&filters, l)) {
+        apply_batch(&mut live, &mut batch, &mut pending);
+        let finished = done || live.is_done();
+        let now = live.now_ns();
+        while let Some(l) = pending.front() {
+            if !finished && l.event.ts_ns.saturating_add(HOLD_NS) > now {
+                break;
+            }
+            let l = pending.pop_front().expect("front exists");
+            if wanted(&filters, &l) {
                 out.line(&l)?;
             }
-            out.flush()?;
+        }
+        out.flush()?;
+        live.tick();
+        if finished {
             break;
         }
     }
@@ -55,17 +63,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     live.check_replay()
 }
 
-/// Feeds a batch to the socket table and returns its lines. Lines still pending from the
-/// previous batch learn what only later events tell: that a RST closed the socket (the kernel
+/// How long a line waits, in event time, for later events that complete it.
+const HOLD_NS: u64 = 20_000_000;
+
+/// Feeds a batch to the socket table and appends its lines. Lines still pending learn what
+/// only later events tell: that a RST closed the socket (the kernel
 /// reports a RST sent by close() just after the ->CLOSE transition), and, for an accepted
 /// socket's first event, its cookie, peer and owner (up to at least 6.1 the kernel reports
 /// LISTEN->SYN_RECV before it fills them in).
-fn apply_batch(
-    live: &mut Live,
-    batch: &mut Vec<Event>,
-    pending: &mut [TraceLine],
-) -> Vec<TraceLine> {
-    let mut lines: Vec<TraceLine> = Vec::new();
+fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, lines: &mut VecDeque<TraceLine>) {
     for ev in batch.drain(..) {
         let applied = live.apply(&ev);
         if applied.is_duplicate() {
@@ -74,9 +80,8 @@ fn apply_batch(
         match ev.what {
             What::ResetSent | What::ResetReceived => {
                 let key = (ev.netns, ev.sock.key());
-                if let Some(l) = pending
+                if let Some(l) = lines
                     .iter_mut()
-                    .chain(lines.iter_mut())
                     .rev()
                     .find(|l| (l.event.netns, l.event.sock.key()) == key)
                     && l.new == TcpState::Close
@@ -87,7 +92,7 @@ fn apply_batch(
             What::Transition { old, new } => {
                 let line = trace_line(&ev, old, new, &applied);
                 if old == TcpState::SynRecv && ev.sock.cookie != 0 {
-                    for l in pending.iter_mut().chain(lines.iter_mut()) {
+                    for l in lines.iter_mut() {
                         if l.event.sock.cookie == 0
                             && (l.event.netns, l.event.sock.skaddr) == (ev.netns, ev.sock.skaddr)
                         {
@@ -102,11 +107,10 @@ fn apply_batch(
                         }
                     }
                 }
-                lines.push(line);
+                lines.push_back(line);
             }
         }
     }
-    lines
 }
 
 /// The user's filters, on what the line knows by the time it is printed.
