@@ -21,6 +21,7 @@ fn main() {
             Command::Trace(a) => app::trace::run(a).await,
             Command::Top(a) => app::top::run(a).await,
             Command::Report(a) => app::report::run(a).await,
+            Command::Diagnose(a) => app::diagnose::run(a).await,
         }
     });
     if let Err(e) = result {
