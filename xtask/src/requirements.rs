@@ -67,6 +67,12 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         why: "packs the VM tests' initramfs",
     },
     AptPackage {
+        name: "chromium",
+        need: Need::Always,
+        why: "headless screenshots of `diagnose --html` reports: the diagnose tests check that \
+              the page renders in a real browser",
+    },
+    AptPackage {
         name: "bpftool",
         need: Need::IfAvailable,
         why: "tests cross-check the loaded programs and their counters with it",

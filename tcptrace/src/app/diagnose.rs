@@ -39,7 +39,14 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
             live.drain(&mut batch);
         }
         for ev in batch.drain(..) {
-            live.apply(&ev);
+            // The kernel-side port filter lets some other sockets' events through; counting
+            // them would put other programs into the findings. A connect() reports its first
+            // transition before the local port is chosen (port 0): kept for --lport filters.
+            if filters.matches_endpoints(&ev.local, &ev.remote)
+                || (ev.local.port() == 0 && !filters.lports.is_empty())
+            {
+                live.apply(&ev);
+            }
         }
         live.tick();
         if last_sample.elapsed() >= SAMPLE_EVERY {

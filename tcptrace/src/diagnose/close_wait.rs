@@ -20,7 +20,8 @@ pub fn leaks(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
         let grown = match p.close_wait_at_start {
             Some(start) => p.close_wait.saturating_sub(start),
             None => p.close_wait_entries.min(p.close_wait),
-        };
+        }
+        .max(p.close_wait_stuck_new);
         let growing = grown >= CLOSE_WAIT_MIN_GROWTH;
         // Sockets older than tracing count as old once the window itself is that long.
         let unknown_old = if ev.window_s * 1000.0 >= CLOSE_WAIT_OLD_MS as f64 {
@@ -34,12 +35,12 @@ pub fn leaks(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
         }
         let rate = p
             .close_wait_growth_per_s
-            .unwrap_or(if ev.window_s > 0.0 {
+            .unwrap_or(0.0)
+            .max(if ev.window_s > 0.0 {
                 grown as f64 / ev.window_s
             } else {
                 0.0
-            })
-            .max(0.0);
+            });
         let who = who_proc(&p.proc, host);
         let mut numbers = BTreeMap::new();
         numbers.insert("close_wait", p.close_wait as f64);
@@ -47,7 +48,7 @@ pub fn leaks(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
         numbers.insert("close_wait_growth_per_s", rate);
         numbers.insert("close_wait_old", old as f64);
         let mut what = format!(
-            "{} sockets in CLOSE_WAIT; {} more than at the start of the {:.0} s window ({:.2}/s)",
+            "{} sockets in CLOSE_WAIT; {} new ones not closed during the {:.0} s window ({:.2}/s)",
             p.close_wait, grown, ev.window_s, rate
         );
         let oldest_ms = p.close_wait_age_ms.map(|a| a.max);

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tcptrace_common::TcpState;
 
-use super::thresholds::CLOSE_WAIT_OLD_MS;
+use super::thresholds::{CLOSE_WAIT_OLD_MS, CLOSE_WAIT_STUCK_MS};
 use super::timeline::Timeline;
 use crate::aggregate::{DwellMs, Summary};
 use crate::lifecycle::SocketTable;
@@ -39,6 +39,9 @@ pub struct ProcEvidence {
     pub close_wait_age_unknown: u64,
     /// Current CLOSE_WAIT sockets older than [`CLOSE_WAIT_OLD_MS`] (known ages only).
     pub close_wait_old: u64,
+    /// Current CLOSE_WAIT sockets that entered it during the window and are still open
+    /// [`CLOSE_WAIT_STUCK_MS`] later: new leaks, whatever the count was at the start.
+    pub close_wait_stuck_new: u64,
     /// Local ports and peers of its CLOSE_WAIT sockets, most first.
     pub close_wait_local_ports: Vec<(u16, u64)>,
     pub close_wait_peers: Vec<(String, u64)>,
@@ -104,10 +107,6 @@ fn top_counts<K: Ord + Clone>(m: BTreeMap<K, u64>, n: usize) -> Vec<(K, u64)> {
 /// Peers and ports listed per finding.
 const LIST: usize = 5;
 
-fn r_addr(a: &IpAddr) -> String {
-    a.to_string()
-}
-
 fn peer_string(a: &SocketAddr) -> String {
     a.to_string()
 }
@@ -115,6 +114,7 @@ fn peer_string(a: &SocketAddr) -> String {
 #[derive(Default)]
 struct ProcScan {
     old: u64,
+    stuck_new: u64,
     ports: BTreeMap<u16, u64>,
     peers: BTreeMap<String, u64>,
 }
@@ -133,6 +133,7 @@ impl Evidence {
             port_range.0.min(port_range.1),
             port_range.0.max(port_range.1),
         );
+        let start_ns = now_ns.saturating_sub((summary.window_s * 1e9) as u64);
         let mut procs: BTreeMap<u32, ProcScan> = BTreeMap::new();
         let mut listen: BTreeMap<u16, (u64, BTreeMap<ProcId, u64>)> = BTreeMap::new();
         let mut dests: BTreeMap<(IpAddr, SocketAddr), (u64, BTreeMap<ProcId, u64>)> =
@@ -145,14 +146,16 @@ impl Evidence {
                 pid: o.pid,
                 comm: o.comm.as_str().to_string(),
             });
-            if !v.passive && !v.listener && v.remote.port() != 0 {
-                if let Some(o) = &owner {
-                    *out_owners
-                        .entry(v.remote)
-                        .or_default()
-                        .entry(o.clone())
-                        .or_default() += 1;
-                }
+            if !v.passive
+                && !v.listener
+                && v.remote.port() != 0
+                && let Some(o) = &owner
+            {
+                *out_owners
+                    .entry(v.remote)
+                    .or_default()
+                    .entry(o.clone())
+                    .or_default() += 1;
             }
             match v.state {
                 TcpState::CloseWait => {
@@ -161,6 +164,11 @@ impl Evidence {
                         let age = v.since_ns.map(|s| now_ns.saturating_sub(s));
                         if age.is_some_and(|a| a >= CLOSE_WAIT_OLD_MS * 1_000_000) {
                             p.old += 1;
+                        }
+                        if v.since_ns.is_some_and(|s| s >= start_ns)
+                            && age.is_some_and(|a| a >= CLOSE_WAIT_STUCK_MS * 1_000_000)
+                        {
+                            p.stuck_new += 1;
                         }
                         *p.ports.entry(v.local.port()).or_default() += 1;
                         *p.peers.entry(peer_string(&v.remote)).or_default() += 1;
@@ -189,7 +197,15 @@ impl Evidence {
             }
         }
         let owners_of = |m: BTreeMap<ProcId, u64>| -> Vec<ProcId> {
-            top_counts(m, LIST).into_iter().map(|(p, _)| p).collect()
+            let mut v: Vec<ProcId> = top_counts(m, usize::MAX)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            // One row per process (a thread's comm may differ from its process's).
+            let mut seen = std::collections::BTreeSet::new();
+            v.retain(|p| seen.insert(p.pid));
+            v.truncate(LIST);
+            v
         };
 
         let processes = summary
@@ -210,6 +226,7 @@ impl Evidence {
                     close_wait_age_ms: r.counts.close_wait_age_ms,
                     close_wait_age_unknown: r.counts.close_wait_age_unknown,
                     close_wait_old: scan.old,
+                    close_wait_stuck_new: scan.stuck_new,
                     close_wait_local_ports: top_counts(scan.ports, LIST),
                     close_wait_peers: top_counts(scan.peers, LIST),
                     time_wait: r.counts.time_wait,
@@ -274,24 +291,7 @@ impl Evidence {
                     } else {
                         0.0
                     },
-                    owners: {
-                        let mut o = owners_of(out_owners.remove(&peer).unwrap_or_default());
-                        // Closed sockets are gone from the table; the history names who
-                        // talked to this address.
-                        if o.is_empty() {
-                            o = summary
-                                .by_pid_peer
-                                .iter()
-                                .filter(|r| r.addr == r_addr(&addr))
-                                .take(LIST)
-                                .map(|r| ProcId {
-                                    pid: r.pid,
-                                    comm: r.comm.as_str().to_string(),
-                                })
-                                .collect();
-                        }
-                        o
-                    },
+                    owners: owners_of(out_owners.remove(&peer).unwrap_or_default()),
                 })
             })
             .collect();

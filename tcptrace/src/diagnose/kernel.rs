@@ -38,11 +38,11 @@ pub fn tw_buckets(ev: &Evidence, host: &HostFacts) -> Option<Finding> {
     }
     // The biggest TIME_WAIT holders, as far as the tracked sockets show.
     let mut procs: Vec<_> = ev.processes.iter().filter(|p| p.time_wait > 0).collect();
-    procs.sort_by(|a, b| b.time_wait.cmp(&a.time_wait));
+    procs.sort_by_key(|x| std::cmp::Reverse(x.time_wait));
     let mut ports: Vec<_> = ev.listen_ports.iter().filter(|l| l.time_wait > 0).collect();
-    ports.sort_by(|a, b| b.time_wait.cmp(&a.time_wait));
+    ports.sort_by_key(|x| std::cmp::Reverse(x.time_wait));
     let mut dests: Vec<_> = ev.destinations.iter().collect();
-    dests.sort_by(|a, b| b.time_wait.cmp(&a.time_wait));
+    dests.sort_by_key(|x| std::cmp::Reverse(x.time_wait));
     Some(Finding {
         kind: Kind::TimeWaitBuckets,
         severity: if overflow > 0 {

@@ -376,3 +376,25 @@ fn findings_are_ranked_by_severity() {
     let f = diagnose(&ev, &host());
     assert_eq!(kinds(&f), vec![Kind::CloseWaitLeak, Kind::ShortLived]);
 }
+
+#[test]
+fn new_sockets_stuck_in_close_wait_are_growth_even_if_the_first_sample_had_them() {
+    let mut ev = evidence();
+    let mut p = leaker(20, 20);
+    p.close_wait_stuck_new = 20;
+    ev.processes.push(p);
+    let f = diagnose(&ev, &host());
+    assert_eq!(kinds(&f), vec![Kind::CloseWaitLeak]);
+    assert_eq!(f[0].numbers["close_wait_growth"], 20.0);
+}
+
+#[test]
+fn many_young_close_wait_sockets_are_not_stuck() {
+    let mut ev = evidence();
+    // A busy server with 50 sockets between EOF and close() at any moment, none stuck.
+    let mut p = leaker(50, 50);
+    p.close_wait_entries = 100_000;
+    p.close_wait_stuck_new = 0;
+    ev.processes.push(p);
+    assert!(diagnose(&ev, &host()).is_empty());
+}

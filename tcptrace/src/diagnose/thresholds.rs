@@ -5,7 +5,12 @@
 /// EOF and close within milliseconds, and a minute is longer than common idle timeouts.
 pub const CLOSE_WAIT_OLD_MS: u64 = 60_000;
 
-/// Net growth of a process's CLOSE_WAIT count over the window that counts as a leak. A healthy
+/// A CLOSE_WAIT socket still open this long after the peer's FIN was not closed as part of
+/// finishing a request: servers close within milliseconds of reading EOF.
+pub const CLOSE_WAIT_STUCK_MS: u64 = 1_000;
+
+/// Net growth of a process's CLOSE_WAIT count over the window (or new sockets stuck in it,
+/// whichever is larger) that counts as a leak. A healthy
 /// busy server's count moves up and down by a few as requests finish; five more at the end than
 /// at the start, with none of them closing, is a trend.
 pub const CLOSE_WAIT_MIN_GROWTH: u64 = 5;

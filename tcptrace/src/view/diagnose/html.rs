@@ -120,8 +120,33 @@ pub fn html(doc: &DiagnoseDoc<'_>) -> String {
     o
 }
 
-/// A line per process of one count over time.
+/// Milliseconds for an axis or a label: `0.25ms`, `3ms`, `1.5s`.
+fn short_ms(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{ms:.2}ms")
+    } else {
+        human_ms(ms)
+    }
+}
+
+/// A line per process of one count over time (only processes that had any).
 fn plot(o: &mut String, tl: &Timeline, pids: &[u32], title: &str, pick: fn(&(u64, u64)) -> u64) {
+    let pids: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| {
+            tl.samples
+                .iter()
+                .any(|s| s.by_pid.get(p).map_or(0, pick) > 0)
+        })
+        .collect();
+    if pids.is_empty() {
+        let _ = write!(
+            o,
+            "<p>No process held {title} sockets during the window.</p>"
+        );
+        return;
+    }
     let (w, h, l, r, t, b) = (1000.0, 260.0, 60.0, 220.0, 30.0, 40.0);
     let t_max = tl.samples.last().map_or(1.0, |s| s.t_s).max(1.0);
     let y_max = tl
@@ -205,7 +230,7 @@ fn dwell_chart(o: &mut String, rows: &[(String, DwellMs)]) {
             x(d),
             h - 28.0,
             h - 14.0,
-            human_ms(d).replace("0ms", "ms")
+            short_ms(d)
         );
         d *= 10.0;
     }
@@ -232,8 +257,8 @@ fn dwell_chart(o: &mut String, rows: &[(String, DwellMs)]) {
             lx = l - 8.0,
             name = esc(name),
             n = dw.count,
-            p50 = human_ms(dw.p50),
-            max = human_ms(dw.max),
+            p50 = short_ms(dw.p50),
+            max = short_ms(dw.max),
         );
     }
     o.push_str("</svg>");
