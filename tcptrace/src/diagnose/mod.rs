@@ -156,6 +156,16 @@ pub(crate) fn who_proc(p: &ProcId, host: &HostFacts) -> WhoProc {
     }
 }
 
+/// TIME_WAIT sockets at steady state for an entry rate: each stays 60 s, and the kernel never
+/// holds more than `tcp_max_tw_buckets` (past it, closes skip TIME_WAIT).
+pub(crate) fn steady_state(per_s: f64, host: &HostFacts) -> f64 {
+    let cap = host
+        .sysctls
+        .tcp_max_tw_buckets
+        .map_or(f64::INFINITY, |m| m as f64);
+    (per_s * thresholds::TIME_WAIT_S).min(cap)
+}
+
 /// `1.2 h`, `15 min`, `40 s`.
 pub fn human_s(s: f64) -> String {
     if !s.is_finite() {

@@ -8,22 +8,21 @@
 
 use std::collections::BTreeMap;
 
-use super::thresholds::{
-    PORT_CRITICAL_RATIO, PORT_EXHAUSTION_CRITICAL_S, PORT_RISK_RATIO, TIME_WAIT_S,
-};
+use super::thresholds::{PORT_CRITICAL_RATIO, PORT_EXHAUSTION_CRITICAL_S, PORT_RISK_RATIO};
 use super::time_wait::client_fixes;
 use super::{
-    DestEvidence, Evidence, Finding, HostFacts, Kind, Knob, Severity, Who, human_s, who_proc,
+    DestEvidence, Evidence, Finding, HostFacts, Kind, Knob, Severity, Who, human_s, steady_state,
+    who_proc,
 };
 
-/// TIME_WAIT towards `d` now, or at steady state at its current rate (rate x 60 s).
-fn projected(d: &DestEvidence) -> f64 {
-    (d.time_wait as f64).max(d.time_wait_per_s * TIME_WAIT_S)
+/// TIME_WAIT towards `d` now, or at steady state at its current rate.
+fn projected(d: &DestEvidence, host: &HostFacts) -> f64 {
+    (d.time_wait as f64).max(steady_state(d.time_wait_per_s, host))
 }
 
 /// The destination holds (or will hold at the current rate) enough of the range to be a risk.
 pub fn at_risk(d: &DestEvidence, host: &HostFacts) -> bool {
-    projected(d) / host.sysctls.port_range_size() as f64 >= PORT_RISK_RATIO
+    projected(d, host) / host.sysctls.port_range_size() as f64 >= PORT_RISK_RATIO
 }
 
 pub fn exhaustion(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
@@ -34,7 +33,7 @@ pub fn exhaustion(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
         .filter(|d| at_risk(d, host))
         .map(|d| {
             let ratio = d.time_wait as f64 / range;
-            let steady = d.time_wait_per_s * TIME_WAIT_S;
+            let steady = steady_state(d.time_wait_per_s, host);
             // The range runs out only if the steady state exceeds it.
             let eta_s = (steady >= range && d.time_wait_per_s > 0.0)
                 .then(|| (range - d.time_wait as f64).max(0.0) / d.time_wait_per_s);

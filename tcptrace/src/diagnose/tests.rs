@@ -398,3 +398,15 @@ fn many_young_close_wait_sockets_are_not_stuck() {
     ev.processes.push(p);
     assert!(diagnose(&ev, &host()).is_empty());
 }
+
+#[test]
+fn the_bucket_limit_caps_the_port_exhaustion_projection() {
+    let mut ev = evidence();
+    // 22/s would be 1320 at steady state, but the namespace keeps at most 10 timewait sockets.
+    ev.destinations.push(dest(10, 22.0, "127.0.0.1:20300"));
+    let mut h = host();
+    h.sysctls.ip_local_port_range = (40000, 40099);
+    h.sysctls.tcp_max_tw_buckets = Some(10);
+    h.time_wait_now = Some(10);
+    assert_eq!(kinds(&diagnose(&ev, &h)), vec![Kind::TimeWaitBuckets]);
+}

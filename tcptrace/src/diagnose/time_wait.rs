@@ -7,18 +7,18 @@ use super::ports::at_risk;
 use super::thresholds::{
     SHORT_LIVED_MIN_CONNS, SHORT_LIVED_MIN_PER_S, SHORT_LIVED_MS, TIME_WAIT_PILE_MIN, TIME_WAIT_S,
 };
-use super::{Evidence, Finding, HostFacts, Kind, Severity, Who, who_proc};
+use super::{Evidence, Finding, HostFacts, Kind, Severity, Who, steady_state, who_proc};
 
 /// TIME_WAIT now, or in steady state at the current entry rate, is a pile.
-fn piles(now: u64, per_s: f64) -> bool {
-    now.max((per_s * TIME_WAIT_S) as u64) >= TIME_WAIT_PILE_MIN
+fn piles(now: u64, per_s: f64, host: &HostFacts) -> bool {
+    now.max(steady_state(per_s, host) as u64) >= TIME_WAIT_PILE_MIN
 }
 
 /// TIME_WAIT on a listening port: the server closes accepted connections before its clients.
 pub fn server_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
     ev.listen_ports
         .iter()
-        .filter(|l| piles(l.time_wait, l.time_wait_per_s))
+        .filter(|l| piles(l.time_wait, l.time_wait_per_s, host))
         .map(|l| {
             let mut numbers = BTreeMap::new();
             numbers.insert("time_wait", l.time_wait as f64);
@@ -46,7 +46,7 @@ pub fn server_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                     l.time_wait,
                     l.port,
                     l.time_wait_per_s,
-                    l.time_wait_per_s * TIME_WAIT_S,
+                    steady_state(l.time_wait_per_s, host),
                     TIME_WAIT_S
                 ),
                 who: Who {
@@ -85,7 +85,7 @@ pub fn server_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
 pub fn client_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
     ev.destinations
         .iter()
-        .filter(|d| piles(d.time_wait, d.time_wait_per_s) && !at_risk(d, host))
+        .filter(|d| piles(d.time_wait, d.time_wait_per_s, host) && !at_risk(d, host))
         .map(|d| {
             let mut numbers = BTreeMap::new();
             numbers.insert("time_wait", d.time_wait as f64);
