@@ -36,6 +36,28 @@ pub enum Command {
     Record(RecordArgs),
     /// Prometheus exporter: /metrics, /report.json and /healthz over HTTP.
     Serve(ServeArgs),
+    /// Observe for a while, then explain what is wrong and what to do (ranked findings).
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// How long to observe before diagnosing.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Print one JSON document (schema in docs/diagnose.md).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// Markdown, to paste into an incident ticket.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Also write a self-contained HTML report with plots to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

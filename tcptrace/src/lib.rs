@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod diagnose;
 pub mod event;
 pub mod export;
 pub mod filter;

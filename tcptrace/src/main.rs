@@ -23,6 +23,7 @@ fn main() {
             Command::Report(a) => app::report::run(a).await,
             Command::Record(a) => app::record::run(a).await,
             Command::Serve(a) => app::serve::run(a).await,
+            Command::Diagnose(a) => app::diagnose::run(a).await,
         }
     });
     if let Err(e) = result {

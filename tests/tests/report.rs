@@ -209,7 +209,10 @@ fn server_closing_first_holds_time_wait_on_its_port() {
     let doc = tracer.wait().json();
     assert_shape(&doc);
     let ss_tw = ss_count("time-wait", &format!("sport = :{port}"));
-    assert_eq!(ss_tw, 15, "a server's TIME_WAIT sockets all have distinct client ports");
+    assert_eq!(
+        ss_tw, 15,
+        "a server's TIME_WAIT sockets all have distinct client ports"
+    );
     assert_eq!(
         row(&doc["by_local_port"], "port", &Value::from(port))["time_wait"],
         15
@@ -227,7 +230,11 @@ fn server_closing_first_holds_time_wait_on_its_port() {
 /// the QEMU guest (TCG emulation, no KVM here), the test peer's own thread wake-ups take tens of
 /// ms, so xtask's VM run sets TCPTRACE_TEST_SLOW_CPU and the bound is 40 ms there.
 fn dwell_slack_ms() -> f64 {
-    if std::env::var_os("TCPTRACE_TEST_SLOW_CPU").is_some() { 40.0 } else { 10.0 }
+    if std::env::var_os("TCPTRACE_TEST_SLOW_CPU").is_some() {
+        40.0
+    } else {
+        10.0
+    }
 }
 
 #[test]
@@ -285,7 +292,16 @@ fn top_shows_the_leaking_process_first_within_one_refresh() {
     cli.wait_done(T);
     leaker.wait_done(T);
     // Only this test's port: the rest of the host may hold older leaks of its own.
-    let out = Tracer::start(&["top", "--iterations", "1", "--interval", "1s", "--port", &port.to_string()]).wait();
+    let out = Tracer::start(&[
+        "top",
+        "--iterations",
+        "1",
+        "--interval",
+        "1s",
+        "--port",
+        &port.to_string(),
+    ])
+    .wait();
     let lines: Vec<&str> = out.stdout.lines().collect();
     let head = lines
         .iter()

@@ -73,6 +73,12 @@ pub const APT_PACKAGES: &[AptPackage] = &[
               to scrape `tcptrace serve` and answer PromQL queries",
     },
     AptPackage {
+        name: "chromium",
+        need: Need::Always,
+        why: "headless screenshots of `diagnose --html` reports: the diagnose tests check that \
+              the page renders in a real browser",
+    },
+    AptPackage {
         name: "bpftool",
         need: Need::IfAvailable,
         why: "tests cross-check the loaded programs and their counters with it",

@@ -1,6 +1,7 @@
 //! Commands: each wires a source to the pipeline and a view.
 
 pub mod containers;
+pub mod diagnose;
 pub mod live;
 pub mod record;
 pub mod replay;

@@ -1,5 +1,6 @@
 //! Views: how results reach the user. They render; they never reach back into the probe.
 
+pub mod diagnose;
 pub mod report;
 pub mod table;
 pub mod top;
