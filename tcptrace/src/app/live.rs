@@ -87,13 +87,6 @@ impl Live {
         if let Some(why) = &probe.fallback_reason {
             eprintln!("tcptrace: kernel BTF unavailable ({why}); using the classic tracepoint");
         }
-        eprintln!(
-            "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
-             tcp:tcp_send_reset (ring {} KiB; TIME_WAIT {})",
-            probe.path(),
-            probe.ring_bytes / 1024,
-            timewait_method(probe.path()),
-        );
         let started_ns = monotonic_ns();
         let clock = WallClock::now();
         let mut live = Live::new(
@@ -111,8 +104,21 @@ impl Live {
         }
         // The programs are attached first, so no transition falls between the kernel table
         // dump and the event stream; the table drops what the dump already covers.
-        live.reconcile()
+        let loaded = live
+            .reconcile()
             .context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
+        // Said once the existing sockets are loaded: from here on, every change is seen live
+        // (tests wait for the word "attached" before they make traffic).
+        if let Source::Kernel { probe, .. } = &live.source {
+            eprintln!(
+                "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
+                 tcp:tcp_send_reset (ring {} KiB; TIME_WAIT {}); {} existing sockets loaded",
+                probe.path(),
+                probe.ring_bytes / 1024,
+                timewait_method(probe.path()),
+                loaded.added,
+            );
+        }
         Ok(live)
     }
 
