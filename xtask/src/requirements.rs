@@ -80,8 +80,9 @@ pub const APT_PACKAGES: &[AptPackage] = &[
     },
     AptPackage {
         name: "bpftool",
-        need: Need::IfAvailable,
-        why: "tests cross-check the loaded programs and their counters with it",
+        need: Need::Always,
+        why: "tests cross-check the BTF offsets tcptrace resolves, and the loaded programs, \
+              with it",
     },
 ];
 
