@@ -80,7 +80,7 @@ fn parse_opts() -> Opts {
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    if o.threads == 0 || o.targets == 0 || !(o.seconds > 0.0) {
+    if o.threads == 0 || o.targets == 0 || o.seconds.is_nan() || o.seconds <= 0.0 {
         usage("--threads, --targets and --seconds must be positive");
     }
     if o.addr.is_ipv6() && o.targets > 1 {
