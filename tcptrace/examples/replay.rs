@@ -132,7 +132,7 @@ impl Pipeline {
         let a = self.table.apply(&ev);
         self.agg.observe_applied(&a, ev.ts_ns);
         self.events += 1;
-        if self.events % EXPIRE_EVERY == 0 {
+        if self.events.is_multiple_of(EXPIRE_EVERY) {
             // Timed apart: the scan is linear in the table, not a per-event cost.
             let start = Instant::now();
             let expired = self.table.expire(ev.ts_ns);
@@ -151,7 +151,7 @@ fn storm_conn(g: &mut Gen, i: u64, out: &mut Vec<u8>) {
         10_000 + (i % 50_000) as u16,
     );
     let any = v4(0, 0);
-    let (c, s) = (1 << 40 | 2 * i, 1 << 40 | (2 * i + 1));
+    let (c, s) = ((1 << 40) | (2 * i), (1 << 40) | (2 * i + 1));
     let cli = Ctx::Owner(77, "loadgen");
     let srv = Ctx::Owner(78, "server");
     let steps = [
@@ -222,7 +222,7 @@ fn main() {
         );
         let remote = SocketAddr::new(peer, 443);
         let owner = Ctx::Owner(1000 + (i % 1000) as u32, "client");
-        let id = 1 << 32 | i;
+        let id = (1 << 32) | i;
         let syn = g.ev(id, local, remote, Close, SynSent, owner);
         p.feed(raw_bytes(&encode(&syn)));
         let est = g.ev(id, local, remote, SynSent, Established, Ctx::Softirq);
