@@ -3,8 +3,10 @@
 //! Orchestration only: every step is another program (apt-get, cargo, qemu) started with
 //! `std::process::Command`. `cargo xtask` is an alias in .cargo/config.toml.
 
+mod bench;
 mod cmd;
 mod libtest;
+mod measure;
 mod requirements;
 mod setup;
 mod test;
@@ -67,6 +69,31 @@ enum Task {
         vm_only: bool,
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// Host cost under a loopback connection storm, and kernel-free aggregator throughput;
+    /// writes BENCHMARKS.md. Needs root.
+    Bench {
+        /// Rounds of (no tracer, report, trace).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Time bound of each storm.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Connection bound of each storm (keep it under net.ipv4.tcp_max_tw_buckets).
+        #[arg(long, default_value_t = 100_000)]
+        conns: u64,
+        /// Storm client threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Storm destinations (127.0.77.1 upwards): more of them, fewer port collisions.
+        #[arg(long, default_value_t = 8)]
+        targets: u32,
+        /// Skip the kernel-free replay.
+        #[arg(long)]
+        skip_replay: bool,
+        /// Where to write the results.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
     },
     /// Set up, then run the integration tests in a Debian 6.1 kernel under QEMU.
     Vm {
@@ -147,6 +174,26 @@ fn run(task: Task) -> Result<ExitCode> {
             if !tally.ok() || !failed_steps.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Task::Bench {
+            rounds,
+            seconds,
+            conns,
+            threads,
+            targets,
+            skip_replay,
+            output,
+        } => {
+            setup::ensure(Mode::Install)?;
+            bench::run(&bench::BenchOptions {
+                rounds,
+                seconds,
+                conns,
+                threads,
+                targets,
+                skip_replay,
+                output: workspace::root().join(output),
+            })?;
         }
         Task::Vm { vm, test_binaries } => {
             setup::ensure(Mode::Install)?;
