@@ -165,18 +165,31 @@ pub struct TracerChild {
     pub child: Child,
     pub stderr: mpsc::Receiver<String>,
     pub lines: Vec<String>,
+    stdout: Option<thread::JoinHandle<String>>,
 }
 
 impl TracerChild {
-    /// Starts the tracer with stdout to /dev/null and waits for "attached".
-    pub fn start(tracer: &Path, args: &[&str]) -> Result<TracerChild> {
+    /// Starts the tracer and waits for "attached"; its stdout goes to /dev/null unless
+    /// `capture_stdout`, when [`TracerChild::stop`] returns it.
+    pub fn start(tracer: &Path, args: &[&str], capture_stdout: bool) -> Result<TracerChild> {
         let mut child = Command::new(tracer)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", tracer.display()))?;
+        let stdout = child.stdout.take().map(|mut out| {
+            thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut out, &mut s);
+                s
+            })
+        });
         let err = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -190,6 +203,7 @@ impl TracerChild {
             child,
             stderr: rx,
             lines: Vec::new(),
+            stdout,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -221,8 +235,8 @@ impl TracerChild {
         self.child.id()
     }
 
-    /// SIGINT, wait for exit, and return every stderr line.
-    pub fn stop(mut self) -> Result<Vec<String>> {
+    /// SIGINT, wait for exit, and return stdout (when captured) and every stderr line.
+    pub fn stop(mut self) -> Result<(String, Vec<String>)> {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -243,7 +257,12 @@ impl TracerChild {
         if !status.success() {
             bail!("the tracer failed ({status}):\n{}", self.lines.join("\n"));
         }
-        Ok(std::mem::take(&mut self.lines))
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Ok((stdout, std::mem::take(&mut self.lines)))
     }
 }
 
@@ -264,13 +283,14 @@ pub fn lost_events(lines: &[String]) -> Option<u64> {
     })
 }
 
-/// One `tcpstorm` run; its JSON result line.
+/// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any); its JSON result line.
 pub fn storm(
     storm: &Path,
     conns: u64,
     seconds: f64,
     threads: usize,
     targets: u32,
+    port: u16,
 ) -> Result<serde_json::Value> {
     let out = cmd::stdout_of(Command::new(storm).args([
         "--conns",
@@ -282,7 +302,7 @@ pub fn storm(
         "--targets",
         &targets.to_string(),
         "--addr",
-        &format!("{STORM_FIRST}:0"),
+        &format!("{STORM_FIRST}:{port}"),
     ]))?;
     serde_json::from_str(out.trim()).with_context(|| format!("tcpstorm output {out:?}"))
 }
@@ -291,7 +311,7 @@ fn one_run(mode: Mode, opts: &BenchOptions, tracer: &Path, storm_bin: &Path) -> 
     flush_storm_timewait();
     let t = match mode {
         Mode::NoTracer => None,
-        _ => Some(TracerChild::start(tracer, mode.args())?),
+        _ => Some(TracerChild::start(tracer, mode.args(), false)?),
     };
     // Let the start-up table dump finish before measuring.
     thread::sleep(Duration::from_millis(500));
@@ -304,13 +324,14 @@ fn one_run(mode: Mode, opts: &BenchOptions, tracer: &Path, storm_bin: &Path) -> 
         opts.seconds,
         opts.threads,
         opts.targets,
+        0,
     )?;
     // The reader polls every few ms: give it time to drain what the storm left in the ring.
     thread::sleep(Duration::from_millis(300));
     let cpu1 = t.as_ref().and_then(|t| measure::cpu_seconds(t.pid()));
     let bpf1 = ids.as_ref().map(measure::state_prog_totals).transpose()?;
     let lost = match t {
-        Some(t) => lost_events(&t.stop()?),
+        Some(t) => lost_events(&t.stop()?.1),
         None => None,
     };
     let (bpf_run_ns, transitions) = match (bpf0, bpf1) {

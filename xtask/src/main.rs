@@ -9,6 +9,7 @@ mod libtest;
 mod measure;
 mod requirements;
 mod setup;
+mod soak;
 mod test;
 mod tracer;
 mod vm;
@@ -92,6 +93,14 @@ enum Task {
         #[arg(long)]
         skip_replay: bool,
         /// Where to write the results.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+    },
+    /// Connection churn with CLOSE_WAIT leaks under `tcptrace report`; checks counts against
+    /// `ss`, flat memory and zero loss, and appends the result to BENCHMARKS.md. Not part of CI.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
@@ -192,6 +201,13 @@ fn run(task: Task) -> Result<ExitCode> {
                 threads,
                 targets,
                 skip_replay,
+                output: workspace::root().join(output),
+            })?;
+        }
+        Task::Soak { minutes, output } => {
+            setup::ensure(Mode::Install)?;
+            soak::run(&soak::SoakOptions {
+                minutes,
                 output: workspace::root().join(output),
             })?;
         }
