@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod libtest;
 mod measure;
 mod requirements;
@@ -101,6 +102,18 @@ enum Task {
     Soak {
         #[arg(long, default_value_t = 30.0)]
         minutes: f64,
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+    },
+    /// Fuzz the command-line parsers, the event decoder and the recording reader with
+    /// cargo-fuzz (nightly), each for a bounded time. Not part of CI.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (repeatable): value_parsers, cli_args, event_decode, record_reader.
+        #[arg(long = "target")]
+        targets: Vec<String>,
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
@@ -208,6 +221,18 @@ fn run(task: Task) -> Result<ExitCode> {
             setup::ensure(Mode::Install)?;
             soak::run(&soak::SoakOptions {
                 minutes,
+                output: workspace::root().join(output),
+            })?;
+        }
+        Task::Fuzz {
+            seconds,
+            targets,
+            output,
+        } => {
+            setup::ensure(Mode::Install)?;
+            fuzz::run(&fuzz::FuzzOptions {
+                seconds,
+                targets,
                 output: workspace::root().join(output),
             })?;
         }
