@@ -33,6 +33,14 @@ pub fn scenario_bin() -> PathBuf {
     target_bin("tcpscenario")
 }
 
+/// The connection storm: `TCPSTORM_BIN`, else next to the test executable.
+pub fn storm_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TCPSTORM_BIN") {
+        return PathBuf::from(p);
+    }
+    target_bin("tcpstorm")
+}
+
 fn target_bin(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current_exe");

@@ -3,10 +3,14 @@
 //! Orchestration only: every step is another program (apt-get, cargo, qemu) started with
 //! `std::process::Command`. `cargo xtask` is an alias in .cargo/config.toml.
 
+mod bench;
 mod cmd;
+mod fuzz;
 mod libtest;
+mod measure;
 mod requirements;
 mod setup;
+mod soak;
 mod test;
 mod tracer;
 mod vm;
@@ -67,6 +71,51 @@ enum Task {
         vm_only: bool,
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// Host cost under a loopback connection storm, and kernel-free aggregator throughput;
+    /// writes BENCHMARKS.md. Needs root.
+    Bench {
+        /// Rounds of (no tracer, report, trace).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Time bound of each storm.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Connection bound of each storm (keep it under net.ipv4.tcp_max_tw_buckets).
+        #[arg(long, default_value_t = 100_000)]
+        conns: u64,
+        /// Storm client threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Storm destinations (127.0.77.1 upwards): more of them, fewer port collisions.
+        #[arg(long, default_value_t = 8)]
+        targets: u32,
+        /// Skip the kernel-free replay.
+        #[arg(long)]
+        skip_replay: bool,
+        /// Where to write the results.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+    },
+    /// Connection churn with CLOSE_WAIT leaks under `tcptrace report`; checks counts against
+    /// `ss`, flat memory and zero loss, and appends the result to BENCHMARKS.md. Not part of CI.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+    },
+    /// Fuzz the command-line parsers, the event decoder and the recording reader with
+    /// cargo-fuzz (nightly), each for a bounded time. Not part of CI.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (repeatable): value_parsers, cli_args, event_decode, record_reader.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
     },
     /// Set up, then run the integration tests in a Debian 6.1 kernel under QEMU.
     Vm {
@@ -147,6 +196,45 @@ fn run(task: Task) -> Result<ExitCode> {
             if !tally.ok() || !failed_steps.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Task::Bench {
+            rounds,
+            seconds,
+            conns,
+            threads,
+            targets,
+            skip_replay,
+            output,
+        } => {
+            setup::ensure(Mode::Install)?;
+            bench::run(&bench::BenchOptions {
+                rounds,
+                seconds,
+                conns,
+                threads,
+                targets,
+                skip_replay,
+                output: workspace::root().join(output),
+            })?;
+        }
+        Task::Soak { minutes, output } => {
+            setup::ensure(Mode::Install)?;
+            soak::run(&soak::SoakOptions {
+                minutes,
+                output: workspace::root().join(output),
+            })?;
+        }
+        Task::Fuzz {
+            seconds,
+            targets,
+            output,
+        } => {
+            setup::ensure(Mode::Install)?;
+            fuzz::run(&fuzz::FuzzOptions {
+                seconds,
+                targets,
+                output: workspace::root().join(output),
+            })?;
         }
         Task::Vm { vm, test_binaries } => {
             setup::ensure(Mode::Install)?;
