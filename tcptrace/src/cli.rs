@@ -295,7 +295,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "'{s}' is out of range: use a positive duration up to a year"
         ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    // Found by fuzzing: 0.0000000001s is positive but rounds to a zero Duration.
+    if d < Duration::from_millis(1) {
+        return Err(format!("'{s}' is too short: use at least 1ms"));
+    }
+    Ok(d)
 }
 
 /// `8M`, `512K`, `1G` or bytes; must be a power of two (the ring buffer requires it).
@@ -344,6 +349,11 @@ mod tests {
         );
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("0").is_err());
+        assert!(
+            parse_duration("0.0000000001s")
+                .unwrap_err()
+                .contains("too short")
+        );
         assert_eq!(parse_size("8M"), Ok(8 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("3M").unwrap_err().contains("power of two"));

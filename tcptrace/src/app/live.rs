@@ -57,8 +57,13 @@ pub struct Live {
     last_loss_check: Instant,
     last_loss_poll: Instant,
     last_reconcile: Instant,
+    last_expire: Instant,
     last_loss_recorded: LossReport,
 }
+
+/// How often timewait sockets are expired (and a Mark is recorded, so a replay expires them at
+/// the same moments).
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the table is checked against the kernel's (and owners re-read from /proc).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
@@ -153,6 +158,7 @@ impl Live {
                 .checked_sub(Duration::from_secs(2))
                 .unwrap_or_else(Instant::now),
             last_reconcile: Instant::now(),
+            last_expire: Instant::now(),
             last_loss_recorded: LossReport::default(),
         }
     }
@@ -336,6 +342,12 @@ impl Live {
         if !matches!(self.source, Source::Kernel { .. }) {
             return;
         }
+        // The expiry scan walks the table: a few times a second is plenty for 60 s timers.
+        if self.last_expire.elapsed() < EXPIRE_EVERY {
+            self.report_new_losses();
+            return;
+        }
+        self.last_expire = Instant::now();
         let now = monotonic_ns();
         self.expire(now);
         let poll_loss =

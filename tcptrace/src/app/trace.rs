@@ -2,7 +2,7 @@
 //! state.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     io::{BufWriter, Write},
 };
 
@@ -30,7 +30,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // RST sent by close() is reported just after the socket's ->CLOSE transition, and an
     // accepted socket's first event lacks its cookie and peer (see `apply_batch`). Holding by
     // event time, not by batch, makes a replay print exactly what the live session printed.
-    let mut pending: VecDeque<TraceLine> = VecDeque::new();
+    let mut pending = Pending::default();
     loop {
         let done = tokio::select! {
             r = &mut stop => { r?; true }
@@ -42,11 +42,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         apply_batch(&mut live, &mut batch, &mut pending);
         let finished = done || live.is_done();
         let now = live.now_ns();
-        while let Some(l) = pending.front() {
-            if !finished && l.event.ts_ns.saturating_add(HOLD_NS) > now {
-                break;
-            }
-            let l = pending.pop_front().expect("front exists");
+        while let Some(l) = pending.pop_due(now, finished) {
             if wanted(&filters, &l) {
                 out.line(&l)?;
             }
@@ -71,7 +67,7 @@ const HOLD_NS: u64 = 20_000_000;
 /// reports a RST sent by close() just after the ->CLOSE transition), and, for an accepted
 /// socket's first event, its cookie, peer and owner (up to at least 6.1 the kernel reports
 /// LISTEN->SYN_RECV before it fills them in).
-fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, lines: &mut VecDeque<TraceLine>) {
+fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
     for ev in batch.drain(..) {
         let applied = live.apply(&ev);
         if applied.is_duplicate() {
@@ -79,12 +75,8 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, lines: &mut VecDeque<Tra
         }
         match ev.what {
             What::ResetSent | What::ResetReceived => {
-                let key = (ev.netns, ev.sock.key());
-                if let Some(l) = lines
-                    .iter_mut()
-                    .rev()
-                    .find(|l| (l.event.netns, l.event.sock.key()) == key)
-                    && l.new == TcpState::Close
+                if let Some(l) =
+                    pending.get_mut(pending.closes.get(&(ev.netns, ev.sock.key())).copied())
                 {
                     l.note = Some("reset");
                 }
@@ -92,24 +84,74 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, lines: &mut VecDeque<Tra
             What::Transition { old, new } => {
                 let line = trace_line(&ev, old, new, &applied);
                 if old == TcpState::SynRecv && ev.sock.cookie != 0 {
-                    for l in lines.iter_mut() {
-                        if l.event.sock.cookie == 0
-                            && (l.event.netns, l.event.sock.skaddr) == (ev.netns, ev.sock.skaddr)
-                        {
-                            l.event.sock.cookie = ev.sock.cookie;
-                            if l.remote.port() == 0 {
-                                l.remote = line.remote;
-                            }
-                            if l.owner.is_none() {
-                                l.owner.clone_from(&line.owner);
-                                l.owner_method = line.owner_method;
-                            }
+                    let first = pending.clones.remove(&(ev.netns, ev.sock.skaddr));
+                    if let Some(l) = pending.get_mut(first) {
+                        l.event.sock.cookie = ev.sock.cookie;
+                        if l.remote.port() == 0 {
+                            l.remote = line.remote;
+                        }
+                        if l.owner.is_none() {
+                            l.owner.clone_from(&line.owner);
+                            l.owner_method = line.owner_method;
                         }
                     }
                 }
-                lines.push_back(line);
+                pending.push(line);
             }
         }
+    }
+}
+
+/// Lines waiting to be printed, with indexes to the ones later events complete, so each event
+/// costs O(1) however many lines wait (a connection storm keeps thousands pending).
+#[derive(Default)]
+struct Pending {
+    lines: VecDeque<TraceLine>,
+    /// Sequence number of `lines[0]`.
+    base: u64,
+    /// Accepted sockets' first lines still without a cookie, by (netns, skaddr).
+    clones: HashMap<(u32, u64), u64>,
+    /// Lines of transitions to CLOSE, by (netns, socket id): a RST may follow.
+    closes: HashMap<(u32, u64), u64>,
+}
+
+impl Pending {
+    fn push(&mut self, l: TraceLine) {
+        let seq = self.base + self.lines.len() as u64;
+        let key = (l.event.netns, l.event.sock.key());
+        if l.new == TcpState::Close {
+            self.closes.insert(key, seq);
+        }
+        if l.old == TcpState::Listen && l.new == TcpState::SynRecv && l.event.sock.cookie == 0 {
+            self.clones
+                .insert((l.event.netns, l.event.sock.skaddr), seq);
+        }
+        self.lines.push_back(l);
+    }
+
+    fn get_mut(&mut self, seq: Option<u64>) -> Option<&mut TraceLine> {
+        let i = seq?.checked_sub(self.base)?;
+        self.lines.get_mut(i as usize)
+    }
+
+    /// The oldest line, once HOLD_NS of event time has passed (or the stream is over).
+    fn pop_due(&mut self, now: u64, finished: bool) -> Option<TraceLine> {
+        let front = self.lines.front()?;
+        if !finished && front.event.ts_ns.saturating_add(HOLD_NS) > now {
+            return None;
+        }
+        let l = self.lines.pop_front()?;
+        let seq = self.base;
+        self.base += 1;
+        let key = (l.event.netns, l.event.sock.key());
+        if self.closes.get(&key) == Some(&seq) {
+            self.closes.remove(&key);
+        }
+        let clone = (l.event.netns, l.event.sock.skaddr);
+        if self.clones.get(&clone) == Some(&seq) {
+            self.clones.remove(&clone);
+        }
+        Some(l)
     }
 }
 
