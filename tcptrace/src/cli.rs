@@ -192,6 +192,10 @@ pub struct FilterArgs {
     /// Only transitions from or to this state (repeatable), e.g. CLOSE_WAIT.
     #[arg(long = "state", value_name = "STATE", value_parser = state_arg)]
     pub states: Vec<TcpState>,
+    /// Only sockets in this network namespace: its inode, as `ls -Li /proc/PID/ns/net` or
+    /// `stat -L -c %i /run/netns/NAME` shows it (repeatable).
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<u32>,
     /// IPv4 only.
     #[arg(short = '4', conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -210,6 +214,7 @@ impl FilterArgs {
             rports: self.rports.clone(),
             peers: self.peers.clone(),
             states: self.states.clone(),
+            netns: self.netns.clone(),
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Some(Family::V4),
                 (_, true) => Some(Family::V6),

@@ -201,6 +201,8 @@ pub struct Filters {
     /// Either side of a transition.
     pub states: Vec<TcpState>,
     pub family: Option<Family>,
+    /// Network namespace inodes (as in `/proc/PID/ns/net`).
+    pub netns: Vec<u32>,
 }
 
 /// What the socket's owner is, as far as filtering is concerned.
@@ -258,6 +260,11 @@ impl Filters {
             }
         }
         self.peers.is_empty() || self.peers.iter().any(|p| p.matches(remote))
+    }
+
+    /// Whether a socket's network namespace passes.
+    pub fn matches_netns(&self, netns: u32) -> bool {
+        self.netns.is_empty() || self.netns.contains(&netns)
     }
 
     /// Whether a transition passes the state filter.

@@ -24,6 +24,6 @@ pub use dwell::{Dwell, DwellMs};
 pub use group::{GroupStats, GroupTable};
 pub use pressure::{PortPressure, port_pressure};
 pub use summary::{
-    Attributions, Evictions, GroupCounts, PeerAddrRow, PeerRow, PidPeerRow, PidRow, PortRow,
-    Summary, SummaryInput, Unattributed, summary,
+    Attributions, Evictions, GroupCounts, NetnsRow, PeerAddrRow, PeerRow, PidPeerRow, PidRow,
+    PortRow, Summary, SummaryInput, Unattributed, summary,
 };

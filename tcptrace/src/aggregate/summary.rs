@@ -74,6 +74,9 @@ pub struct Summary {
     pub state_mismatches: u64,
     /// Destinations whose timewait sockets use up ephemeral ports, most first.
     pub port_pressure: Vec<PortPressure>,
+    /// Per network namespace (its inode, as in `/proc/PID/ns/net`): the same 4-tuple in two
+    /// namespaces is two sockets, and a leak belongs to one of them.
+    pub by_netns: Vec<NetnsRow>,
     /// Every socket-table counter.
     pub table: TableStats,
 }
@@ -308,8 +311,47 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
         duplicates: st.duplicates,
         state_mismatches: st.state_mismatches,
         port_pressure: port_pressure(table, input.port_range, top),
+        by_netns: by_netns(table),
         table: *st,
     }
+}
+
+/// Sockets now in one network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NetnsRow {
+    /// Namespace inode; 0 when the probe could not read it (classic tracepoint without BTF).
+    pub netns: u32,
+    pub sockets: u64,
+    pub time_wait: u64,
+    pub close_wait: u64,
+}
+
+/// Namespaces by TIME_WAIT + CLOSE_WAIT, then by sockets.
+fn by_netns(table: &SocketTable) -> Vec<NetnsRow> {
+    let mut m: std::collections::HashMap<u32, NetnsRow> = std::collections::HashMap::new();
+    for v in table.iter() {
+        let r = m.entry(v.netns).or_insert(NetnsRow {
+            netns: v.netns,
+            sockets: 0,
+            time_wait: 0,
+            close_wait: 0,
+        });
+        r.sockets += 1;
+        match v.state {
+            TcpState::TimeWait => r.time_wait += 1,
+            TcpState::CloseWait => r.close_wait += 1,
+            _ => {}
+        }
+    }
+    let mut rows: Vec<NetnsRow> = m.into_values().collect();
+    rows.sort_by_key(|r| {
+        (
+            std::cmp::Reverse(r.time_wait + r.close_wait),
+            std::cmp::Reverse(r.sockets),
+            r.netns,
+        )
+    });
+    rows
 }
 
 fn attributions(c: &Current) -> Attributions {

@@ -286,9 +286,26 @@ impl Live {
                 }
             },
         };
+        let n = self.keep_namespaces(out, n);
         self.record_events(&out[out.len() - n..]);
         self.events += n as u64;
         n
+    }
+
+    /// Applies `--netns` to the `n` events just appended; returns how many remain. (The kernel
+    /// filters ports and families; namespaces are few and cheap to test here.)
+    fn keep_namespaces(&self, out: &mut Vec<Event>, n: usize) -> usize {
+        if self.filters.netns.is_empty() {
+            return n;
+        }
+        let start = out.len() - n;
+        let kept: Vec<Event> = out
+            .drain(start..)
+            .filter(|e| self.filters.matches_netns(e.netns))
+            .collect();
+        let k = kept.len();
+        out.extend(kept);
+        k
     }
 
     /// Drains what is left without waiting (at shutdown).
@@ -297,6 +314,7 @@ impl Live {
             Source::Kernel { reader, .. } => reader.drain_into(out),
             Source::File(_) => 0,
         };
+        let n = self.keep_namespaces(out, n);
         self.record_events(&out[out.len() - n..]);
         self.events += n as u64;
         n
@@ -389,8 +407,10 @@ impl Live {
         let procs: HashMap<u64, Vec<ProcessRef>> = fdscan::scan_socket_owners(None);
         if let Some(w) = &mut self.recorder {
             let mut cut = snap.clone();
-            cut.sockets
-                .retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
+            cut.sockets.retain(|k| {
+                self.filters.matches_endpoints(&k.local, &k.remote)
+                    && self.filters.matches_netns(k.netns)
+            });
             let ok = w
                 .write_snapshot(&cut)
                 .and_then(|_| w.write_fd_owners(scan_ns, &procs));
@@ -409,8 +429,10 @@ impl Live {
     fn apply_snapshot(&mut self, mut snap: Snapshot, owners: Option<FdOwners>) -> ReconcileStats {
         // The same endpoint filters as the kernel applies to events, so the table holds the
         // same sockets from both sources.
-        snap.sockets
-            .retain(|k| self.filters.matches_endpoints(&k.local, &k.remote));
+        snap.sockets.retain(|k| {
+            self.filters.matches_endpoints(&k.local, &k.remote)
+                && self.filters.matches_netns(k.netns)
+        });
         self.table.reconcile(&snap, owners.as_ref())
     }
 

@@ -159,6 +159,26 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
     section(&mut out, "Time spent in each state (completed stays)", &t);
 
     let mut t = Table::new(&[
+        ("NETNS", Align::Right),
+        ("SOCKETS", Align::Right),
+        ("CLOSE_WAIT", Align::Right),
+        ("TIME_WAIT", Align::Right),
+    ]);
+    for r in s.by_netns.iter().take(rows) {
+        t.row(vec![
+            r.netns.to_string(),
+            r.sockets.to_string(),
+            r.close_wait.to_string(),
+            r.time_wait.to_string(),
+        ]);
+    }
+    section(
+        &mut out,
+        "By network namespace (inode, as in /proc/PID/ns/net)",
+        &t,
+    );
+
+    let mut t = Table::new(&[
         ("FROM", Align::Left),
         ("TO", Align::Left),
         ("TIME_WAIT", Align::Right),
