@@ -171,8 +171,14 @@ fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--conns", "200"]);
     let p = port.to_string();
-    let json = diagnose(&["--json", "--duration", "5s", "--port", &p]);
-    let md = diagnose(&["--markdown", "--duration", "5s", "--port", &p]);
+    // 200 connections and two tracers take several seconds under TCG emulation (the VM run).
+    let dur = if std::env::var_os("TCPTRACE_TEST_SLOW_CPU").is_some() {
+        "20s"
+    } else {
+        "5s"
+    };
+    let json = diagnose(&["--json", "--duration", dur, "--port", &p]);
+    let md = diagnose(&["--markdown", "--duration", dur, "--port", &p]);
     let mut cl = client(addr, &["--conns", "200"]);
     cl.wait_done(T);
     srv.wait_done(T);
