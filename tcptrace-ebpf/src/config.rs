@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::filter::{MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout};
 
@@ -91,6 +91,8 @@ pub const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
 pub const COUNTER_BACKUP_DISCARDED: u32 = 4;
 /// The part of `COUNTER_RESERVE_FAILED` that were reset events, not transitions.
 pub const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
+/// Wanted events counted in the kernel instead of sent, while in counting mode (`MODE`).
+pub const COUNTER_COUNTED: u32 = 6;
 const COUNTER_SLOTS: u32 = 8;
 
 /// Ports the user asked for: value bits are `PORT_MATCH_LOCAL` / `PORT_MATCH_REMOTE`.
@@ -102,6 +104,30 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS,
 /// whose close was never seen ages out.
 #[map]
 pub static ADMITTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Slot 0: 1 when userspace switched to counting mode because the event rate exceeded its
+/// budget. Events are then counted per transition in `TRANSITIONS` and not sent: the host is
+/// protected, nothing is dropped silently, and the kernel table keeps the counts exact.
+#[map]
+pub static MODE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counts of transitions by `old * 16 + new` (resets at 0), in counting mode.
+#[map]
+pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(256, 0);
+
+#[inline(always)]
+pub fn counting_mode() -> bool {
+    MODE.get(0).copied().unwrap_or(0) != 0
+}
+
+#[inline(always)]
+pub fn count_transition(old: u8, new: u8) {
+    let slot = ((old as u32 & 0xf) << 4) | (new as u32 & 0xf);
+    if let Some(p) = TRANSITIONS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, not re-entered on this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn count(slot: u32) {

@@ -13,8 +13,9 @@ use tcptrace_common::{
 };
 
 use crate::config::{
-    ADMITTED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED, COUNTER_FILTERED,
-    COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED, EVENTS, PORTS, count,
+    ADMITTED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED, COUNTER_COUNTED,
+    COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED, EVENTS, PORTS, count,
+    count_transition, counting_mode,
 };
 
 /// Stamps the time and the current task. The task is only the socket's owner for some
@@ -82,6 +83,11 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         if ev.flags & FLAG_FROM_BACKUP != 0 {
             count(COUNTER_BACKUP_DISCARDED);
         }
+        return;
+    }
+    if counting_mode() {
+        count(COUNTER_COUNTED);
+        count_transition(ev.oldstate, ev.newstate);
         return;
     }
     let mut flags = BPF_RB_NO_WAKEUP as u64;

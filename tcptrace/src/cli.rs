@@ -238,6 +238,11 @@ pub struct ProbeArgs {
     /// With --from: replay speed, a multiple of real time (1, 10, 0.5) or max.
     #[arg(long, default_value = "max", value_parser = crate::app::replay::parse_speed)]
     pub speed: Speed,
+    /// Overload guard: above this many events per second the kernel counts transitions instead
+    /// of sending them (logged, and shown in every view); counts stay exact through the kernel
+    /// table, per-connection detail pauses until the rate falls below half of it.
+    #[arg(long, value_name = "EVENTS_PER_S", default_value_t = 500_000)]
+    pub max_event_rate: u64,
     /// Also write the session to FILE as it runs (what `tcptrace record` writes).
     #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub record: Option<PathBuf>,

@@ -59,6 +59,10 @@ pub struct Live {
     last_reconcile: Instant,
     last_expire: Instant,
     last_loss_recorded: LossReport,
+    overload: Overload,
+    /// Start of the current rate window: when, and events + counted events then.
+    rate_window: (Instant, u64),
+    calm_since: Option<Instant>,
 }
 
 /// How often timewait sockets are expired (and a Mark is recorded, so a replay expires them at
@@ -67,6 +71,26 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the table is checked against the kernel's (and owners re-read from /proc).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+/// The same while the overload guard has the kernel counting instead of sending events: the
+/// kernel table is then what keeps the counts exact.
+pub const RECONCILE_EVERY_COUNTING: Duration = Duration::from_secs(2);
+/// How long the rate must stay under half the budget before events flow again.
+const CALM_FOR: Duration = Duration::from_secs(10);
+
+/// The overload guard's state, shown in every view once it has acted.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Overload {
+    /// `--max-event-rate`: events per second above which the kernel counts instead of sends.
+    pub budget_per_s: u64,
+    /// The kernel is counting now.
+    pub counting: bool,
+    /// Times the guard switched to counting.
+    pub switches: u64,
+    /// Events counted in the kernel instead of sent (not lost: counted).
+    pub counted_events: u64,
+    /// Counted events by transition, "OLD->NEW" ("RESET" for resets).
+    pub counted: std::collections::BTreeMap<String, u64>,
+}
 
 /// How tcptrace learns that a socket entered TIME_WAIT on this path.
 pub fn timewait_method(_path: HookPath) -> &'static str {
@@ -104,6 +128,7 @@ impl Live {
             started_ns,
             fin_timeout_ns(),
         );
+        live.overload.budget_per_s = args.max_event_rate;
         if let Some(path) = &args.record {
             live.record_to(path)?;
         }
@@ -159,6 +184,9 @@ impl Live {
                 .unwrap_or_else(Instant::now),
             last_reconcile: Instant::now(),
             last_expire: Instant::now(),
+            overload: Overload::default(),
+            rate_window: (Instant::now(), 0),
+            calm_since: None,
             last_loss_recorded: LossReport::default(),
         }
     }
@@ -386,12 +414,96 @@ impl Live {
                 self.recorder = None;
             }
         }
-        if self.last_reconcile.elapsed() >= RECONCILE_EVERY
+        self.guard_overload();
+        let every = if self.overload.counting {
+            RECONCILE_EVERY_COUNTING
+        } else {
+            RECONCILE_EVERY
+        };
+        if self.last_reconcile.elapsed() >= every
             && let Err(e) = self.reconcile()
         {
             log::warn!("reconciliation with the kernel socket table failed: {e:#}");
         }
         self.report_new_losses();
+    }
+
+    /// The overload guard: once a second, compares the event rate with the budget. Above it,
+    /// the kernel counts transitions instead of sending them, which protects the host and drops
+    /// nothing silently; once the rate has stayed under half the budget for `CALM_FOR`, events
+    /// flow again and the table is reconciled at once.
+    fn guard_overload(&mut self) {
+        let Source::Kernel { probe, .. } = &mut self.source else {
+            return;
+        };
+        let elapsed = self.rate_window.0.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let total = self.events + probe.counted();
+        let rate = (total.saturating_sub(self.rate_window.1)) as f64 / elapsed.as_secs_f64();
+        self.rate_window = (Instant::now(), total);
+        let budget = self.overload.budget_per_s as f64;
+        if !self.overload.counting && rate > budget {
+            if let Err(e) = probe.set_counting(true) {
+                log::warn!("cannot switch the probe to counting: {e}");
+                return;
+            }
+            self.overload.counting = true;
+            self.overload.switches += 1;
+            self.calm_since = None;
+            eprintln!(
+                "tcptrace: {rate:.0} events/s exceeds --max-event-rate {}: the kernel now counts \
+                 transitions instead of sending them; per-connection detail pauses, counts stay \
+                 exact through the kernel socket table (checked every {}s)",
+                self.overload.budget_per_s,
+                RECONCILE_EVERY_COUNTING.as_secs()
+            );
+        } else if self.overload.counting {
+            if rate >= budget / 2.0 {
+                self.calm_since = None;
+                return;
+            }
+            let calm = *self.calm_since.get_or_insert_with(Instant::now);
+            if calm.elapsed() >= CALM_FOR {
+                if let Err(e) = probe.set_counting(false) {
+                    log::warn!("cannot switch the probe back to events: {e}");
+                    return;
+                }
+                self.overload.counting = false;
+                self.calm_since = None;
+                eprintln!("tcptrace: {rate:.0} events/s: back to tracing every transition");
+                if let Err(e) = self.reconcile() {
+                    log::warn!("reconciliation after overload failed: {e:#}");
+                }
+            }
+        }
+    }
+
+    /// What the overload guard did, once it has acted (None before, and for replays).
+    pub fn overload(&self) -> Option<Overload> {
+        let Source::Kernel { probe, .. } = &self.source else {
+            return None;
+        };
+        if self.overload.switches == 0 {
+            return None;
+        }
+        let mut o = self.overload.clone();
+        o.counted_events = probe.counted();
+        for ((old, new), n) in probe.counted_transitions() {
+            let name = |v: u8| {
+                tcptrace_common::TcpState::from_u8(v)
+                    .map(|s| s.name())
+                    .unwrap_or("?")
+            };
+            let key = if (old, new) == (0, 0) {
+                "RESET".to_string()
+            } else {
+                format!("{}->{}", name(old), name(new))
+            };
+            o.counted.insert(key, n);
+        }
+        Some(o)
     }
 
     /// Compares the table with the kernel's socket table (every network namespace) and names

@@ -22,6 +22,7 @@ pub fn document<'a>(live: &Live, summary: &'a Summary) -> ReportDoc<'a> {
         host: live.host(),
         kernel: live.kernel(),
         hook: live.hook(),
+        overload: live.overload(),
         summary,
     }
 }

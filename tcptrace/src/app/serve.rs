@@ -120,6 +120,7 @@ impl Session {
             port_range: live.port_range(),
             limits: self.cfg.limits,
             process: ProcessStats::read(),
+            overload: live.overload(),
         };
         let containers = &mut self.containers;
         render(&scrape, &mut |pid, cg| containers.of(pid, cg))

@@ -76,7 +76,14 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
             let mut s = live.summary(usize::MAX);
             name_containers(&mut s, &mut containers);
             let clock = time_of_day();
-            let text = screen(&s, &state, live.loss().lost(), &clock, interactive);
+            let mut text = screen(&s, &state, live.loss().lost(), &clock, interactive);
+            if let Some(o) = live.overload().filter(|o| o.counting) {
+                text = format!(
+                    "OVERLOAD: over {} events/s, the kernel counts transitions ({} so far); \
+                     counts come from the kernel table\n{text}",
+                    o.budget_per_s, o.counted_events
+                );
+            }
             let mut out = std::io::stdout().lock();
             if interactive {
                 execute!(

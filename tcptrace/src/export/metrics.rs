@@ -36,6 +36,8 @@ pub struct Scrape<'a> {
     pub port_range: (u16, u16),
     pub limits: Cardinality,
     pub process: Option<ProcessStats>,
+    /// The overload guard's state (None until it acts).
+    pub overload: Option<crate::app::live::Overload>,
 }
 
 /// Label value for the folded rest of a family.
@@ -361,12 +363,34 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
     );
     for (cause, n) in [
         ("ring_full", l.ring_full),
-        ("nested", l.primary_skipped.saturating_sub(l.recovered)),
+        (
+            "nested",
+            l.primary_skipped
+                .saturating_sub(l.recovered + l.backup_ring_full),
+        ),
         ("reset_nested", l.reset_skipped),
         ("undecodable", l.undecodable),
     ] {
         e.sample(name, &[("cause", cause)], n);
     }
+    let (counting, counted) = s
+        .overload
+        .as_ref()
+        .map(|o| (u64::from(o.counting), o.counted_events))
+        .unwrap_or((0, 0));
+    e.family(
+        "tcptrace_overload_counting",
+        Kind::Gauge,
+        "1 while the overload guard has the kernel count transitions instead of sending them \
+         (the event rate exceeded --max-event-rate).",
+    );
+    e.sample("tcptrace_overload_counting", &[], counting);
+    counter(
+        e,
+        "tcptrace_kernel_counted_events_total",
+        "Events the kernel counted instead of sending, under the overload guard (not lost).",
+        counted,
+    );
     counter(
         e,
         "tcptrace_recovered_events_total",

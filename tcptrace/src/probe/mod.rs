@@ -127,6 +127,7 @@ const COUNTER_FILTERED: u32 = 2;
 const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
 const COUNTER_BACKUP_DISCARDED: u32 = 4;
 const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
+const COUNTER_COUNTED: u32 = 6;
 
 /// Raw counters from the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -229,6 +230,43 @@ impl Probe {
             }
         }
         c
+    }
+
+    /// Counting mode: the kernel counts transitions instead of sending them (the overload
+    /// guard). Off by default.
+    pub fn set_counting(&mut self, on: bool) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("MODE")
+            .ok_or_else(|| aya_err("MODE map")(anyhow::anyhow!("missing from the object")))?;
+        let mut mode: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(aya_err("MODE map"))?;
+        mode.set(0, u32::from(on), 0)
+            .map_err(aya_err("setting the probe mode"))
+    }
+
+    /// Events the kernel counted instead of sending, since load.
+    pub fn counted(&self) -> u64 {
+        self.counters
+            .get(&COUNTER_COUNTED, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Transitions counted in the kernel, by (old, new) state numbers (0, 0 for resets).
+    pub fn counted_transitions(&self) -> Vec<((u8, u8), u64)> {
+        let Some(map) = self.ebpf.map("TRANSITIONS") else {
+            return Vec::new();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return Vec::new();
+        };
+        (0u32..256)
+            .filter_map(|i| {
+                let n: u64 = arr.get(&i, 0).ok()?.iter().sum();
+                (n > 0).then_some((((i >> 4) as u8, (i & 0xf) as u8), n))
+            })
+            .collect()
     }
 
     /// The full loss picture: kernel counters plus what the reader saw.

@@ -20,6 +20,9 @@ pub struct ReportDoc<'a> {
     pub kernel: String,
     /// Kernel hook that delivered the events: "tp_btf" or "tracepoint".
     pub hook: String,
+    /// What the overload guard did, when it acted (see `--max-event-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overload: Option<crate::app::live::Overload>,
     #[serde(flatten)]
     pub summary: &'a Summary,
 }
@@ -66,6 +69,17 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         s.window_s, doc.host, doc.kernel, doc.hook, s.timewait_method
     );
     let c = &s.corrections;
+    if let Some(o) = &doc.overload {
+        let _ = writeln!(
+            out,
+            "overload guard: switched {} time(s) to in-kernel counting (budget {} events/s); {} \
+             events counted in the kernel, not traced one by one{}",
+            o.switches,
+            o.budget_per_s,
+            o.counted_events,
+            if o.counting { "; still counting" } else { "" }
+        );
+    }
     let _ = writeln!(
         out,
         "lost events: {}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",

@@ -1,0 +1,53 @@
+//! The overload guard: above `--max-event-rate` the kernel counts transitions instead of
+//! sending them, says so, and the counts stay exact through the kernel socket table.
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use tcptrace_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn over_budget_the_kernel_counts_and_counts_stay_exact() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let tracer = Tracer::start(&[
+        "report",
+        "--json",
+        "--duration",
+        "5s",
+        "--port",
+        &port.to_string(),
+        "--max-event-rate",
+        "300",
+    ]);
+    // 400 connections, 4000 transitions, in well under the guard's one-second window.
+    let (mut srv, _) = server(addr, &["--conns", "400", "--on-eof", "close"]);
+    let mut cli = client(addr, &["--conns", "400"]);
+    cli.wait_done(T);
+    srv.wait_done(T);
+    let out = tracer.wait();
+    assert!(
+        out.stderr.contains("exceeds --max-event-rate 300"),
+        "the switch is logged: {}",
+        out.stderr
+    );
+    let doc = out.json();
+    let o = &doc["overload"];
+    assert!(o["switches"].as_u64().unwrap() >= 1, "{o:#}");
+    assert!(o["counted_events"].as_u64().unwrap() > 0, "{o:#}");
+    assert_eq!(doc["lost_events"], 0, "counted, not lost");
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
+        .output()
+        .unwrap();
+    let ss_tw = String::from_utf8_lossy(&ss.stdout).lines().count();
+    assert!(ss_tw > 300, "ss: {ss_tw}");
+    assert_eq!(
+        doc["totals"]["TIME_WAIT"], ss_tw,
+        "exact through the kernel table"
+    );
+    cli.finish();
+    srv.finish();
+}
