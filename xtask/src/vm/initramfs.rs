@@ -18,6 +18,8 @@ use crate::workspace::TestBinary;
 const GUEST_TRACER: &str = "/bin/tcptrace";
 /// The scripted loopback peer the integration tests start (`tests/src/bin/tcpscenario.rs`).
 const GUEST_SCENARIO: &str = "/bin/tcpscenario";
+/// The connection storm the fault tests run (`tests/src/bin/tcpstorm.rs`).
+const GUEST_STORM: &str = "/bin/tcpstorm";
 const GUEST_TESTS_DIR: &str = "/tests";
 
 /// What goes into the guest besides the fixed tools.
@@ -25,6 +27,7 @@ const GUEST_TESTS_DIR: &str = "/tests";
 pub struct Payload<'a> {
     pub tracer: &'a Path,
     pub scenario: &'a Path,
+    pub storm: &'a Path,
     /// Kernel modules to load at boot, in order (the guest kernel's own `.ko` files).
     pub modules: &'a [PathBuf],
     pub tests: &'a [TestBinary],
@@ -62,10 +65,16 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
     symlink("/run", staging.join("var/run"))?;
 
     let mut dynamic = Vec::new();
-    let mut provided = vec![GUEST_TRACER.to_string(), GUEST_SCENARIO.to_string()];
+    let mut provided = vec![
+        GUEST_TRACER.to_string(),
+        GUEST_SCENARIO.to_string(),
+        GUEST_STORM.to_string(),
+    ];
     install_binary(payload.tracer, staging, GUEST_TRACER)?;
     dynamic.push(payload.tracer.to_path_buf());
     install_binary(payload.scenario, staging, GUEST_SCENARIO)?;
+    install_binary(payload.storm, staging, GUEST_STORM)?;
+    dynamic.push(payload.storm.to_path_buf());
     fs::create_dir_all(staging.join("lib/modules"))?;
     for m in payload.modules {
         let name = m.file_name().context("module file name")?;
@@ -285,7 +294,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 {insmods}ip link set lo up
 echo "{init} $(uname -r)"
-export TCPTRACE_BIN={tracer} TCPSCENARIO_BIN={scenario} RUST_BACKTRACE=1
+export TCPTRACE_BIN={tracer} TCPSCENARIO_BIN={scenario} TCPSTORM_BIN={storm} RUST_BACKTRACE=1
 # TCG emulation: timing-sensitive tests widen their bounds (and say so).
 export TCPTRACE_TEST_SLOW_CPU=1
 {passthrough}cd {package_dir}
@@ -295,6 +304,7 @@ poweroff -f
         init = markers::INIT,
         tracer = GUEST_TRACER,
         scenario = GUEST_SCENARIO,
+        storm = GUEST_STORM,
         insmods = payload
             .modules
             .iter()

@@ -69,9 +69,16 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
         scenario.display()
     );
     let modules = kernel::diag_modules(&guest)?;
+    let storm = workspace::target_dir()?.join("debug").join("tcpstorm");
+    anyhow::ensure!(
+        storm.exists(),
+        "{} is missing: the integration tests build it",
+        storm.display()
+    );
     let payload = initramfs::Payload {
         tracer: &tracer,
         scenario: &scenario,
+        storm: &storm,
         modules: &modules,
         tests: &tests,
         libtest_args: &opts.libtest_args,
