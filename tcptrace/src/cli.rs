@@ -196,6 +196,11 @@ pub struct FilterArgs {
     /// `stat -L -c %i /run/netns/NAME` shows it (repeatable).
     #[arg(long = "netns", value_name = "INODE")]
     pub netns: Vec<u32>,
+    /// Only sockets of processes in this container: its id or a prefix of it (as `docker ps`
+    /// or `crictl ps` show it), or a Kubernetes pod uid (repeatable). Containers are known from
+    /// cgroups, so names are not: use the id.
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
     /// IPv4 only.
     #[arg(short = '4', conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -215,6 +220,7 @@ impl FilterArgs {
             peers: self.peers.clone(),
             states: self.states.clone(),
             netns: self.netns.clone(),
+            containers: self.containers.clone(),
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Some(Family::V4),
                 (_, true) => Some(Family::V6),

@@ -203,6 +203,8 @@ pub struct Filters {
     pub family: Option<Family>,
     /// Network namespace inodes (as in `/proc/PID/ns/net`).
     pub netns: Vec<u32>,
+    /// Container ids (or prefixes, as `docker ps` shows them) or Kubernetes pod uids.
+    pub containers: Vec<String>,
 }
 
 /// What the socket's owner is, as far as filtering is concerned.
@@ -265,6 +267,22 @@ impl Filters {
     /// Whether a socket's network namespace passes.
     pub fn matches_netns(&self, netns: u32) -> bool {
         self.netns.is_empty() || self.netns.contains(&netns)
+    }
+
+    /// Whether a process's container passes `--container`. Processes outside any known
+    /// container never pass a container filter.
+    pub fn matches_container(&self, c: Option<&crate::owner::cgroup::Container>) -> bool {
+        if self.containers.is_empty() {
+            return true;
+        }
+        let Some(c) = c else { return false };
+        self.containers.iter().any(|want| {
+            !want.is_empty()
+                && (c.id.starts_with(want.as_str())
+                    || c.pod_uid
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with(want.as_str())))
+        })
     }
 
     /// Whether a transition passes the state filter.

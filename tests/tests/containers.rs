@@ -116,6 +116,46 @@ fn a_docker_container_shows_in_every_view() {
     assert_eq!(row["container"]["runtime"], "docker");
     assert_eq!(row["container"]["pod_uid"], Value::Null);
 
+    // --container keeps that container's processes, by id prefix, and only them.
+    let only = Tracer::start(&[
+        "report",
+        "--json",
+        "--duration",
+        "1s",
+        "--port",
+        &p,
+        "--container",
+        &id[..12],
+    ])
+    .wait()
+    .json();
+    assert_eq!(by_pid_row(&only, srv.pid())["close_wait"], 3);
+    assert!(
+        only["by_pid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["container"]["id"] == id.as_str()),
+        "{only:#}"
+    );
+    let other = Tracer::start(&[
+        "report",
+        "--json",
+        "--duration",
+        "1s",
+        "--port",
+        &p,
+        "--container",
+        "f00dfeed",
+    ])
+    .wait()
+    .json();
+    assert!(
+        other["by_pid"].as_array().unwrap().is_empty(),
+        "{:#}",
+        other["by_pid"]
+    );
+
     let text = Tracer::start(&["report", "--duration", "1s", "--port", &p])
         .wait()
         .stdout;

@@ -58,7 +58,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut summary = live.summary_at(REPORT_TOP, now);
     // Container names come from this host's cgroups: only for a live session.
     if live.probe().is_some() {
-        name_containers(&mut summary, &mut ContainerNames::new());
+        name_containers(&mut summary, &mut ContainerNames::new(), &live.filters);
     }
     let doc = document(&live, &summary);
     if args.json {

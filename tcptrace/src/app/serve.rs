@@ -93,7 +93,7 @@ impl Session {
             }
             http::Request::Report(reply) => {
                 let mut summary = live.summary(REPORT_TOP);
-                name_containers(&mut summary, &mut self.containers);
+                name_containers(&mut summary, &mut self.containers, &live.filters);
                 let json = serde_json::to_string_pretty(&document(live, &summary))
                     .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
                 let _ = reply.send(json);

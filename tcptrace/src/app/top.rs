@@ -74,7 +74,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         if Instant::now() >= next_refresh || replay_over {
             next_refresh = Instant::now() + args.interval;
             let mut s = live.summary(usize::MAX);
-            name_containers(&mut s, &mut containers);
+            name_containers(&mut s, &mut containers, &live.filters);
             let clock = time_of_day();
             let mut text = screen(&s, &state, live.loss().lost(), &clock, interactive);
             if let Some(o) = live.overload().filter(|o| o.counting) {

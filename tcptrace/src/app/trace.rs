@@ -14,6 +14,7 @@ use crate::{
     event::{Event, What},
     filter::{Filters, OwnerView},
     lifecycle::{Applied, Change},
+    owner::container::ContainerNames,
     view::trace::{TextWriter, TraceLine, write_json},
 };
 
@@ -31,6 +32,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // accepted socket's first event lacks its cookie and peer (see `apply_batch`). Holding by
     // event time, not by batch, makes a replay print exactly what the live session printed.
     let mut pending = Pending::default();
+    let mut containers = ContainerNames::new();
     loop {
         let done = tokio::select! {
             r = &mut stop => { r?; true }
@@ -43,7 +45,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         let finished = done || live.is_done();
         let now = live.now_ns();
         while let Some(l) = pending.pop_due(now, finished) {
-            if wanted(&filters, &l) {
+            if wanted(&filters, &l) && in_container(&filters, &l, &mut containers) {
                 out.line(&l)?;
             }
         }
@@ -153,6 +155,15 @@ impl Pending {
         }
         Some(l)
     }
+}
+
+/// `--container`: the owner's container, from its cgroup (only looked up when asked for).
+fn in_container(filters: &Filters, l: &TraceLine, names: &mut ContainerNames) -> bool {
+    if filters.containers.is_empty() {
+        return true;
+    }
+    let c = l.owner.as_ref().and_then(|(pid, _)| names.of(*pid, 0));
+    filters.matches_container(c.as_ref())
 }
 
 /// The user's filters, on what the line knows by the time it is printed.
