@@ -366,3 +366,40 @@ fn simultaneous_close_ipv4() {
 fn simultaneous_close_ipv6() {
     simultaneous_close("::1");
 }
+
+/// The classic tracepoint path, forced (what kernels without BTF get): the same transitions,
+/// owners and TIME_WAIT inference; sockets are named by kernel address instead of cookie.
+#[test]
+fn client_first_close_on_the_classic_tracepoint_path() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let tracer = start(port, &["--hook", "tracepoint"]);
+    assert!(
+        tracer.started.contains("attached via tracepoint"),
+        "{}",
+        tracer.started
+    );
+    let addr = SocketAddr::new(ip, port);
+    let (mut srv, _) = server(addr, &["--on-eof", "close", "--close-delay-ms", "30"]);
+    let mut cli = client(addr, &["--hold-ms", "50"]);
+    let local = cli.expect("connected", T);
+    let accepted = srv.expect("accepted", T);
+    cli.wait_done(T);
+    srv.wait_done(T);
+    let (cpid, spid) = (cli.pid() as u64, srv.pid() as u64);
+    cli.finish();
+    srv.finish();
+    settle();
+    let lines = tracer.stop().json_lines();
+    assert!(
+        lines.iter().all(|l| l["cookie"] == 0),
+        "no cookies on this path"
+    );
+    let c = socket_with(&lines, &local);
+    assert_seq(&c, &CLIENT_FIRST);
+    assert_eq!(c.pids(), vec![cpid]);
+    assert!(dwell_ms(&c, "ESTABLISHED", "FIN_WAIT1") >= 50.0);
+    let a = socket_with(&lines, &accepted);
+    assert_seq(&a, &PASSIVE_CLOSE_ACCEPTED);
+    assert_eq!(a.pids(), vec![spid]);
+}
