@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::{
-    app::live::{Live, stop_signal},
+    app::live::Live,
     app::report::REPORT_TOP,
     cli::DiagnoseArgs,
     clock::monotonic_ns,
@@ -26,31 +26,13 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     let mut timeline = Timeline::default();
     timeline.sample(&live.table, 0.0);
     let mut last_sample = Instant::now();
-    let stop = stop_signal(Some(args.duration));
-    tokio::pin!(stop);
-    let mut batch = Vec::new();
-    loop {
-        let done = tokio::select! {
-            r = &mut stop => { r?; true }
-            _ = live.next_batch(&mut batch) => false,
-        };
-        if done {
-            live.drain(&mut batch);
-        }
-        // The kernel's port filter is exact (see tcptrace-ebpf/src/emit.rs): every event here
-        // belongs to a socket the filters asked for.
-        for ev in batch.drain(..) {
-            live.apply(&ev);
-        }
-        live.tick();
+    live.observe(Some(args.duration), |live| {
         if last_sample.elapsed() >= SAMPLE_EVERY {
             last_sample = Instant::now();
             timeline.sample(&live.table, live.started.elapsed().as_secs_f64());
         }
-        if done || live.is_done() {
-            break;
-        }
-    }
+    })
+    .await?;
     live.check_replay()?;
     live.reconcile()?;
     timeline.sample(&live.table, live.started.elapsed().as_secs_f64());

@@ -649,6 +649,38 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Applies events until the user stops, `duration` passes, or a replay ends; `each` runs
+    /// after every poll (for views that sample as they go). The loop of every command that
+    /// only accumulates (report, record, diagnose).
+    pub async fn observe(
+        &mut self,
+        duration: Option<Duration>,
+        mut each: impl FnMut(&Live),
+    ) -> anyhow::Result<()> {
+        let stop = stop_signal(duration);
+        tokio::pin!(stop);
+        let mut batch = Vec::new();
+        loop {
+            let done = tokio::select! {
+                r = &mut stop => { r?; true }
+                _ = self.next_batch(&mut batch) => false,
+            };
+            if done {
+                self.drain(&mut batch);
+            }
+            for ev in batch.drain(..) {
+                self.apply(&ev);
+            }
+            self.tick();
+            each(self);
+            if done || self.is_done() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// `net.ipv4.tcp_fin_timeout`: how long an orphaned FIN_WAIT2 socket lives.
 pub fn fin_timeout_ns() -> u64 {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")

@@ -1,10 +1,7 @@
 //! `tcptrace record`: write the session to a file, for `report|top|trace --from FILE` later or
 //! on another machine.
 
-use crate::{
-    app::live::{Live, stop_signal},
-    cli::RecordArgs,
-};
+use crate::{app::live::Live, cli::RecordArgs};
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     if args.probe.from.is_some() {
@@ -15,25 +12,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     probe.record = Some(args.output.clone());
     let mut live = Live::start(&probe, &filters)?;
     eprintln!("tcptrace: recording to {}", args.output.display());
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
-    let mut batch = Vec::new();
-    loop {
-        let done = tokio::select! {
-            r = &mut stop => { r?; true }
-            _ = live.next_batch(&mut batch) => false,
-        };
-        if done {
-            live.drain(&mut batch);
-        }
-        for ev in batch.drain(..) {
-            live.apply(&ev);
-        }
-        live.tick();
-        if done {
-            break;
-        }
-    }
+    live.observe(args.duration, |_| {}).await?;
     // The same closing steps as `report`, so a report replayed from this file matches one
     // taken live at this moment.
     live.check_replay()?;

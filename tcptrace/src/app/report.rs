@@ -2,10 +2,7 @@
 
 use crate::{
     aggregate::Summary,
-    app::{
-        containers::name_containers,
-        live::{Live, stop_signal},
-    },
+    app::{containers::name_containers, live::Live},
     cli::ReportArgs,
     owner::container::ContainerNames,
     view::report::{ReportDoc, SCHEMA, text},
@@ -30,25 +27,7 @@ pub fn document<'a>(live: &Live, summary: &'a Summary) -> ReportDoc<'a> {
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
     let mut live = Live::start(&args.probe, &filters)?;
-    let stop = stop_signal(Some(args.duration));
-    tokio::pin!(stop);
-    let mut batch = Vec::new();
-    loop {
-        let done = tokio::select! {
-            r = &mut stop => { r?; true }
-            _ = live.next_batch(&mut batch) => false,
-        };
-        if done {
-            live.drain(&mut batch);
-        }
-        for ev in batch.drain(..) {
-            live.apply(&ev);
-        }
-        live.tick();
-        if done || live.is_done() {
-            break;
-        }
-    }
+    live.observe(Some(args.duration), |_| {}).await?;
     // Counts are the sockets in each state when the report is taken: one last check against
     // the kernel's table makes them exact (a replay has that check in the file).
     live.check_replay()?;
