@@ -81,6 +81,10 @@ fn timewait_method_is_reported_and_counts_equal_ss_either_way() {
     if in_test_vm() {
         assert_eq!(method, HOOKED, "the QEMU 6.1 guest allows fentry");
     }
+    eprintln!(
+        "method {method}: ss {ss} TIME_WAIT, report {}, table {}",
+        doc["totals"]["TIME_WAIT"], doc["table"]
+    );
     // tw_reuse may end a loopback TIME_WAIT early; ss is the referee, and most must be there.
     assert!(ss >= 7, "ss: {ss} TIME_WAIT ({method})");
     assert_eq!(
@@ -99,15 +103,20 @@ fn timewait_method_is_reported_and_counts_equal_ss_either_way() {
     );
 }
 
-/// When the server closes right away its FIN reaches the client's FIN_WAIT1 with the ACK, and
-/// `tcp_time_wait(sk, TCP_TIME_WAIT)` runs: with the hooks every such TIME_WAIT is exact.
+/// With the hooks, every client's timewait socket is known from `tcp_time_wait` itself (on
+/// loopback the orphan's FIN is acked before the server's FIN comes, so it starts in the
+/// FIN_WAIT2 substate), not inferred from its ->CLOSE.
 #[test]
-fn hooked_time_wait_is_exact_where_the_kernel_allows_fentry() {
+fn timewait_hooks_make_time_wait_exact_where_the_kernel_allows_fentry() {
     let (doc, method, ss) = client_first_closes(&[], 10, 0);
     let table = &doc["table"];
     assert_eq!(
         doc["totals"]["TIME_WAIT"], ss,
         "TIME_WAIT ({method}): report vs ss; table {table:#}"
+    );
+    eprintln!(
+        "method {method}: ss {ss} TIME_WAIT, report {}, table {}",
+        doc["totals"]["TIME_WAIT"], table
     );
     if method == HOOKED {
         let exact = table["timewait_exact"].as_u64().unwrap();

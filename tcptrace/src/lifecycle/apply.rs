@@ -387,6 +387,9 @@ impl SocketTable {
         e.last_new = Close as u8;
         e.last_ns = ts;
 
+        if !reset && hooked {
+            self.stats.timewait_exact += 1;
+        }
         if !reset && held {
             let since = self.slab[slot as usize].since_ns;
             self.become_mini(slot, FinWait2, since, ts);
@@ -394,9 +397,7 @@ impl SocketTable {
             a.state = Some(FinWait2);
         } else if !reset && (hooked || matches!(old, FinWait2 | Closing)) {
             self.become_mini(slot, TimeWait, ts, ts);
-            if hooked {
-                self.stats.timewait_exact += 1;
-            } else {
+            if !hooked {
                 self.stats.timewait_inferred += 1;
             }
             a.push(

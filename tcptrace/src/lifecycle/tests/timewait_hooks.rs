@@ -54,7 +54,7 @@ fn hooked_substate_overrides_the_inference_at_close() {
     );
     assert_eq!(
         (t.stats().timewait_inferred, t.stats().timewait_exact),
-        (0, 0)
+        (0, 1)
     );
 
     // And TIME_WAIT, counted as exact.
