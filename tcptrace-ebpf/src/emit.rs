@@ -14,8 +14,8 @@ use tcptrace_common::{
 
 use crate::config::{
     ADMITTED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED, COUNTER_COUNTED,
-    COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED, EVENTS, PORTS, count,
-    count_transition, counting_mode,
+    COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED,
+    COUNTER_TIMEWAIT_RESERVE_FAILED, EVENTS, PORTS, count, count_transition, counting_mode,
 };
 
 /// Stamps the time and the current task. The task is only the socket's owner for some
@@ -106,6 +106,10 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         flags = BPF_RB_FORCE_WAKEUP as u64;
     }
     if EVENTS.output::<RawEvent>(ev, flags).is_err() {
+        if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
+            count(COUNTER_TIMEWAIT_RESERVE_FAILED);
+            return;
+        }
         count(COUNTER_RESERVE_FAILED);
         if ev.flags & FLAG_FROM_BACKUP != 0 {
             count(COUNTER_BACKUP_RESERVE_FAILED);
