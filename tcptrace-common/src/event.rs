@@ -10,6 +10,11 @@ pub enum EventKind {
     ResetReceived = 2,
     /// `tcp:tcp_send_reset`: this socket sent a RST.
     ResetSent = 3,
+    /// fentry `tcp_time_wait(sk, state, timeo)`: the full socket hands over to a timewait socket
+    /// in substate `newstate` (TIME_WAIT or FIN_WAIT2); its ->CLOSE transition follows.
+    TimeWaitEnter = 4,
+    /// fentry `inet_twsk_free(tw)`: the timewait socket (cookie of its full socket) is freed.
+    TimeWaitEnd = 5,
 }
 
 impl EventKind {
@@ -18,6 +23,8 @@ impl EventKind {
             1 => Some(EventKind::StateChange),
             2 => Some(EventKind::ResetReceived),
             3 => Some(EventKind::ResetSent),
+            4 => Some(EventKind::TimeWaitEnter),
+            5 => Some(EventKind::TimeWaitEnd),
             _ => None,
         }
     }

@@ -93,6 +93,9 @@ pub const COUNTER_BACKUP_DISCARDED: u32 = 4;
 pub const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
 /// Wanted events counted in the kernel instead of sent, while in counting mode (`MODE`).
 pub const COUNTER_COUNTED: u32 = 6;
+/// A timewait hook's record did not fit: not a lost transition (that socket's TIME_WAIT is
+/// inferred instead), so kept apart from `COUNTER_RESERVE_FAILED`.
+pub const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
 const COUNTER_SLOTS: u32 = 8;
 
 /// Ports the user asked for: value bits are `PORT_MATCH_LOCAL` / `PORT_MATCH_REMOTE`.

@@ -14,8 +14,8 @@ use tcptrace_common::{
 
 use crate::config::{
     ADMITTED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED, COUNTER_COUNTED,
-    COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED, EVENTS, PORTS, count,
-    count_transition, counting_mode,
+    COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED,
+    COUNTER_TIMEWAIT_RESERVE_FAILED, EVENTS, PORTS, count, count_transition, counting_mode,
 };
 
 /// Stamps the time and the current task. The task is only the socket's owner for some
@@ -53,7 +53,10 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
         return true;
     }
     let key = if ev.cookie != 0 { ev.cookie } else { ev.skaddr };
-    let closing = ev.kind == EventKind::StateChange as u8 && ev.newstate == TcpState::Close as u8;
+    // The end of a timewait socket closes its admission like a ->CLOSE (its ports are still
+    // set, so it passes on them).
+    let closing = (ev.kind == EventKind::StateChange as u8 && ev.newstate == TcpState::Close as u8)
+        || ev.kind == EventKind::TimeWaitEnd as u8;
     // SAFETY: the values are plain bytes; a concurrent update at worst gives the old value.
     let remote = unsafe { PORTS.get(&ev.dport) }.copied().unwrap_or(0) & PORT_MATCH_REMOTE != 0;
     let matched = if ev.sport == 0 {
@@ -86,6 +89,10 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         return;
     }
     if counting_mode() {
+        if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
+            // Not transitions: while counting, TIME_WAIT is inferred from the kernel table.
+            return;
+        }
         count(COUNTER_COUNTED);
         count_transition(ev.oldstate, ev.newstate);
         return;
@@ -99,11 +106,15 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         flags = BPF_RB_FORCE_WAKEUP as u64;
     }
     if EVENTS.output::<RawEvent>(ev, flags).is_err() {
+        if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
+            count(COUNTER_TIMEWAIT_RESERVE_FAILED);
+            return;
+        }
         count(COUNTER_RESERVE_FAILED);
         if ev.flags & FLAG_FROM_BACKUP != 0 {
             count(COUNTER_BACKUP_RESERVE_FAILED);
         }
-        if ev.kind != EventKind::StateChange as u8 {
+        if ev.kind == EventKind::ResetReceived as u8 || ev.kind == EventKind::ResetSent as u8 {
             count(COUNTER_RESET_RESERVE_FAILED);
         }
     }

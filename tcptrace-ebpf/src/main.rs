@@ -4,6 +4,8 @@
 //! - `state_change`: `sock:inet_sock_set_state`, the TCP state machine itself.
 //! - `reset`: `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`, which tell a RST close apart from a
 //!   close that leaves a TIME_WAIT socket behind.
+//! - `timewait`: fentry on `tcp_time_wait` / `inet_twsk_free`, the exact start and end of a
+//!   timewait socket, where the kernel allows fentry (else TIME_WAIT is inferred).
 //!
 //! Shared plumbing: `sock` reads `struct sock` fields at offsets resolved from BTF by userspace,
 //! `emit` fills and submits ring buffer records with batched wakeups, `config` holds the load-time
@@ -20,10 +22,11 @@ mod record;
 mod reset;
 mod sock;
 mod state_change;
+mod timewait;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 
 /// Primary tp_btf program on `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
@@ -70,6 +73,18 @@ pub fn reset_rx_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn reset_tx_tp(ctx: TracePointContext) -> u32 {
     reset::on_tracepoint(&ctx, reset::Direction::Sent)
+}
+
+/// `tcp_time_wait(struct sock *sk, int state, int timeo)`.
+#[fentry(function = "tcp_time_wait")]
+pub fn timewait_enter(ctx: FEntryContext) -> i32 {
+    timewait::on_fentry(&ctx, timewait::Hook::Enter)
+}
+
+/// `inet_twsk_free(struct inet_timewait_sock *tw)`.
+#[fentry(function = "inet_twsk_free")]
+pub fn timewait_end(ctx: FEntryContext) -> i32 {
+    timewait::on_fentry(&ctx, timewait::Hook::End)
 }
 
 #[cfg(target_arch = "bpf")]

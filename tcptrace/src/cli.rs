@@ -252,6 +252,16 @@ pub struct ProbeArgs {
     /// Also write the session to FILE as it runs (what `tcptrace record` writes).
     #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub record: Option<PathBuf>,
+    /// TIME_WAIT from fentry hooks on tcp_time_wait/inet_twsk_free where the kernel allows them
+    /// (auto), or always inferred from FIN_WAIT2/CLOSING -> CLOSE (off).
+    #[arg(long, value_enum, default_value_t = TimewaitHooksArg::Auto)]
+    pub timewait_hooks: TimewaitHooksArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TimewaitHooksArg {
+    Auto,
+    Off,
 }
 
 /// Replay speed: a multiple of real time, or None for as fast as possible.

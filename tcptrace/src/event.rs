@@ -52,6 +52,11 @@ pub enum What {
     ResetReceived,
     /// The socket sent a RST (`tcp:tcp_send_reset`).
     ResetSent,
+    /// fentry `tcp_time_wait`: the full socket hands over to a timewait socket in `substate`
+    /// (TIME_WAIT, or FIN_WAIT2 for an orphan whose peer has not closed). Its ->CLOSE follows.
+    TimeWaitEnter { substate: TcpState },
+    /// fentry `inet_twsk_free`: the timewait socket (named by its full socket's cookie) is gone.
+    TimeWaitEnd,
 }
 
 /// One decoded kernel event.
@@ -125,6 +130,13 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         },
         EventKind::ResetReceived => What::ResetReceived,
         EventKind::ResetSent => What::ResetSent,
+        EventKind::TimeWaitEnter => match TcpState::from_u8(raw.newstate) {
+            Some(substate @ (TcpState::TimeWait | TcpState::FinWait2)) => {
+                What::TimeWaitEnter { substate }
+            }
+            _ => return Err(DecodeError::State(raw.newstate)),
+        },
+        EventKind::TimeWaitEnd => What::TimeWaitEnd,
     };
     let (lip, rip) = match raw.family {
         AF_INET => (
@@ -211,6 +223,11 @@ pub fn encode(ev: &Event) -> RawEvent {
         }
         What::ResetReceived => raw.kind = EventKind::ResetReceived as u8,
         What::ResetSent => raw.kind = EventKind::ResetSent as u8,
+        What::TimeWaitEnter { substate } => {
+            raw.kind = EventKind::TimeWaitEnter as u8;
+            raw.newstate = substate as u8;
+        }
+        What::TimeWaitEnd => raw.kind = EventKind::TimeWaitEnd as u8,
     }
     raw.flags = if ev.owner_context {
         FLAG_OWNER_CONTEXT
@@ -287,6 +304,31 @@ mod tests {
         let mut bad = raw;
         bad.family = 1;
         assert_eq!(decode(raw_bytes(&bad)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn timewait_hook_events_round_trip_and_check_the_substate() {
+        for what in [
+            What::TimeWaitEnter {
+                substate: TcpState::TimeWait,
+            },
+            What::TimeWaitEnter {
+                substate: TcpState::FinWait2,
+            },
+            What::TimeWaitEnd,
+        ] {
+            let mut ev = sample(false);
+            ev.what = what;
+            ev.owner_context = false;
+            let raw = encode(&ev);
+            assert_eq!(raw.kind, if what == What::TimeWaitEnd { 5 } else { 4 });
+            assert_eq!(decode(raw_bytes(&raw)).unwrap(), ev);
+        }
+        // The kernel's `state` argument is only ever TIME_WAIT or FIN_WAIT2.
+        let mut raw = encode(&sample(false));
+        raw.kind = EventKind::TimeWaitEnter as u8;
+        raw.newstate = TcpState::Established as u8;
+        assert_eq!(decode(raw_bytes(&raw)), Err(DecodeError::State(1)));
     }
 
     #[test]

@@ -16,13 +16,13 @@ use anyhow::Context;
 use super::replay::{FileSource, Step};
 use crate::{
     aggregate::{AggLimits, Aggregates, Summary, SummaryInput, summary},
-    cli::ProbeArgs,
+    cli::{ProbeArgs, TimewaitHooksArg},
     clock::{WallClock, monotonic_ns},
     event::Event,
     filter::Filters,
     lifecycle::{Applied, FdOwners, Limits, ReconcileStats, SocketTable},
     owner::{fdscan, process::ProcessRef},
-    probe::{EventReader, HookPath, LossReport, Probe, ProbeOptions, kernel::kernel_release},
+    probe::{EventReader, LossReport, Probe, ProbeOptions, kernel::kernel_release},
     source::{
         netns,
         record::{Header, RecordWriter},
@@ -92,9 +92,9 @@ pub struct Overload {
     pub counted: std::collections::BTreeMap<String, u64>,
 }
 
-/// How tcptrace learns that a socket entered TIME_WAIT on this path.
-pub fn timewait_method(_path: HookPath) -> &'static str {
-    "inferred"
+/// How tcptrace learns that a socket entered TIME_WAIT with this probe.
+pub fn timewait_method(probe: &Probe) -> &'static str {
+    probe.timewait_method()
 }
 
 impl Live {
@@ -111,10 +111,14 @@ impl Live {
             ports: filters.kernel_ports(),
             force_path: args.hook.forced(),
             backup: true,
+            timewait_hooks: args.timewait_hooks == TimewaitHooksArg::Auto,
         };
         let (probe, reader) = Probe::load(&opts)?;
         if let Some(why) = &probe.fallback_reason {
             eprintln!("tcptrace: kernel BTF unavailable ({why}); using the classic tracepoint");
+        }
+        if let Some(why) = &probe.timewait_fallback {
+            eprintln!("tcptrace: fentry timewait hooks unavailable ({why}); inferring TIME_WAIT");
         }
         let started_ns = monotonic_ns();
         let clock = WallClock::now();
@@ -145,7 +149,7 @@ impl Live {
                  tcp:tcp_send_reset (ring {} KiB; TIME_WAIT {}); {} existing sockets loaded",
                 probe.path(),
                 probe.ring_bytes / 1024,
-                timewait_method(probe.path()),
+                timewait_method(probe),
                 loaded.added,
             );
         }
@@ -229,7 +233,7 @@ impl Live {
             start_wall_ns: (self.started_ns as i128 + self.clock.offset_ns()).max(0) as u64,
             start_mono_ns: self.started_ns,
             hook: probe.path().to_string(),
-            timewait_method: timewait_method(probe.path()).to_string(),
+            timewait_method: timewait_method(probe).to_string(),
             ip_local_port_range: Some([lo, hi]),
             tcp_fin_timeout_s: Some((fin_timeout_ns() / 1_000_000_000) as u32),
             command_line: std::env::args().collect(),
@@ -574,7 +578,7 @@ impl Live {
                 now_ns,
                 lost_events: self.loss().lost(),
                 timewait_method: match &self.source {
-                    Source::Kernel { probe, .. } => timewait_method(probe.path()),
+                    Source::Kernel { probe, .. } => timewait_method(probe),
                     Source::File(f) => &f.header.timewait_method,
                 },
                 port_range: self.port_range(),

@@ -113,10 +113,7 @@ impl Session {
             counters: &self.counters,
             events: live.events,
             hook: &hook,
-            timewait_method: live
-                .probe()
-                .map(|p| timewait_method(p.path()))
-                .unwrap_or("inferred"),
+            timewait_method: live.probe().map(timewait_method).unwrap_or("inferred"),
             port_range: live.port_range(),
             limits: self.cfg.limits,
             process: ProcessStats::read(),

@@ -83,6 +83,8 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
                     l.note = Some("reset");
                 }
             }
+            // The timewait hooks only make the table exact; `trace` prints transitions.
+            What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
             What::Transition { old, new } => {
                 let line = trace_line(&ev, old, new, &applied);
                 if old == TcpState::SynRecv && ev.sock.cookie != 0 {

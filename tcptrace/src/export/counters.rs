@@ -33,6 +33,8 @@ impl EventCounters {
             }
             What::ResetReceived => self.resets_received += 1,
             What::ResetSent => self.resets_sent += 1,
+            // Not transitions; the table's TIME_WAIT gauges carry what they tell.
+            What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
         }
     }
 

@@ -35,6 +35,8 @@ impl SocketTable {
         match ev.what {
             What::Transition { old, new } => self.apply_transition(ev, old, new),
             What::ResetReceived | What::ResetSent => self.apply_reset(ev),
+            What::TimeWaitEnter { substate } => self.apply_timewait_enter(ev, substate),
+            What::TimeWaitEnd => self.apply_timewait_end(ev),
         }
     }
 
@@ -95,7 +97,7 @@ impl SocketTable {
     }
 
     /// Ties a socket known only from the kernel table to the identity its events use.
-    fn bind(&mut self, slot: u32, ev: &Event) {
+    pub(super) fn bind(&mut self, slot: u32, ev: &Event) {
         let (kind, _) = event_id(ev);
         self.id_remove(slot);
         let e = &mut self.slab[slot as usize];
@@ -315,7 +317,8 @@ impl SocketTable {
         e.last_old = old as u8;
         e.last_new = new as u8;
         // A RST that did not close the socket was not about its close.
-        e.flags &= !(flag::MINI | flag::UNBOUND | flag::RESET);
+        e.flags &=
+            !(flag::MINI | flag::UNBOUND | flag::RESET | flag::TW_HOOKED | flag::TW_FIN_WAIT2);
         a.push(
             Subject::This,
             Change::Entered {
@@ -334,6 +337,8 @@ impl SocketTable {
     /// X -> CLOSE. TIME_WAIT never shows on the tracepoint: FIN_WAIT2 -> CLOSE and
     /// CLOSING -> CLOSE without a RST hand the connection to a timewait socket
     /// (`tcp_time_wait`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c>).
+    /// When the fentry hook on `tcp_time_wait` reported it (just before this ->CLOSE), its
+    /// substate is used instead of the inference.
     fn close(
         &mut self,
         slot: u32,
@@ -345,6 +350,8 @@ impl SocketTable {
         let ts = ev.ts_ns;
         let e = &self.slab[slot as usize];
         let reset = e.has(flag::RESET);
+        let hooked = e.has(flag::TW_HOOKED);
+        let hooked_fw2 = e.has(flag::TW_FIN_WAIT2);
         let lifetime = e.created().map(|c| ts.saturating_sub(c));
         if e.is_listener() {
             self.listener_remove(slot);
@@ -355,7 +362,11 @@ impl SocketTable {
         // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c>); it turns
         // TIME_WAIT only when the peer's FIN arrives. A local peer still in CLOSE_WAIT has
         // not sent it.
-        let held = !reset && old == FinWait2 && self.peer_holds(slot);
+        let held = if hooked {
+            !reset && hooked_fw2
+        } else {
+            !reset && old == FinWait2 && self.peer_holds(slot)
+        };
         if !fresh && !a.mismatch && !held {
             let left = Change::Left {
                 state: old,
@@ -376,14 +387,19 @@ impl SocketTable {
         e.last_new = Close as u8;
         e.last_ns = ts;
 
+        if !reset && hooked {
+            self.stats.timewait_exact += 1;
+        }
         if !reset && held {
             let since = self.slab[slot as usize].since_ns;
             self.become_mini(slot, FinWait2, since, ts);
             a.push(Subject::This, Change::HeldInFinWait2 { at_ns: ts });
             a.state = Some(FinWait2);
-        } else if !reset && matches!(old, FinWait2 | Closing) {
+        } else if !reset && (hooked || matches!(old, FinWait2 | Closing)) {
             self.become_mini(slot, TimeWait, ts, ts);
-            self.stats.timewait_inferred += 1;
+            if !hooked {
+                self.stats.timewait_inferred += 1;
+            }
             a.push(
                 Subject::This,
                 Change::Entered {
@@ -540,7 +556,8 @@ impl SocketTable {
         self.set_state(slot, state);
         let e = &mut self.slab[slot as usize];
         e.flags |= flag::MINI;
-        e.flags &= !(flag::RESET | flag::UNBOUND | flag::LISTENER);
+        // TW_HOOKED stays: the timewait socket's end comes from `inet_twsk_free`.
+        e.flags &= !(flag::RESET | flag::UNBOUND | flag::LISTENER | flag::TW_FIN_WAIT2);
         e.since_ns = since_ns;
         e.last_ns = ts;
         e.inode = 0;

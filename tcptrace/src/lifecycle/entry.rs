@@ -31,6 +31,12 @@ pub(super) mod flag {
     pub const CLOSER_EXACT: u16 = 1 << 8;
     /// Accepted from a listener (passive open).
     pub const PASSIVE: u16 = 1 << 9;
+    /// `tcp_time_wait` fired for this full socket (fentry hook): its next ->CLOSE hands it to
+    /// a timewait socket in the substate `TW_FIN_WAIT2` says, exactly. On a timewait socket:
+    /// its end comes from `inet_twsk_free`.
+    pub const TW_HOOKED: u16 = 1 << 10;
+    /// With `TW_HOOKED`: the substate is FIN_WAIT2 (else TIME_WAIT).
+    pub const TW_FIN_WAIT2: u16 = 1 << 11;
 }
 
 #[derive(Clone, Debug)]

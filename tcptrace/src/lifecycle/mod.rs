@@ -12,6 +12,9 @@
 //!   timewait socket is in its FIN_WAIT2 substate until the peer closes, then TIME_WAIT.
 //! - The end of TIME_WAIT: 60 s later ([`SocketTable::expire`]), a new connection on the same
 //!   4-tuple, or a RST.
+//!
+//! Where the kernel allows fentry, `TimeWaitEnter`/`TimeWaitEnd` events say both exactly, and
+//! the table uses them instead (`timewait_hooks`).
 //! - Owners: only syscall-driven transitions name the owner; accepted sockets inherit the
 //!   listener's; the fd scan confirms or corrects.
 
@@ -26,6 +29,7 @@ mod slab;
 mod stats;
 mod table;
 mod timewait;
+mod timewait_hooks;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -121,6 +121,9 @@ pub struct TableStats {
     pub reset_closes: u64,
     /// TIME_WAIT entries inferred from FIN_WAIT2/CLOSING -> CLOSE.
     pub timewait_inferred: u64,
+    /// Timewait sockets (TIME_WAIT, or the FIN_WAIT2 substate) whose start and substate the
+    /// fentry hook on `tcp_time_wait` reported exactly.
+    pub timewait_exact: u64,
     /// Timewait sockets ended by a new connection on their 4-tuple.
     pub timewait_reused: u64,
     /// Timewait sockets whose timer ran out.

@@ -3,7 +3,9 @@
 use tcptrace_common::TcpState;
 
 use super::change::{Change, LeaveReason, SockChange};
+use super::entry::flag;
 use super::table::SocketTable;
+use super::timewait_hooks::EXACT_END_GRACE_NS;
 
 impl SocketTable {
     /// When the timewait socket in `slot` is destroyed by its timer: 60 s after entering
@@ -11,6 +13,17 @@ impl SocketTable {
     /// timewait socket (`tcp_time_wait(sk, TCP_FIN_WAIT2, tmo)`). `last_ns` of a timewait entry
     /// is when the kernel created it.
     pub(super) fn mini_deadline(&self, slot: u32) -> u64 {
+        let e = &self.slab[slot as usize];
+        if e.has(flag::TW_HOOKED) {
+            // Its exact end comes as an event; the timer only catches a lost one.
+            return self
+                .inferred_deadline(slot)
+                .saturating_add(EXACT_END_GRACE_NS);
+        }
+        self.inferred_deadline(slot)
+    }
+
+    fn inferred_deadline(&self, slot: u32) -> u64 {
         let e = &self.slab[slot as usize];
         match e.state() {
             TcpState::FinWait2 => e.last_ns.saturating_add(self.limits.fin_timeout_ns),

@@ -97,6 +97,25 @@ pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
     })
 }
 
+/// Whether a timewait socket can be read with the `sock_common` offsets of [`SockOffsets`]
+/// (which are offsets within `struct sock`): true when `sock.__sk_common` and
+/// `inet_timewait_sock.__tw_common` both start at byte 0, as they do on every kernel so far
+/// (<https://github.com/torvalds/linux/blob/v6.1/include/net/inet_timewait_sock.h#L33>).
+pub fn timewait_shares_sock_common() -> Result<bool, BtfError> {
+    let bytes = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
+        path: PathBuf::from(VMLINUX_BTF),
+        source,
+    })?;
+    timewait_shares_sock_common_in(&bytes)
+}
+
+fn timewait_shares_sock_common_in(bytes: &[u8]) -> Result<bool, BtfError> {
+    let btf = Btf::parse(bytes)?;
+    let sk = btf.field("sock", &["__sk_common"])?;
+    let tw = btf.field("inet_timewait_sock", &["__tw_common"])?;
+    Ok(sk.bit_offset == 0 && tw.bit_offset == 0)
+}
+
 /// `sock.sk_protocol`: a u16 since 5.6, an 8-bit bitfield next to `sk_type` before
 /// (<https://github.com/torvalds/linux/commit/bf9765145b856fa2e2ac4de4f2b91cd8b4d9a2ff>).
 fn sk_protocol(btf: &Btf<'_>) -> Result<(u32, u32), BtfError> {
@@ -1017,6 +1036,17 @@ mod tests {
                 "prefix of {len} parsed"
             );
         }
+    }
+
+    #[test]
+    fn real_vmlinux_timewait_socket_starts_with_sock_common() {
+        let full = std::fs::read(VMLINUX_BTF).expect("the test machine's kernel BTF");
+        assert!(timewait_shares_sock_common_in(&full).unwrap());
+        // A BTF without `inet_timewait_sock` says so instead of guessing.
+        assert!(matches!(
+            timewait_shares_sock_common_in(&kernel(Kernel::default())),
+            Err(BtfError::MissingType(t)) if t == "inet_timewait_sock"
+        ));
     }
 
     // --- cross-check against bpftool on the running kernel ---

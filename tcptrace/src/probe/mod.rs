@@ -13,7 +13,7 @@ use std::fmt;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, TracePoint},
 };
 use tcptrace_common::filter::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig};
 
@@ -57,6 +57,9 @@ pub struct ProbeOptions {
     pub force_path: Option<HookPath>,
     /// Load the backup program on the tp_btf path (on by default; off only to measure it).
     pub backup: bool,
+    /// Try the fentry hooks on `tcp_time_wait` / `inet_twsk_free` on the tp_btf path (on by
+    /// default); without them, or where the kernel refuses them, TIME_WAIT is inferred.
+    pub timewait_hooks: bool,
 }
 
 impl Default for ProbeOptions {
@@ -67,6 +70,7 @@ impl Default for ProbeOptions {
             ports: Vec::new(),
             force_path: None,
             backup: true,
+            timewait_hooks: true,
         }
     }
 }
@@ -111,6 +115,10 @@ pub struct Probe {
     counters: PerCpuArray<MapData, u64>,
     /// Why the preferred path was not taken, if it was not.
     pub fallback_reason: Option<String>,
+    /// The fentry timewait hooks are attached.
+    timewait_hooks: bool,
+    /// Why the fentry timewait hooks are not attached, when they were tried.
+    pub timewait_fallback: Option<String>,
     pub ring_bytes: u32,
 }
 
@@ -119,6 +127,7 @@ enum ProgRole {
     Primary,
     Backup,
     Reset,
+    TimeWait,
 }
 
 const COUNTER_RESERVE_FAILED: u32 = 0;
@@ -185,6 +194,16 @@ impl Probe {
         self.path
     }
 
+    /// How TIME_WAIT is learned: exactly from the fentry hooks, or inferred from
+    /// FIN_WAIT2/CLOSING -> CLOSE.
+    pub fn timewait_method(&self) -> &'static str {
+        if self.timewait_hooks {
+            TIMEWAIT_HOOKED
+        } else {
+            TIMEWAIT_INFERRED
+        }
+    }
+
     /// Kernel statistics of every attached program, by name.
     pub fn program_stats(&self) -> Vec<(&'static str, ProgStats)> {
         self.programs
@@ -226,7 +245,7 @@ impl Probe {
                 Some(ProgRole::Reset) => c.reset_skipped += st.recursion_misses,
                 // A skipped backup run is not a loss: the primary handled that event (the two
                 // can only be nested in opposite orders).
-                Some(ProgRole::Backup) | None => {}
+                Some(ProgRole::Backup | ProgRole::TimeWait) | None => {}
             }
         }
         c
@@ -348,6 +367,17 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         prog.attach()
             .map_err(aya_err(format!("attaching {name} to {hook}")))?;
     }
+    let (timewait_hooks, timewait_fallback) = if opts.timewait_hooks {
+        match attach_timewait_hooks(&mut ebpf, &btf) {
+            Ok(()) => {
+                programs.extend(TIMEWAIT_HOOKS.iter().map(|(n, _)| (*n, ProgRole::TimeWait)));
+                (true, None)
+            }
+            Err(e) => (false, Some(format!("{e:#}"))),
+        }
+    } else {
+        (false, None)
+    };
     let counters = take_counters(&mut ebpf)?;
     Ok(Probe {
         ebpf,
@@ -355,8 +385,58 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         programs,
         counters,
         fallback_reason: None,
+        timewait_hooks,
+        timewait_fallback,
         ring_bytes: opts.ring_bytes,
     })
+}
+
+pub const TIMEWAIT_HOOKED: &str = "fentry:tcp_time_wait+inet_twsk_free";
+pub const TIMEWAIT_INFERRED: &str = "inferred";
+
+const TIMEWAIT_HOOKS: [(&str, &str); 2] = [
+    ("timewait_enter", "tcp_time_wait"),
+    ("timewait_end", "inet_twsk_free"),
+];
+
+/// Loads and attaches both timewait hooks, or neither: a kernel may refuse fentry (lockdown,
+/// no trampoline support on the architecture, a security module's EPERM) or lack one of the
+/// functions (inlined, renamed). On any failure the ones already loaded are unloaded, which
+/// detaches them, so the inference alone decides TIME_WAIT.
+fn attach_timewait_hooks(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if !btf::timewait_shares_sock_common()? {
+        anyhow::bail!("inet_timewait_sock does not start with sock_common");
+    }
+    let mut result = Ok(());
+    for (name, func) in TIMEWAIT_HOOKS {
+        let r = (|| -> anyhow::Result<()> {
+            let prog: &mut FEntry = ebpf
+                .program_mut(name)
+                .context("missing from the object")?
+                .try_into()?;
+            prog.load(func, btf)
+                .with_context(|| format!("loading fentry on {func}"))?;
+            prog.attach()
+                .with_context(|| format!("attaching fentry to {func}"))?;
+            Ok(())
+        })();
+        if r.is_err() {
+            result = r;
+            break;
+        }
+    }
+    if result.is_err() {
+        for (name, _) in TIMEWAIT_HOOKS {
+            if let Some(p) = ebpf.program_mut(name)
+                && let Ok(p) = <&mut FEntry>::try_from(p)
+            {
+                // Unloading an attached program detaches it first; not loaded is fine too.
+                let _ = p.unload();
+            }
+        }
+    }
+    result
 }
 
 fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
@@ -410,6 +490,8 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         programs: programs.into_iter().map(|(n, r, _, _)| (n, r)).collect(),
         counters,
         fallback_reason: None,
+        timewait_hooks: false,
+        timewait_fallback: None,
         ring_bytes: opts.ring_bytes,
     })
 }

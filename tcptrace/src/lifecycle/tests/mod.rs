@@ -7,6 +7,7 @@ mod owner;
 mod perf;
 mod reconcile;
 mod timewait;
+mod timewait_hooks;
 
 use std::collections::HashMap;
 

@@ -227,7 +227,15 @@ fn check_raw(raw: &[u8]) -> Result<(), String> {
                 }
             }
         }
-        Some(EventKind::ResetReceived | EventKind::ResetSent) => {}
+        Some(EventKind::TimeWaitEnter) => {
+            let s = byte(offset_of!(RawEvent, newstate));
+            if s != TcpState::TimeWait as u8 && s != TcpState::FinWait2 as u8 {
+                return Err(format!(
+                    "timewait substate {s} is not TIME_WAIT or FIN_WAIT2"
+                ));
+            }
+        }
+        Some(EventKind::ResetReceived | EventKind::ResetSent | EventKind::TimeWaitEnd) => {}
     }
     let at = offset_of!(RawEvent, family);
     let family = u16::from_ne_bytes([raw[at], raw[at + 1]]);

@@ -1,0 +1,71 @@
+//! fentry hooks on the timewait socket's life, which `inet_sock_set_state` never shows:
+//! - `tcp_time_wait(struct sock *sk, int state, int timeo)`: the full socket hands the connection
+//!   to a timewait socket in substate `state` (TIME_WAIT, or FIN_WAIT2 for an orphan whose peer
+//!   has not closed). It runs before the `-> CLOSE` transition (it calls `tcp_done()` last).
+//!   <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c#L245>
+//! - `inet_twsk_free(struct inet_timewait_sock *tw)`: the timewait socket is freed, whether its
+//!   timer ran out, a new connection reused its 4-tuple, or a RST killed it.
+//!   <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_timewait_sock.c#L93>
+//!
+//! A timewait socket starts with `struct sock_common __tw_common`, as `struct sock` starts with
+//! `__sk_common` (userspace checks both offsets are 0 before it attaches), so the `sock_common`
+//! offsets in `SockOffsets` read it too, and its cookie is the full socket's (`inet_twsk_alloc`
+//! copies `sk_cookie` into `tw_cookie`).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    programs::FEntryContext,
+};
+use tcptrace_common::{
+    EventKind,
+    event::{FLAG_HAS_COOKIE, RawEvent},
+};
+
+use crate::{config::config, emit, sock};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `tcp_time_wait`: argument 0 is a full TCP `struct sock *`, argument 1 the substate.
+    Enter,
+    /// `inet_twsk_free`: argument 0 is the `struct inet_timewait_sock *`.
+    End,
+}
+
+#[inline(always)]
+pub fn on_fentry(ctx: &FEntryContext, hook: Hook) -> i32 {
+    let sk_btf: *const c_void = ctx.arg(0);
+    if sk_btf.is_null() {
+        return 0;
+    }
+    // The address as a plain number, for bpf_probe_read_kernel at variable offsets (the verifier
+    // forbids that arithmetic on the typed pointer).
+    // SAFETY: the context holds the function arguments as u64s; argument 0 is the socket.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else {
+        return 0;
+    };
+    let cfg = config();
+    if hook == Hook::Enter && sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
+        return 0;
+    }
+    let mut ev = RawEvent::zeroed();
+    sock::fill_endpoints(sk, &cfg.offsets, &mut ev);
+    emit::fill_task(&mut ev);
+    // SAFETY: a typed `struct sock *` or `struct inet_timewait_sock *`; the helper takes any
+    // socket that begins with `sock_common`.
+    ev.cookie = unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
+    ev.skaddr = sk;
+    ev.flags = FLAG_HAS_COOKIE;
+    match hook {
+        Hook::Enter => {
+            let state: i32 = ctx.arg(1);
+            ev.kind = EventKind::TimeWaitEnter as u8;
+            ev.newstate = state as u8;
+        }
+        Hook::End => ev.kind = EventKind::TimeWaitEnd as u8,
+    }
+    emit::submit(&ev, &cfg);
+    0
+}
