@@ -58,13 +58,13 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
     let closing = (ev.kind == EventKind::StateChange as u8 && ev.newstate == TcpState::Close as u8)
         || ev.kind == EventKind::TimeWaitEnd as u8;
     // SAFETY: the values are plain bytes; a concurrent update at worst gives the old value.
-    let remote = unsafe { PORTS.get(&ev.dport) }.copied().unwrap_or(0) & PORT_MATCH_REMOTE != 0;
+    let remote = unsafe { PORTS.get(ev.dport) }.copied().unwrap_or(0) & PORT_MATCH_REMOTE != 0;
     let matched = if ev.sport == 0 {
         // SAFETY: as above.
-        remote || unsafe { ADMITTED.get(&key) }.is_some()
+        remote || unsafe { ADMITTED.get(key) }.is_some()
     } else {
         // SAFETY: as above.
-        remote || unsafe { PORTS.get(&ev.sport) }.copied().unwrap_or(0) & PORT_MATCH_LOCAL != 0
+        remote || unsafe { PORTS.get(ev.sport) }.copied().unwrap_or(0) & PORT_MATCH_LOCAL != 0
     };
     if matched && !closing {
         let _ = ADMITTED.insert(&key, &1, 0);
