@@ -87,7 +87,7 @@ pub const COUNTER_FILTERED: u32 = 2;
 /// are also among the primary's recursion misses; userspace must not count them twice.
 pub const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
 /// Runs the primary missed whose event the backup then dropped as unwanted (not TCP, or
-/// outside the filters): skipped, but not lost.
+/// outside the filters) or counted (counting mode): skipped, but not lost.
 pub const COUNTER_BACKUP_DISCARDED: u32 = 4;
 /// The part of `COUNTER_RESERVE_FAILED` that were reset events, not transitions.
 pub const COUNTER_RESET_RESERVE_FAILED: u32 = 5;

@@ -67,9 +67,9 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
         remote || unsafe { PORTS.get(ev.sport) }.copied().unwrap_or(0) & PORT_MATCH_LOCAL != 0
     };
     if matched && !closing {
-        let _ = ADMITTED.insert(&key, &1, 0);
+        let _ = ADMITTED.insert(key, 1, 0);
     } else if closing {
-        let _ = ADMITTED.remove(&key);
+        let _ = ADMITTED.remove(key);
     }
     matched
 }
@@ -92,6 +92,10 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
             // Not transitions: while counting, TIME_WAIT is inferred from the kernel table.
             return;
+        }
+        if ev.flags & FLAG_FROM_BACKUP != 0 {
+            // A run the primary missed, handled here by counting: not lost.
+            count(COUNTER_BACKUP_DISCARDED);
         }
         count(COUNTER_COUNTED);
         count_transition(ev.oldstate, ev.newstate);

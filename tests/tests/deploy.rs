@@ -86,5 +86,6 @@ fn serve_runs_as_nobody_with_only_the_units_capabilities() {
     );
     let out = tracer.stop();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(!out.stderr.contains("error"), "{}", out.stderr);
+    // (The fentry fallback notice quotes the kernel's "os error 1"; that is not a failure.)
+    assert!(!out.stderr.contains("tcptrace: error"), "{}", out.stderr);
 }

@@ -42,7 +42,8 @@ fn over_budget_the_kernel_counts_and_counts_stay_exact() {
     let o = &doc["overload"];
     assert!(o["switches"].as_u64().unwrap() >= 1, "{o:#}");
     assert!(o["counted_events"].as_u64().unwrap() > 0, "{o:#}");
-    assert_eq!(doc["lost_events"], 0, "counted, not lost");
+    // Counted events are not lost events, including nested runs the backup program counted.
+    assert_eq!(doc["lost_events"], 0, "counted, not lost: {}", out.stderr);
     let ss = Command::new("ss")
         .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
         .output()
