@@ -63,6 +63,19 @@ pub struct Live {
     /// Start of the current rate window: when, and events + counted events then.
     rate_window: (Instant, u64),
     calm_since: Option<Instant>,
+    /// A kernel table dump taken at the last tick and applied at the next one, after the
+    /// events that happened before and during it (see [`Live::reconcile`]).
+    pending_dump: Option<Dump>,
+    /// Reconcile at the next tick whatever the interval (after an overload ends).
+    reconcile_due: bool,
+}
+
+/// A dump of the kernel's socket table (every namespace) and the `/proc/*/fd` scan taken
+/// with it.
+struct Dump {
+    snap: Snapshot,
+    scan_ns: u64,
+    procs: HashMap<u64, Vec<ProcessRef>>,
 }
 
 /// How often timewait sockets are expired (and a Mark is recorded, so a replay expires them at
@@ -192,6 +205,8 @@ impl Live {
             rate_window: (Instant::now(), 0),
             calm_since: None,
             last_loss_recorded: LossReport::default(),
+            pending_dump: None,
+            reconcile_due: false,
         }
     }
 
@@ -424,10 +439,17 @@ impl Live {
         } else {
             RECONCILE_EVERY
         };
-        if self.last_reconcile.elapsed() >= every
-            && let Err(e) = self.reconcile()
-        {
-            log::warn!("reconciliation with the kernel socket table failed: {e:#}");
+        if let Some(dump) = self.pending_dump.take() {
+            self.apply_dump(dump);
+        } else if self.reconcile_due || self.last_reconcile.elapsed() >= every {
+            // Applied at the next tick: the loop drains the ring first, so every transition
+            // the dump may already show is in the table by then.
+            match self.dump() {
+                Ok(d) => self.pending_dump = Some(d),
+                Err(e) => {
+                    log::warn!("reconciliation with the kernel socket table failed: {e:#}")
+                }
+            }
         }
         self.report_new_losses();
     }
@@ -477,9 +499,7 @@ impl Live {
                 self.overload.counting = false;
                 self.calm_since = None;
                 eprintln!("tcptrace: {rate:.0} events/s: back to tracing every transition");
-                if let Err(e) = self.reconcile() {
-                    log::warn!("reconciliation after overload failed: {e:#}");
-                }
+                self.reconcile_due = true;
             }
         }
     }
@@ -513,14 +533,50 @@ impl Live {
     /// Compares the table with the kernel's socket table (every network namespace) and names
     /// the holders of sockets by scanning /proc/*/fd, as `ss -p` does. Counts what it fixed.
     /// A replayed session has its dumps in the file and does nothing here.
+    ///
+    /// The dump shows each socket as it was when the kernel reached it, which can be after
+    /// transitions still waiting in the ring. Those are applied first, so that only real
+    /// differences count as corrections (and a socket opened or closed just before the dump is
+    /// not added or removed by mistake). Views that print events use the periodic path in
+    /// [`Live::tick`] instead, which hands those events to the view before applying the dump.
     pub fn reconcile(&mut self) -> anyhow::Result<ReconcileStats> {
         if !matches!(self.source, Source::Kernel { .. }) {
             return Ok(ReconcileStats::default());
         }
+        self.pending_dump = None;
+        let dump = self.dump()?;
+        let mut batch = Vec::new();
+        self.drain(&mut batch);
+        for ev in &batch {
+            self.apply(ev);
+        }
+        Ok(self.apply_dump(dump))
+    }
+
+    /// Reads the kernel's socket table and the fd holders of sockets.
+    fn dump(&mut self) -> anyhow::Result<Dump> {
         self.last_reconcile = Instant::now();
+        self.reconcile_due = false;
         let snap = netns::dump_all_namespaces()?;
         let scan_ns = monotonic_ns();
-        let procs: HashMap<u64, Vec<ProcessRef>> = fdscan::scan_socket_owners(None);
+        let procs = fdscan::scan_socket_owners(None);
+        Ok(Dump {
+            snap,
+            scan_ns,
+            procs,
+        })
+    }
+
+    /// Records a dump (at the point in the event stream where it is applied, so a replay
+    /// applies it at the same point) and corrects the table from it.
+    fn apply_dump(
+        &mut self,
+        Dump {
+            snap,
+            scan_ns,
+            procs,
+        }: Dump,
+    ) -> ReconcileStats {
         if let Some(w) = &mut self.recorder {
             let mut cut = snap.clone();
             cut.sockets.retain(|k| {
@@ -539,7 +595,7 @@ impl Live {
             .into_iter()
             .map(|(inode, procs)| (inode, procs.into_iter().map(|p| (p.pid, p.comm)).collect()))
             .collect();
-        Ok(self.apply_snapshot(snap, Some(owners)))
+        self.apply_snapshot(snap, Some(owners))
     }
 
     fn apply_snapshot(&mut self, mut snap: Snapshot, owners: Option<FdOwners>) -> ReconcileStats {

@@ -106,9 +106,13 @@ mod tests {
                 .spawn()
                 .unwrap();
             let s = Sleeper(child);
-            // Wait until the shell has exec'd `sleep`, so its fds and name are final.
+            // Wait until the shell has exec'd `sleep`, so its fds, name and arguments are final.
+            // exec sets the name before it maps the new arguments, so for a moment the
+            // cmdline of a process already named `sleep` is empty.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while comm(s.pid()).as_deref() != Some("sleep") {
+            while comm(s.pid()).as_deref() != Some("sleep")
+                || cmdline(s.pid()).is_none_or(|a| a.is_empty())
+            {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "child never became sleep"
