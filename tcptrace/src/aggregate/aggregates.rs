@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use tcptrace_common::TcpState;
 
 use super::dwell::{Dwell, GLOBAL_SIGFIG};
-use super::group::GroupTable;
+use super::group::{GroupStats, GroupTable};
 use crate::lifecycle::{Applied, Change, Owner, SockChange, SockInfo};
 
 /// A remote peer. `port` is None for inbound (accepted) connections, whose peer port is
@@ -39,6 +39,11 @@ impl Default for AggLimits {
         AggLimits { max_groups: 4096 }
     }
 }
+
+/// How long the groups of a process that holds no socket wait before they are folded into its
+/// command's ended-process group: longer than TIME_WAIT, whose expiry is the last thing many
+/// short-lived clients are seen doing.
+pub const IDLE_BEFORE_FOLD_NS: u64 = 60_000_000_000;
 
 /// Everything accumulated from the change stream since `start_ns`.
 pub struct Aggregates {
@@ -145,6 +150,25 @@ impl Aggregates {
                 f(self.by_pid_peer.get(&(*o, p.addr), ts));
             }
         }
+    }
+
+    /// Folds the history of processes that have ended into one group per command (and
+    /// cgroup) with pid 0, so per-process memory lasts as long as the process does: a host
+    /// that runs a new `curl` every second would otherwise gain a group per pid until the
+    /// table is full, and its `curl` history is more useful summed anyway.
+    ///
+    /// `ended(owner)` says the process holds no socket now; its groups are folded once they
+    /// have also been idle for `IDLE_BEFORE_FOLD_NS`, so a process between two connections
+    /// keeps its row. Returns the groups folded.
+    pub fn fold_ended(&mut self, ended: impl Fn(&Owner) -> bool, now_ns: u64) -> usize {
+        let idle = |g: &GroupStats| g.last_ns().saturating_add(IDLE_BEFORE_FOLD_NS) <= now_ns;
+        let by_pid = self
+            .by_pid
+            .fold(|o, g| (!o.is_ended() && idle(g) && ended(o)).then(|| o.ended()));
+        let by_pid_peer = self.by_pid_peer.fold(|(o, addr), g| {
+            (!o.is_ended() && idle(g) && ended(o)).then(|| (o.ended(), *addr))
+        });
+        by_pid + by_pid_peer
     }
 
     /// Global dwell distribution of a state, if it has samples.

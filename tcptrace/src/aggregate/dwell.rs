@@ -33,6 +33,13 @@ impl Dwell {
         self.max_ns = self.max_ns.max(ns);
     }
 
+    /// Adds another distribution's values to this one.
+    pub fn merge(&mut self, other: &Dwell) {
+        // Both histograms auto-resize, so adding cannot run out of range.
+        let _ = self.hist.add(&other.hist);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
     pub fn count(&self) -> u64 {
         self.hist.len()
     }

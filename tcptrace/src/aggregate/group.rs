@@ -22,6 +22,8 @@ pub struct GroupStats {
     pub lifetime: Option<Box<Dwell>>,
     /// Last update, CLOCK_MONOTONIC ns: older groups are evicted first among equals.
     last_ns: u64,
+    /// Groups folded into this one (ended processes summed by command), 0 for a group of its own.
+    pub folded: u32,
 }
 
 impl GroupStats {
@@ -54,6 +56,30 @@ impl GroupStats {
         self.lifetime
             .get_or_insert_with(|| Box::new(Dwell::new(GROUP_SIGFIG)))
             .record(lifetime_ns);
+    }
+
+    /// Adds another group's history to this one.
+    fn merge(&mut self, o: GroupStats) {
+        self.time_wait_entries += o.time_wait_entries;
+        self.close_wait_entries += o.close_wait_entries;
+        for (mine, theirs) in [
+            (&mut self.time_wait_dwell, o.time_wait_dwell),
+            (&mut self.close_wait_dwell, o.close_wait_dwell),
+            (&mut self.lifetime, o.lifetime),
+        ] {
+            match (mine.as_mut(), theirs) {
+                (Some(m), Some(t)) => m.merge(&t),
+                (None, t) => *mine = t,
+                (Some(_), None) => {}
+            }
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+        self.folded += o.folded.max(1);
+    }
+
+    /// Last update, CLOCK_MONOTONIC ns.
+    pub fn last_ns(&self) -> u64 {
+        self.last_ns
     }
 
     pub fn dwell(&self, state: TcpState) -> Option<&Dwell> {
@@ -120,6 +146,24 @@ impl<K: Hash + Eq + Clone> GroupTable<K> {
             self.map.remove(&k);
             self.evictions += 1;
         }
+    }
+
+    /// Moves every group for which `into` names another key into that key's group, summing
+    /// their history. Returns how many groups were folded.
+    pub fn fold(&mut self, mut into: impl FnMut(&K, &GroupStats) -> Option<K>) -> usize {
+        let moves: Vec<(K, K)> = self
+            .map
+            .iter()
+            .filter_map(|(k, g)| into(k, g).filter(|t| t != k).map(|t| (k.clone(), t)))
+            .collect();
+        for (from, to) in &moves {
+            let Some(g) = self.map.remove(from) else {
+                continue;
+            };
+            // Each move removes one key and adds at most one: the table never grows.
+            self.map.entry(to.clone()).or_default().merge(g);
+        }
+        moves.len()
     }
 
     pub fn lookup(&self, key: &K) -> Option<&GroupStats> {

@@ -19,7 +19,7 @@ mod summary;
 #[cfg(test)]
 mod tests;
 
-pub use aggregates::{AggLimits, Aggregates, Peer};
+pub use aggregates::{AggLimits, Aggregates, IDLE_BEFORE_FOLD_NS, Peer};
 pub use dwell::{Dwell, DwellMs};
 pub use group::{GroupStats, GroupTable};
 pub use pressure::{PortPressure, port_pressure};

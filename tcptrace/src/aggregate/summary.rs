@@ -139,8 +139,12 @@ pub struct Attributions {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PidRow {
+    /// 0 for the summed history of ended processes (see `ended_processes`).
     pub pid: u32,
     pub comm: Comm,
+    /// Processes with this command (and cgroup) that ended or stopped holding sockets, whose
+    /// history this row sums; 0 for a row of one live process.
+    pub ended_processes: u32,
     /// cgroup v2 id, 0 when unknown.
     pub cgroup_id: u64,
     /// The container the process runs in (null outside containers). The engine leaves it
@@ -181,8 +185,11 @@ pub struct PeerRow {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PidPeerRow {
+    /// 0 for the summed history of ended processes (see `ended_processes`).
     pub pid: u32,
     pub comm: Comm,
+    /// As in [`PidRow`].
+    pub ended_processes: u32,
     pub cgroup_id: u64,
     /// Remote IP address.
     pub addr: String,
@@ -217,6 +224,7 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
             PidRow {
                 pid: o.pid,
                 comm: o.comm,
+                ended_processes: agg.by_pid.lookup(o).map_or(0, |g| g.folded),
                 cgroup_id: o.cgroup_id,
                 container: None,
                 counts: counts(c, agg.by_pid.lookup(o), ages.by_pid.take(o), window_s),
@@ -265,6 +273,7 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
         .map(|k @ (o, a)| PidPeerRow {
             pid: o.pid,
             comm: o.comm,
+            ended_processes: agg.by_pid_peer.lookup(k).map_or(0, |g| g.folded),
             cgroup_id: o.cgroup_id,
             addr: a.to_string(),
             counts: counts(

@@ -7,7 +7,7 @@ use tcptrace_common::TcpState::*;
 use super::*;
 use crate::event::Event;
 use crate::lifecycle::fixtures::*;
-use crate::lifecycle::{Applied, Limits, SocketTable, TIMEWAIT_LEN_NS};
+use crate::lifecycle::{Applied, Comm, Limits, Owner, SocketTable, TIMEWAIT_LEN_NS};
 
 /// The table and the aggregates, fed together as the live pipeline does.
 struct Rig {
@@ -373,4 +373,98 @@ fn perf_run(distinct_peers: bool) {
         rig.agg.heap_bytes() / 1024,
         rig.t.heap_bytes() / 1024,
     );
+}
+
+#[test]
+fn ended_processes_fold_into_one_row_per_command_once_idle() {
+    let mut fx = Fx::new();
+    // One service's cgroup, as for the jobs a cron or a CI runner starts.
+    fx.cgroup = Some(7);
+    let mut rig = Rig::new(&fx);
+    let lb = Loopback::new(&mut fx, 40000);
+    lb.listen(&mut fx, &mut rig);
+    // 40 short-lived clients, one connection each, closing first (TIME_WAIT is theirs).
+    let client = |fx: &mut Fx, rig: &mut Rig, i: u16, pid: u32| {
+        let mut c = Loopback::new(fx, 41000 + i);
+        c.listener = lb.listener.clone();
+        c.client_ctx = Ctx::Owner(pid, "curl");
+        c.connect(fx, rig);
+        c.client_closes(fx, rig);
+        c.server_closes(fx, rig);
+    };
+    for i in 0..40u16 {
+        client(&mut fx, &mut rig, i, 5000 + i as u32);
+    }
+    assert_eq!(rig.agg.by_pid.len(), 41, "40 clients and the server");
+
+    // Their TIME_WAIT sockets still name them: nothing folds.
+    let n = rig
+        .agg
+        .fold_ended(|o| !rig.t.holds_owner(o), fx.ts + 2 * TIMEWAIT_LEN_NS);
+    assert_eq!(n, 0, "TIME_WAIT sockets keep their closer's row");
+
+    fx.step(TIMEWAIT_LEN_NS + SEC);
+    let expired_at = fx.ts;
+    rig.expire(expired_at);
+    // Idle for less than a minute: kept, so a process between two connections keeps its row.
+    let n = rig.agg.fold_ended(
+        |o| !rig.t.holds_owner(o),
+        expired_at + IDLE_BEFORE_FOLD_NS - 1,
+    );
+    assert_eq!(n, 0);
+    let before = rig.agg.by_pid.heap_bytes();
+    let now = expired_at + IDLE_BEFORE_FOLD_NS;
+    let n = rig.agg.fold_ended(|o| !rig.t.holds_owner(o), now);
+    assert_eq!(n, 80, "40 pid groups and 40 pid x peer groups");
+    assert_eq!(
+        rig.agg.by_pid.len(),
+        2,
+        "the server and one row for every curl"
+    );
+    assert!(rig.agg.by_pid.heap_bytes() < before / 4);
+
+    let s = rig.summary(now);
+    let curl = row_for_pid(&s, 0);
+    assert_eq!(curl.comm.as_str(), "curl");
+    assert_eq!(curl.ended_processes, 40);
+    assert_eq!(curl.counts.time_wait_entries, 40, "history is summed");
+    assert_eq!(curl.counts.dwell_ms["TIME_WAIT"].count, 40);
+    assert_eq!(curl.counts.time_wait, 0);
+    let server = row_for_pid(&s, 100);
+    assert_eq!(
+        server.ended_processes, 0,
+        "the listener holds the server's row"
+    );
+    let pp: Vec<_> = s.by_pid_peer.iter().filter(|r| r.pid == 0).collect();
+    assert_eq!(pp.len(), 1);
+    assert_eq!(pp[0].ended_processes, 40);
+
+    // A later curl that ends joins the same row; a fold with nothing new changes nothing.
+    fx.ts = now;
+    client(&mut fx, &mut rig, 99, 9999);
+    fx.step(TIMEWAIT_LEN_NS + SEC);
+    rig.expire(fx.ts);
+    let later = fx.ts + IDLE_BEFORE_FOLD_NS;
+    assert_eq!(rig.agg.fold_ended(|o| !rig.t.holds_owner(o), later), 2);
+    assert_eq!(rig.agg.fold_ended(|o| !rig.t.holds_owner(o), later), 0);
+    let s = rig.summary(later);
+    assert_eq!(row_for_pid(&s, 0).ended_processes, 41);
+    assert_eq!(row_for_pid(&s, 0).counts.time_wait_entries, 41);
+}
+
+#[test]
+fn ended_processes_of_one_command_in_two_cgroups_stay_apart() {
+    let a = Owner {
+        pid: 0,
+        comm: Comm::new("nginx"),
+        cgroup_id: 1,
+    };
+    let b = Owner { cgroup_id: 2, ..a };
+    assert_ne!(a, b);
+    let (p, q) = (Owner { pid: 7, ..a }, Owner { pid: 7, ..b });
+    assert_eq!(
+        p, q,
+        "a live process is (pid, comm): its cgroup id may be learned later"
+    );
+    assert_eq!(p.ended(), a);
 }

@@ -37,7 +37,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     live.reconcile()?;
     timeline.sample(&live.table, live.started.elapsed().as_secs_f64());
     let summary = live.summary(REPORT_TOP);
-    host.read_end(summary.by_pid.iter().map(|r| r.pid));
+    host.read_end(summary.by_pid.iter().map(|r| r.pid).filter(|&p| p != 0));
     let now = monotonic_ns();
     let now_unix = live.clock.unix_secs(now);
     let evidence = Evidence::collect(

@@ -6,7 +6,7 @@
 //! rebuilds exactly the same tables.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::Path,
     time::{Duration, Instant},
 };
@@ -605,7 +605,18 @@ impl Live {
             self.filters.matches_endpoints(&k.local, &k.remote)
                 && self.filters.matches_netns(k.netns)
         });
-        self.table.reconcile(&snap, owners.as_ref())
+        let st = self.table.reconcile(&snap, owners.as_ref());
+        if let Some(fd) = &owners {
+            // Decided from the recorded dump and scan alone, so a replay folds the same groups
+            // at the same moment.
+            let holders: HashSet<u32> = fd.values().flatten().map(|(pid, _)| *pid).collect();
+            let table = &self.table;
+            self.agg.fold_ended(
+                |o| !holders.contains(&o.pid) && !table.holds_owner(o),
+                snap.taken_ns,
+            );
+        }
+        st
     }
 
     /// Ends the session at `now_ns`: the last timer work (a replay runs it from the End

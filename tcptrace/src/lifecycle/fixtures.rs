@@ -41,6 +41,8 @@ pub struct Fx {
     pub netns: u32,
     /// Identify sockets by skaddr only, as the classic tracepoint path does.
     pub classic: bool,
+    /// Every task's cgroup id; None gives each pid its own.
+    pub cgroup: Option<u64>,
     next_id: u64,
 }
 
@@ -50,6 +52,7 @@ impl Fx {
             ts: 1_000 * SEC,
             netns: NETNS,
             classic: false,
+            cgroup: None,
             next_id: 1,
         }
     }
@@ -110,7 +113,7 @@ impl Fx {
                 pid,
                 tid: pid,
                 comm: comm.into(),
-                cgroup_id: 100 + pid as u64,
+                cgroup_id: self.cgroup.unwrap_or(100 + pid as u64),
             },
             owner_context,
             from_backup: false,

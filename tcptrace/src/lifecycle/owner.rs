@@ -54,7 +54,8 @@ impl serde::Serialize for Comm {
 /// brings none), and one process must stay one row in every table.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Owner {
-    /// Thread group id (what `ps` calls the pid). Never 0.
+    /// Thread group id (what `ps` calls the pid). Never 0 for a process; 0 marks the history
+    /// of ended processes folded by command (see [`Owner::ended`]).
     pub pid: u32,
     /// The task name (for kernel-context attribution, the name of the thread that made the call).
     pub comm: Comm,
@@ -62,9 +63,29 @@ pub struct Owner {
     pub cgroup_id: u64,
 }
 
+impl Owner {
+    /// The key under which the history of this process is kept once it has ended: its command
+    /// and cgroup (container), without the pid.
+    pub fn ended(&self) -> Owner {
+        Owner { pid: 0, ..*self }
+    }
+
+    /// Whether this is the folded history of ended processes rather than one process.
+    pub fn is_ended(&self) -> bool {
+        self.pid == 0
+    }
+
+    /// A process is (pid, comm); the cgroup tells apart ended processes folded by command,
+    /// so the same command in two containers stays two rows.
+    fn key(&self) -> (u32, Comm, u64) {
+        let cg = if self.is_ended() { self.cgroup_id } else { 0 };
+        (self.pid, self.comm, cg)
+    }
+}
+
 impl PartialEq for Owner {
     fn eq(&self, o: &Owner) -> bool {
-        (self.pid, self.comm) == (o.pid, o.comm)
+        self.key() == o.key()
     }
 }
 
@@ -72,7 +93,7 @@ impl Eq for Owner {}
 
 impl std::hash::Hash for Owner {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        (self.pid, self.comm).hash(h)
+        self.key().hash(h)
     }
 }
 
@@ -84,7 +105,7 @@ impl PartialOrd for Owner {
 
 impl Ord for Owner {
     fn cmp(&self, o: &Owner) -> std::cmp::Ordering {
-        (self.pid, self.comm).cmp(&(o.pid, o.comm))
+        self.key().cmp(&o.key())
     }
 }
 
@@ -241,6 +262,17 @@ impl OwnerPool {
 
     pub fn get(&self, r: OwnerRef) -> Option<Owner> {
         (r != 0).then(|| self.slots[(r - 1) as usize].owner)
+    }
+
+    /// Whether some socket entry still refers to this process.
+    pub fn contains(&self, owner: &Owner) -> bool {
+        let h = Self::hash(&self.hasher, owner);
+        self.index
+            .find(h, |&i| {
+                let o = &self.slots[i as usize].owner;
+                o.pid == owner.pid && o.comm == owner.comm
+            })
+            .is_some()
     }
 
     /// Heap bytes held (capacity, not length).

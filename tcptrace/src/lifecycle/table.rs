@@ -152,6 +152,11 @@ impl SocketTable {
         self.len == 0
     }
 
+    /// Whether a tracked socket still names this process as its owner or its closer.
+    pub fn holds_owner(&self, owner: &Owner) -> bool {
+        self.owners.contains(owner)
+    }
+
     /// Sockets by the state `ss` would show, kept incrementally (O(1)).
     pub fn counts(&self) -> StateCounts {
         StateCounts::from_array(self.counts)

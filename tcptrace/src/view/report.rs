@@ -119,7 +119,7 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
     }
     let mut t = Table::new(&with_counts(&first));
     for r in rows_shown {
-        let mut cells = vec![r.pid.to_string(), printable(r.comm.as_str())];
+        let mut cells = process_cells(r.pid, r.comm.as_str(), r.ended_processes).to_vec();
         if containers {
             cells.push(container_cell(r.container.as_ref()));
         }
@@ -222,6 +222,20 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
 }
 
 /// The 12-digit id `docker ps` and `crictl ps` show, or `-` outside containers.
+/// The PID and COMM cells of a process row; the summed history of ended processes shows no
+/// pid and how many processes it sums.
+pub fn process_cells(pid: u32, comm: &str, ended: u32) -> [String; 2] {
+    if pid == 0 {
+        let n = if ended == 1 { "process" } else { "processes" };
+        [
+            "-".into(),
+            format!("{} ({ended} ended {n})", printable(comm)),
+        ]
+    } else {
+        [pid.to_string(), printable(comm)]
+    }
+}
+
 pub fn container_cell(c: Option<&crate::owner::cgroup::Container>) -> String {
     c.map(|c| c.short_id().to_string())
         .unwrap_or_else(|| "-".into())

@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::report::container_cell;
-use super::table::{Align, Table, human_ms, printable, rate};
+use super::report::{container_cell, process_cells};
+use super::table::{Align, Table, human_ms, rate};
 use crate::{
     aggregate::{GroupCounts, Summary},
     cli::{GroupBy, SortBy},
@@ -97,7 +97,7 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
             .by_pid
             .iter()
             .map(|r| {
-                let mut v = vec![r.pid.to_string(), printable(r.comm.as_str())];
+                let mut v = process_cells(r.pid, r.comm.as_str(), r.ended_processes).to_vec();
                 if containers {
                     v.push(container_cell(r.container.as_ref()));
                 }
