@@ -161,7 +161,13 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
     for p in [&mut c1, &mut c2, &mut sa, &mut sb] {
         p.wait_done(T);
     }
-    let doc = tracer.wait().json();
+    let out = tracer.wait();
+    let doc = out.json();
+    // What to look at when a count is off.
+    let why = format!(
+        "lost {} corrections {} mismatches {}\n{}",
+        doc["lost_events"], doc["corrections"], doc["state_mismatches"], out.stderr
+    );
     assert_shape(&doc);
     // On loopback the kernel may reuse a TIME_WAIT port for a new connection to the same
     // destination (net.ipv4.tcp_tw_reuse=2, the default, allows it for loopback), which ends
@@ -171,8 +177,8 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
         ss_count("time-wait", &format!("dport = :{pb}")),
     );
     assert!(ss_a >= 15 && ss_b >= 7, "ss: {ss_a} and {ss_b} TIME_WAIT");
-    assert_eq!(peer_row(&doc, "127.0.0.2", pa)["time_wait"], ss_a);
-    assert_eq!(peer_row(&doc, "127.0.0.3", pb)["time_wait"], ss_b);
+    assert_eq!(peer_row(&doc, "127.0.0.2", pa)["time_wait"], ss_a, "{why}");
+    assert_eq!(peer_row(&doc, "127.0.0.3", pb)["time_wait"], ss_b, "{why}");
     assert_eq!(
         row(&doc["by_pid"], "pid", &Value::from(c1.pid()))["time_wait"],
         ss_a,

@@ -150,11 +150,23 @@ impl Live {
             live.record_to(path)?;
         }
         // The programs are attached first, so no transition falls between the kernel table
-        // dump and the event stream; the table drops what the dump already covers.
-        let loaded = live
-            .reconcile()
+        // dump and the event stream. The dump is applied at the first tick, after the events
+        // that reached the ring meanwhile: views see those events, and the table drops what
+        // the dump already covers.
+        let dump = live
+            .dump()
             .context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
-        // Said once the existing sockets are loaded: from here on, every change is seen live
+        let found = dump
+            .snap
+            .sockets
+            .iter()
+            .filter(|k| {
+                live.filters.matches_endpoints(&k.local, &k.remote)
+                    && live.filters.matches_netns(k.netns)
+            })
+            .count();
+        live.pending_dump = Some(dump);
+        // Said once the existing sockets are read: from here on, every change is seen live
         // (tests wait for the word "attached" before they make traffic).
         if let Source::Kernel { probe, .. } = &live.source {
             eprintln!(
@@ -163,7 +175,7 @@ impl Live {
                 probe.path(),
                 probe.ring_bytes / 1024,
                 timewait_method(probe),
-                loaded.added,
+                found,
             );
         }
         Ok(live)
@@ -407,6 +419,7 @@ impl Live {
         if !matches!(self.source, Source::Kernel { .. }) {
             return;
         }
+        self.settle();
         // The expiry scan walks the table: a few times a second is plenty for 60 s timers.
         if self.last_expire.elapsed() < EXPIRE_EVERY {
             self.report_new_losses();
@@ -439,9 +452,7 @@ impl Live {
         } else {
             RECONCILE_EVERY
         };
-        if let Some(dump) = self.pending_dump.take() {
-            self.apply_dump(dump);
-        } else if self.reconcile_due || self.last_reconcile.elapsed() >= every {
+        if self.reconcile_due || self.last_reconcile.elapsed() >= every {
             // Applied at the next tick: the loop drains the ring first, so every transition
             // the dump may already show is in the table by then.
             match self.dump() {
@@ -551,6 +562,14 @@ impl Live {
             self.apply(ev);
         }
         Ok(self.apply_dump(dump))
+    }
+
+    /// Applies the kernel table dump taken at the last tick (or at start), if any. Call it only
+    /// after draining the ring, so the dump never looks newer than the table.
+    pub fn settle(&mut self) {
+        if let Some(dump) = self.pending_dump.take() {
+            self.apply_dump(dump);
+        }
     }
 
     /// Reads the kernel's socket table and the fd holders of sockets.

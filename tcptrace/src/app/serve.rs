@@ -58,6 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 // Answer with everything the kernel has delivered up to now.
                 live.drain(&mut session.batch);
                 session.apply(&mut live);
+                live.settle();
                 session.answer(&mut live, req);
                 continue;
             }
