@@ -156,15 +156,7 @@ impl Live {
         let dump = live
             .dump()
             .context("loading the existing sockets (NETLINK_SOCK_DIAG)")?;
-        let found = dump
-            .snap
-            .sockets
-            .iter()
-            .filter(|k| {
-                live.filters.matches_endpoints(&k.local, &k.remote)
-                    && live.filters.matches_netns(k.netns)
-            })
-            .count();
+        let found = dump.snap.sockets.len();
         live.pending_dump = Some(dump);
         // Said once the existing sockets are read: from here on, every change is seen live
         // (tests wait for the word "attached" before they make traffic).
@@ -576,7 +568,8 @@ impl Live {
     fn dump(&mut self) -> anyhow::Result<Dump> {
         self.last_reconcile = Instant::now();
         self.reconcile_due = false;
-        let snap = netns::dump_all_namespaces()?;
+        let mut snap = netns::dump_all_namespaces()?;
+        self.keep_wanted(&mut snap);
         let scan_ns = monotonic_ns();
         let procs = fdscan::scan_socket_owners(None);
         Ok(Dump {
@@ -597,13 +590,8 @@ impl Live {
         }: Dump,
     ) -> ReconcileStats {
         if let Some(w) = &mut self.recorder {
-            let mut cut = snap.clone();
-            cut.sockets.retain(|k| {
-                self.filters.matches_endpoints(&k.local, &k.remote)
-                    && self.filters.matches_netns(k.netns)
-            });
             let ok = w
-                .write_snapshot(&cut)
+                .write_snapshot(&snap)
                 .and_then(|_| w.write_fd_owners(scan_ns, &procs));
             if let Err(e) = ok {
                 eprintln!("tcptrace: recording stopped: {e}");
@@ -617,13 +605,18 @@ impl Live {
         self.apply_snapshot(snap, Some(owners))
     }
 
-    fn apply_snapshot(&mut self, mut snap: Snapshot, owners: Option<FdOwners>) -> ReconcileStats {
-        // The same endpoint filters as the kernel applies to events, so the table holds the
-        // same sockets from both sources.
+    /// Cuts a dump to the same endpoint and namespace filters as the kernel applies to events,
+    /// so the table holds the same sockets from both sources.
+    fn keep_wanted(&self, snap: &mut Snapshot) {
         snap.sockets.retain(|k| {
             self.filters.matches_endpoints(&k.local, &k.remote)
                 && self.filters.matches_netns(k.netns)
         });
+    }
+
+    fn apply_snapshot(&mut self, mut snap: Snapshot, owners: Option<FdOwners>) -> ReconcileStats {
+        // A recording may have been made with wider filters than this replay's.
+        self.keep_wanted(&mut snap);
         let st = self.table.reconcile(&snap, owners.as_ref());
         if let Some(fd) = &owners {
             // Decided from the recorded dump and scan alone, so a replay folds the same groups
