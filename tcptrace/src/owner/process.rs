@@ -89,30 +89,54 @@ fn parse_limit(text: &str, name: &str) -> Option<(u64, Option<u64>)> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
     use std::process::{Child, Command, Stdio};
 
     use super::*;
+
+    /// `close_range` flag (linux/close_range.h): mark the fds close-on-exec instead of closing.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+    /// Whether the process is blocked in a sleep syscall (`/proc/PID/syscall` starts with the
+    /// number of the syscall a blocked task is in).
+    fn in_nanosleep(pid: u32) -> bool {
+        let Ok(text) = std::fs::read_to_string(proc_path(pid, "syscall")) else {
+            return false;
+        };
+        let nr = text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok());
+        nr == Some(libc::SYS_clock_nanosleep) || nr == Some(libc::SYS_nanosleep)
+    }
 
     /// A child that exists until dropped, started with stdio on /dev/null.
     struct Sleeper(Child);
 
     impl Sleeper {
         fn shell(script: &str) -> Sleeper {
-            let child = Command::new("sh")
-                .args(["-c", script])
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+                .stderr(Stdio::null());
+            // Other tests run in parallel threads and may hold fds without CLOEXEC at the moment
+            // of the fork: the child would inherit a varying number of them. Mark every fd
+            // above stdio close-on-exec, so each child starts from stdio alone.
+            // SAFETY: close_range is async-signal-safe and touches only the child's fd table.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().unwrap();
             let s = Sleeper(child);
-            // Wait until the shell has exec'd `sleep`, so its fds, name and arguments are final.
-            // exec sets the name before it maps the new arguments, so for a moment the
-            // cmdline of a process already named `sleep` is empty.
+            // Wait until `sleep` sleeps, so its fds, name and arguments are final: exec sets the
+            // name before it maps the new arguments, and after exec the dynamic loader briefly
+            // holds an fd on each library it maps.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while comm(s.pid()).as_deref() != Some("sleep")
-                || cmdline(s.pid()).is_none_or(|a| a.is_empty())
-            {
+            while comm(s.pid()).as_deref() != Some("sleep") || !in_nanosleep(s.pid()) {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "child never became sleep"
@@ -177,11 +201,25 @@ mod tests {
             "exec 3</dev/null 4</dev/null 5</dev/null 6</dev/null 7</dev/null 8</dev/null; \
              exec sleep 30",
         );
-        // The baseline is stdio plus whatever the test harness leaks without CLOEXEC (cargo's
-        // jobserver pipe), the same for both children.
+        // The baseline is stdio (see `Sleeper::shell`).
+        let fds = |pid: u32| {
+            std::fs::read_dir(proc_path(pid, "fd"))
+                .unwrap()
+                .flatten()
+                .map(|e| {
+                    let link = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!("{}->{}", e.file_name().to_string_lossy(), link.display())
+                })
+                .collect::<Vec<_>>()
+        };
         let base = open_fds(plain.pid()).unwrap();
-        assert!(base >= 3);
-        assert_eq!(open_fds(more.pid()), Some(base + 6));
+        assert_eq!(base, 3, "stdio only: {:?}", fds(plain.pid()));
+        assert_eq!(
+            open_fds(more.pid()),
+            Some(base + 6),
+            "{:?}",
+            fds(more.pid())
+        );
         assert_eq!(count_fd_entries(more.pid()), Some(base + 6));
     }
 
