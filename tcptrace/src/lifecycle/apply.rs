@@ -236,8 +236,9 @@ impl SocketTable {
             self.set_owner(slot, o, Attribution::KernelContext);
         }
         if new == FinWait1 || (old == CloseWait && new == LastAck) {
-            // close()/shutdown(): in process context the task is exactly who closed.
-            self.set_closer(slot, owner.as_ref());
+            // close()/shutdown(): in process context the task, just set as the owner above, is
+            // exactly who closed.
+            self.set_closer(slot, owner.is_some());
         }
 
         if new == Close {
