@@ -50,6 +50,9 @@ pub struct Live {
     pub started_ns: u64,
     /// Events applied (after duplicate removal).
     pub events: u64,
+    /// What the last event did: one buffer that [`SocketTable::apply_into`] fills, rather than
+    /// a 440-byte result copied out per event.
+    applied: Applied,
     recorder: Option<RecordWriter<std::io::BufWriter<std::fs::File>>>,
     /// Why a replay stopped early (a truncated or corrupt recording).
     replay_error: Option<anyhow::Error>,
@@ -188,6 +191,7 @@ impl Live {
             started: Instant::now(),
             started_ns: start_ns,
             events: 0,
+            applied: Applied::default(),
             recorder: None,
             replay_error: None,
             lost_reported: 0,
@@ -389,11 +393,11 @@ impl Live {
         }
     }
 
-    /// Feeds one event to the socket table and the aggregates.
-    pub fn apply(&mut self, ev: &Event) -> Applied {
-        let a = self.table.apply(ev);
-        self.agg.observe_applied(&a, ev.ts_ns);
-        a
+    /// Feeds one event to the socket table and the aggregates, and says what it did.
+    pub fn apply(&mut self, ev: &Event) -> &Applied {
+        self.table.apply_into(ev, &mut self.applied);
+        self.agg.observe_applied(&self.applied, ev.ts_ns);
+        &self.applied
     }
 
     fn expire(&mut self, now: u64) {

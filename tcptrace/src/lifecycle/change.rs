@@ -105,6 +105,14 @@ pub struct Applied {
     len: u8,
 }
 
+/// An empty result (nothing applied yet), for a buffer that [`super::SocketTable::apply_into`]
+/// fills.
+impl Default for Applied {
+    fn default() -> Applied {
+        Applied::new(Outcome::Ignored)
+    }
+}
+
 impl Applied {
     pub(super) fn new(outcome: Outcome) -> Applied {
         Applied {
