@@ -42,7 +42,7 @@ impl SocketTable {
     /// writes (a store-forwarding stall on top of the copy) at every event.
     pub fn apply_into(&mut self, ev: &Event, a: &mut Applied) {
         // Filled by reference all the way down (advance, enter, close) for the same reason.
-        *a = Applied::new(Outcome::Applied);
+        a.reset(Outcome::Applied);
         match ev.what {
             What::Transition { old, new } => self.apply_transition(ev, old, new, a),
             What::ResetReceived | What::ResetSent => self.apply_reset(ev, a),

@@ -133,6 +133,29 @@ impl Applied {
         }
     }
 
+    /// Empties a result for reuse, as [`Self::new`] would build it, without rewriting the
+    /// change slots past `len`, which nothing reads. Destructured so that a new field cannot be
+    /// left out.
+    pub(super) fn reset(&mut self, new_outcome: Outcome) {
+        let Applied {
+            outcome,
+            sock,
+            other,
+            dwell_ns,
+            state,
+            mismatch,
+            changes: _,
+            len,
+        } = self;
+        *outcome = new_outcome;
+        *sock = None;
+        *other = None;
+        *dwell_ns = None;
+        *state = None;
+        *mismatch = false;
+        *len = 0;
+    }
+
     /// An empty result, for test sinks that record events instead of applying them.
     #[cfg(test)]
     pub(crate) fn new_for_tests() -> Applied {
