@@ -349,14 +349,15 @@ impl Live {
         if self.filters.netns.is_empty() {
             return n;
         }
+        // In place: no second vector and no second move of every event per batch.
         let start = out.len() - n;
-        let kept: Vec<Event> = out
-            .drain(start..)
-            .filter(|e| self.filters.matches_netns(e.netns))
-            .collect();
-        let k = kept.len();
-        out.extend(kept);
-        k
+        let mut i = 0;
+        out.retain(|e| {
+            let keep = i < start || self.filters.matches_netns(e.netns);
+            i += 1;
+            keep
+        });
+        out.len() - start
     }
 
     /// Drains what is left without waiting (at shutdown).
