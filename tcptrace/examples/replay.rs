@@ -7,23 +7,33 @@
 //! First `--live` established client sockets are loaded (2 events each), then `--conns`
 //! connections run their 10 transitions each (both ends, client closes first) while the live
 //! sockets stay in the table. Records go through the ring buffer's byte layout and
-//! `event::decode`, as they do from the kernel.
+//! `event::decode`, as they do from the kernel, then `SocketTable::apply_into` and
+//! `Aggregates::observe_applied`, as in `Live::apply`.
 //!
 //! Events are 1 µs apart in event time. TIME_WAIT lasts `--timewait-ms` of event time (default
 //! 10 ms) and the expiry scan runs every 10 ms of event time, as `Live::tick` would, so the
 //! working set stays the live sockets plus a few thousand timewait sockets rather than growing
 //! with the storm. The scan is linear in the table, so it is timed apart and reported per scan.
 //!
-//! Prints one JSON line: events/s (one thread, so per core), the table's bytes per live socket
-//! (its own accounting, and resident memory growth while loading), and VmHWM. Run one size per
-//! process so that VmHWM belongs to that size.
+//! Prints one JSON line: events/s (one thread, so per core; `events_per_cpu_s` divides by the
+//! thread's CPU time instead of the wall clock, steadier on a shared machine), the table's
+//! bytes per live socket (its own accounting, and resident memory growth while loading), and
+//! VmHWM. Run one size per process so that VmHWM belongs to that size.
+//!
+//! Instruction counts per event, which unlike wall-clock time are repeatable on a shared machine:
+//! ```text
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*replay_chunk*' \
+//!     target/release/examples/replay --live 1000 --conns 20000
+//! callgrind_annotate --inclusive=yes callgrind.out.PID | grep -E 'replay_chunk|expire_scan'
+//! ```
+//! (`replay_chunk` minus `expire_scan`, divided by `storm_events`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use tcptrace::aggregate::{AggLimits, Aggregates};
 use tcptrace::event::{Event, SockId, Task, What, decode, encode, raw_bytes};
-use tcptrace::lifecycle::{Limits, SocketTable};
+use tcptrace::lifecycle::{Applied, Limits, SocketTable};
 use tcptrace_common::TcpState::{self, *};
 use tcptrace_common::event::RAW_EVENT_SIZE;
 
@@ -118,9 +128,12 @@ fn v4(ip: u32, port: u16) -> SocketAddr {
 struct Pipeline {
     table: SocketTable,
     agg: Aggregates,
+    /// Filled per event, as `Live::apply` does.
+    applied: Applied,
     events: u64,
     expire_calls: u64,
     expire_ns: u128,
+    expire_cpu_ns: u128,
 }
 
 /// Events between expiry scans: 10 ms of event time, as if the tracer ticked every 10 ms.
@@ -129,17 +142,34 @@ const EXPIRE_EVERY: u64 = 10_000;
 impl Pipeline {
     fn feed(&mut self, bytes: &[u8]) {
         let ev = decode(bytes).expect("synthetic record decodes");
-        let a = self.table.apply(&ev);
-        self.agg.observe_applied(&a, ev.ts_ns);
+        self.table.apply_into(&ev, &mut self.applied);
+        self.agg.observe_applied(&self.applied, ev.ts_ns);
         self.events += 1;
         if self.events.is_multiple_of(EXPIRE_EVERY) {
-            // Timed apart: the scan is linear in the table, not a per-event cost.
-            let start = Instant::now();
-            let expired = self.table.expire(ev.ts_ns);
-            self.agg.observe_expired(&expired, ev.ts_ns);
-            self.expire_ns += start.elapsed().as_nanos();
-            self.expire_calls += 1;
+            self.expire_scan(ev.ts_ns);
         }
+    }
+
+    /// Timed apart: the scan is linear in the table, not a per-event cost. Not inlined, so
+    /// that callgrind can subtract it from [`replay_chunk`].
+    #[inline(never)]
+    fn expire_scan(&mut self, now_ns: u64) {
+        let (start, cpu) = (Instant::now(), thread_cpu_ns());
+        let expired = self.table.expire(now_ns);
+        self.agg.observe_expired(&expired, now_ns);
+        self.expire_ns += start.elapsed().as_nanos();
+        self.expire_cpu_ns += thread_cpu_ns() - cpu;
+        self.expire_calls += 1;
+    }
+}
+
+/// The timed part: one chunk of storm records through the pipeline. Not inlined, so that
+/// `valgrind --tool=callgrind --toggle-collect='*replay_chunk*'` counts exactly this (minus
+/// `expire_scan`) per event.
+#[inline(never)]
+fn replay_chunk(p: &mut Pipeline, buf: &[u8]) {
+    for rec in buf.chunks_exact(RAW_EVENT_SIZE) {
+        p.feed(rec);
     }
 }
 
@@ -178,6 +208,18 @@ fn storm_conn(g: &mut Gen, i: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// CPU time of this thread: unlike the wall clock, it leaves out the time other work on a
+/// shared machine takes the CPU away, so events per CPU-second is the per-core figure.
+fn thread_cpu_ns() -> u128 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+}
+
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -197,9 +239,11 @@ fn main() {
             ..Limits::default()
         }),
         agg: Aggregates::new(g.ts, AggLimits::default()),
+        applied: Applied::default(),
         events: 0,
         expire_calls: 0,
         expire_ns: 0,
+        expire_cpu_ns: 0,
     };
     let listener = g.ev(
         1,
@@ -240,6 +284,7 @@ fn main() {
     let expire_calls_before = p.expire_calls;
     let mut expire_total_seen = 0u128;
     let mut decode_ns = 0u128;
+    let mut replay_cpu_ns = 0u128;
     let mut i = 0;
     while i < o.conns {
         buf.clear();
@@ -254,11 +299,10 @@ fn main() {
             std::hint::black_box(decode(rec).expect("decodes"));
         }
         decode_ns += start.elapsed().as_nanos();
-        let start = Instant::now();
-        for rec in buf.chunks_exact(RAW_EVENT_SIZE) {
-            p.feed(rec);
-        }
+        let (start, cpu, expire_cpu) = (Instant::now(), thread_cpu_ns(), p.expire_cpu_ns);
+        replay_chunk(&mut p, &buf);
         replay_ns += start.elapsed().as_nanos();
+        replay_cpu_ns += thread_cpu_ns() - cpu - (p.expire_cpu_ns - expire_cpu);
         replay_ns -= p.expire_ns - expire_ns_before - expire_total_seen;
         expire_total_seen = p.expire_ns - expire_ns_before;
         replayed += (buf.len() / RAW_EVENT_SIZE) as u64;
@@ -276,6 +320,7 @@ fn main() {
         "load_events_per_s": (2 * o.live) as f64 / load_s,
         "storm_events": replayed,
         "events_per_s": events_per_s,
+        "events_per_cpu_s": replayed as f64 / (replay_cpu_ns as f64 / 1e9),
         "decode_only_events_per_s": replayed as f64 / (decode_ns as f64 / 1e9),
         "expire_scans": p.expire_calls - expire_calls_before,
         "expire_scan_ms": (p.expire_ns - expire_ns_before) as f64

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use compact_str::CompactString;
 use tcptrace_common::event::{
     AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RAW_EVENT_SIZE,
 };
@@ -39,7 +40,8 @@ pub struct Task {
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
-    pub comm: String,
+    /// At most 16 bytes from the kernel, so stored inline (no allocation per event).
+    pub comm: CompactString,
     pub cgroup_id: u64,
 }
 
@@ -181,7 +183,7 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         task: Task {
             pid: raw.pid,
             tid: raw.tid,
-            comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+            comm: CompactString::from_utf8_lossy(&raw.comm[..comm_len]),
             cgroup_id: raw.cgroup_id,
         },
         owner_context: raw.flags & FLAG_OWNER_CONTEXT != 0,

@@ -86,7 +86,7 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
             // The timewait hooks only make the table exact; `trace` prints transitions.
             What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
             What::Transition { old, new } => {
-                let line = trace_line(&ev, old, new, &applied);
+                let line = trace_line(&ev, old, new, applied);
                 if old == TcpState::SynRecv && ev.sock.cookie != 0 {
                     let first = pending.clones.remove(&(ev.netns, ev.sock.skaddr));
                     if let Some(l) = pending.get_mut(first) {

@@ -105,6 +105,14 @@ pub struct Applied {
     len: u8,
 }
 
+/// An empty result (nothing applied yet), for a buffer that [`super::SocketTable::apply_into`]
+/// fills.
+impl Default for Applied {
+    fn default() -> Applied {
+        Applied::new(Outcome::Ignored)
+    }
+}
+
 impl Applied {
     pub(super) fn new(outcome: Outcome) -> Applied {
         Applied {
@@ -123,6 +131,29 @@ impl Applied {
             ); MAX_CHANGES],
             len: 0,
         }
+    }
+
+    /// Empties a result for reuse, as [`Self::new`] would build it, without rewriting the
+    /// change slots past `len`, which nothing reads. Destructured so that a new field cannot be
+    /// left out.
+    pub(super) fn reset(&mut self, new_outcome: Outcome) {
+        let Applied {
+            outcome,
+            sock,
+            other,
+            dwell_ns,
+            state,
+            mismatch,
+            changes: _,
+            len,
+        } = self;
+        *outcome = new_outcome;
+        *sock = None;
+        *other = None;
+        *dwell_ns = None;
+        *state = None;
+        *mismatch = false;
+        *len = 0;
     }
 
     /// An empty result, for test sinks that record events instead of applying them.

@@ -8,8 +8,16 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use crate::event::Task;
 
 /// A task name as the kernel keeps it: at most 15 bytes, NUL padded (`TASK_COMM_LEN`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Comm([u8; 16]);
+
+/// One 16-byte word rather than a length-prefixed byte slice: owners are hashed several times
+/// per event (owner pool, group-by tables).
+impl std::hash::Hash for Comm {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from_ne_bytes(self.0));
+    }
+}
 
 impl Comm {
     /// Truncates to 15 bytes on a character boundary, as the kernel would keep it.

@@ -5,11 +5,11 @@
 //! hashing through the slab, so each index costs 5 bytes per bucket. Owners and IPv6 addresses
 //! are interned. See `tests/perf.rs` for the measured bytes per socket.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tcptrace_common::TcpState;
 
 use super::addr::{self, Tuple, V6Pool};
@@ -107,6 +107,8 @@ pub struct SocketTable {
     /// Slots by (netns, 4-tuple); several per key are allowed (SO_REUSEPORT listeners).
     pub(super) tuples: HashTable<u32>,
     /// Listener slots by (netns, local port), for accepted sockets to inherit their owner.
+    /// hashbrown's default hasher (foldhash), as for the other indexes: std's SipHash cost
+    /// more than the rest of an accepted socket's first event.
     pub(super) listeners: HashMap<(u32, u16), Vec<u32>>,
     pub(super) owners: OwnerPool,
     pub(super) v6: V6Pool,
@@ -495,14 +497,14 @@ impl SocketTable {
         self.owners.release(old);
     }
 
-    pub(super) fn set_closer(&mut self, slot: u32, closer: Option<&Owner>) {
-        let r = match closer {
-            Some(o) => self.owners.acquire(o),
-            None => self.owners.retain(self.slab[slot as usize].owner),
-        };
+    /// Records the socket's current owner as its closer; `exact` when the owner was just set
+    /// from the task current at the close (else it is whoever owned the socket before).
+    /// Shares the owner's pool reference: no second lookup of the same process.
+    pub(super) fn set_closer(&mut self, slot: u32, exact: bool) {
+        let r = self.owners.retain(self.slab[slot as usize].owner);
         let e = &mut self.slab[slot as usize];
         let old = std::mem::replace(&mut e.closer, r);
-        if closer.is_some() {
+        if exact {
             e.flags |= flag::CLOSER_EXACT;
         } else {
             e.flags &= !flag::CLOSER_EXACT;

@@ -18,10 +18,11 @@ pub(super) const EXACT_END_GRACE_NS: u64 = 5_000_000_000;
 impl SocketTable {
     /// `tcp_time_wait(sk, substate)`: the full socket's next ->CLOSE hands it to a timewait
     /// socket in `substate`. Remembered on the entry; [`Self::close`] acts on it.
-    pub(super) fn apply_timewait_enter(&mut self, ev: &Event, substate: TcpState) -> Applied {
+    pub(super) fn apply_timewait_enter(&mut self, ev: &Event, substate: TcpState, a: &mut Applied) {
         let Some(slot) = self.find_timewait_subject(ev, false) else {
             self.stats.ignored += 1;
-            return Applied::new(Outcome::Ignored);
+            a.outcome = Outcome::Ignored;
+            return;
         };
         let e = &mut self.slab[slot as usize];
         e.flags |= flag::TW_HOOKED;
@@ -30,23 +31,21 @@ impl SocketTable {
         } else {
             e.flags &= !flag::TW_FIN_WAIT2;
         }
-        let mut a = Applied::new(Outcome::Applied);
         a.state = Some(e.state());
         a.sock = Some(self.info(slot));
-        a
     }
 
     /// `inet_twsk_free(tw)`: the timewait socket is gone (its timer ran out, or a new
     /// connection or a RST killed it).
-    pub(super) fn apply_timewait_end(&mut self, ev: &Event) -> Applied {
+    pub(super) fn apply_timewait_end(&mut self, ev: &Event, a: &mut Applied) {
         let Some(slot) = self.find_timewait_subject(ev, true) else {
             // Already retired: reused by a new connection on its 4-tuple, reset, or evicted.
             self.stats.ignored += 1;
-            return Applied::new(Outcome::Ignored);
+            a.outcome = Outcome::Ignored;
+            return;
         };
         let ts = ev.ts_ns;
         let e = &self.slab[slot as usize];
-        let mut a = Applied::new(Outcome::Applied);
         a.sock = Some(self.info(slot));
         a.push(
             Subject::This,
@@ -58,7 +57,6 @@ impl SocketTable {
         );
         self.stats.timewait_expired += 1;
         self.retire(slot, ts);
-        a
     }
 
     /// The entry of a hook event: by cookie (a timewait socket keeps its full socket's cookie,

@@ -123,7 +123,7 @@ mod tests {
             task: Task {
                 pid: 0,
                 tid: 0,
-                comm: String::new(),
+                comm: Default::default(),
                 cgroup_id: 0,
             },
             owner_context: false,
