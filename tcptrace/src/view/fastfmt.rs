@@ -25,6 +25,19 @@ pub fn push_right(buf: &mut Vec<u8>, s: &str, width: usize) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// [`push_left`] for text that usually fits in `N` bytes of ASCII: one fixed-size copy.
+#[inline]
+pub fn push_left_fixed<const N: usize>(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    if bytes.len() <= N && s.is_ascii() {
+        let mut a = [b' '; N];
+        a[..bytes.len()].copy_from_slice(bytes);
+        buf.extend_from_slice(&a);
+    } else {
+        push_left(buf, s, N);
+    }
+}
+
 #[inline]
 fn char_count(s: &str) -> usize {
     if s.is_ascii() {
@@ -101,25 +114,32 @@ pub fn push_ms3_right(buf: &mut Vec<u8>, ns: u64, width: usize) {
 /// `{}` of an IPv4 address.
 #[inline]
 pub fn push_ipv4(buf: &mut Vec<u8>, ip: &Ipv4Addr) {
-    let [a, b, c, d] = ip.octets();
-    push_u8(buf, a);
-    buf.push(b'.');
-    push_u8(buf, b);
-    buf.push(b'.');
-    push_u8(buf, c);
-    buf.push(b'.');
-    push_u8(buf, d);
+    let mut t = [0u8; 15];
+    let n = put_ipv4(&mut t, 0, ip);
+    buf.extend_from_slice(&t[..n]);
 }
 
+/// Writes `{}` of `ip` into `t` at `at` (which leaves room for 15 bytes); returns the end.
 #[inline]
-fn push_u8(buf: &mut Vec<u8>, n: u8) {
-    if n >= 100 {
-        buf.extend_from_slice(&[b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10]);
-    } else if n >= 10 {
-        buf.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
-    } else {
-        buf.push(b'0' + n);
+fn put_ipv4(t: &mut [u8], at: usize, ip: &Ipv4Addr) -> usize {
+    let mut n = at;
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            t[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            t[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            t[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        t[n] = b'0' + o % 10;
+        n += 1;
     }
+    n
 }
 
 /// `{:x}` of a u16.
@@ -196,6 +216,48 @@ pub fn push_ip(buf: &mut Vec<u8>, ip: &IpAddr) {
     }
 }
 
+/// `{:<width$}` of a socket address, with `width` first grown to fit it; returns the width.
+/// IPv4 is formatted on the stack and copied once.
+#[inline]
+pub fn push_socket_addr_left(buf: &mut Vec<u8>, a: &SocketAddr, width: usize) -> usize {
+    if let SocketAddr::V4(v4) = a {
+        // "255.255.255.255:65535" is 21 bytes; columns start at 21.
+        let mut t = [b' '; 32];
+        let mut n = put_ipv4(&mut t, 0, v4.ip());
+        t[n] = b':';
+        n += 1;
+        let port = v4.port();
+        let digits = match port {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            1000..=9999 => 4,
+            _ => 5,
+        };
+        let mut p = port;
+        for i in (0..digits).rev() {
+            t[n + i] = b'0' + (p % 10) as u8;
+            p /= 10;
+        }
+        n += digits;
+        let width = width.max(n);
+        if width <= t.len() {
+            buf.extend_from_slice(&t[..width]);
+        } else {
+            buf.extend_from_slice(&t[..n]);
+            push_spaces(buf, width - n);
+        }
+        return width;
+    }
+    let start = buf.len();
+    push_socket_addr(buf, a);
+    // Endpoints are ASCII: bytes are characters.
+    let len = buf.len() - start;
+    let width = width.max(len);
+    push_spaces(buf, width - len);
+    width
+}
+
 /// `{}` of a socket address: `a.b.c.d:port`, `[v6]:port` or `[v6%scope]:port`.
 #[inline]
 pub fn push_socket_addr(buf: &mut Vec<u8>, a: &SocketAddr) {
@@ -218,7 +280,7 @@ pub fn push_socket_addr(buf: &mut Vec<u8>, a: &SocketAddr) {
 /// A JSON string literal, escaped exactly as `serde_json` escapes it.
 #[inline]
 pub fn push_json_str(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !s.bytes().any(|b| NEEDS_ESCAPE[b as usize]) {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
@@ -226,6 +288,28 @@ pub fn push_json_str(buf: &mut Vec<u8>, s: &str) {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buf, s);
     }
+}
+
+/// The bytes `serde_json` escapes: control characters, `"` and `\\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A JSON string literal for text known to need no escaping (identifiers such as state names).
+#[inline]
+pub fn push_json_plain(buf: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(!s.bytes().any(|b| NEEDS_ESCAPE[b as usize]), "{s}");
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
 }
 
 /// A JSON number for a finite f64, as `serde_json` writes it (`null` when not finite).
@@ -335,6 +419,11 @@ mod tests {
                 let a = SocketAddr::V6(std::net::SocketAddrV6::new(ip, port, 0, scope));
                 assert_eq!(s(|b| push_socket_addr(b, &a)), a.to_string());
                 assert_eq!(s(|b| push_ip(b, &a.ip())), a.ip().to_string());
+                let want = format!("{:<21}", a.to_string());
+                assert_eq!(
+                    s(|b| assert_eq!(push_socket_addr_left(b, &a, 21), want.len())),
+                    want
+                );
             }
         }
         for _ in 0..50_000 {
@@ -342,11 +431,30 @@ mod tests {
             let ip = Ipv4Addr::from((x >> 16) as u32);
             let a = SocketAddr::new(ip.into(), x as u16);
             assert_eq!(s(|b| push_socket_addr(b, &a)), a.to_string());
+            for w in [0, 21, 30, 40] {
+                let want = format!("{:<w$}", a.to_string(), w = w.max(a.to_string().len()));
+                assert_eq!(
+                    s(|b| assert_eq!(push_socket_addr_left(b, &a, w), want.len())),
+                    want
+                );
+            }
             assert_eq!(s(|b| push_ip(b, &a.ip())), a.ip().to_string());
         }
-        for a in ["0.0.0.0:0", "255.255.255.255:65535", "10.0.0.1:9"] {
+        for a in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.0.1:9",
+            "1.22.103.4:10000",
+        ] {
             let a: SocketAddr = a.parse().unwrap();
             assert_eq!(s(|b| push_socket_addr(b, &a)), a.to_string());
+            for w in [0, 9, 21, 31, 32, 33, 55] {
+                let want = format!("{:<w$}", a.to_string(), w = w.max(a.to_string().len()));
+                assert_eq!(
+                    s(|b| assert_eq!(push_socket_addr_left(b, &a, w), want.len())),
+                    want
+                );
+            }
         }
     }
 
@@ -362,6 +470,8 @@ mod tests {
             "日本語",
         ] {
             assert_eq!(s(|b| push_left(b, t, 15)), format!("{t:<15}"));
+            assert_eq!(s(|b| push_left_fixed::<15>(b, t)), format!("{t:<15}"));
+            assert_eq!(s(|b| push_left_fixed::<3>(b, t)), format!("{t:<3}"));
             assert_eq!(s(|b| push_right(b, t, 7)), format!("{t:>7}"));
         }
         for n in [0u64, 1, 9, 10, 999, 1000, 4_294_967_295, u64::MAX] {
@@ -390,6 +500,16 @@ mod tests {
                 serde_json::to_string(t).unwrap()
             );
         }
+        for c in 0..=255u8 {
+            let t = [b'a', c, b'z'];
+            if let Ok(t) = std::str::from_utf8(&t) {
+                assert_eq!(
+                    s(|b| push_json_str(b, t)),
+                    serde_json::to_string(t).unwrap()
+                );
+            }
+        }
+        assert_eq!(s(|b| push_json_plain(b, "CLOSE_WAIT")), "\"CLOSE_WAIT\"");
         for v in [
             0.0,
             -0.0,

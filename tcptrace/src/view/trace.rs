@@ -9,8 +9,8 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use super::fastfmt::{
-    push_ip, push_json_f64, push_json_str, push_left, push_ms3_right, push_right, push_socket_addr,
-    push_spaces, push_u64, push_zero_padded,
+    push_ip, push_json_f64, push_json_plain, push_json_str, push_left_fixed, push_ms3_right,
+    push_right, push_socket_addr_left, push_spaces, push_u64, push_zero_padded,
 };
 use crate::{clock::WallClock, event::Event};
 
@@ -92,22 +92,20 @@ impl<W: Write> TextWriter<W> {
                 let mut ib = itoa::Buffer::new();
                 push_right(b, ib.format(*pid), 7);
                 b.push(b' ');
-                push_left(b, comm, 15);
+                push_left_fixed::<15>(b, comm);
             }
             None => {
-                push_right(b, "-", 7);
-                b.push(b' ');
-                push_left(b, "-", 15);
+                b.extend_from_slice(b"      - -              ");
             }
         }
         b.push(b' ');
-        self.local_w = push_endpoint(b, &l.local, self.local_w);
+        self.local_w = push_socket_addr_left(b, &l.local, self.local_w);
         b.push(b' ');
-        self.remote_w = push_endpoint(b, &l.remote, self.remote_w);
+        self.remote_w = push_socket_addr_left(b, &l.remote, self.remote_w);
         b.push(b' ');
-        push_left(b, l.old.name(), 11);
+        push_left_fixed::<11>(b, l.old.name());
         b.extend_from_slice(b" -> ");
-        push_left(b, l.new.name(), 11);
+        push_left_fixed::<11>(b, l.new.name());
         b.push(b' ');
         match l.dwell_ns {
             Some(ns) => push_ms3_right(b, ns, 10),
@@ -125,17 +123,6 @@ impl<W: Write> TextWriter<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
-}
-
-/// Appends the endpoint padded to the column width, grown to fit it; returns the width.
-fn push_endpoint(b: &mut Vec<u8>, a: &SocketAddr, width: usize) -> usize {
-    let start = b.len();
-    push_socket_addr(b, a);
-    // Endpoints are ASCII: bytes are characters.
-    let len = b.len() - start;
-    let width = width.max(len);
-    push_spaces(b, width - len);
-    width
 }
 
 /// `[v6]:port` for IPv6, `a.b.c.d:port` for IPv4: what `ss` prints.
@@ -271,6 +258,13 @@ pub fn push_json(b: &mut Vec<u8>, l: &TraceLine, clock: &WallClock) {
             None => b.extend_from_slice(b"null"),
         }
     }
+    // Owner methods, notes and state names are identifiers: nothing to escape.
+    fn opt_plain(b: &mut Vec<u8>, s: Option<&'static str>) {
+        match s {
+            Some(s) => push_json_plain(b, s),
+            None => b.extend_from_slice(b"null"),
+        }
+    }
     b.extend_from_slice(b"{\"time\":");
     push_json_f64(b, clock.unix_secs(e.ts_ns));
     b.extend_from_slice(b",\"ts_ns\":");
@@ -283,7 +277,7 @@ pub fn push_json(b: &mut Vec<u8>, l: &TraceLine, clock: &WallClock) {
     b.extend_from_slice(b",\"comm\":");
     opt_str(b, l.owner.as_ref().map(|o| o.1.as_str()));
     b.extend_from_slice(b",\"owner_method\":");
-    opt_str(b, l.owner_method);
+    opt_plain(b, l.owner_method);
     b.extend_from_slice(if e.is_ipv6() {
         b",\"family\":\"ipv6\",\"laddr\":\""
     } else {
@@ -298,16 +292,16 @@ pub fn push_json(b: &mut Vec<u8>, l: &TraceLine, clock: &WallClock) {
     b.extend_from_slice(b"\",\"rport\":");
     push_u64(b, l.remote.port() as u64);
     b.extend_from_slice(b",\"old\":");
-    push_json_str(b, l.old.name());
+    push_json_plain(b, l.old.name());
     b.extend_from_slice(b",\"new\":");
-    push_json_str(b, l.new.name());
+    push_json_plain(b, l.new.name());
     b.extend_from_slice(b",\"dwell_ms\":");
     match l.dwell_ns {
         Some(ns) => push_json_f64(b, ns as f64 / 1e6),
         None => b.extend_from_slice(b"null"),
     }
     b.extend_from_slice(b",\"note\":");
-    opt_str(b, l.note);
+    opt_plain(b, l.note);
     b.extend_from_slice(b",\"sock\":");
     push_u64(b, e.sock.key());
     b.extend_from_slice(b",\"cookie\":");
