@@ -48,6 +48,11 @@ impl WallClock {
 
     /// Seconds since the epoch, with fractions, for JSON.
     pub fn unix_secs(&self, mono_ns: u64) -> f64 {
-        (mono_ns as i128 + self.offset_ns) as f64 / 1e9
+        let ns = mono_ns as i128 + self.offset_ns;
+        // The same rounding either way; i64 converts in one instruction, i128 in a libcall.
+        match i64::try_from(ns) {
+            Ok(ns) => ns as f64 / 1e9,
+            Err(_) => ns as f64 / 1e9,
+        }
     }
 }

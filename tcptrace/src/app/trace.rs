@@ -2,9 +2,11 @@
 //! state.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io::{BufWriter, Write},
 };
+
+use hashbrown::HashMap;
 
 use tcptrace_common::TcpState;
 
@@ -15,14 +17,18 @@ use crate::{
     filter::{Filters, OwnerView},
     lifecycle::{Applied, Change},
     owner::container::ContainerNames,
-    view::trace::{TextWriter, TraceLine, write_json},
+    view::trace::{TextWriter, TraceLine, push_json},
 };
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
     let mut live = Live::start(&args.probe, &filters)?;
     let stdout = std::io::stdout();
-    let mut out = Out::new(BufWriter::new(stdout.lock()), args.json, live.clock);
+    let mut out = Out::new(
+        BufWriter::with_capacity(OUT_BUFFER, stdout.lock()),
+        args.json,
+        live.clock,
+    );
     out.header()?;
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
@@ -48,6 +54,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             if wanted(&filters, &l) && in_container(&filters, &l, &mut containers) {
                 out.line(&l)?;
             }
+            pending.recycle(l);
         }
         out.flush()?;
         live.tick();
@@ -60,6 +67,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     eprintln!("{}", live.summary_line());
     live.check_replay()
 }
+
+/// Output buffer: a storm prints ~20 MB/s, so fewer, larger writes.
+const OUT_BUFFER: usize = 64 * 1024;
+
+/// Owner-name strings kept for reuse: more than the lines of one batch rarely wait at once.
+const SPARE_NAMES: usize = 4096;
 
 /// How long a line waits, in event time, for later events that complete it.
 const HOLD_NS: u64 = 20_000_000;
@@ -86,11 +99,12 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
             // The timewait hooks only make the table exact; `trace` prints transitions.
             What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
             What::Transition { old, new } => {
-                let line = trace_line(&ev, old, new, applied);
-                if old == TcpState::SynRecv && ev.sock.cookie != 0 {
-                    let first = pending.clones.remove(&(ev.netns, ev.sock.skaddr));
+                let (netns, sock) = (ev.netns, ev.sock);
+                let line = trace_line(ev, old, new, applied, &mut pending.spare);
+                if old == TcpState::SynRecv && sock.cookie != 0 {
+                    let first = pending.clones.remove(&(netns, sock.skaddr));
                     if let Some(l) = pending.get_mut(first) {
-                        l.event.sock.cookie = ev.sock.cookie;
+                        l.event.sock.cookie = sock.cookie;
                         if l.remote.port() == 0 {
                             l.remote = line.remote;
                         }
@@ -117,6 +131,8 @@ struct Pending {
     clones: HashMap<(u32, u64), u64>,
     /// Lines of transitions to CLOSE, by (netns, socket id): a RST may follow.
     closes: HashMap<(u32, u64), u64>,
+    /// Owner names of printed lines, kept for the next lines: no allocation per line.
+    spare: Vec<String>,
 }
 
 impl Pending {
@@ -147,15 +163,30 @@ impl Pending {
         let l = self.lines.pop_front()?;
         let seq = self.base;
         self.base += 1;
-        let key = (l.event.netns, l.event.sock.key());
-        if self.closes.get(&key) == Some(&seq) {
-            self.closes.remove(&key);
+        // Only the lines `push` indexed can be in the indexes (`new` and `old` never change).
+        if l.new == TcpState::Close {
+            let key = (l.event.netns, l.event.sock.key());
+            if self.closes.get(&key) == Some(&seq) {
+                self.closes.remove(&key);
+            }
         }
-        let clone = (l.event.netns, l.event.sock.skaddr);
-        if self.clones.get(&clone) == Some(&seq) {
-            self.clones.remove(&clone);
+        if l.old == TcpState::Listen && l.new == TcpState::SynRecv {
+            let clone = (l.event.netns, l.event.sock.skaddr);
+            if self.clones.get(&clone) == Some(&seq) {
+                self.clones.remove(&clone);
+            }
         }
         Some(l)
+    }
+
+    /// Takes back a printed line's owner name for reuse.
+    fn recycle(&mut self, l: TraceLine) {
+        if let Some((_, mut comm)) = l.owner
+            && self.spare.len() < SPARE_NAMES
+        {
+            comm.clear();
+            self.spare.push(comm);
+        }
     }
 }
 
@@ -179,7 +210,13 @@ fn wanted(filters: &Filters, l: &TraceLine) -> bool {
         )
 }
 
-fn trace_line(ev: &Event, old: TcpState, new: TcpState, applied: &Applied) -> TraceLine {
+fn trace_line(
+    ev: Event,
+    old: TcpState,
+    new: TcpState,
+    applied: &Applied,
+    spare: &mut Vec<String>,
+) -> TraceLine {
     let info = applied.sock.as_ref();
     let local = info
         .map(|s| s.local)
@@ -203,12 +240,16 @@ fn trace_line(ev: &Event, old: TcpState, new: TcpState, applied: &Applied) -> Tr
         }
     }
     TraceLine {
-        event: ev.clone(),
+        event: ev,
         old,
         new,
         local,
         remote,
-        owner: owner.map(|o| (o.pid, o.comm.as_str().to_string())),
+        owner: owner.map(|o| {
+            let mut comm = spare.pop().unwrap_or_default();
+            comm.push_str(o.comm.as_str());
+            (o.pid, comm)
+        }),
         owner_method: info.and_then(|s| s.attribution).map(|a| a.name()),
         dwell_ns: applied.dwell_ns,
         note,
@@ -217,13 +258,14 @@ fn trace_line(ev: &Event, old: TcpState, new: TcpState, applied: &Applied) -> Tr
 
 enum Out<W: Write> {
     Text(TextWriter<W>),
-    Json(W, crate::clock::WallClock),
+    /// The writer, the clock, and the buffer each line is built in.
+    Json(W, crate::clock::WallClock, Vec<u8>),
 }
 
 impl<W: Write> Out<W> {
     fn new(w: W, json: bool, clock: crate::clock::WallClock) -> Self {
         if json {
-            Out::Json(w, clock)
+            Out::Json(w, clock, Vec::with_capacity(512))
         } else {
             Out::Text(TextWriter::new(w, clock))
         }
@@ -239,14 +281,18 @@ impl<W: Write> Out<W> {
     fn line(&mut self, l: &TraceLine) -> std::io::Result<()> {
         match self {
             Out::Text(t) => t.line(l),
-            Out::Json(w, clock) => write_json(w, l, clock),
+            Out::Json(w, clock, buf) => {
+                buf.clear();
+                push_json(buf, l, clock);
+                w.write_all(buf)
+            }
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Out::Text(t) => t.flush(),
-            Out::Json(w, _) => w.flush(),
+            Out::Json(w, ..) => w.flush(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Views: how results reach the user. They render; they never reach back into the probe.
 
 pub mod diagnose;
+pub mod fastfmt;
 pub mod report;
 pub mod table;
 pub mod top;

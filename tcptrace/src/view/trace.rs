@@ -8,6 +8,10 @@ use std::{
 use serde::Serialize;
 use tcptrace_common::TcpState;
 
+use super::fastfmt::{
+    push_ip, push_json_f64, push_json_plain, push_json_str, push_left_fixed, push_ms3_right,
+    push_right, push_socket_addr_left, push_spaces, push_u64, push_zero_padded,
+};
 use crate::{clock::WallClock, event::Event};
 
 /// One transition with what the lifecycle table knows about its socket.
@@ -32,11 +36,17 @@ pub struct TraceLine {
 
 /// Column widths grow to the widest endpoint seen so far and never shrink, so IPv6 lines stay
 /// aligned with each other once one appears.
+///
+/// Each line is built in one reused buffer with the formatters of [`super::fastfmt`] (what
+/// `format!` would write, byte for byte) and written with one `write_all`: no allocation per
+/// line, and the local time of day is computed once per second.
 pub struct TextWriter<W: Write> {
     out: W,
     clock: WallClock,
     local_w: usize,
     remote_w: usize,
+    buf: Vec<u8>,
+    tod: TimeOfDay,
 }
 
 impl<W: Write> TextWriter<W> {
@@ -46,6 +56,8 @@ impl<W: Write> TextWriter<W> {
             clock,
             local_w: 21,
             remote_w: 21,
+            buf: Vec::with_capacity(256),
+            tod: TimeOfDay::default(),
         }
     }
 
@@ -66,35 +78,46 @@ impl<W: Write> TextWriter<W> {
         )
     }
 
+    /// `{time:<12} {pid:>7} {comm:<15} {local:<lw} {remote:<rw} {old:<11} -> {new:<11} {ms:>10}`
+    /// and the note, if any, as `  (note)`.
     pub fn line(&mut self, l: &TraceLine) -> io::Result<()> {
-        let local = endpoint(&l.local);
-        let remote = endpoint(&l.remote);
-        self.local_w = self.local_w.max(local.len());
-        self.remote_w = self.remote_w.max(remote.len());
-        let (pid, comm) = match &l.owner {
-            Some((p, c)) => (p.to_string(), c.clone()),
-            None => ("-".to_string(), "-".to_string()),
-        };
-        let ms = match l.dwell_ns {
-            Some(ns) => format!("{:.3}", ns as f64 / 1e6),
-            None => "-".to_string(),
-        };
-        let note = l.note.map(|n| format!("  ({n})")).unwrap_or_default();
-        writeln!(
-            self.out,
-            "{:<12} {:>7} {:<15} {:<lw$} {:<rw$} {:<11} -> {:<11} {:>10}{}",
-            time_of_day(&self.clock, l.event.ts_ns),
-            pid,
-            comm,
-            local,
-            remote,
-            l.old.name(),
-            l.new.name(),
-            ms,
-            note,
-            lw = self.local_w,
-            rw = self.remote_w
-        )
+        let b = &mut self.buf;
+        b.clear();
+        let start = b.len();
+        self.tod.push(b, &self.clock, l.event.ts_ns);
+        push_spaces(b, 12usize.saturating_sub(b.len() - start));
+        b.push(b' ');
+        match &l.owner {
+            Some((pid, comm)) => {
+                let mut ib = itoa::Buffer::new();
+                push_right(b, ib.format(*pid), 7);
+                b.push(b' ');
+                push_left_fixed::<15>(b, comm);
+            }
+            None => {
+                b.extend_from_slice(b"      - -              ");
+            }
+        }
+        b.push(b' ');
+        self.local_w = push_socket_addr_left(b, &l.local, self.local_w);
+        b.push(b' ');
+        self.remote_w = push_socket_addr_left(b, &l.remote, self.remote_w);
+        b.push(b' ');
+        push_left_fixed::<11>(b, l.old.name());
+        b.extend_from_slice(b" -> ");
+        push_left_fixed::<11>(b, l.new.name());
+        b.push(b' ');
+        match l.dwell_ns {
+            Some(ns) => push_ms3_right(b, ns, 10),
+            None => push_right(b, "-", 10),
+        }
+        if let Some(n) = l.note {
+            b.extend_from_slice(b"  (");
+            b.extend_from_slice(n.as_bytes());
+            b.push(b')');
+        }
+        b.push(b'\n');
+        self.out.write_all(b)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -107,8 +130,33 @@ pub fn endpoint(a: &std::net::SocketAddr) -> String {
     a.to_string()
 }
 
-fn time_of_day(clock: &WallClock, ts_ns: u64) -> String {
-    let secs = clock.unix_secs(ts_ns);
+/// `HH:MM:SS.mmm` in local time, with the `HH:MM:SS` of the last second seen kept, so
+/// `localtime_r` runs once per second of event time rather than once per line.
+#[derive(Default)]
+struct TimeOfDay {
+    /// The whole second of `hms`, if any yet.
+    whole: Option<libc::time_t>,
+    hms: Vec<u8>,
+}
+
+impl TimeOfDay {
+    fn push(&mut self, b: &mut Vec<u8>, clock: &WallClock, ts_ns: u64) {
+        let secs = clock.unix_secs(ts_ns);
+        let floor = secs.floor();
+        let whole = floor as libc::time_t;
+        if self.whole != Some(whole) {
+            self.hms.clear();
+            self.hms.extend_from_slice(hms(whole).as_bytes());
+            self.whole = Some(whole);
+        }
+        b.extend_from_slice(&self.hms);
+        b.push(b'.');
+        let ms = ((secs - floor) * 1000.0) as u32;
+        push_zero_padded(b, ms as u64, 3);
+    }
+}
+
+fn hms(whole: libc::time_t) -> String {
     let mut t = libc::tm {
         tm_sec: 0,
         tm_min: 0,
@@ -122,11 +170,9 @@ fn time_of_day(clock: &WallClock, ts_ns: u64) -> String {
         tm_gmtoff: 0,
         tm_zone: std::ptr::null(),
     };
-    let whole = secs.floor() as libc::time_t;
     // SAFETY: localtime_r writes only into `t`.
     unsafe { libc::localtime_r(&whole, &mut t) };
-    let ms = ((secs - secs.floor()) * 1000.0) as u32;
-    format!("{:02}:{:02}:{:02}.{:03}", t.tm_hour, t.tm_min, t.tm_sec, ms)
+    format!("{:02}:{:02}:{:02}", t.tm_hour, t.tm_min, t.tm_sec)
 }
 
 /// The JSON line for one transition. Every field is named and typed; absent facts are `null`.
@@ -197,8 +243,84 @@ impl<'a> JsonLine<'a> {
 }
 
 pub fn write_json<W: Write>(out: &mut W, l: &TraceLine, clock: &WallClock) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &JsonLine::new(l, clock))?;
-    out.write_all(b"\n")
+    let mut buf = Vec::with_capacity(512);
+    push_json(&mut buf, l, clock);
+    out.write_all(&buf)
+}
+
+/// Appends the JSON line for `l` (what `serde_json` writes for [`JsonLine`], byte for byte, and
+/// a newline) to `b`, without building the `JsonLine` or any string.
+pub fn push_json(b: &mut Vec<u8>, l: &TraceLine, clock: &WallClock) {
+    let e = &l.event;
+    fn opt_str(b: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => push_json_str(b, s),
+            None => b.extend_from_slice(b"null"),
+        }
+    }
+    // Owner methods, notes and state names are identifiers: nothing to escape.
+    fn opt_plain(b: &mut Vec<u8>, s: Option<&'static str>) {
+        match s {
+            Some(s) => push_json_plain(b, s),
+            None => b.extend_from_slice(b"null"),
+        }
+    }
+    b.extend_from_slice(b"{\"time\":");
+    push_json_f64(b, clock.unix_secs(e.ts_ns));
+    b.extend_from_slice(b",\"ts_ns\":");
+    push_u64(b, e.ts_ns);
+    b.extend_from_slice(b",\"pid\":");
+    match &l.owner {
+        Some((pid, _)) => push_u64(b, *pid as u64),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(b",\"comm\":");
+    opt_str(b, l.owner.as_ref().map(|o| o.1.as_str()));
+    b.extend_from_slice(b",\"owner_method\":");
+    opt_plain(b, l.owner_method);
+    b.extend_from_slice(if e.is_ipv6() {
+        b",\"family\":\"ipv6\",\"laddr\":\""
+    } else {
+        b",\"family\":\"ipv4\",\"laddr\":\""
+    });
+    // Addresses need no escaping.
+    push_ip(b, &l.local.ip());
+    b.extend_from_slice(b"\",\"lport\":");
+    push_u64(b, l.local.port() as u64);
+    b.extend_from_slice(b",\"raddr\":\"");
+    push_ip(b, &l.remote.ip());
+    b.extend_from_slice(b"\",\"rport\":");
+    push_u64(b, l.remote.port() as u64);
+    b.extend_from_slice(b",\"old\":");
+    push_json_plain(b, l.old.name());
+    b.extend_from_slice(b",\"new\":");
+    push_json_plain(b, l.new.name());
+    b.extend_from_slice(b",\"dwell_ms\":");
+    match l.dwell_ns {
+        Some(ns) => push_json_f64(b, ns as f64 / 1e6),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(b",\"note\":");
+    opt_plain(b, l.note);
+    b.extend_from_slice(b",\"sock\":");
+    push_u64(b, e.sock.key());
+    b.extend_from_slice(b",\"cookie\":");
+    push_u64(b, e.sock.cookie);
+    b.extend_from_slice(b",\"skaddr\":\"0x");
+    super::fastfmt::push_hex(b, e.sock.skaddr);
+    b.extend_from_slice(b"\",\"netns\":");
+    push_u64(b, e.netns as u64);
+    b.extend_from_slice(b",\"task_pid\":");
+    push_u64(b, e.task.pid as u64);
+    b.extend_from_slice(b",\"task_comm\":");
+    push_json_str(b, &e.task.comm);
+    b.extend_from_slice(b",\"cgroup_id\":");
+    push_u64(b, e.task.cgroup_id);
+    b.extend_from_slice(if e.from_backup {
+        b",\"recovered\":true}\n"
+    } else {
+        b",\"recovered\":false}\n"
+    });
 }
 
 #[cfg(test)]
