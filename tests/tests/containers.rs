@@ -238,3 +238,57 @@ fn a_kubernetes_pod_container_shows_its_id_and_pod_uid() {
     drop(srv);
     drop(cg);
 }
+
+/// `trace --container` keeps the lines of the container's processes and no others, including
+/// the lines printed after the process has exited (the listener's close at exit).
+#[test]
+fn trace_keeps_a_containers_lines_even_after_its_process_exits() {
+    let mount = Cgroup2Mount::find().expect("a cgroup2 mount");
+    let id = hex(32);
+    let (cg, dir) = Cgroups::make(&mount, &format!("docker-{id}.scope"));
+    let port = free();
+    let p = port.to_string();
+    let tracer = Tracer::start(&["trace", "--json", "--port", &p, "--container", &id[..12]]);
+    let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec '{}' server --bind {addr} --conns 3 --on-eof close",
+        dir.display(),
+        scenario_bin().display()
+    );
+    let mut srv = Proc::spawn(Command::new("sh").args(["-c", &script]));
+    srv.expect("listening", T);
+    // The client runs outside the container: its lines must not show.
+    let mut cli = client(addr, &["--conns", "3"]);
+    cli.wait_done(T);
+    srv.wait_done(T);
+    let spid = srv.pid() as u64;
+    cli.finish();
+    srv.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop();
+    let lines = out.json_lines();
+    let moves: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}->{}",
+                l["old"].as_str().unwrap(),
+                l["new"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        lines.iter().all(|l| l["pid"] == spid),
+        "only the server's lines: {lines:?}\n{}",
+        out.stderr
+    );
+    let n = |m: &str| moves.iter().filter(|x| *x == m).count();
+    assert_eq!(n("CLOSE_WAIT->LAST_ACK"), 3, "{moves:?}");
+    assert_eq!(n("LAST_ACK->CLOSE"), 3, "{moves:?}");
+    assert_eq!(
+        n("LISTEN->CLOSE"),
+        1,
+        "the listener closed at exit: {moves:?}"
+    );
+    drop(cg);
+}

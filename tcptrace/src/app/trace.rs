@@ -195,7 +195,12 @@ fn in_container(filters: &Filters, l: &TraceLine, names: &mut ContainerNames) ->
     if filters.containers.is_empty() {
         return true;
     }
-    let c = l.owner.as_ref().and_then(|(pid, _)| names.of(*pid, 0));
+    // By the owner's cgroup id when the kernel reported it: cached, and still known after the
+    // process exits (lines are printed up to HOLD_NS after their event).
+    let c = l
+        .owner
+        .as_ref()
+        .and_then(|(pid, _)| names.of(*pid, l.owner_cgroup));
     filters.matches_container(c.as_ref())
 }
 
@@ -250,6 +255,7 @@ fn trace_line(
             comm.push_str(o.comm.as_str());
             (o.pid, comm)
         }),
+        owner_cgroup: owner.map_or(0, |o| o.cgroup_id),
         owner_method: info.and_then(|s| s.attribution).map(|a| a.name()),
         dwell_ns: applied.dwell_ns,
         note,

@@ -26,6 +26,8 @@ pub struct TraceLine {
     pub remote: SocketAddr,
     /// The socket's owner, if known; never the softirq task.
     pub owner: Option<(u32, String)>,
+    /// The owner's cgroup v2 id, 0 when unknown (owners found by the fd scan).
+    pub owner_cgroup: u64,
     /// How the owner is known (kernel_context, listener, fd_scan, snapshot).
     pub owner_method: Option<&'static str>,
     /// Time spent in `old`, when the socket was seen entering it.
@@ -365,6 +367,7 @@ mod tests {
             old: TcpState::Established,
             new: TcpState::CloseWait,
             owner: None,
+            owner_cgroup: 0,
             owner_method: None,
             dwell_ns: Some(1_500_000),
             note: None,
@@ -392,6 +395,7 @@ mod tests {
             old: TcpState::Established,
             new: TcpState::CloseWait,
             owner: Some((7, "a\"b".into())),
+            owner_cgroup: 0,
             owner_method: Some("listener"),
             dwell_ns: None,
             note: None,
