@@ -284,8 +284,8 @@ fn newest<'a>(series: &Series, names: impl Iterator<Item = &'a str>) -> Option<S
 /// has no module tree, so the initramfs carries them and `/init` loads them, in this order.
 ///
 /// 6.1 ships them as plain `.ko`; 6.12 compresses every module (`CONFIG_MODULE_COMPRESS_XZ`,
-/// `inet_diag.ko.xz`). Busybox's `insmod` reads the file itself and hands the kernel an ELF
-/// image, so a compressed module is unpacked here, once, next to the compressed one.
+/// `inet_diag.ko.xz`). A compressed module is unpacked here, once, next to the compressed one,
+/// so the guest's `insmod` gets a plain ELF module whatever its own xz support.
 pub fn diag_modules(guest: &GuestKernel) -> Result<Vec<PathBuf>> {
     let root = guest
         .vmlinuz
