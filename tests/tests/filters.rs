@@ -83,8 +83,14 @@ fn pid_keeps_only_that_processs_sockets() {
     let p = free_port(v4());
     let addr = SocketAddr::new(v4(), p);
     let (mut srv, _) = server(addr, &["--conns", "2", "--on-eof", "close"]);
-    let mut a = client(addr, &["--hold-ms", "5000"]);
-    let mut b = client(addr, &["--hold-ms", "5000"]);
+    // Both clients keep their socket open until `finish`, so it closes only once the tracer
+    // is attached, however long that takes (seconds under emulation).
+    let mut a = client(addr, &["--leak"]);
+    let mut b = client(addr, &["--leak"]);
+    let a_local = a.expect("connected", T);
+    b.expect("connected", T);
+    a.wait_done(T);
+    b.wait_done(T);
     // Start tracing before either client closes, filtered on client A.
     let tracer = Tracer::start(&[
         "trace",
@@ -94,14 +100,10 @@ fn pid_keeps_only_that_processs_sockets() {
         "--pid",
         &a.pid().to_string(),
     ]);
-    let a_local = a.expect("connected", T);
-    b.expect("connected", T);
-    a.wait_done(T);
-    b.wait_done(T);
-    srv.wait_done(T);
     let a_pid = a.pid() as u64;
     a.finish();
     b.finish();
+    srv.wait_done(T);
     srv.finish();
     std::thread::sleep(Duration::from_millis(300));
     let lines = tracer.stop().json_lines();

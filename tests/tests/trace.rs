@@ -185,10 +185,22 @@ fn server_first_close_ipv6() {
     server_first_close("::1");
 }
 
-fn rst_close(ip: &str) {
+/// Asserts the tracer runs on the path `extra` forces, if it forces one.
+fn assert_path(tracer: &Tracer, extra: &[&str]) {
+    if extra == ["--hook", "tracepoint"] {
+        assert!(
+            tracer.started.contains("attached via tracepoint"),
+            "{}",
+            tracer.started
+        );
+    }
+}
+
+fn rst_close(ip: &str, extra: &[&str]) {
     let ip = ip.parse().unwrap();
     let port = free_port(ip);
-    let tracer = start(port, &[]);
+    let tracer = start(port, extra);
+    assert_path(&tracer, extra);
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--on-eof", "close"]);
     let mut cli = client(addr, &["--hold-ms", "50", "--linger0"]);
@@ -224,18 +236,32 @@ fn rst_close(ip: &str) {
 
 #[test]
 fn rst_close_by_so_linger_zero_ipv4() {
-    rst_close("127.0.0.1");
+    rst_close("127.0.0.1", &[]);
 }
 
 #[test]
 fn rst_close_by_so_linger_zero_ipv6() {
-    rst_close("::1");
+    rst_close("::1", &[]);
 }
 
-fn refused(ip: &str) {
+/// The classic `tcp:tcp_send_reset` / `tcp:tcp_receive_reset` records, whose layout differs
+/// across kernels (`tcp_send_reset` stores socket-address images since 6.10), mark the same
+/// closes as resets.
+#[test]
+fn rst_close_on_the_classic_tracepoint_path_ipv4() {
+    rst_close("127.0.0.1", &["--hook", "tracepoint"]);
+}
+
+#[test]
+fn rst_close_on_the_classic_tracepoint_path_ipv6() {
+    rst_close("::1", &["--hook", "tracepoint"]);
+}
+
+fn refused(ip: &str, extra: &[&str]) {
     let ip = ip.parse().unwrap();
     let port = free_port(ip);
-    let tracer = start(port, &[]);
+    let tracer = start(port, extra);
+    assert_path(&tracer, extra);
     let mut cli = client(SocketAddr::new(ip, port), &[]);
     assert_eq!(cli.expect("refused", T), "ConnectionRefused");
     cli.wait_done(T);
@@ -252,12 +278,17 @@ fn refused(ip: &str) {
 
 #[test]
 fn connection_refused_ipv4() {
-    refused("127.0.0.1");
+    refused("127.0.0.1", &[]);
 }
 
 #[test]
 fn connection_refused_ipv6() {
-    refused("::1");
+    refused("::1", &[]);
+}
+
+#[test]
+fn connection_refused_on_the_classic_tracepoint_path_ipv6() {
+    refused("::1", &["--hook", "tracepoint"]);
 }
 
 #[test]

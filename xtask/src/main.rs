@@ -117,7 +117,8 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
-    /// Set up, then run the integration tests in a Debian 6.1 kernel under QEMU.
+    /// Set up, then run the integration tests under QEMU on each kernel of the matrix (the
+    /// newest Debian 6.1 and 6.12 cloud kernels).
     Vm {
         #[command(flatten)]
         vm: VmArgs,
@@ -129,11 +130,12 @@ enum Task {
 
 #[derive(Debug, clap::Args)]
 struct VmArgs {
-    /// Guest kernel: a Debian package name or a .deb file [default: newest
-    /// linux-image-6.1.0-*-cloud-amd64].
-    #[arg(long, value_name = "PKG")]
-    kernel: Option<String>,
-    /// Kill the guest after this many seconds.
+    /// Guest kernel: a Debian package name or a .deb file; repeat for several, booted in turn
+    /// [default: the newest linux-image-6.1.0-*-cloud-amd64 and the newest
+    /// linux-image-6.12.*-cloud-amd64].
+    #[arg(long = "kernel", value_name = "PKG")]
+    kernels: Vec<String>,
+    /// Kill each guest after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
     vm_timeout: u64,
     /// Arguments for the test binaries: a name filter, `--exact`, `--ignored`, ...
@@ -144,7 +146,7 @@ struct VmArgs {
 impl VmArgs {
     fn into_options(self, test_binaries: Vec<PathBuf>) -> VmOptions {
         VmOptions {
-            kernel: self.kernel,
+            kernels: self.kernels,
             libtest_args: self.libtest_args,
             timeout: Duration::from_secs(self.vm_timeout),
             test_binaries,
@@ -188,12 +190,12 @@ fn run(task: Task) -> Result<ExitCode> {
                 vm_only,
                 vm: vm.into_options(Vec::new()),
             };
-            let (tally, failed_steps) = test::run(&opts)?;
+            let (summary, failed_steps) = test::run(&opts)?;
             for step in &failed_steps {
                 eprintln!("xtask: failed: {step}");
             }
-            println!("{tally}");
-            if !tally.ok() || !failed_steps.is_empty() {
+            println!("{summary}");
+            if !summary.ok() || !failed_steps.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -238,9 +240,9 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Vm { vm, test_binaries } => {
             setup::ensure(Mode::Install)?;
-            let tally = vm::run(&vm.into_options(test_binaries))?;
-            println!("{tally}");
-            if !tally.ok() {
+            let matrix = vm::run(&vm.into_options(test_binaries))?;
+            println!("{matrix}");
+            if !matrix.ok() {
                 return Ok(ExitCode::FAILURE);
             }
         }

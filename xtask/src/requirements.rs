@@ -54,7 +54,7 @@ pub const APT_PACKAGES: &[AptPackage] = &[
     AptPackage {
         name: "qemu-system-x86",
         need: Need::Always,
-        why: "boots the Debian 6.1 kernel that the VM tests run on",
+        why: "boots the Debian 6.1 and 6.12 kernels that the VM tests run on",
     },
     AptPackage {
         name: "busybox-static",

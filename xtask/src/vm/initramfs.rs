@@ -28,8 +28,6 @@ pub struct Payload<'a> {
     pub tracer: &'a Path,
     pub scenario: &'a Path,
     pub storm: &'a Path,
-    /// Kernel modules to load at boot, in order (the guest kernel's own `.ko` files).
-    pub modules: &'a [PathBuf],
     pub tests: &'a [TestBinary],
     /// Arguments for every test binary (filter, `--exact`, ...).
     pub libtest_args: &'a [String],
@@ -38,10 +36,9 @@ pub struct Payload<'a> {
     pub package_dir: &'a Path,
 }
 
-/// Stages the root filesystem under `staging` and packs it as an uncompressed newc cpio at `out`.
-///
-/// Uncompressed on purpose: the binaries are large and TCG decompresses slowly.
-pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
+/// Stages the part of the root filesystem every guest kernel shares under `staging`; `pack`
+/// adds one kernel's modules and /init.
+pub fn stage(staging: &Path, payload: &Payload) -> Result<()> {
     if staging.exists() {
         fs::remove_dir_all(staging)?;
     }
@@ -75,12 +72,6 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
     install_binary(payload.scenario, staging, GUEST_SCENARIO)?;
     install_binary(payload.storm, staging, GUEST_STORM)?;
     dynamic.push(payload.storm.to_path_buf());
-    fs::create_dir_all(staging.join("lib/modules"))?;
-    for m in payload.modules {
-        let name = m.file_name().context("module file name")?;
-        fs::copy(m, staging.join("lib/modules").join(name))
-            .with_context(|| format!("copying {}", m.display()))?;
-    }
     dynamic.push(payload.scenario.to_path_buf());
     for test in payload.tests {
         let guest = format!("{GUEST_TESTS_DIR}/{}", test.name);
@@ -117,8 +108,26 @@ pub fn build(staging: &Path, out: &Path, payload: &Payload) -> Result<()> {
     install_busybox(staging, &provided)?;
     copy_package_dir(payload.package_dir, &staging.join(rel(payload.package_dir)))?;
     write_etc(staging)?;
+    Ok(())
+}
+
+/// Puts one guest kernel's `modules` (loaded at boot, in order) and the /init that loads them
+/// into `staging`, replacing the previous kernel's, and packs it as an uncompressed newc cpio at
+/// `out`.
+///
+/// Uncompressed on purpose: the binaries are large and TCG decompresses slowly.
+pub fn pack(staging: &Path, out: &Path, payload: &Payload, modules: &[PathBuf]) -> Result<()> {
+    let module_dir = staging.join("lib/modules");
+    if module_dir.exists() {
+        fs::remove_dir_all(&module_dir)?;
+    }
+    fs::create_dir_all(&module_dir)?;
+    for m in modules {
+        let name = m.file_name().context("module file name")?;
+        fs::copy(m, module_dir.join(name)).with_context(|| format!("copying {}", m.display()))?;
+    }
     let init = staging.join("init");
-    fs::write(&init, init_script(payload))?;
+    fs::write(&init, init_script(payload, modules))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
     pack_cpio(staging, out)
 }
@@ -179,11 +188,7 @@ fn shared_libraries(binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// busybox-static and a link per applet, except where a real tool was installed.
 fn install_busybox(staging: &Path, provided: &[String]) -> Result<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .map(PathBuf::from)
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("vm: busybox not found (package busybox-static)")?;
+    let busybox = busybox()?;
     fs::copy(&busybox, staging.join("bin/busybox"))?;
     let applets = cmd::stdout_of(Command::new(&busybox).arg("--list-full"))?;
     for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
@@ -200,6 +205,15 @@ fn install_busybox(staging: &Path, provided: &[String]) -> Result<()> {
         symlink("/bin/busybox", &link)?;
     }
     Ok(())
+}
+
+/// The host's busybox (package busybox-static).
+pub fn busybox() -> Result<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("vm: busybox not found (package busybox-static)")
 }
 
 /// The package's own files (fixtures a test may read), without build output.
@@ -247,7 +261,7 @@ const HOST_ONLY: &[&str] = &["html_report_renders_in_headless_chromium"];
 
 /// The guest's /init: mount what tcptrace reads, bring up loopback, run every test binary with a
 /// marker line around it, power off.
-fn init_script(payload: &Payload) -> String {
+fn init_script(payload: &Payload, modules: &[PathBuf]) -> String {
     let args: Vec<String> = ["--test-threads=1", "--color=never"]
         .iter()
         .map(|a| a.to_string())
@@ -305,8 +319,7 @@ poweroff -f
         tracer = GUEST_TRACER,
         scenario = GUEST_SCENARIO,
         storm = GUEST_STORM,
-        insmods = payload
-            .modules
+        insmods = modules
             .iter()
             .filter_map(|m| m.file_name())
             .map(|n| format!("insmod /lib/modules/{}\n", n.to_string_lossy()))

@@ -1,4 +1,8 @@
-//! The guest kernel: a Debian 6.1 cloud kernel package, downloaded once and unpacked in the cache.
+//! The guest kernels: Debian cloud kernel packages, each downloaded once and unpacked in the
+//! cache.
+//!
+//! The matrix is one kernel per series in `SERIES`: the newest package of that series the apt
+//! lists offer (or, offline, the newest one already unpacked).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,8 +12,59 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// Debian's cloud flavour: small, BTF built in, loopback and BPF built in (no modules needed).
-const CLOUD_KERNEL_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$";
+/// A kernel line the VM tests cover. Debian's cloud flavour: small, BTF built in, loopback and
+/// BPF built in (only the socket-diagnostics modules are needed, see `diag_modules`).
+#[derive(Debug)]
+pub struct Series {
+    /// The series as people say it: "6.1".
+    pub name: &'static str,
+    /// Package names start with this, followed by the ABI or patch number.
+    prefix: &'static str,
+}
+
+/// Debian 12's own kernel (6.1, `linux-image-6.1.0-<abi>-cloud-amd64`) and its backports-style
+/// 6.12 line (`linux-image-6.12.<patch>+deb12-cloud-amd64`). 6.12 is past the `tcp_send_reset`
+/// record change (6.10) and the timewait rework (6.9/6.10) that 6.1 predates.
+pub const SERIES: &[Series] = &[
+    Series {
+        name: "6.1",
+        prefix: "linux-image-6.1.0-",
+    },
+    Series {
+        name: "6.12",
+        prefix: "linux-image-6.12.",
+    },
+];
+
+const FLAVOUR_SUFFIX: &str = "-cloud-amd64";
+
+/// What `apt-cache search --names-only` is asked for: every cloud kernel image; `newest` then
+/// picks per series.
+const APT_SEARCH_PATTERN: &str = r"^linux-image-6\..*-cloud-amd64$";
+
+/// One entry of the kernel matrix, before it is resolved to a package.
+#[derive(Debug)]
+pub enum Request {
+    /// The newest package of this series.
+    Newest(&'static Series),
+    /// A package name or a .deb file (`--kernel`).
+    Given(String),
+}
+
+impl Request {
+    /// The matrix when `--kernel` is not given: one kernel per series.
+    pub fn default_matrix() -> Vec<Request> {
+        SERIES.iter().map(Request::Newest).collect()
+    }
+
+    /// How to name this entry before it is resolved (when resolving fails).
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Newest(s) => format!("newest {} cloud kernel", s.name),
+            Request::Given(name) => name.clone(),
+        }
+    }
+}
 
 /// An unpacked kernel ready to boot.
 #[derive(Debug)]
@@ -17,30 +72,89 @@ pub struct GuestKernel {
     /// The Debian package it came from, or the .deb file's name.
     pub package: String,
     pub vmlinuz: PathBuf,
+    /// `uname -r` of the kernel, from the vmlinuz name: `6.12.117+deb12-cloud-amd64`.
+    pub release: String,
 }
 
-/// Finds, downloads and unpacks the requested kernel package (default: the newest 6.1 cloud
-/// kernel apt knows), reusing an earlier unpack under `cache`.
-pub fn prepare(cache: &Path, requested: Option<&str>) -> Result<GuestKernel> {
-    let kernels = cache.join("kernels");
-    if let Some(deb) = requested.filter(|r| r.ends_with(".deb")) {
-        let deb = Path::new(deb);
-        let name = deb
-            .file_stem()
-            .context("kernel .deb has no name")?
-            .to_string_lossy();
-        let dir = kernels.join(name.as_ref());
-        if find_vmlinuz(&dir).is_none() {
-            unpack(deb, &dir)?;
-        }
-        return loaded(name.into_owned(), &dir);
+impl GuestKernel {
+    /// The release without the flavour and Debian suffixes, for tallies: `6.1.0-56`,
+    /// `6.12.117`.
+    pub fn label(&self) -> String {
+        short_release(&self.release)
     }
+}
 
-    let package = match requested {
-        Some(name) => name.to_string(),
-        None => match newest_cloud_kernel()? {
+fn short_release(release: &str) -> String {
+    let r = release.strip_suffix(FLAVOUR_SUFFIX).unwrap_or(release);
+    let r = r.split_once("+deb").map_or(r, |(head, _)| head);
+    r.to_string()
+}
+
+/// The cloud kernel packages the apt lists offer, queried once per run.
+#[derive(Debug, Default)]
+pub struct AptKernels {
+    names: Option<Vec<String>>,
+}
+
+impl AptKernels {
+    /// Every cloud kernel image name apt knows. The lists are updated once (as root) when a
+    /// series has none.
+    fn names(&mut self) -> Result<&[String]> {
+        if self.names.is_none() {
+            let search = || -> Vec<String> {
+                cmd::probe_stdout(Command::new("apt-cache").args([
+                    "search",
+                    "--names-only",
+                    APT_SEARCH_PATTERN,
+                ]))
+                .map(|out| {
+                    out.lines()
+                        .filter_map(|l| l.split_whitespace().next())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+            };
+            let mut names = search();
+            let complete = |names: &[String]| {
+                SERIES
+                    .iter()
+                    .all(|s| newest(s, names.iter().map(String::as_str)).is_some())
+            };
+            if !complete(&names) && cmd::is_root() {
+                cmd::run(
+                    Command::new("apt-get")
+                        .env("DEBIAN_FRONTEND", "noninteractive")
+                        .arg("update"),
+                )?;
+                names = search();
+            }
+            self.names = Some(names);
+        }
+        Ok(self.names.as_deref().unwrap_or_default())
+    }
+}
+
+/// Finds, downloads and unpacks the requested kernel, reusing an earlier unpack under `cache`.
+pub fn prepare(cache: &Path, request: &Request, apt: &mut AptKernels) -> Result<GuestKernel> {
+    let kernels = cache.join("kernels");
+    let package = match request {
+        Request::Given(deb) if deb.ends_with(".deb") => {
+            let deb = Path::new(deb);
+            let name = deb
+                .file_stem()
+                .context("kernel .deb has no name")?
+                .to_string_lossy();
+            let dir = kernels.join(name.as_ref());
+            if find_vmlinuz(&dir).is_none() {
+                unpack(deb, &dir)?;
+            }
+            return loaded(name.into_owned(), &dir);
+        }
+        Request::Given(name) => name.clone(),
+        Request::Newest(series) => match newest(series, apt.names()?.iter().map(String::as_str)) {
             Some(name) => name,
-            None => return newest_cached(&kernels),
+            None => return newest_cached(series, &kernels),
         },
     };
     let dir = kernels.join(&package);
@@ -69,14 +183,22 @@ pub fn prepare(cache: &Path, requested: Option<&str>) -> Result<GuestKernel> {
 fn loaded(package: String, dir: &Path) -> Result<GuestKernel> {
     let vmlinuz =
         find_vmlinuz(dir).with_context(|| format!("no boot/vmlinuz-* in {}", dir.display()))?;
-    Ok(GuestKernel { package, vmlinuz })
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("vmlinuz name")?
+        .to_string();
+    Ok(GuestKernel {
+        package,
+        vmlinuz,
+        release,
+    })
 }
 
 /// `dpkg-deb -x` into a temporary directory, renamed into place only when complete.
 fn unpack(deb: &Path, dir: &Path) -> Result<()> {
-    let mut partial = dir.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let partial = with_suffix(dir, ".partial");
     if partial.exists() {
         fs::remove_dir_all(&partial)?;
     }
@@ -89,6 +211,12 @@ fn unpack(deb: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
     fs::read_dir(dir.join("boot"))
         .ok()?
@@ -99,57 +227,54 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
         })
 }
 
-/// The newest 6.1 cloud kernel in the apt lists, updating the lists once if they have none.
-fn newest_cloud_kernel() -> Result<Option<String>> {
-    let search = || {
-        cmd::probe_stdout(Command::new("apt-cache").args([
-            "search",
-            "--names-only",
-            CLOUD_KERNEL_PATTERN,
-        ]))
-        .and_then(|out| newest_by_abi(out.lines().filter_map(|l| l.split_whitespace().next())))
-    };
-    if let Some(name) = search() {
-        return Ok(Some(name));
-    }
-    if cmd::is_root() {
-        cmd::run(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .arg("update"),
-        )?;
-        return Ok(search());
-    }
-    Ok(None)
-}
-
-fn newest_cached(kernels: &Path) -> Result<GuestKernel> {
+fn newest_cached(series: &Series, kernels: &Path) -> Result<GuestKernel> {
     let names: Vec<String> = fs::read_dir(kernels)
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .collect()
         })
         .unwrap_or_default();
-    let Some(name) = newest_by_abi(names.iter().map(String::as_str)) else {
+    let Some(name) = newest(series, names.iter().map(String::as_str)) else {
         bail!(
-            "vm: apt knows no package matching {CLOUD_KERNEL_PATTERN} and none is cached in {} \
+            "vm: apt knows no {}*{FLAVOUR_SUFFIX} package and none is cached in {} \
              (run `apt-get update` as root, or pass --kernel)",
+            series.prefix,
             kernels.display()
         );
     };
-    eprintln!("vm: apt lists have no cloud kernel; using cached {name}");
+    eprintln!(
+        "vm: apt lists have no {} cloud kernel; using cached {name}",
+        series.name
+    );
     loaded(name.clone(), &kernels.join(&name))
 }
 
-/// Picks the highest ABI number from `linux-image-6.1.0-<abi>-cloud-amd64` names.
-fn newest_by_abi<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
+/// The version of a package of `series`, compared numerically: `(56, 0)` for
+/// `linux-image-6.1.0-56-cloud-amd64`, `(117, 12)` for `linux-image-6.12.117+deb12-cloud-amd64`.
+/// `None` for anything else: other series, meta packages (`linux-image-6.12-cloud-amd64`),
+/// `-unsigned` and `-dbg` packages.
+fn version_in(series: &Series, name: &str) -> Option<(u32, u32)> {
+    let rest = name
+        .strip_prefix(series.prefix)?
+        .strip_suffix(FLAVOUR_SUFFIX)?;
+    let (number, deb) = match rest.split_once("+deb") {
+        Some((number, deb)) => (number, Some(deb)),
+        None => (rest, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(number) || deb.is_some_and(|d| !digits(d)) {
+        return None;
+    }
+    Some((
+        number.parse().ok()?,
+        deb.map_or(Some(0), |d| d.parse().ok())?,
+    ))
+}
+
+/// The newest package of `series` among `names`.
+fn newest<'a>(series: &Series, names: impl Iterator<Item = &'a str>) -> Option<String> {
     names
-        .filter_map(|n| {
-            let abi = n
-                .strip_prefix("linux-image-6.1.0-")?
-                .strip_suffix("-cloud-amd64")?;
-            Some((abi.parse::<u32>().ok()?, n))
-        })
+        .filter_map(|n| Some((version_in(series, n)?, n)))
         .max()
         .map(|(_, n)| n.to_string())
 }
@@ -157,44 +282,132 @@ fn newest_by_abi<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
 /// The socket-diagnostics modules `ss` and tcptrace's kernel table dump need. Debian's cloud
 /// kernels build them as modules (`CONFIG_INET_DIAG=m`, `CONFIG_INET_TCP_DIAG=m`) and the guest
 /// has no module tree, so the initramfs carries them and `/init` loads them, in this order.
+///
+/// 6.1 ships them as plain `.ko`; 6.12 compresses every module (`CONFIG_MODULE_COMPRESS_XZ`,
+/// `inet_diag.ko.xz`). A compressed module is unpacked here, once, next to the compressed one,
+/// so the guest's `insmod` gets a plain ELF module whatever its own xz support.
 pub fn diag_modules(guest: &GuestKernel) -> Result<Vec<PathBuf>> {
     let root = guest
         .vmlinuz
         .parent()
         .and_then(|boot| boot.parent())
         .context("kernel tree of the guest")?;
+    let dir = root
+        .join("lib/modules")
+        .join(&guest.release)
+        .join("kernel/net/ipv4");
     let mut found = Vec::new();
-    for name in ["inet_diag.ko", "tcp_diag.ko"] {
-        let hit = std::fs::read_dir(root.join("lib/modules"))?
-            .filter_map(|d| d.ok())
-            .map(|d| d.path().join("kernel/net/ipv4").join(name))
-            .find(|p| p.exists());
-        match hit {
-            Some(p) => found.push(p),
+    for name in ["inet_diag", "tcp_diag"] {
+        let plain = dir.join(format!("{name}.ko"));
+        let xz = dir.join(format!("{name}.ko.xz"));
+        if plain.exists() {
+            found.push(plain);
+        } else if xz.exists() {
+            decompress_xz(&xz, &plain)?;
+            found.push(plain);
+        } else {
             // Built in: nothing to load.
-            None => {
-                eprintln!("vm: {name} not found in the guest kernel's modules; assuming built in")
-            }
+            eprintln!(
+                "vm: {name}.ko not found in {}; assuming built in",
+                dir.display()
+            );
         }
     }
     Ok(found)
+}
+
+/// `xz -dc` with busybox's applet (busybox-static is required anyway; xz-utils is not).
+fn decompress_xz(from: &Path, to: &Path) -> Result<()> {
+    let busybox = super::initramfs::busybox()?;
+    let partial = with_suffix(to, ".partial");
+    let out = fs::File::create(&partial)?;
+    let status = Command::new(&busybox)
+        .arg("xzcat")
+        .arg(from)
+        .stdout(out)
+        .status()
+        .with_context(|| format!("cannot start {} xzcat", busybox.display()))?;
+    if !status.success() {
+        bail!("`busybox xzcat {}` failed: {status}", from.display());
+    }
+    fs::rename(&partial, to)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn series(name: &str) -> &'static Series {
+        SERIES.iter().find(|s| s.name == name).unwrap()
+    }
+
     #[test]
-    fn newest_kernel_compares_abi_numerically() {
+    fn newest_6_1_compares_abi_numerically() {
         let names = [
             "linux-image-6.1.0-9-cloud-amd64",
             "linux-image-6.1.0-56-cloud-amd64",
             "linux-image-6.1.0-100-cloud-amd64-unsigned",
+            "linux-image-6.1.0-101-cloud-amd64-dbg",
             "linux-image-6.1.0-47-cloud-amd64",
+            "linux-image-6.12.117+deb12-cloud-amd64",
         ];
         assert_eq!(
-            newest_by_abi(names.into_iter()).as_deref(),
+            newest(series("6.1"), names.into_iter()).as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
+    }
+
+    #[test]
+    fn newest_6_12_compares_patch_numerically_and_skips_meta_packages() {
+        let names = [
+            "linux-image-6.12-cloud-amd64",
+            "linux-image-6.12.99+deb12-cloud-amd64",
+            "linux-image-6.12.115+deb12-cloud-amd64",
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.119+deb12-cloud-amd64-dbg",
+            "linux-image-6.12.100+deb12-cloud-amd64",
+            "linux-image-6.1.0-56-cloud-amd64",
+            "linux-image-6.12.x+deb12-cloud-amd64",
+        ];
+        assert_eq!(
+            newest(series("6.12"), names.into_iter()).as_deref(),
+            Some("linux-image-6.12.115+deb12-cloud-amd64")
+        );
+        assert_eq!(
+            newest(series("6.12"), ["linux-image-6.12-cloud-amd64"].into_iter()),
+            None
+        );
+    }
+
+    #[test]
+    fn debian_revision_breaks_ties() {
+        let names = [
+            "linux-image-6.12.117+deb13-cloud-amd64",
+            "linux-image-6.12.117+deb12-cloud-amd64",
+        ];
+        assert_eq!(
+            newest(series("6.12"), names.into_iter()).as_deref(),
+            Some("linux-image-6.12.117+deb13-cloud-amd64")
+        );
+    }
+
+    #[test]
+    fn every_series_has_a_distinct_prefix() {
+        for a in SERIES {
+            for b in SERIES {
+                if a.name != b.name {
+                    let sample = format!("{}1{FLAVOUR_SUFFIX}", a.prefix);
+                    assert_eq!(version_in(b, &sample), None, "{sample} in {}", b.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn labels_drop_flavour_and_debian_suffix() {
+        assert_eq!(short_release("6.1.0-56-cloud-amd64"), "6.1.0-56");
+        assert_eq!(short_release("6.12.117+deb12-cloud-amd64"), "6.12.117");
+        assert_eq!(short_release("6.18.44-fc"), "6.18.44-fc");
     }
 }

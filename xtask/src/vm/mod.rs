@@ -1,19 +1,23 @@
-//! `cargo xtask vm`: the integration tests on a Debian 6.1 kernel under QEMU.
+//! `cargo xtask vm`: the integration tests on a matrix of Debian kernels under QEMU (the newest
+//! 6.1 and the newest 6.12 cloud kernels by default).
 //!
-//! The host kernel is one kernel; the programs must also load where fentry works and where the
-//! tracepoint layout is older. The guest boots straight into a busybox initramfs that holds the
-//! test binaries, runs them one after another, and powers off.
+//! The host kernel is one kernel; the programs must also load where fentry works, where the
+//! tracepoint layouts are older (6.1) and where they changed since (6.12). Each guest boots
+//! straight into a busybox initramfs that holds the test binaries, runs them one after another,
+//! and powers off; the kernels run one after another, each with its own console log.
 
 mod console;
 mod initramfs;
 mod kernel;
 mod qemu;
 
+use kernel::{AptKernels, Request};
 use qemu::Accel;
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -24,18 +28,70 @@ use crate::workspace::{self, TESTS_PACKAGE, TestBinary};
 /// How to run the VM tests.
 #[derive(Debug)]
 pub struct VmOptions {
-    /// A kernel package name (or a .deb path); `None` picks the newest 6.1 cloud kernel.
-    pub kernel: Option<String>,
+    /// Kernel package names (or .deb paths), one boot each; empty runs the default matrix (the
+    /// newest kernel of each series in `kernel::SERIES`).
+    pub kernels: Vec<String>,
     /// Arguments for every test binary (filter, `--exact`, ...).
     pub libtest_args: Vec<String>,
+    /// The time limit of each boot.
     pub timeout: Duration,
     /// Run these libtest binaries instead of building the integration tests.
     pub test_binaries: Vec<PathBuf>,
 }
 
-/// Builds what the guest needs, boots it, and returns the tests' tally (a guest that stops
-/// early counts as a failure in it).
-pub fn run(opts: &VmOptions) -> Result<Tally> {
+/// What one guest kernel of the matrix did.
+#[derive(Debug)]
+pub struct KernelRun {
+    /// The short release (`6.12.117`), or what was asked for when it never booted.
+    pub label: String,
+    /// A guest that stops early, or a kernel that cannot be prepared, counts as a failure.
+    pub tally: Tally,
+    /// The whole boot, tests included.
+    pub elapsed: Duration,
+    /// Why the kernel never booted.
+    pub error: Option<String>,
+}
+
+impl fmt::Display for KernelRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            Some(_) => write!(f, "vm {}: not run, {}", self.label, self.tally),
+            None => write!(
+                f,
+                "vm {}: {} in {:.0} s",
+                self.label,
+                self.tally,
+                self.elapsed.as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// The results of every kernel of the matrix, in order.
+#[derive(Debug, Default)]
+pub struct Matrix(pub Vec<KernelRun>);
+
+impl Matrix {
+    pub fn ok(&self) -> bool {
+        self.0.iter().all(|r| r.tally.ok() && r.error.is_none())
+    }
+}
+
+impl fmt::Display for Matrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, run) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{run}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds what the guests need, then boots each kernel of the matrix in turn and returns their
+/// tallies. A kernel that fails (to download, to boot, or a test) does not stop the others.
+pub fn run(opts: &VmOptions) -> Result<Matrix> {
     tracer::build(false)?;
     let tracer = workspace::tracer_binary(false)?;
     let tests = if opts.test_binaries.is_empty() {
@@ -48,19 +104,11 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
     };
     if tests.is_empty() {
         eprintln!("vm: {TESTS_PACKAGE} has no integration test binaries; nothing to boot");
-        return Ok(Tally::default());
+        return Ok(Matrix::default());
     }
 
     let cache = workspace::target_dir()?.join("vm");
     fs::create_dir_all(&cache)?;
-    let guest = kernel::prepare(&cache, opts.kernel.as_deref())?;
-    eprintln!(
-        "vm: guest kernel {} ({})",
-        guest.package,
-        guest.vmlinuz.display()
-    );
-
-    let initramfs = cache.join("initramfs.cpio");
     let package_dir = workspace::root().join("tests");
     let scenario = workspace::target_dir()?.join("debug").join("tcpscenario");
     anyhow::ensure!(
@@ -68,7 +116,6 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
         "{} is missing: the integration tests build it",
         scenario.display()
     );
-    let modules = kernel::diag_modules(&guest)?;
     let storm = workspace::target_dir()?.join("debug").join("tcpstorm");
     anyhow::ensure!(
         storm.exists(),
@@ -79,19 +126,69 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
         tracer: &tracer,
         scenario: &scenario,
         storm: &storm,
-        modules: &modules,
         tests: &tests,
         libtest_args: &opts.libtest_args,
         package_dir: &package_dir,
     };
-    initramfs::build(&cache.join("rootfs"), &initramfs, &payload)?;
+    let staging = cache.join("rootfs");
+    initramfs::stage(&staging, &payload)?;
+
+    let requests = if opts.kernels.is_empty() {
+        Request::default_matrix()
+    } else {
+        opts.kernels.iter().cloned().map(Request::Given).collect()
+    };
+    let mut apt = AptKernels::default();
+    let mut matrix = Matrix::default();
+    for request in &requests {
+        let started = Instant::now();
+        let run = match boot_one(&cache, &staging, &payload, request, &mut apt, opts) {
+            Ok(run) => run,
+            Err(err) => {
+                eprintln!("vm: {}: {err:#}", request.describe());
+                KernelRun {
+                    label: request.describe(),
+                    tally: Tally {
+                        passed: 0,
+                        failed: 1,
+                    },
+                    elapsed: started.elapsed(),
+                    error: Some(format!("{err:#}")),
+                }
+            }
+        };
+        eprintln!("{run}");
+        matrix.0.push(run);
+    }
+    Ok(matrix)
+}
+
+/// Prepares one kernel, packs its initramfs, boots it and reads the tally off its console.
+fn boot_one(
+    cache: &Path,
+    staging: &Path,
+    payload: &initramfs::Payload,
+    request: &Request,
+    apt: &mut AptKernels,
+    opts: &VmOptions,
+) -> Result<KernelRun> {
+    let guest = kernel::prepare(cache, request, apt)?;
+    eprintln!(
+        "vm: guest kernel {} ({})",
+        guest.package,
+        guest.vmlinuz.display()
+    );
+    let modules = kernel::diag_modules(&guest)?;
+    let initramfs = cache.join("initramfs.cpio");
+    initramfs::pack(staging, &initramfs, payload, &modules)?;
     let size = fs::metadata(&initramfs)?.len();
     eprintln!("vm: initramfs {} ({} MiB)", initramfs.display(), size >> 20);
 
+    let console_log = cache.join(format!("console-{}.log", guest.release));
     let mut boot = qemu::Boot {
         vmlinuz: &guest.vmlinuz,
         initramfs: &initramfs,
-        console_log: cache.join("console.log"),
+        console_log: console_log.clone(),
         timeout: opts.timeout,
         accel: Accel::detect(),
     };
@@ -121,11 +218,13 @@ pub fn run(opts: &VmOptions) -> Result<Tally> {
     for problem in report.console.problems() {
         eprintln!("vm: {problem}");
     }
-    eprintln!(
-        "vm: {tally} (console log: {})",
-        cache.join("console.log").display()
-    );
-    Ok(tally)
+    eprintln!("vm: console log {}", console_log.display());
+    Ok(KernelRun {
+        label: guest.label(),
+        tally,
+        elapsed: report.total,
+        error: None,
+    })
 }
 
 fn prebuilt(path: &Path) -> Result<TestBinary> {
