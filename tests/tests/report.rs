@@ -214,20 +214,20 @@ fn server_closing_first_holds_time_wait_on_its_port() {
     srv.wait_done(T);
     let doc = tracer.wait().json();
     assert_shape(&doc);
+    // The client has no TIME_WAIT (the server closed first), so it may pick an ephemeral port
+    // again, and a SYN on a TIME_WAIT 4-tuple ends that TIME_WAIT early (the kernel's
+    // tcp_timewait_state_process): `ss` is the referee, and nearly all 15 must be there.
     let ss_tw = ss_count("time-wait", &format!("sport = :{port}"));
-    assert_eq!(
-        ss_tw, 15,
-        "a server's TIME_WAIT sockets all have distinct client ports"
-    );
+    assert!(ss_tw >= 13, "ss: {ss_tw} TIME_WAIT");
     assert_eq!(
         row(&doc["by_local_port"], "port", &Value::from(port))["time_wait"],
-        15
+        ss_tw
     );
     assert_eq!(
         row(&doc["by_pid"], "pid", &Value::from(srv.pid()))["time_wait"],
-        15
+        ss_tw
     );
-    assert_eq!(doc["totals"]["TIME_WAIT"], 15);
+    assert_eq!(doc["totals"]["TIME_WAIT"], ss_tw);
     cli.finish();
     srv.finish();
 }
