@@ -180,6 +180,7 @@ const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
 const COUNTER_BACKUP_DISCARDED: u32 = 4;
 const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
 const COUNTER_COUNTED: u32 = 6;
+const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
 
 /// Raw counters from the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,6 +193,11 @@ pub struct KernelCounters {
     pub filtered: u64,
     pub primary_skipped: u64,
     pub reset_skipped: u64,
+    /// Timewait hook records (fentry, or the timer tracepoint's ends) that did not fit in the
+    /// ring, and runs of those programs the kernel skipped. Not lost transitions: those
+    /// timewait sockets fall back to the inferred expiry (`EXACT_END_GRACE_NS` late).
+    pub timewait_ring_full: u64,
+    pub timewait_skipped: u64,
 }
 
 impl Probe {
@@ -271,6 +277,7 @@ impl Probe {
             reset_ring_full: sum(COUNTER_RESET_RESERVE_FAILED),
             backup_emitted: sum(COUNTER_BACKUP_EMITTED),
             filtered: sum(COUNTER_FILTERED),
+            timewait_ring_full: sum(COUNTER_TIMEWAIT_RESERVE_FAILED),
             ..Default::default()
         };
         for (name, st) in self.program_stats() {
@@ -282,9 +289,10 @@ impl Probe {
             match role {
                 Some(ProgRole::Primary) => c.primary_skipped += st.recursion_misses,
                 Some(ProgRole::Reset) => c.reset_skipped += st.recursion_misses,
+                Some(ProgRole::TimeWait) => c.timewait_skipped += st.recursion_misses,
                 // A skipped backup run is not a loss: the primary handled that event (the two
                 // can only be nested in opposite orders).
-                Some(ProgRole::Backup | ProgRole::TimeWait) | None => {}
+                Some(ProgRole::Backup) | None => {}
             }
         }
         c
