@@ -1268,5 +1268,15 @@ mod tests {
         // Fields that share a word are distinct: the lookup did not stop at the union itself.
         assert_ne!(ours.skc_daddr, ours.skc_rcv_saddr);
         assert_ne!(ours.skc_dport, ours.skc_num);
+
+        // The timer_expire_entry hook's offsets.
+        let tw = timewait_timer_offsets().expect("tw_timer offsets from the running kernel");
+        assert_eq!(
+            tw,
+            (
+                byte("inet_timewait_sock", &["tw_timer"]),
+                byte("inet_timewait_sock", &["__tw_common", "skc_cookie"]),
+            )
+        );
     }
 }
