@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     EventKind,
-    event::{FLAG_HAS_COOKIE, RawEvent},
+    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
 };
 
 use crate::{
@@ -105,7 +105,12 @@ pub fn on_timer(ctx: &TracePointContext) -> u32 {
     let tw = timer - t.tw_timer as u64;
     let cfg = config();
     let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(tw, &cfg.offsets, &mut ev);
+    let family = sock::fill_endpoints(tw, &cfg.offsets, &mut ev);
+    if family != AF_INET && family != AF_INET6 {
+        // Not an inet timewait socket after all (a faulted read): userspace could not decode
+        // it, and would count it as lost.
+        return 0;
+    }
     emit::fill_task(&mut ev);
     ev.cookie = sock::read(tw, t.skc_cookie);
     ev.skaddr = tw;
