@@ -110,9 +110,36 @@ pub struct ResetTpLayout {
     pub _pad: u16,
 }
 
+/// The exact end of a timewait socket where fentry is refused: `timer:timer_expire_entry` runs
+/// for every expiring timer-wheel timer, and a timewait socket's timer (`tw_timer`, embedded in
+/// `struct inet_timewait_sock`, handler `tw_timer_handler`) expiring is its end.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_timewait_sock.c#L148>
+/// <https://github.com/torvalds/linux/blob/v6.1/include/trace/events/timer.h#L86>
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TwTimerConfig {
+    /// Address of `tw_timer_handler`, from /proc/kallsyms: the record's `function` for the
+    /// timers of timewait sockets.
+    pub handler: u64,
+    /// `offsetof(struct inet_timewait_sock, tw_timer)`, from BTF: the record's `timer` minus
+    /// this is the timewait socket.
+    pub tw_timer: u32,
+    /// `offsetof(struct inet_timewait_sock, __tw_common.skc_cookie)` (8 bytes): the socket
+    /// cookie, which `inet_twsk_alloc` copies from the full socket.
+    pub skc_cookie: u32,
+    /// Record offsets of `void *timer` and `void *function` (8 bytes each), from the format file.
+    pub tp_timer: u16,
+    pub tp_function: u16,
+    /// 1 once userspace filled every field; 0 (the default) keeps the program inert.
+    pub validated: u16,
+    pub _pad: u16,
+}
+
 // Both sides compile these; a field added on one side only must not go unnoticed.
 const _: () = assert!(core::mem::size_of::<SetStateTpLayout>() == 28);
 const _: () = assert!(core::mem::size_of::<ResetTpLayout>() == 24);
+const _: () = assert!(core::mem::size_of::<TwTimerConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 160);
 
 /// Everything the kernel programs are configured with at load.
 #[repr(C)]
@@ -131,6 +158,10 @@ pub struct ProbeConfig {
     pub tp_set_state: SetStateTpLayout,
     pub tp_reset_rx: ResetTpLayout,
     pub tp_reset_tx: ResetTpLayout,
+    /// Explicit padding: `tw_timer` is 8-byte aligned, and `Pod` wants no implicit padding.
+    pub _pad: u32,
+    /// The `timer:timer_expire_entry` hook (fentry refused): see [`TwTimerConfig`].
+    pub tw_timer: TwTimerConfig,
 }
 
 #[cfg(feature = "user")]
@@ -141,3 +172,5 @@ unsafe impl aya::Pod for SockOffsets {}
 unsafe impl aya::Pod for SetStateTpLayout {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ResetTpLayout {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TwTimerConfig {}

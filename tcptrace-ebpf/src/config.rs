@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::filter::{MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout};
+use tcptrace_common::filter::{
+    MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout, TwTimerConfig,
+};
 
 /// Filled by userspace before load (`EbpfLoader::override_global`); read-only afterwards, so the
 /// verifier sees constants and prunes disabled filters.
@@ -46,6 +48,16 @@ static CONFIG: ProbeConfig = ProbeConfig {
     },
     tp_reset_rx: EMPTY_RESET_LAYOUT,
     tp_reset_tx: EMPTY_RESET_LAYOUT,
+    _pad: 0,
+    tw_timer: TwTimerConfig {
+        handler: 0,
+        tw_timer: 0,
+        skc_cookie: 0,
+        tp_timer: 0,
+        tp_function: 0,
+        validated: 0,
+        _pad: 0,
+    },
 };
 
 const EMPTY_RESET_LAYOUT: ResetTpLayout = ResetTpLayout {
@@ -67,6 +79,14 @@ const EMPTY_RESET_LAYOUT: ResetTpLayout = ResetTpLayout {
 pub fn config() -> ProbeConfig {
     // SAFETY: a read of a global; volatile so the compiler does not fold the default value in.
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Only the timer hook's part of `CONFIG`. That program runs for every kernel timer, so its
+/// early return reads these 24 bytes instead of copying the whole configuration.
+#[inline(always)]
+pub fn tw_timer_config() -> TwTimerConfig {
+    // SAFETY: as in `config`.
+    unsafe { core::ptr::read_volatile(&CONFIG.tw_timer) }
 }
 
 /// Event records to userspace. Userspace sets the size at load (`--ring-size`).
@@ -93,8 +113,9 @@ pub const COUNTER_BACKUP_DISCARDED: u32 = 4;
 pub const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
 /// Wanted events counted in the kernel instead of sent, while in counting mode (`MODE`).
 pub const COUNTER_COUNTED: u32 = 6;
-/// A timewait hook's record did not fit: not a lost transition (that socket's TIME_WAIT is
-/// inferred instead), so kept apart from `COUNTER_RESERVE_FAILED`.
+/// A timewait hook's record (fentry, or the `timer_expire_entry` end) did not fit: not a lost
+/// transition (that socket's TIME_WAIT is inferred instead), so kept apart from
+/// `COUNTER_RESERVE_FAILED`.
 pub const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
 const COUNTER_SLOTS: u32 = 8;
 

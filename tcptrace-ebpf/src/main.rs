@@ -5,7 +5,8 @@
 //! - `reset`: `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`, which tell a RST close apart from a
 //!   close that leaves a TIME_WAIT socket behind.
 //! - `timewait`: fentry on `tcp_time_wait` / `inet_twsk_free`, the exact start and end of a
-//!   timewait socket, where the kernel allows fentry (else TIME_WAIT is inferred).
+//!   timewait socket, where the kernel allows fentry; else `timer:timer_expire_entry` gives its
+//!   exact end when its timer runs out, and its start is inferred.
 //!
 //! Shared plumbing: `sock` reads `struct sock` fields at offsets resolved from BTF by userspace,
 //! `emit` fills and submits ring buffer records with batched wakeups, `config` holds the load-time
@@ -85,6 +86,13 @@ pub fn timewait_enter(ctx: FEntryContext) -> i32 {
 #[fentry(function = "inet_twsk_free")]
 pub fn timewait_end(ctx: FEntryContext) -> i32 {
     timewait::on_fentry(&ctx, timewait::Hook::End)
+}
+
+/// `timer:timer_expire_entry`, where fentry is refused: the end of timewait sockets whose timer
+/// ran out.
+#[tracepoint(category = "timer", name = "timer_expire_entry")]
+pub fn timewait_timer(ctx: TracePointContext) -> u32 {
+    timewait::on_timer(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -7,6 +7,11 @@
 //!   timer ran out, a new connection reused its 4-tuple, or a RST killed it.
 //!   <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_timewait_sock.c#L93>
 //!
+//! Where fentry is refused, `timer:timer_expire_entry` gives the exact end of timewait sockets
+//! whose timer ran out (`on_timer`); their start is then inferred from FIN_WAIT2/CLOSING -> CLOSE
+//! by userspace, and ends by reuse or RST (`inet_twsk_deschedule_put`, which deletes the timer
+//! without running it) from the 4-tuple's next connection.
+//!
 //! A timewait socket starts with `struct sock_common __tw_common`, as `struct sock` starts with
 //! `__sk_common` (userspace checks both offsets are 0 before it attaches), so the `sock_common`
 //! offsets in `SockOffsets` read it too, and its cookie is the full socket's (`inet_twsk_alloc`
@@ -17,14 +22,17 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
-    programs::FEntryContext,
+    programs::{FEntryContext, TracePointContext},
 };
 use tcptrace_common::{
     EventKind,
-    event::{FLAG_HAS_COOKIE, RawEvent},
+    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
 };
 
-use crate::{config::config, emit, sock};
+use crate::{
+    config::{config, tw_timer_config},
+    emit, record, sock,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -66,6 +74,50 @@ pub fn on_fentry(ctx: &FEntryContext, hook: Hook) -> i32 {
         }
         Hook::End => ev.kind = EventKind::TimeWaitEnd as u8,
     }
+    emit::submit(&ev, &cfg);
+    0
+}
+
+/// `timer:timer_expire_entry(timer, now, function, baseclk)`: a timer-wheel timer is about to
+/// run its handler. For a timewait socket's `tw_timer` the handler is `tw_timer_handler`, which
+/// kills the socket (`inet_twsk_kill`), so this is when `ss` stops showing it.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_timewait_sock.c#L148>
+///
+/// It runs for every timer in the kernel, so anything but a timewait timer returns after two
+/// reads. The socket is `timer - offsetof(inet_timewait_sock, tw_timer)`; it is read like the
+/// fentry `inet_twsk_free` hook reads it, except for the cookie: `bpf_get_socket_cookie` is not
+/// offered to classic tracepoints, so `skc_cookie` is read as is (the full socket's cookie,
+/// which the tp_btf programs generated; 0 leaves userspace to match the 4-tuple).
+#[inline(always)]
+pub fn on_timer(ctx: &TracePointContext) -> u32 {
+    let t = tw_timer_config();
+    if t.validated == 0 {
+        return 0;
+    }
+    let function: u64 = record::at(ctx, t.tp_function);
+    if function != t.handler {
+        return 0;
+    }
+    let timer: u64 = record::at(ctx, t.tp_timer);
+    if timer < t.tw_timer as u64 {
+        return 0;
+    }
+    let tw = timer - t.tw_timer as u64;
+    let cfg = config();
+    let mut ev = RawEvent::zeroed();
+    let family = sock::fill_endpoints(tw, &cfg.offsets, &mut ev);
+    if family != AF_INET && family != AF_INET6 {
+        // Not an inet timewait socket after all (a faulted read): userspace could not decode
+        // it, and would count it as lost.
+        return 0;
+    }
+    emit::fill_task(&mut ev);
+    ev.cookie = sock::read(tw, t.skc_cookie);
+    ev.skaddr = tw;
+    if ev.cookie != 0 {
+        ev.flags = FLAG_HAS_COOKIE;
+    }
+    ev.kind = EventKind::TimeWaitEnd as u8;
     emit::submit(&ev, &cfg);
     0
 }

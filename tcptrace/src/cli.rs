@@ -252,8 +252,10 @@ pub struct ProbeArgs {
     /// Also write the session to FILE as it runs (what `tcptrace record` writes).
     #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub record: Option<PathBuf>,
-    /// TIME_WAIT from fentry hooks on tcp_time_wait/inet_twsk_free where the kernel allows them
-    /// (auto), or always inferred from FIN_WAIT2/CLOSING -> CLOSE (off).
+    /// TIME_WAIT from fentry hooks on tcp_time_wait/inet_twsk_free where the kernel allows them,
+    /// else inferred from FIN_WAIT2/CLOSING -> CLOSE with its end from the timer:timer_expire_entry
+    /// tracepoint (auto); the timer tracepoint even where fentry loads (timer); or always
+    /// inferred, start and end (off).
     #[arg(long, value_enum, default_value_t = TimewaitHooksArg::Auto)]
     pub timewait_hooks: TimewaitHooksArg,
 }
@@ -261,6 +263,7 @@ pub struct ProbeArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TimewaitHooksArg {
     Auto,
+    Timer,
     Off,
 }
 

@@ -22,7 +22,10 @@ use crate::{
     filter::Filters,
     lifecycle::{Applied, FdOwners, Limits, ReconcileStats, SocketTable},
     owner::{fdscan, process::ProcessRef},
-    probe::{EventReader, LossReport, Probe, ProbeOptions, kernel::kernel_release},
+    probe::{
+        EventReader, LossReport, Probe, ProbeOptions, TimewaitHooks, TimewaitMethod,
+        kernel::kernel_release,
+    },
     source::{
         netns,
         record::{Header, RecordWriter},
@@ -110,7 +113,7 @@ pub struct Overload {
 
 /// How tcptrace learns that a socket entered TIME_WAIT with this probe.
 pub fn timewait_method(probe: &Probe) -> &'static str {
-    probe.timewait_method()
+    probe.timewait_method().as_str()
 }
 
 impl Live {
@@ -127,14 +130,30 @@ impl Live {
             ports: filters.kernel_ports(),
             force_path: args.hook.forced(),
             backup: true,
-            timewait_hooks: args.timewait_hooks == TimewaitHooksArg::Auto,
+            timewait_hooks: match args.timewait_hooks {
+                TimewaitHooksArg::Auto => TimewaitHooks::Auto,
+                TimewaitHooksArg::Timer => TimewaitHooks::Timer,
+                TimewaitHooksArg::Off => TimewaitHooks::Off,
+            },
         };
         let (probe, reader) = Probe::load(&opts)?;
         if let Some(why) = &probe.fallback_reason {
             eprintln!("tcptrace: kernel BTF unavailable ({why}); using the classic tracepoint");
         }
+        let exact_end = probe.timewait_method().exact_end();
         if let Some(why) = &probe.timewait_fallback {
-            eprintln!("tcptrace: fentry timewait hooks unavailable ({why}); inferring TIME_WAIT");
+            let then = if exact_end {
+                "inferring TIME_WAIT entry, its end exact from timer:timer_expire_entry"
+            } else {
+                "inferring TIME_WAIT"
+            };
+            eprintln!("tcptrace: fentry timewait hooks unavailable ({why}); {then}");
+        }
+        if let Some(why) = &probe.timewait_timer_fallback {
+            eprintln!(
+                "tcptrace: timer:timer_expire_entry timewait hook unavailable ({why}); inferring \
+                 TIME_WAIT's end as its start + 60 s"
+            );
         }
         let started_ns = monotonic_ns();
         let clock = WallClock::now();
@@ -149,6 +168,7 @@ impl Live {
             fin_timeout_ns(),
         );
         live.overload.budget_per_s = args.max_event_rate;
+        live.table.set_exact_timewait_end(exact_end);
         if let Some(path) = &args.record {
             live.record_to(path)?;
         }
@@ -235,13 +255,13 @@ impl Live {
             h.start_mono_ns,
             u64::from(h.tcp_fin_timeout_s.unwrap_or(60)) * 1_000_000_000,
         );
-        Ok(Live::new(
-            Source::File(Box::new(file)),
-            filters,
-            clock,
-            start,
-            fin,
-        ))
+        // A recording made with an exact end has those end events: replayed, they must not
+        // be pre-empted by the inferred expiry either.
+        let exact_end =
+            h.timewait_method != TimewaitMethod::Inferred.as_str() && !h.timewait_method.is_empty();
+        let mut live = Live::new(Source::File(Box::new(file)), filters, clock, start, fin);
+        live.table.set_exact_timewait_end(exact_end);
+        Ok(live)
     }
 
     /// Starts writing the session to `path`.

@@ -128,6 +128,9 @@ pub struct TableStats {
     pub timewait_reused: u64,
     /// Timewait sockets whose timer ran out.
     pub timewait_expired: u64,
+    /// Of those, the ones a kernel event ended (`inet_twsk_free`, or `timer_expire_entry` on
+    /// their `tw_timer`) rather than the inferred 60 s.
+    pub timewait_end_exact: u64,
     /// Sum of every reconciliation.
     pub corrections: ReconcileStats,
     /// Sum of every fd scan.

@@ -119,6 +119,8 @@ pub struct SocketTable {
     pub(super) tombstones: VecDeque<Tombstone>,
     /// No timewait socket expires before this (skips the expiry scan).
     pub(super) next_expiry_ns: u64,
+    /// Timewait ends come as events for every timewait socket, not only `TW_HOOKED` ones.
+    pub(super) exact_timewait_end: bool,
 }
 
 impl SocketTable {
@@ -138,7 +140,17 @@ impl SocketTable {
             limits,
             tombstones: VecDeque::new(),
             next_expiry_ns: u64::MAX,
+            exact_timewait_end: false,
         }
+    }
+
+    /// Timewait sockets whose timer runs out are ended by an event (the fentry hook on
+    /// `inet_twsk_free`, or `timer:timer_expire_entry`): the inferred expiry then only retires
+    /// those whose event was lost, `EXACT_END_GRACE_NS` after their deadline.
+    pub fn set_exact_timewait_end(&mut self, on: bool) {
+        self.exact_timewait_end = on;
+        // Deadlines moved later; the next scan recomputes the earliest.
+        self.next_expiry_ns = 0;
     }
 
     pub fn limits(&self) -> &Limits {

@@ -14,7 +14,7 @@ impl SocketTable {
     /// is when the kernel created it.
     pub(super) fn mini_deadline(&self, slot: u32) -> u64 {
         let e = &self.slab[slot as usize];
-        if e.has(flag::TW_HOOKED) {
+        if e.has(flag::TW_HOOKED) || self.exact_timewait_end {
             // Its exact end comes as an event; the timer only catches a lost one.
             return self
                 .inferred_deadline(slot)

@@ -1,5 +1,6 @@
 //! The exact start and end of timewait sockets, from the fentry hooks on `tcp_time_wait` and
-//! `inet_twsk_free` where the kernel allows them. Without these events the table infers both
+//! `inet_twsk_free` where the kernel allows them, or the exact end alone from the
+//! `timer:timer_expire_entry` tracepoint (`TimeWaitEnd` events either way). Without these events the table infers both
 //! (see [`super::apply`] and [`super::timewait`]); with them it uses what the kernel did.
 
 use tcptrace_common::TcpState;
@@ -10,10 +11,13 @@ use super::entry::flag;
 use super::table::{IdKind, SocketTable};
 use crate::event::Event;
 
-/// How long past the inferred deadline a hooked timewait socket waits for its exact end before
-/// the timer inference retires it anyway (a lost event): the kernel's timer wheel fires late by
-/// up to a few ticks, and the event then travels through the ring.
-pub(super) const EXACT_END_GRACE_NS: u64 = 5_000_000_000;
+/// How long past the inferred deadline a timewait socket with an exact end waits for it before
+/// the timer inference retires it anyway (a lost event). The kernel's timer wheel rounds a
+/// timer up to the granularity of the level its timeout falls in: for 60 s that is 8^3 or 8^4
+/// jiffies, 2.048 s at HZ=250, 4.096 s at HZ=1000 and 5.12 s at HZ=100
+/// (<https://github.com/torvalds/linux/blob/v6.1/kernel/time/timer.c#L64>), and the timer
+/// softirq may run later still on a busy CPU; then the event travels through the ring.
+pub(super) const EXACT_END_GRACE_NS: u64 = 10_000_000_000;
 
 impl SocketTable {
     /// `tcp_time_wait(sk, substate)`: the full socket's next ->CLOSE hands it to a timewait
@@ -36,7 +40,8 @@ impl SocketTable {
     }
 
     /// `inet_twsk_free(tw)`: the timewait socket is gone (its timer ran out, or a new
-    /// connection or a RST killed it).
+    /// connection or a RST killed it); or `timer_expire_entry` for its `tw_timer`: its timer ran
+    /// out.
     pub(super) fn apply_timewait_end(&mut self, ev: &Event, a: &mut Applied) {
         let Some(slot) = self.find_timewait_subject(ev, true) else {
             // Already retired: reused by a new connection on its 4-tuple, reset, or evicted.
@@ -56,6 +61,7 @@ impl SocketTable {
             },
         );
         self.stats.timewait_expired += 1;
+        self.stats.timewait_end_exact += 1;
         self.retire(slot, ts);
     }
 

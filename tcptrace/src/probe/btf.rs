@@ -116,6 +116,44 @@ fn timewait_shares_sock_common_in(bytes: &[u8]) -> Result<bool, BtfError> {
     Ok(sk.bit_offset == 0 && tw.bit_offset == 0)
 }
 
+/// `offsetof(struct inet_timewait_sock, tw_timer)` and of its `__tw_common.skc_cookie`, for the
+/// `timer:timer_expire_entry` hook, which gets `&tw->tw_timer` and must step back to the socket
+/// (<https://github.com/torvalds/linux/blob/v6.1/include/net/inet_timewait_sock.h#L70>).
+/// `tw_timer` must be a whole `struct timer_list` and the cookie 8 bytes; anything else is an
+/// error, so a changed layout turns the hook off instead of reading the wrong memory.
+pub fn timewait_timer_offsets() -> Result<(u32, u32), BtfError> {
+    let bytes = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
+        path: PathBuf::from(VMLINUX_BTF),
+        source,
+    })?;
+    timewait_timer_offsets_in(&bytes)
+}
+
+fn timewait_timer_offsets_in(bytes: &[u8]) -> Result<(u32, u32), BtfError> {
+    let btf = Btf::parse(bytes)?;
+    let timer_list = btf
+        .structs_named("timer_list")?
+        .first()
+        .copied()
+        .ok_or_else(|| BtfError::MissingType("timer_list".to_owned()))?;
+    let timer_list_size = btf.size_of(timer_list, 0)?;
+    let tw_timer = btf.field("inet_timewait_sock", &["tw_timer"])?;
+    let (_, member_type) = btf.strip(tw_timer.type_id)?;
+    if member_type.kind != KIND_STRUCT || btf.name(member_type.name_off)? != "timer_list" {
+        return Err(BtfError::UnexpectedSize {
+            ty: tw_timer.ty,
+            member: tw_timer.member,
+            actual: tw_timer.bytes,
+            expected: "a struct timer_list",
+        });
+    }
+    let tw_timer = tw_timer.plain_bytes(timer_list_size)?;
+    let cookie = btf
+        .field("inet_timewait_sock", &["__tw_common", "skc_cookie"])?
+        .plain_bytes(8)?;
+    Ok((tw_timer, cookie))
+}
+
 /// `sock.sk_protocol`: a u16 since 5.6, an 8-bit bitfield next to `sk_type` before
 /// (<https://github.com/torvalds/linux/commit/bf9765145b856fa2e2ac4de4f2b91cd8b4d9a2ff>).
 fn sk_protocol(btf: &Btf<'_>) -> Result<(u32, u32), BtfError> {
@@ -153,6 +191,8 @@ struct Field {
     bitfield_bits: Option<u32>,
     /// Size of the member's type in bytes.
     bytes: u32,
+    /// The member's type id (typedefs and qualifiers not yet stripped).
+    type_id: u32,
 }
 
 impl Field {
@@ -531,6 +571,7 @@ impl<'a> Btf<'a> {
                 .ok_or_else(|| malformed("bitfield offset overflows"))?,
             bitfield_bits,
             bytes: self.size_of(m.type_id, 0)?,
+            type_id: m.type_id,
         }))
     }
 
@@ -1049,6 +1090,29 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn real_vmlinux_timewait_timer_offsets() {
+        let full = std::fs::read(VMLINUX_BTF).expect("the test machine's kernel BTF");
+        let (tw_timer, cookie) = timewait_timer_offsets_in(&full).unwrap();
+        // `tw_timer` follows the 0-based `__tw_common` and the tw_* fields; the cookie is
+        // inside `__tw_common`, whose size bounds it.
+        let common = Btf::parse(&full)
+            .unwrap()
+            .field("inet_timewait_sock", &["__tw_common"])
+            .unwrap()
+            .bytes;
+        assert!(
+            tw_timer >= common,
+            "tw_timer at {tw_timer}, sock_common is {common} bytes"
+        );
+        assert!(cookie + 8 <= common, "cookie at {cookie}");
+        assert_eq!(cookie % 8, 0);
+        assert!(matches!(
+            timewait_timer_offsets_in(&kernel(Kernel::default())),
+            Err(BtfError::MissingType(_))
+        ));
+    }
+
     // --- cross-check against bpftool on the running kernel ---
 
     #[derive(Default)]
@@ -1204,5 +1268,15 @@ mod tests {
         // Fields that share a word are distinct: the lookup did not stop at the union itself.
         assert_ne!(ours.skc_daddr, ours.skc_rcv_saddr);
         assert_ne!(ours.skc_dport, ours.skc_num);
+
+        // The timer_expire_entry hook's offsets.
+        let tw = timewait_timer_offsets().expect("tw_timer offsets from the running kernel");
+        assert_eq!(
+            tw,
+            (
+                byte("inet_timewait_sock", &["tw_timer"]),
+                byte("inet_timewait_sock", &["__tw_common", "skc_cookie"]),
+            )
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! this kernel, attaches, drains the ring buffer into decoded events, and reads loss counters.
 
 pub mod btf;
+pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
 pub mod reader;
@@ -15,7 +16,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, TracePoint},
 };
-use tcptrace_common::filter::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig};
+use tcptrace_common::filter::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig};
 
 pub use loss::LossReport;
 pub use reader::EventReader;
@@ -57,9 +58,49 @@ pub struct ProbeOptions {
     pub force_path: Option<HookPath>,
     /// Load the backup program on the tp_btf path (on by default; off only to measure it).
     pub backup: bool,
-    /// Try the fentry hooks on `tcp_time_wait` / `inet_twsk_free` on the tp_btf path (on by
-    /// default); without them, or where the kernel refuses them, TIME_WAIT is inferred.
-    pub timewait_hooks: bool,
+    /// Which exact TIME_WAIT hooks to try on the tp_btf path: by default the fentry hooks on
+    /// `tcp_time_wait` / `inet_twsk_free`, then, where the kernel refuses fentry, the end from
+    /// `timer:timer_expire_entry`. Without them TIME_WAIT is inferred.
+    pub timewait_hooks: TimewaitHooks,
+}
+
+/// Which exact TIME_WAIT hooks to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimewaitHooks {
+    /// fentry, else the timer tracepoint, else inference.
+    Auto,
+    /// The timer tracepoint even where fentry would load (to test it on such kernels).
+    Timer,
+    /// Inference only.
+    Off,
+}
+
+/// How TIME_WAIT is learned with the attached programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimewaitMethod {
+    /// fentry on `tcp_time_wait` and `inet_twsk_free`: start and end exact.
+    Fentry,
+    /// Start inferred from FIN_WAIT2/CLOSING -> CLOSE, end exact from `timer:timer_expire_entry`
+    /// when the timer runs out (reuse and RST ends inferred).
+    Timer,
+    /// Both inferred; the end is the start + 60 s (or tcp_fin_timeout).
+    Inferred,
+}
+
+impl TimewaitMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimewaitMethod::Fentry => TIMEWAIT_HOOKED,
+            TimewaitMethod::Timer => TIMEWAIT_TIMER,
+            TimewaitMethod::Inferred => TIMEWAIT_INFERRED,
+        }
+    }
+
+    /// Whether timewait sockets whose timer runs out are ended by an event, so the inferred
+    /// expiry must wait for it.
+    pub fn exact_end(self) -> bool {
+        self != TimewaitMethod::Inferred
+    }
 }
 
 impl Default for ProbeOptions {
@@ -70,7 +111,7 @@ impl Default for ProbeOptions {
             ports: Vec::new(),
             force_path: None,
             backup: true,
-            timewait_hooks: true,
+            timewait_hooks: TimewaitHooks::Auto,
         }
     }
 }
@@ -115,10 +156,12 @@ pub struct Probe {
     counters: PerCpuArray<MapData, u64>,
     /// Why the preferred path was not taken, if it was not.
     pub fallback_reason: Option<String>,
-    /// The fentry timewait hooks are attached.
-    timewait_hooks: bool,
+    /// How TIME_WAIT is learned.
+    timewait: TimewaitMethod,
     /// Why the fentry timewait hooks are not attached, when they were tried.
     pub timewait_fallback: Option<String>,
+    /// Why the `timer:timer_expire_entry` hook is not attached either, when it was tried.
+    pub timewait_timer_fallback: Option<String>,
     pub ring_bytes: u32,
 }
 
@@ -137,6 +180,7 @@ const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
 const COUNTER_BACKUP_DISCARDED: u32 = 4;
 const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
 const COUNTER_COUNTED: u32 = 6;
+const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
 
 /// Raw counters from the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,6 +193,11 @@ pub struct KernelCounters {
     pub filtered: u64,
     pub primary_skipped: u64,
     pub reset_skipped: u64,
+    /// Timewait hook records (fentry, or the timer tracepoint's ends) that did not fit in the
+    /// ring, and runs of those programs the kernel skipped. Not lost transitions: those
+    /// timewait sockets fall back to the inferred expiry (`EXACT_END_GRACE_NS` late).
+    pub timewait_ring_full: u64,
+    pub timewait_skipped: u64,
 }
 
 impl Probe {
@@ -194,14 +243,10 @@ impl Probe {
         self.path
     }
 
-    /// How TIME_WAIT is learned: exactly from the fentry hooks, or inferred from
-    /// FIN_WAIT2/CLOSING -> CLOSE.
-    pub fn timewait_method(&self) -> &'static str {
-        if self.timewait_hooks {
-            TIMEWAIT_HOOKED
-        } else {
-            TIMEWAIT_INFERRED
-        }
+    /// How TIME_WAIT is learned: exactly from the fentry hooks, inferred from
+    /// FIN_WAIT2/CLOSING -> CLOSE with the exact end from the timer tracepoint, or inferred.
+    pub fn timewait_method(&self) -> TimewaitMethod {
+        self.timewait
     }
 
     /// Kernel statistics of every attached program, by name.
@@ -232,6 +277,7 @@ impl Probe {
             reset_ring_full: sum(COUNTER_RESET_RESERVE_FAILED),
             backup_emitted: sum(COUNTER_BACKUP_EMITTED),
             filtered: sum(COUNTER_FILTERED),
+            timewait_ring_full: sum(COUNTER_TIMEWAIT_RESERVE_FAILED),
             ..Default::default()
         };
         for (name, st) in self.program_stats() {
@@ -243,9 +289,10 @@ impl Probe {
             match role {
                 Some(ProgRole::Primary) => c.primary_skipped += st.recursion_misses,
                 Some(ProgRole::Reset) => c.reset_skipped += st.recursion_misses,
+                Some(ProgRole::TimeWait) => c.timewait_skipped += st.recursion_misses,
                 // A skipped backup run is not a loss: the primary handled that event (the two
                 // can only be nested in opposite orders).
-                Some(ProgRole::Backup | ProgRole::TimeWait) | None => {}
+                Some(ProgRole::Backup) | None => {}
             }
         }
         c
@@ -332,6 +379,15 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     let offsets = btf::sock_offsets().map_err(aya_err("reading struct sock offsets from BTF"))?;
     let mut cfg = probe_config(opts);
     cfg.offsets = offsets;
+    // Resolved before the load, as the configuration is fixed then; the program is attached
+    // only if fentry fails.
+    let timer = match opts.timewait_hooks {
+        TimewaitHooks::Off => None,
+        TimewaitHooks::Auto | TimewaitHooks::Timer => Some(tw_timer_config()),
+    };
+    if let Some(Ok(t)) = &timer {
+        cfg.tw_timer = *t;
+    }
     let btf = Btf::from_sys_fs().map_err(aya_err("loading kernel BTF"))?;
     let mut ebpf = base_loader(&cfg, opts)
         .load(BPF_OBJECT)
@@ -367,17 +423,28 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         prog.attach()
             .map_err(aya_err(format!("attaching {name} to {hook}")))?;
     }
-    let (timewait_hooks, timewait_fallback) = if opts.timewait_hooks {
-        match attach_timewait_hooks(&mut ebpf, &btf) {
+    let (mut timewait, timewait_fallback) = match opts.timewait_hooks {
+        TimewaitHooks::Auto => match attach_timewait_hooks(&mut ebpf, &btf) {
             Ok(()) => {
                 programs.extend(TIMEWAIT_HOOKS.iter().map(|(n, _)| (*n, ProgRole::TimeWait)));
-                (true, None)
+                (TimewaitMethod::Fentry, None)
             }
-            Err(e) => (false, Some(format!("{e:#}"))),
-        }
-    } else {
-        (false, None)
+            Err(e) => (TimewaitMethod::Inferred, Some(format!("{e:#}"))),
+        },
+        TimewaitHooks::Timer | TimewaitHooks::Off => (TimewaitMethod::Inferred, None),
     };
+    let mut timewait_timer_fallback = None;
+    if timewait == TimewaitMethod::Inferred
+        && let Some(timer) = timer
+    {
+        match timer.and_then(|_| attach_timewait_timer(&mut ebpf)) {
+            Ok(()) => {
+                programs.push((TIMEWAIT_TIMER_PROG, ProgRole::TimeWait));
+                timewait = TimewaitMethod::Timer;
+            }
+            Err(e) => timewait_timer_fallback = Some(format!("{e:#}")),
+        }
+    }
     let counters = take_counters(&mut ebpf)?;
     Ok(Probe {
         ebpf,
@@ -385,14 +452,67 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         programs,
         counters,
         fallback_reason: None,
-        timewait_hooks,
+        timewait,
         timewait_fallback,
+        timewait_timer_fallback,
         ring_bytes: opts.ring_bytes,
     })
 }
 
 pub const TIMEWAIT_HOOKED: &str = "fentry:tcp_time_wait+inet_twsk_free";
+/// No parentheses: tests and scripts read the method up to the ")" of the "attached" line.
+pub const TIMEWAIT_TIMER: &str = "inferred entry, exact end from timer:timer_expire_entry";
 pub const TIMEWAIT_INFERRED: &str = "inferred";
+
+const TIMEWAIT_TIMER_PROG: &str = "timewait_timer";
+
+/// Everything the `timer:timer_expire_entry` program needs to recognise a timewait socket's
+/// timer, from this kernel: the handler's address (kallsyms), where `tw_timer` and the cookie
+/// sit in `struct inet_timewait_sock` (BTF), and the record layout (tracefs). Any missing piece
+/// is the reason the hook is not used.
+fn tw_timer_config() -> anyhow::Result<TwTimerConfig> {
+    use anyhow::Context;
+    if !btf::timewait_shares_sock_common()? {
+        anyhow::bail!("inet_timewait_sock does not start with sock_common");
+    }
+    let (tw_timer, skc_cookie) =
+        btf::timewait_timer_offsets().context("locating inet_timewait_sock.tw_timer in BTF")?;
+    let root = tracefs::tracefs_root()?;
+    let format = tracefs::event_format(&root, "timer", "timer_expire_entry")?;
+    let (tp_timer, tp_function) = tracefs::timer_expire_layout(&format)?;
+    let handler = kallsyms::kernel_symbol("tw_timer_handler")?;
+    Ok(TwTimerConfig {
+        handler,
+        tw_timer,
+        skc_cookie,
+        tp_timer,
+        tp_function,
+        validated: 1,
+        _pad: 0,
+    })
+}
+
+/// Loads and attaches the `timer:timer_expire_entry` program (classic tracepoints load where
+/// fentry does not, e.g. under this project's host lockdown). On failure it is unloaded.
+fn attach_timewait_timer(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let prog: &mut TracePoint = ebpf
+        .program_mut(TIMEWAIT_TIMER_PROG)
+        .context("missing from the object")?
+        .try_into()?;
+    let r = prog
+        .load()
+        .context("loading the timer:timer_expire_entry program")
+        .and_then(|()| {
+            prog.attach("timer", "timer_expire_entry")
+                .map(drop)
+                .context("attaching to timer:timer_expire_entry")
+        });
+    if r.is_err() {
+        let _ = prog.unload();
+    }
+    r
+}
 
 const TIMEWAIT_HOOKS: [(&str, &str); 2] = [
     ("timewait_enter", "tcp_time_wait"),
@@ -490,8 +610,9 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         programs: programs.into_iter().map(|(n, r, _, _)| (n, r)).collect(),
         counters,
         fallback_reason: None,
-        timewait_hooks: false,
+        timewait: TimewaitMethod::Inferred,
         timewait_fallback: None,
+        timewait_timer_fallback: None,
         ring_bytes: opts.ring_bytes,
     })
 }

@@ -290,6 +290,16 @@ pub fn reset_layout(format: &EventFormat) -> Result<ResetTpLayout, TracefsError>
     Ok(layout)
 }
 
+/// Record offsets of `void *timer` and `void *function` in `timer:timer_expire_entry`
+/// (<https://github.com/torvalds/linux/blob/v6.1/include/trace/events/timer.h#L86>): the timer
+/// being run and its handler, 8 bytes each.
+pub fn timer_expire_layout(format: &EventFormat) -> Result<(u16, u16), TracefsError> {
+    Ok((
+        format.offset_of("timer", &[8], "8")?,
+        format.offset_of("function", &[8], "8")?,
+    ))
+}
+
 fn offset_overflow(format: &EventFormat) -> TracefsError {
     TracefsError::FieldShape {
         path: format.path.clone(),
@@ -672,6 +682,10 @@ mod tests {
                 assert_eq!(r.sock_cookie as u32, f.field("sock_cookie").unwrap().offset);
             }
         }
+        let f = event_format(&root, "timer", "timer_expire_entry").unwrap();
+        let (timer, function) = timer_expire_layout(&f).unwrap();
+        assert!(timer >= 8 && function >= 8 && timer != function, "{f:?}");
+
         let err = event_format(&root, "sock", "no_such_event").unwrap_err();
         assert!(
             err.to_string().contains("events/sock/no_such_event/format"),

@@ -144,3 +144,57 @@ fn timewait_events_of_unknown_sockets_are_ignored() {
     );
     assert_eq!(t.len(), 0);
 }
+
+/// The timer tracepoint's method: TIME_WAIT inferred at FIN_WAIT2 -> CLOSE (no enter event), its
+/// end exact from `timer_expire_entry`. The inferred 60 s must not end it first (the kernel's
+/// timer wheel runs it late), and a socket whose end event was lost still goes, after the grace.
+#[test]
+fn exact_end_without_enter_hook_outlasts_the_inferred_deadline() {
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits::default());
+    t.set_exact_timewait_end(true);
+    let (a, _) = close_remote(&mut fx, &mut t, None);
+    let entered = fx.ts;
+    let b = fx.sock("10.0.0.2:40002", "10.0.0.9:443");
+    let me = Ctx::Owner(300, "client");
+    t.apply(&fx.tr(&b, Established, FinWait1, &me));
+    t.apply(&fx.tr(&b, FinWait1, FinWait2, &SWAPPER));
+    t.apply(&fx.tr(&b, FinWait2, Close, &SWAPPER));
+    let b_entered = fx.ts;
+    assert_eq!(state_of(&t, &a), Some(TimeWait));
+    assert_eq!(t.stats().timewait_inferred, 2);
+
+    // 60 s and 1.5 s of timer-wheel lateness: both still held.
+    assert!(t.expire(entered + TIMEWAIT_LEN_NS + 1_500 * MS).is_empty());
+    fx.ts = entered + TIMEWAIT_LEN_NS + 1_700 * MS;
+    // The end as the timer hook sends it: the timewait socket's own address, and here no cookie
+    // (one the kernel never generated), so the 4-tuple finds it.
+    let mut end = fx.ev(&a, What::TimeWaitEnd, &SWAPPER);
+    end.sock.cookie = 0;
+    end.sock.skaddr ^= 0xfff0;
+    let applied = t.apply(&end);
+    assert_eq!(
+        applied.changes(),
+        &[(
+            Subject::This,
+            Change::Left {
+                state: TimeWait,
+                dwell_ns: Some(TIMEWAIT_LEN_NS + 1_700 * MS),
+                reason: LeaveReason::Expired
+            }
+        )]
+    );
+    assert_eq!(state_of(&t, &a), None);
+    assert_eq!(state_of(&t, &b), Some(TimeWait));
+    assert_eq!(t.stats().timewait_end_exact, 1);
+
+    // `b`'s end was lost: the inference retires it once the grace has passed.
+    assert!(t.expire(b_entered + TIMEWAIT_LEN_NS + 9 * SEC).is_empty());
+    assert_eq!(t.expire(b_entered + TIMEWAIT_LEN_NS + 10 * SEC).len(), 1);
+    assert_eq!(state_of(&t, &b), None);
+    assert_eq!(
+        (t.stats().timewait_expired, t.stats().timewait_end_exact),
+        (2, 1)
+    );
+    check_counts(&t);
+}
