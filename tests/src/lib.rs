@@ -365,6 +365,20 @@ pub fn loopbacks() -> [IpAddr; 2] {
     ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]
 }
 
+/// The `OLD->NEW` of each `trace --json` line, in order: `["CLOSE->SYN_SENT", ...]`.
+pub fn transitions(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}->{}",
+                l["old"].as_str().unwrap(),
+                l["new"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// One socket's transitions from `trace --json` output, in order.
 #[derive(Debug, Clone)]
 pub struct SocketTrace {
@@ -375,16 +389,7 @@ pub struct SocketTrace {
 impl SocketTrace {
     /// `["CLOSE->SYN_SENT", ...]`.
     pub fn transitions(&self) -> Vec<String> {
-        self.lines
-            .iter()
-            .map(|l| {
-                format!(
-                    "{}->{}",
-                    l["old"].as_str().unwrap(),
-                    l["new"].as_str().unwrap()
-                )
-            })
-            .collect()
+        transitions(&self.lines)
     }
 
     /// Distinct owner pids reported (null excluded).

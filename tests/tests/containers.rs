@@ -267,16 +267,7 @@ fn trace_keeps_a_containers_lines_even_after_its_process_exits() {
     std::thread::sleep(Duration::from_millis(300));
     let out = tracer.stop();
     let lines = out.json_lines();
-    let moves: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            format!(
-                "{}->{}",
-                l["old"].as_str().unwrap(),
-                l["new"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let moves = transitions(&lines);
     assert!(
         lines.iter().all(|l| l["pid"] == spid),
         "only the server's lines: {lines:?}\n{}",

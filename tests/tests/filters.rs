@@ -116,16 +116,7 @@ fn pid_keeps_only_that_processs_sockets() {
     );
     // The sockets predate the tracer: the owner comes from the start-up snapshot or from A's
     // close() in kernel context; either way all of A's remaining transitions are there.
-    let t: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            format!(
-                "{}->{}",
-                l["old"].as_str().unwrap(),
-                l["new"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let t = transitions(&lines);
     assert_eq!(
         t,
         [
@@ -210,16 +201,7 @@ fn state_keeps_transitions_touching_it() {
     let lines = trace(&["--port", &p.to_string(), "--state", "close-wait"], || {
         round(SocketAddr::new(v4(), p), &[]);
     });
-    let t: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            format!(
-                "{}->{}",
-                l["old"].as_str().unwrap(),
-                l["new"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let t = transitions(&lines);
     assert_eq!(t, ["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK"]);
 }
 
