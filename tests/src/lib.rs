@@ -335,6 +335,18 @@ pub fn run_tcptrace(args: &[&str]) -> TracerOutput {
     }
 }
 
+/// `ss -tanH state STATE` rows matching a filter expression (e.g. `dport = :8080`).
+pub fn ss_count(state: &str, filter: &str) -> usize {
+    let out = Command::new("ss")
+        .args(["-tanH", "state", state, filter])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
 /// `ss -tanH` rows whose local or remote port is `port`: (state, local, remote).
 pub fn ss_rows(port: u16) -> Vec<(String, String, String)> {
     let out = Command::new("ss")

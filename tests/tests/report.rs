@@ -2,7 +2,7 @@
 //! attributed to the process that really owns it (including sockets older than tcptrace), and
 //! dwell times match the times the test induced.
 
-use std::{collections::HashMap, net::SocketAddr, process::Command, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 use tcptrace_tests::*;
@@ -13,18 +13,6 @@ fn report(args: &[&str]) -> Tracer {
     let mut a = vec!["report", "--json"];
     a.extend_from_slice(args);
     Tracer::start(&a)
-}
-
-/// `ss -tanH state STATE` rows matching a filter expression.
-fn ss_count(state: &str, filter: &str) -> usize {
-    let out = Command::new("ss")
-        .args(["-tanH", "state", state, filter])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
 }
 
 fn row<'a>(list: &'a Value, key: &str, val: &Value) -> &'a Value {

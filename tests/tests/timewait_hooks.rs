@@ -3,7 +3,7 @@
 //! decided by trying (the host here refuses fentry with EPERM; the QEMU guests, Debian 6.1 and
 //! 6.12, allow it), and reported on the "attached" line and in the report.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 use tcptrace_tests::*;
@@ -23,17 +23,6 @@ fn method_of(started: &str) -> String {
         .expect("TIME_WAIT on the attached line")
         + 10..];
     rest[..rest.find(')').expect("closing parenthesis")].to_owned()
-}
-
-fn ss_time_wait(filter: &str) -> usize {
-    let out = Command::new("ss")
-        .args(["-tanH", "state", "time-wait", filter])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
 }
 
 /// The QEMU guests' init sets this; their kernels (Debian 6.1 and 6.12) allow fentry.
@@ -65,7 +54,7 @@ fn client_first_closes(extra: &[&str], conns: u32, server_delay_ms: u32) -> (Val
     cli.wait_done(T);
     srv.wait_done(T);
     let doc = tracer.wait().json();
-    let ss = ss_time_wait(&format!("dport = :{port}"));
+    let ss = ss_count("time-wait", &format!("dport = :{port}"));
     cli.finish();
     srv.finish();
     (doc, method, ss)
@@ -196,12 +185,20 @@ fn timer_hook_ends_time_wait_when_the_kernel_drops_it() {
     let t1 = std::time::Instant::now();
     let filter = |port: u16| format!("dport = :{port}");
     for s in &sides {
-        assert_eq!(ss_time_wait(&filter(s.port)), CONNS, "port {}", s.port);
+        assert_eq!(
+            ss_count("time-wait", &filter(s.port)),
+            CONNS,
+            "port {}",
+            s.port
+        );
     }
     // Poll until the kernel drops them all; the last drop happened in (last_seen, first_gone].
     let mut last_seen = t1;
     let first_gone = loop {
-        let left: usize = sides.iter().map(|s| ss_time_wait(&filter(s.port))).sum();
+        let left: usize = sides
+            .iter()
+            .map(|s| ss_count("time-wait", &filter(s.port)))
+            .sum();
         let now = std::time::Instant::now();
         if left == 0 {
             break now;
