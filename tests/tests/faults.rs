@@ -182,17 +182,39 @@ fn table_churning_during_the_startup_snapshot_is_not_double_counted() {
         Some(ss.values().sum()),
         "one entry per socket"
     );
-    // A socket the start-up dump and the event stream both delivered, tracked twice, would be
-    // in the wrong state once one copy moved on: every state fix must be explained by a loss.
-    // (`removed` is not checked: with a port filter, every connect() on the host passes the
-    // kernel filter while its local port is still 0, and those entries are only removed by
-    // reconciliation.)
+    // A dump applied ahead of the transitions still in the ring would move sockets past
+    // events that then arrive "stale" (older than what the table knows), and would "fix" their
+    // states. Dumps are applied only after the ring is drained: no stale event, ever.
+    let table = &doc["table"];
+    assert_eq!(
+        table["stale"].as_u64(),
+        Some(0),
+        "events arrived behind a dump: {table:#}"
+    );
+    // Every other state fix is a transition the event stream never got. The kernel counts
+    // most of those (`lost_events`); the rest it skipped without counting, and the report must
+    // say so rather than claim nothing was lost. (Seen in this VM: loopback softirq work run on
+    // the guest agent's thread is skipped by both programs, with no recursion miss.)
     let fixed = doc["corrections"]["state_fixed"].as_u64().unwrap();
     let lost = doc["lost_events"].as_u64().unwrap();
-    assert!(
-        fixed <= lost,
-        "fixed {fixed} states with {lost} lost events: {:#}",
+    let uncounted = doc["lost_uncounted"].as_u64().unwrap();
+    assert_eq!(
+        uncounted,
+        fixed.saturating_sub(lost),
+        "every state fix is a lost event, counted or not: {:#}",
         doc["corrections"]
+    );
+    if uncounted > 0 {
+        assert!(
+            out.stderr
+                .contains("skipped by the kernel without being counted"),
+            "uncounted losses are shown: {}",
+            out.stderr
+        );
+    }
+    eprintln!(
+        "state fixes {fixed}, substate fixes {}, lost {lost}, uncounted {uncounted}",
+        doc["corrections"]["substate_fixed"]
     );
 }
 

@@ -20,6 +20,9 @@ pub struct SummaryInput<'a> {
     pub now_ns: u64,
     /// Events the kernel side lost (recursion misses not recovered + failed reservations).
     pub lost_events: u64,
+    /// Transitions missed without being counted, found by the kernel-table check
+    /// (`LossReport::uncounted`).
+    pub lost_uncounted: u64,
     /// How TIME_WAIT is known: "inferred", or the exact hook in use (e.g. "fentry:tcp_time_wait").
     pub timewait_method: &'a str,
     /// `net.ipv4.ip_local_port_range`.
@@ -37,6 +40,9 @@ pub struct Summary {
     pub window_s: f64,
     /// Events the kernel side lost; counts below may be short by about this many transitions.
     pub lost_events: u64,
+    /// Transitions the kernel skipped without counting them, found by comparing the socket
+    /// table with the kernel's: at least this many beyond `lost_events`.
+    pub lost_uncounted: u64,
     /// How TIME_WAIT is known: "inferred" (from FIN_WAIT2/CLOSING -> CLOSE) or the exact
     /// kernel hook used.
     pub timewait_method: String,
@@ -298,6 +304,7 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
     Summary {
         window_s,
         lost_events: input.lost_events,
+        lost_uncounted: input.lost_uncounted,
         timewait_method: input.timewait_method.to_string(),
         sockets: table.len() as u64,
         totals: table.counts(),

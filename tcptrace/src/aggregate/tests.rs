@@ -43,6 +43,7 @@ impl Rig {
             &SummaryInput {
                 now_ns: now,
                 lost_events: 7,
+                lost_uncounted: 0,
                 timewait_method: "inferred",
                 port_range: (32768, 60999),
                 top: 50,

@@ -56,7 +56,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         kernel: live.kernel(),
         hook: live.hook(),
         window_s: summary.window_s,
-        lost_events: summary.lost_events,
+        // Transitions the kernel skipped uncounted are as lost as the counted ones.
+        lost_events: summary.lost_events + summary.lost_uncounted,
         nothing_abnormal: findings.is_empty(),
         findings: &findings,
         host_facts: &host,

@@ -643,6 +643,11 @@ impl Live {
         // A recording may have been made with wider filters than this replay's.
         self.keep_wanted(&mut snap);
         let st = self.table.reconcile(&snap, owners.as_ref());
+        log::debug!(
+            "reconciled with a dump of {} sockets taken {} ms ago: {st:?}",
+            snap.sockets.len(),
+            monotonic_ns().saturating_sub(snap.taken_ns) / 1_000_000
+        );
         if let Some(fd) = &owners {
             // Decided from the recorded dump and scan alone, so a replay folds the same groups
             // at the same moment.
@@ -675,12 +680,14 @@ impl Live {
     }
 
     pub fn summary_at(&self, top: usize, now_ns: u64) -> Summary {
+        let loss = self.loss();
         summary(
             &self.table,
             &self.agg,
             &SummaryInput {
                 now_ns,
-                lost_events: self.loss().lost(),
+                lost_events: loss.lost(),
+                lost_uncounted: self.lost_uncounted(&loss),
                 timewait_method: match &self.source {
                     Source::Kernel { probe, .. } => timewait_method(probe),
                     Source::File(f) => &f.header.timewait_method,
@@ -738,12 +745,18 @@ impl Live {
         }
     }
 
+    /// Transitions the kernel skipped without counting them, found by reconciliation.
+    pub fn lost_uncounted(&self, loss: &LossReport) -> u64 {
+        loss.uncounted(self.table.stats().corrections.state_fixed)
+    }
+
     /// The closing line every command prints on stderr.
     pub fn summary_line(&self) -> String {
         let loss = self.loss();
+        let uncounted = self.lost_uncounted(&loss);
         format!(
             "tcptrace: {} events in {:.1}s; lost {} events ({} transitions, {} resets; ring full {}, \
-             nested runs skipped {}, recovered by the backup program {}, duplicates dropped {})",
+             nested runs skipped {}, recovered by the backup program {}, duplicates dropped {}){}",
             self.events,
             self.started.elapsed().as_secs_f64(),
             loss.lost(),
@@ -752,7 +765,8 @@ impl Live {
             loss.ring_full,
             loss.primary_skipped,
             loss.recovered,
-            loss.duplicates
+            loss.duplicates,
+            uncounted_note(uncounted)
         )
     }
 }
@@ -832,4 +846,17 @@ pub async fn stop_signal(duration: Option<Duration>) -> anyhow::Result<()> {
         _ = sleep => {}
     }
     Ok(())
+}
+
+/// The words every view appends to its lost-event count when reconciliation found transitions
+/// the kernel skipped without counting them; empty when there are none.
+pub fn uncounted_note(uncounted: u64) -> String {
+    if uncounted == 0 {
+        String::new()
+    } else {
+        format!(
+            "; at least {uncounted} more skipped by the kernel without being counted (found by \
+             the kernel-table check, which corrected those sockets)"
+        )
+    }
 }

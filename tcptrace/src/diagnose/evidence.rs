@@ -298,7 +298,7 @@ impl Evidence {
 
         Evidence {
             window_s: summary.window_s,
-            lost_events: summary.lost_events,
+            lost_events: summary.lost_events + summary.lost_uncounted,
             now_unix,
             processes,
             listen_ports,

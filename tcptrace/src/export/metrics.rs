@@ -359,7 +359,8 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         "Events the kernel side could not deliver, by cause: ring_full (the reader fell \
          behind), nested (runs the kernel skipped because the program was already running on \
          that CPU, less those the backup program recovered), reset_nested (the same for the \
-         reset programs), undecodable.",
+         reset programs), undecodable, uncounted (skipped by the kernel without being \
+         counted, found afterwards by the kernel-table check: a lower bound).",
     );
     for (cause, n) in [
         ("ring_full", l.ring_full),
@@ -370,6 +371,10 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         ),
         ("reset_nested", l.reset_skipped),
         ("undecodable", l.undecodable),
+        (
+            "uncounted",
+            l.uncounted(s.table.stats().corrections.state_fixed),
+        ),
     ] {
         e.sample(name, &[("cause", cause)], n);
     }
@@ -410,13 +415,15 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         Kind::Counter,
         "Corrections made by comparing the socket table with the kernel's (every 10 s): sockets \
          added (predating tcptrace or their events lost), removed (a close was lost), with a \
-         state or 4-tuple fixed.",
+         state or 4-tuple fixed, or a timewait socket's substate (FIN_WAIT2/TIME_WAIT, which \
+         changes without an event) fixed.",
     );
     let c = &st.corrections;
     for (kind, n) in [
         ("added", c.added),
         ("removed", c.removed),
         ("state_fixed", c.state_fixed),
+        ("substate_fixed", c.substate_fixed),
         ("tuple_fixed", c.tuple_fixed),
     ] {
         e.sample(name, &[("kind", kind)], n);

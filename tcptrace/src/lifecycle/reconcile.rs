@@ -19,6 +19,12 @@ pub type FdOwners = HashMap<u64, Vec<(u32, String)>>;
 /// within microseconds of the original).
 const TOMBSTONE_KEEP_NS: u64 = 1_000_000_000;
 
+/// A dumped socket that is a timewait socket: TIME_WAIT, or the FIN_WAIT2 substate (no inode:
+/// the full socket and its file are gone).
+fn is_timewait_substate(ks: &KernelSocket) -> bool {
+    ks.state == TcpState::TimeWait || (ks.state == TcpState::FinWait2 && ks.inode == 0)
+}
+
 /// Socket inodes fit in 32 bits (see `Entry::inode`); anything else is treated as unknown.
 fn inode32(i: u64) -> u32 {
     u32::try_from(i).unwrap_or(0)
@@ -237,7 +243,22 @@ impl SocketTable {
             st.kept_newer += 1;
             return;
         }
-        st.state_fixed += 1;
+        // A timewait socket gets no more events; only its substate can change unseen.
+        let substate = e.is_mini() && is_timewait_substate(ks);
+        if substate {
+            st.substate_fixed += 1;
+        } else {
+            st.state_fixed += 1;
+        }
+        log::debug!(
+            "{} fixed: ours {} (last event {} us before the dump), the kernel's {}: {} -> {}",
+            if substate { "substate" } else { "state" },
+            e.state().name(),
+            taken.saturating_sub(e.last_ns) / 1000,
+            ks.state.name(),
+            ks.local,
+            ks.remote,
+        );
         match ks.state {
             TcpState::TimeWait => {
                 let since = self.timewait_since(ks, taken);
@@ -302,8 +323,7 @@ impl SocketTable {
 
     /// Adds a socket only the kernel knew.
     fn add_kernel(&mut self, ks: &KernelSocket, taken: u64) -> u32 {
-        let mini =
-            ks.state == TcpState::TimeWait || (ks.state == TcpState::FinWait2 && ks.inode == 0);
+        let mini = is_timewait_substate(ks);
         let listener = ks.state == TcpState::Listen;
         let mut e = Self::blank(ks.netns, ks.state, taken);
         e.cookie = ks.cookie;

@@ -60,8 +60,14 @@ pub struct ReconcileStats {
     /// Sockets we had that the kernel no longer has (a lost close, or a timewait socket killed
     /// early: by a RST, or by `tcp_max_tw_buckets`).
     pub removed: u64,
-    /// Sockets whose state we had wrong.
+    /// Sockets whose state we had wrong in a way only an undelivered transition explains: the
+    /// tracepoint reports every change of a full socket's state, so the event stream missed at
+    /// least one (a counted loss, or a run the kernel skipped without counting it).
     pub state_fixed: u64,
+    /// Timewait sockets whose substate (FIN_WAIT2 or TIME_WAIT) we had wrong. The kernel reports
+    /// no event when one turns TIME_WAIT (the peer's FIN reaches it); it is inferred from the
+    /// local peer's close, which fails when the peer was not known yet (e.g. at start-up).
+    pub substate_fixed: u64,
     /// Sockets whose addresses we had incomplete or wrong (e.g. a connect still in SYN_SENT,
     /// whose local port the kernel picks after the transition).
     pub tuple_fixed: u64,
@@ -82,6 +88,7 @@ impl ReconcileStats {
         self.added += o.added;
         self.removed += o.removed;
         self.state_fixed += o.state_fixed;
+        self.substate_fixed += o.substate_fixed;
         self.tuple_fixed += o.tuple_fixed;
         self.kept_newer += o.kept_newer;
         self.skipped_closed += o.skipped_closed;

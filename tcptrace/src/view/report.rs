@@ -82,9 +82,14 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "lost events: {}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",
+        "lost events: {}{}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",
         s.lost_events,
-        c.added + c.removed + c.state_fixed,
+        if s.lost_uncounted > 0 {
+            format!(" (+{} skipped by the kernel uncounted)", s.lost_uncounted)
+        } else {
+            String::new()
+        },
+        c.added + c.removed + c.state_fixed + c.substate_fixed,
         s.evictions.sockets,
         s.evictions.groups
     );

@@ -246,3 +246,61 @@ fn classic_path_reset_on_a_dumped_socket_marks_its_close() {
     assert!(t.is_empty());
     assert_eq!(t.stats().reset_closes, 1);
 }
+
+#[test]
+fn a_timewait_substate_we_inferred_wrong_is_a_substate_fix_not_a_lost_event() {
+    // The client closed first while its local peer was not known yet (it predates us and the
+    // start-up dump was not applied), so its timewait socket was inferred TIME_WAIT; the kernel
+    // shows it still waiting in FIN_WAIT2 for the peer's FIN, which no event would have told us.
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits::default());
+    let c = fx.sock("127.0.0.1:40001", "127.0.0.1:8080");
+    est(&mut fx, &mut t, &c);
+    t.apply(
+        &fx.step(MS)
+            .tr(&c, Established, FinWait1, &Ctx::Owner(7, "app")),
+    );
+    t.apply(&fx.step(MS).tr(&c, FinWait1, FinWait2, &SWAPPER));
+    t.apply(&fx.step(MS).tr(&c, FinWait2, Close, &SWAPPER));
+    assert_eq!(state_of(&t, &c), Some(TimeWait));
+    let taken = fx.step(SEC).ts;
+    let held = ks(
+        FinWait2,
+        "127.0.0.1:40001",
+        "127.0.0.1:8080",
+        c.id.cookie,
+        0,
+    );
+    let peer = ks(CloseWait, "127.0.0.1:8080", "127.0.0.1:40001", 999, 42);
+    let st = t.reconcile(&snapshot(taken, vec![held, peer]), None);
+    assert_eq!((st.substate_fixed, st.state_fixed, st.added), (1, 0, 1));
+    assert_eq!(state_of(&t, &c), Some(FinWait2));
+    check_counts(&t);
+}
+
+#[test]
+fn a_dump_applied_ahead_of_the_ring_shows_as_stale_events() {
+    // What the integration tests watch for: a dump applied before the transitions still in the
+    // ring moves the socket past them, and they then arrive older than what the table knows.
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits::default());
+    let c = fx.sock("10.0.0.1:40001", "10.0.0.2:443");
+    est(&mut fx, &mut t, &c);
+    t.apply(
+        &fx.step(MS)
+            .tr(&c, Established, FinWait1, &Ctx::Owner(7, "app")),
+    );
+    let in_ring = [
+        fx.step(MS).tr(&c, FinWait1, FinWait2, &SWAPPER),
+        fx.step(MS).tr(&c, FinWait2, Close, &SWAPPER),
+    ];
+    let taken = fx.step(MS).ts;
+    let mut tw = ks(TimeWait, "10.0.0.1:40001", "10.0.0.2:443", c.id.cookie, 0);
+    tw.timer_ms = Some(59_000);
+    assert_eq!(t.reconcile(&snapshot(taken, vec![tw]), None).state_fixed, 1);
+    for ev in &in_ring {
+        t.apply(ev);
+    }
+    assert!(t.stats().stale >= 1, "{:?}", t.stats());
+    check_counts(&t);
+}
