@@ -848,9 +848,9 @@ pub async fn stop_signal(duration: Option<Duration>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The words every view appends to its lost-event count when reconciliation found transitions
-/// the kernel skipped without counting them; empty when there are none.
-pub fn uncounted_note(uncounted: u64) -> String {
+/// The closing line's words for transitions the kernel skipped without counting them (the text
+/// views use the short [`crate::view::uncounted_suffix`]); empty when there are none.
+fn uncounted_note(uncounted: u64) -> String {
     if uncounted == 0 {
         String::new()
     } else {

@@ -84,11 +84,7 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         out,
         "lost events: {}{}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",
         s.lost_events,
-        if s.lost_uncounted > 0 {
-            format!(" (+{} skipped by the kernel uncounted)", s.lost_uncounted)
-        } else {
-            String::new()
-        },
+        super::uncounted_suffix(s.lost_uncounted),
         c.added + c.removed + c.state_fixed + c.substate_fixed,
         s.evictions.sockets,
         s.evictions.groups

@@ -51,11 +51,7 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
         "tcptrace top  {clock}  up {:.0}s  sockets {}  ESTABLISHED {est}  CLOSE_WAIT {cw}  TIME_WAIT {tw}  lost events {lost}{}",
         s.window_s,
         s.sockets,
-        if s.lost_uncounted > 0 {
-            format!(" (+{} uncounted)", s.lost_uncounted)
-        } else {
-            String::new()
-        }
+        super::uncounted_suffix(s.lost_uncounted)
     );
     let by = match st.by {
         GroupBy::Pid => "process",
