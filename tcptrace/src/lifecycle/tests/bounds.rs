@@ -4,22 +4,7 @@ use tcptrace_common::TcpState::*;
 
 use super::super::fixtures::*;
 use super::super::table::{Limits, SocketTable};
-use super::{check_counts, state_of};
-
-fn established(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
-    t.apply(&fx.tr(sk, Close, SynSent, &Ctx::Owner(7, "app")));
-    t.apply(&fx.step(MS).tr(sk, SynSent, Established, &SWAPPER));
-}
-
-fn time_wait(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
-    established(fx, t, sk);
-    t.apply(
-        &fx.step(MS)
-            .tr(sk, Established, FinWait1, &Ctx::Owner(7, "app")),
-    );
-    t.apply(&fx.step(MS).tr(sk, FinWait1, FinWait2, &SWAPPER));
-    t.apply(&fx.step(MS).tr(sk, FinWait2, Close, &SWAPPER));
-}
+use super::{check_counts, established, state_of, time_wait};
 
 #[test]
 fn full_table_evicts_oldest_time_wait_first_then_least_recently_active() {

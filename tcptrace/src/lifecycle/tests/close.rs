@@ -5,13 +5,8 @@ use tcptrace_common::TcpState::*;
 use super::super::change::{Change, LeaveReason, Outcome, Subject};
 use super::super::fixtures::*;
 use super::super::table::{Limits, SocketTable};
-use super::{check_counts, find, state_of};
+use super::{check_counts, established, find, state_of, time_wait};
 use crate::event::What;
-
-fn established(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
-    t.apply(&fx.tr(sk, Close, SynSent, &Ctx::Owner(7, "app")));
-    t.apply(&fx.step(MS).tr(sk, SynSent, Established, &SWAPPER));
-}
 
 #[test]
 fn reset_close_is_not_time_wait() {
@@ -207,13 +202,7 @@ fn classic_path_skaddr_reuse_does_not_collide_with_time_wait() {
     let mut fx = Fx::classic();
     let mut t = SocketTable::new(Limits::default());
     let a = fx.sock("10.0.0.1:50000", "10.0.0.2:443");
-    established(&mut fx, &mut t, &a);
-    t.apply(
-        &fx.step(MS)
-            .tr(&a, Established, FinWait1, &Ctx::Owner(7, "app")),
-    );
-    t.apply(&fx.step(MS).tr(&a, FinWait1, FinWait2, &SWAPPER));
-    t.apply(&fx.step(MS).tr(&a, FinWait2, Close, &SWAPPER));
+    time_wait(&mut fx, &mut t, &a);
     assert_eq!(state_of(&t, &a), Some(TimeWait));
     // The allocator hands the same address to a new socket to another peer.
     let b = fx.same_skaddr(&a, "10.0.0.1:50001", "10.0.0.3:443");

@@ -13,8 +13,28 @@ use std::collections::HashMap;
 
 use tcptrace_common::TcpState;
 
-use super::fixtures::Sk;
+use super::fixtures::{Ctx, Fx, MS, SWAPPER, Sk};
 use super::table::{SocketTable, SocketView};
+
+/// connect(): CLOSE -> SYN_SENT by the owner, then ESTABLISHED.
+fn established(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
+    use TcpState::*;
+    t.apply(&fx.tr(sk, Close, SynSent, &Ctx::Owner(7, "app")));
+    t.apply(&fx.step(MS).tr(sk, SynSent, Established, &SWAPPER));
+}
+
+/// `established`, then the owner closes first and the socket goes FIN_WAIT1, FIN_WAIT2 and
+/// into TIME_WAIT.
+fn time_wait(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
+    use TcpState::*;
+    established(fx, t, sk);
+    t.apply(
+        &fx.step(MS)
+            .tr(sk, Established, FinWait1, &Ctx::Owner(7, "app")),
+    );
+    t.apply(&fx.step(MS).tr(sk, FinWait1, FinWait2, &SWAPPER));
+    t.apply(&fx.step(MS).tr(sk, FinWait2, Close, &SWAPPER));
+}
 
 /// The socket with these addresses (None when gone).
 fn find(t: &SocketTable, sk: &Sk) -> Option<SocketView> {

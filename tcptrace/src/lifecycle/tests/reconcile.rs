@@ -7,12 +7,7 @@ use tcptrace_common::TcpState::*;
 use super::super::fixtures::*;
 use super::super::owner::Attribution;
 use super::super::table::{Limits, SocketTable, TIMEWAIT_LEN_NS};
-use super::{check_counts, find, state_of};
-
-fn est(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
-    t.apply(&fx.tr(sk, Close, SynSent, &Ctx::Owner(7, "app")));
-    t.apply(&fx.step(MS).tr(sk, SynSent, Established, &SWAPPER));
-}
+use super::{check_counts, established, find, state_of, time_wait};
 
 #[test]
 fn startup_snapshot_counts_and_attributes_preexisting_close_wait_leaks() {
@@ -65,15 +60,15 @@ fn reconcile_adds_removes_fixes_and_spares_sockets_born_during_the_dump() {
     let lost_close = fx.sock("10.0.0.1:40001", "10.0.0.2:443");
     let wrong_state = fx.sock("10.0.0.1:40002", "10.0.0.2:443");
     let fine = fx.sock("10.0.0.1:40003", "10.0.0.2:443");
-    est(&mut fx, &mut t, &lost_close);
-    est(&mut fx, &mut t, &wrong_state);
-    est(&mut fx, &mut t, &fine);
+    established(&mut fx, &mut t, &lost_close);
+    established(&mut fx, &mut t, &wrong_state);
+    established(&mut fx, &mut t, &fine);
     fx.step(SEC);
     let taken = fx.ts;
     // During the dump: one socket is born, one known socket changes state.
     fx.step(MS);
     let young = fx.sock("10.0.0.1:40004", "10.0.0.2:443");
-    est(&mut fx, &mut t, &young);
+    established(&mut fx, &mut t, &young);
     let changed = fine.clone();
     t.apply(
         &fx.step(MS)
@@ -126,7 +121,7 @@ fn socket_closed_after_the_dump_was_taken_is_not_brought_back() {
     let mut fx = Fx::new();
     let mut t = SocketTable::new(Limits::default());
     let sk = fx.sock("10.0.0.1:40001", "10.0.0.2:443");
-    est(&mut fx, &mut t, &sk);
+    established(&mut fx, &mut t, &sk);
     let taken = fx.step(MS).ts;
     t.apply(&fx.step(MS).tr(&sk, Established, Close, &SWAPPER));
     assert!(t.is_empty());
@@ -199,8 +194,8 @@ fn reconcile_corrects_time_wait_we_missed_and_removes_one_killed_early() {
     let mut t = SocketTable::new(Limits::default());
     let a = fx.sock("10.0.0.1:40001", "10.0.0.2:443");
     let b = fx.sock("10.0.0.1:40002", "10.0.0.2:443");
-    est(&mut fx, &mut t, &a);
-    est(&mut fx, &mut t, &b);
+    established(&mut fx, &mut t, &a);
+    established(&mut fx, &mut t, &b);
     for sk in [&a, &b] {
         t.apply(
             &fx.step(MS)
@@ -255,13 +250,7 @@ fn a_timewait_substate_we_inferred_wrong_is_a_substate_fix_not_a_lost_event() {
     let mut fx = Fx::new();
     let mut t = SocketTable::new(Limits::default());
     let c = fx.sock("127.0.0.1:40001", "127.0.0.1:8080");
-    est(&mut fx, &mut t, &c);
-    t.apply(
-        &fx.step(MS)
-            .tr(&c, Established, FinWait1, &Ctx::Owner(7, "app")),
-    );
-    t.apply(&fx.step(MS).tr(&c, FinWait1, FinWait2, &SWAPPER));
-    t.apply(&fx.step(MS).tr(&c, FinWait2, Close, &SWAPPER));
+    time_wait(&mut fx, &mut t, &c);
     assert_eq!(state_of(&t, &c), Some(TimeWait));
     let taken = fx.step(SEC).ts;
     let held = ks(
@@ -285,7 +274,7 @@ fn a_dump_applied_ahead_of_the_ring_shows_as_stale_events() {
     let mut fx = Fx::new();
     let mut t = SocketTable::new(Limits::default());
     let c = fx.sock("10.0.0.1:40001", "10.0.0.2:443");
-    est(&mut fx, &mut t, &c);
+    established(&mut fx, &mut t, &c);
     t.apply(
         &fx.step(MS)
             .tr(&c, Established, FinWait1, &Ctx::Owner(7, "app")),
