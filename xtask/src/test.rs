@@ -154,18 +154,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_summary_line_has_a_tally_per_kernel() {
-        let summary = Summary {
+    /// A clean host run and the two guest kernels, the second with `last` as its tally.
+    fn host_and_two_kernels(last: KernelRun) -> Summary {
+        Summary {
             host: Some(Tally {
                 passed: 310,
                 failed: 0,
             }),
-            vm: Some(Matrix(vec![
-                kernel("6.1.0-56", 58, 0),
-                kernel("6.12.117", 58, 0),
-            ])),
-        };
+            vm: Some(Matrix(vec![kernel("6.1.0-56", 58, 0), last])),
+        }
+    }
+
+    #[test]
+    fn the_summary_line_has_a_tally_per_kernel() {
+        let summary = host_and_two_kernels(kernel("6.12.117", 58, 0));
         assert_eq!(
             summary.to_string(),
             "host: 310 passed, 0 failed; vm 6.1.0-56: 58 passed, 0 failed in 452 s; \
@@ -176,16 +178,7 @@ mod tests {
 
     #[test]
     fn one_failing_kernel_fails_the_run() {
-        let summary = Summary {
-            host: Some(Tally {
-                passed: 310,
-                failed: 0,
-            }),
-            vm: Some(Matrix(vec![
-                kernel("6.1.0-56", 58, 0),
-                kernel("6.12.117", 57, 1),
-            ])),
-        };
+        let summary = host_and_two_kernels(kernel("6.12.117", 57, 1));
         assert!(!summary.ok());
     }
 
