@@ -1,5 +1,7 @@
 //! Lost events are counted exactly: a tiny ring and a stopped reader force the ring to overflow,
 //! and the count the tracer reports equals the number of transitions missing from its output.
+//! What was generated is measured, not assumed: a second tracer with a roomy ring watches the same
+//! connections.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -7,16 +9,36 @@ use tcptrace_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn lost_from_summary(stderr: &str) -> u64 {
+/// The summary's lost transitions: "... lost N events (T transitions, R resets; ...". Reset
+/// events (e.g. RSTs a TIME_WAIT socket sends to late segments) print no line.
+fn lost_transitions(stderr: &str) -> u64 {
     let line = stderr
         .lines()
         .rev()
         .find(|l| l.contains("; lost "))
         .unwrap_or_else(|| panic!("no summary: {stderr}"));
-    // "... lost N events (T transitions, R resets; ...": the transitions are what the lines miss
-    // (reset events, e.g. RSTs a TIME_WAIT socket sends to late segments, print no line).
     let after = line.split(" events (").nth(1).unwrap();
     after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The kernel's count of RSTs sent (`Tcp: OutRsts` in /proc/net/snmp).
+fn out_rsts() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == "OutRsts").unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Each socket's transitions, for a failure message.
+fn by_socket(lines: &[serde_json::Value]) -> String {
+    socket_lives(lines)
+        .iter()
+        .map(|s| {
+            let l = &s.lines[0];
+            format!("{}:{} {:?}\n", l["lport"], l["rport"], s.transitions())
+        })
+        .collect()
 }
 
 #[test]
@@ -25,14 +47,10 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let conns = 60;
-    let tracer = Tracer::start(&[
-        "trace",
-        "--json",
-        "--port",
-        &port.to_string(),
-        "--ring-size",
-        "4K",
-    ]);
+    let port_arg = port.to_string();
+    let tracer = Tracer::start(&["trace", "--json", "--port", &port_arg, "--ring-size", "4K"]);
+    let reference = Tracer::start(&["trace", "--json", "--port", &port_arg]);
+    let rsts = out_rsts();
     // Stall the reader: the kernel keeps writing until the 4 KiB ring is full.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
@@ -58,33 +76,38 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let out = tracer.stop();
+    let reference = reference.stop();
+    let rsts = out_rsts() - rsts;
     let lines = out.json_lines();
+    let seen = reference.json_lines();
     let after = socket_with(&lines, &port2_round);
     assert_eq!(after.transitions().len(), 5, "{:?}", after.transitions());
+
+    // The reference saw everything: no loss, and each connection's ten transitions (five per
+    // side) plus each listener's two, unless a RST cut a connection short.
+    assert_eq!(lost_transitions(&reference.stderr), 0, "{}", reference.stderr);
     let expected = conns * 10 + 2 + 12;
-    let lost = lost_from_summary(&out.stderr);
+    assert!(
+        seen.len() == expected || rsts > 0,
+        "reference saw {} transitions, expected {expected}, no RST sent:\n{}",
+        seen.len(),
+        by_socket(&seen)
+    );
+
+    let lost = lost_transitions(&out.stderr);
     assert!(
         lost > 0,
-        "a 4 KiB ring cannot hold {expected} events: {}",
+        "a 4 KiB ring cannot hold {} events: {}",
+        seen.len(),
         out.stderr
     );
-    let mut kinds = std::collections::BTreeMap::new();
-    for l in &lines {
-        *kinds
-            .entry(format!("{}->{} {}", l["old"], l["new"], l["note"]))
-            .or_insert(0) += 1;
-    }
     assert_eq!(
         lines.len() as u64 + lost,
-        expected as u64,
-        "{kinds:#?}\n{}",
+        seen.len() as u64,
+        "received + lost = generated ({rsts} RSTs sent)\n{}\nreceived:\n{}\nreference:\n{}",
         out.stderr,
-    );
-    assert_eq!(
-        lines.len() as u64 + lost,
-        expected as u64,
-        "received + lost = generated\n{}",
-        out.stderr
+        by_socket(&lines),
+        by_socket(&seen),
     );
     assert!(
         out.stderr.contains("tcptrace: lost "),
