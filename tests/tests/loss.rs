@@ -26,7 +26,10 @@ fn out_rsts() -> u64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-    let i = names.split_whitespace().position(|n| n == "OutRsts").unwrap();
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "OutRsts")
+        .unwrap();
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
@@ -85,7 +88,12 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
 
     // The reference saw everything: no loss, and each connection's ten transitions (five per
     // side) plus each listener's two, unless a RST cut a connection short.
-    assert_eq!(lost_transitions(&reference.stderr), 0, "{}", reference.stderr);
+    assert_eq!(
+        lost_transitions(&reference.stderr),
+        0,
+        "{}",
+        reference.stderr
+    );
     let expected = conns * 10 + 2 + 12;
     assert!(
         seen.len() == expected || rsts > 0,

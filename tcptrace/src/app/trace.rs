@@ -33,10 +33,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
     let mut batch = Vec::new();
-    // Lines wait HOLD_NS of event time before printing, because later events complete them: a
-    // RST sent by close() is reported just after the socket's ->CLOSE transition, and an
-    // accepted socket's first event lacks its cookie and peer (see `apply_batch`). Holding by
-    // event time, not by batch, makes a replay print exactly what the live session printed.
+    // Lines wait before printing, because later events complete them: a RST sent by close() is
+    // reported just after the socket's ->CLOSE transition, and an accepted socket's first event
+    // lacks its cookie and peer (see `apply_batch`). Holding by event time, not by batch, makes a
+    // replay print exactly what the live session printed.
     let mut pending = Pending::default();
     let mut containers = ContainerNames::new();
     loop {
@@ -74,8 +74,14 @@ const OUT_BUFFER: usize = 64 * 1024;
 /// Owner-name strings kept for reuse: more than the lines of one batch rarely wait at once.
 const SPARE_NAMES: usize = 4096;
 
-/// How long a line waits, in event time, for later events that complete it.
+/// How long a line waits for later events that complete it, in event time: until an event this
+/// much newer has been applied. Event time, not the reader's clock, because the CPU that owes
+/// the completing event can stall between the two (a vCPU on a busy host does, for tens of ms)
+/// while the reader runs on: then no newer event of that CPU exists either.
 const HOLD_NS: u64 = 20_000_000;
+
+/// When no newer event comes (a quiet stream), how long a line waits on the clock instead.
+const IDLE_HOLD_NS: u64 = 250_000_000;
 
 /// Feeds a batch to the socket table and appends its lines. Lines still pending learn what
 /// only later events tell: that a RST closed the socket (the kernel
@@ -84,6 +90,7 @@ const HOLD_NS: u64 = 20_000_000;
 /// LISTEN->SYN_RECV before it fills them in).
 fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
     for ev in batch.drain(..) {
+        pending.newest_ns = pending.newest_ns.max(ev.ts_ns);
         let applied = live.apply(&ev);
         if applied.is_duplicate() {
             continue;
@@ -127,6 +134,8 @@ struct Pending {
     lines: VecDeque<TraceLine>,
     /// Sequence number of `lines[0]`.
     base: u64,
+    /// The newest event time applied: event time has passed up to here.
+    newest_ns: u64,
     /// Accepted sockets' first lines still without a cookie, by (netns, skaddr).
     clones: HashMap<(u32, u64), u64>,
     /// Lines of transitions to CLOSE, by (netns, socket id): a RST may follow.
@@ -154,10 +163,14 @@ impl Pending {
         self.lines.get_mut(i as usize)
     }
 
-    /// The oldest line, once HOLD_NS of event time has passed (or the stream is over).
+    /// The oldest line, once HOLD_NS of event time or IDLE_HOLD_NS of the clock (`now`) has
+    /// passed, or the stream is over.
     fn pop_due(&mut self, now: u64, finished: bool) -> Option<TraceLine> {
-        let front = self.lines.front()?;
-        if !finished && front.event.ts_ns.saturating_add(HOLD_NS) > now {
+        let ts = self.lines.front()?.event.ts_ns;
+        let due = finished
+            || ts.saturating_add(HOLD_NS) <= self.newest_ns
+            || ts.saturating_add(IDLE_HOLD_NS) <= now;
+        if !due {
             return None;
         }
         let l = self.lines.pop_front()?;
@@ -300,5 +313,84 @@ impl<W: Write> Out<W> {
             Out::Text(t) => t.flush(),
             Out::Json(w, ..) => w.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{SockId, Task};
+
+    const MS: u64 = 1_000_000;
+
+    fn close_line(ts_ns: u64) -> TraceLine {
+        let local = "127.0.0.1:40000".parse().unwrap();
+        let remote = "127.0.0.1:8080".parse().unwrap();
+        TraceLine {
+            event: Event {
+                ts_ns,
+                sock: SockId {
+                    cookie: 7,
+                    skaddr: 0x1000,
+                },
+                netns: 1,
+                local,
+                remote,
+                what: What::Transition {
+                    old: TcpState::Established,
+                    new: TcpState::Close,
+                },
+                task: Task {
+                    pid: 10,
+                    tid: 10,
+                    comm: "client".into(),
+                    cgroup_id: 1,
+                },
+                owner_context: true,
+                from_backup: false,
+            },
+            old: TcpState::Established,
+            new: TcpState::Close,
+            local,
+            remote,
+            owner: None,
+            owner_cgroup: 0,
+            owner_method: None,
+            dwell_ns: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_line_waits_for_event_time_not_the_clock() {
+        let mut p = Pending {
+            newest_ns: 1_000 * MS,
+            ..Default::default()
+        };
+        p.push(close_line(1_000 * MS));
+        // The reader's clock runs on while the CPU that owes the RST stalls: the line waits.
+        assert!(p.pop_due(1_100 * MS, false).is_none());
+        // So a RST that arrives late still finds it.
+        assert!(p.get_mut(p.closes.get(&(1, 7)).copied()).is_some());
+        // Any event HOLD_NS newer releases it.
+        p.newest_ns = 1_000 * MS + HOLD_NS;
+        assert!(p.pop_due(1_100 * MS, false).is_some());
+        assert!(p.closes.is_empty(), "its index goes with it");
+    }
+
+    #[test]
+    fn a_quiet_stream_releases_lines_on_the_clock() {
+        let mut p = Pending {
+            newest_ns: 1_000 * MS,
+            ..Default::default()
+        };
+        p.push(close_line(1_000 * MS));
+        assert!(p.pop_due(1_000 * MS + IDLE_HOLD_NS - 1, false).is_none());
+        assert!(p.pop_due(1_000 * MS + IDLE_HOLD_NS, false).is_some());
+        p.push(close_line(2_000 * MS));
+        assert!(
+            p.pop_due(2_000 * MS, true).is_some(),
+            "the end releases all"
+        );
     }
 }
