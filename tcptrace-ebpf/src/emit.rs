@@ -13,8 +13,8 @@ use tcptrace_common::{
 };
 
 use crate::config::{
-    ADMITTED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED, COUNTER_COUNTED,
-    COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED,
+    ADMITTED, COUNTER_ADMIT_FAILED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED,
+    COUNTER_COUNTED, COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED,
     COUNTER_TIMEWAIT_RESERVE_FAILED, EVENTS, PORTS, count, count_transition, counting_mode,
 };
 
@@ -44,6 +44,11 @@ pub fn fill_task(ev: &mut RawEvent) {
 ///
 /// So the kernel filter is exact: userspace sees every event of the sockets it asked for and
 /// nothing else, and lost-event counts stay comparable with what was generated.
+///
+/// An accepted child's first event has no cookie yet (see `state_change::on_btf`), so its
+/// admission starts under its address and moves to its cookie with the next event. Left behind,
+/// address keys would fill the LRU on a busy port and age out the admission of long-lived
+/// connections, whose close would then be filtered without a count.
 #[inline(always)]
 pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
     if cfg.family != 0 && ev.family != cfg.family {
@@ -61,15 +66,27 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
     let remote = unsafe { PORTS.get(ev.dport) }.copied().unwrap_or(0) & PORT_MATCH_REMOTE != 0;
     let matched = if ev.sport == 0 {
         // SAFETY: as above.
-        remote || unsafe { ADMITTED.get(key) }.is_some()
+        remote
+            || unsafe { ADMITTED.get(key) }.is_some()
+            || (ev.cookie != 0 && unsafe { ADMITTED.get(ev.skaddr) }.is_some())
     } else {
         // SAFETY: as above.
         remote || unsafe { PORTS.get(ev.sport) }.copied().unwrap_or(0) & PORT_MATCH_LOCAL != 0
     };
     if matched && !closing {
-        let _ = ADMITTED.insert(key, 1, 0);
+        // A failed update of a key already present is harmless (the entry stays).
+        // SAFETY: as above.
+        if ADMITTED.insert(key, 1, 0).is_err() && unsafe { ADMITTED.get(key) }.is_none() {
+            count(COUNTER_ADMIT_FAILED);
+        }
     } else if closing {
         let _ = ADMITTED.remove(key);
+    }
+    let child_named = ev.kind == EventKind::StateChange as u8
+        && ev.oldstate == TcpState::SynRecv as u8
+        && ev.cookie != 0;
+    if child_named || (closing && ev.cookie != 0) {
+        let _ = ADMITTED.remove(ev.skaddr);
     }
     matched
 }

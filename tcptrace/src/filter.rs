@@ -244,11 +244,20 @@ impl Filters {
 
     /// Whether the socket's endpoints pass (ports, peers, family).
     pub fn matches_endpoints(&self, local: &SocketAddr, remote: &SocketAddr) -> bool {
+        self.matches_addresses(local, remote) && self.matches_ports(local, remote)
+    }
+
+    /// Family and `--peer`: what is still known of a socket whose local port is gone.
+    pub fn matches_addresses(&self, local: &SocketAddr, remote: &SocketAddr) -> bool {
         if let Some(f) = self.family
             && (f == Family::V6) != local.is_ipv6()
         {
             return false;
         }
+        self.peers.is_empty() || self.peers.iter().any(|p| p.matches(remote))
+    }
+
+    fn matches_ports(&self, local: &SocketAddr, remote: &SocketAddr) -> bool {
         let any_port = !self.ports.is_empty() || !self.lports.is_empty() || !self.rports.is_empty();
         if any_port {
             let l = local.port();
@@ -261,7 +270,7 @@ impl Filters {
                 return false;
             }
         }
-        self.peers.is_empty() || self.peers.iter().any(|p| p.matches(remote))
+        true
     }
 
     /// Whether a socket's network namespace passes.

@@ -664,7 +664,8 @@ impl Live {
     /// Ends the session at `now_ns`: the last timer work (a replay runs it from the End
     /// record), and the recording's End record with the final counters.
     pub fn finish(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        if matches!(self.source, Source::Kernel { .. }) {
+        if let Source::Kernel { probe, .. } = &self.source {
+            log::debug!("kernel counters at the end: {:?}", probe.kernel_counters());
             self.expire(now_ns);
         }
         if let Some(w) = self.recorder.take() {

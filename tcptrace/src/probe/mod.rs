@@ -181,6 +181,7 @@ const COUNTER_BACKUP_DISCARDED: u32 = 4;
 const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
 const COUNTER_COUNTED: u32 = 6;
 const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
+const COUNTER_ADMIT_FAILED: u32 = 8;
 
 /// Raw counters from the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,6 +199,8 @@ pub struct KernelCounters {
     /// timewait sockets fall back to the inferred expiry (`EXACT_END_GRACE_NS` late).
     pub timewait_ring_full: u64,
     pub timewait_skipped: u64,
+    /// Sockets the port filter admitted but could not remember: their close will be filtered.
+    pub admit_failed: u64,
 }
 
 impl Probe {
@@ -278,6 +281,7 @@ impl Probe {
             backup_emitted: sum(COUNTER_BACKUP_EMITTED),
             filtered: sum(COUNTER_FILTERED),
             timewait_ring_full: sum(COUNTER_TIMEWAIT_RESERVE_FAILED),
+            admit_failed: sum(COUNTER_ADMIT_FAILED),
             ..Default::default()
         };
         for (name, st) in self.program_stats() {
