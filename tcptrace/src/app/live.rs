@@ -755,6 +755,10 @@ impl Live {
     pub fn summary_line(&self) -> String {
         let loss = self.loss();
         let uncounted = self.lost_uncounted(&loss);
+        let admit_failed = match &self.source {
+            Source::Kernel { probe, .. } => probe.kernel_counters().admit_failed,
+            Source::File(_) => 0,
+        };
         format!(
             "tcptrace: {} events in {:.1}s; lost {} events ({} transitions, {} resets; ring full {}, \
              nested runs skipped {}, recovered by the backup program {}, duplicates dropped {}){}",
@@ -768,7 +772,7 @@ impl Live {
             loss.recovered,
             loss.duplicates,
             uncounted_note(uncounted)
-        )
+        ) + &admit_failed_note(admit_failed)
     }
 }
 
@@ -851,6 +855,17 @@ pub async fn stop_signal(duration: Option<Duration>) -> anyhow::Result<()> {
 
 /// The closing line's words for transitions the kernel skipped without counting them (the text
 /// views use the short [`crate::view::uncounted_suffix`]); empty when there are none.
+/// Sockets the kernel's port filter admitted but could not remember (a map update failed):
+/// each one's close will be filtered out, so it may be a lost event. Never seen so far; shown
+/// if it happens rather than hidden.
+fn admit_failed_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!("; the port filter could not remember {n} sockets: their closes may be missing too")
+    }
+}
+
 fn uncounted_note(uncounted: u64) -> String {
     if uncounted == 0 {
         String::new()
