@@ -229,11 +229,12 @@ fn in_container(filters: &Filters, l: &TraceLine, names: &mut ContainerNames) ->
 
 /// The user's filters, on what the line knows by the time it is printed.
 ///
-/// A ->CLOSE line of a socket seen for the first time (its earlier events were lost, or it
-/// predates a replayed recording) has no local port: the kernel releases it before the event.
-/// Ports cannot decide that line; the kernel's filter did, because it remembers the sockets it
-/// admitted. Judged here on ports, such lines were dropped without a count (CI: received + lost
-/// came to one less than generated after a ring overflow).
+/// A ->CLOSE line of a socket seen for the first time (its earlier events were lost) has no
+/// local port: the kernel releases it before the event. Ports cannot decide that line; the
+/// kernel's filter did, because it remembers the sockets it admitted. Judged here on ports, such
+/// lines were dropped without a count (CI: received + lost came to one less than generated after
+/// a ring overflow). A replay narrower than its recording keeps such a line too: it cannot be
+/// told apart, and its port 0 shows it.
 fn wanted(filters: &Filters, l: &TraceLine) -> bool {
     let port_gone = l.new == TcpState::Close && l.local.port() == 0;
     let endpoints = if port_gone {
@@ -383,13 +384,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_line_waits_for_event_time_not_the_clock() {
+    /// A ->CLOSE line at 1 s, just applied.
+    fn holding_a_close() -> Pending {
         let mut p = Pending {
             newest_ns: 1_000 * MS,
             ..Default::default()
         };
         p.push(close_line(1_000 * MS));
+        p
+    }
+
+    #[test]
+    fn a_line_waits_for_event_time_not_the_clock() {
+        let mut p = holding_a_close();
         // The reader's clock runs on while the CPU that owes the RST stalls: the line waits.
         assert!(p.pop_due(1_100 * MS, false).is_none());
         // So a RST that arrives late still finds it.
@@ -427,11 +434,7 @@ mod tests {
 
     #[test]
     fn a_quiet_stream_releases_lines_on_the_clock() {
-        let mut p = Pending {
-            newest_ns: 1_000 * MS,
-            ..Default::default()
-        };
-        p.push(close_line(1_000 * MS));
+        let mut p = holding_a_close();
         assert!(p.pop_due(1_000 * MS + IDLE_HOLD_NS - 1, false).is_none());
         assert!(p.pop_due(1_000 * MS + IDLE_HOLD_NS, false).is_some());
         p.push(close_line(2_000 * MS));
