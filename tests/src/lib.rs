@@ -191,6 +191,8 @@ pub struct Tracer {
     stdout: thread::JoinHandle<String>,
     stderr: thread::JoinHandle<String>,
     pub started: String,
+    /// When it reported its programs attached.
+    attached_at: Instant,
 }
 
 pub struct TracerOutput {
@@ -262,6 +264,7 @@ impl Tracer {
                             stdout,
                             stderr,
                             started: early.join("\n"),
+                            attached_at: Instant::now(),
                         };
                     }
                 }
@@ -297,6 +300,16 @@ impl Tracer {
 
     pub fn stop(self) -> TracerOutput {
         self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops it (SIGINT) once `at_least` has passed since it attached. For a scenario that runs
+    /// first and is compared with `ss` afterwards: a `--duration` timer alone can end before a
+    /// slow guest finishes the scenario, and `ss` then counts sockets the tracer never saw.
+    pub fn stop_after(self, at_least: Duration) -> TracerOutput {
+        if let Some(rest) = at_least.checked_sub(self.attached_at.elapsed()) {
+            thread::sleep(rest);
+        }
+        self.stop()
     }
 
     /// Waits for the tracer to exit on its own (e.g. `--duration`).

@@ -158,17 +158,10 @@ fn table_churning_during_the_startup_snapshot_is_not_double_counted() {
         .expect("start tcpstorm");
     // The storm is under way when the tracer dumps the kernel table.
     thread::sleep(Duration::from_millis(300));
-    let tracer = Tracer::start(&[
-        "report",
-        "--json",
-        "--duration",
-        "5s",
-        "--port",
-        &port.to_string(),
-    ]);
+    let tracer = Tracer::start(&["report", "--json", "--port", &port.to_string()]);
     let status = storm.wait().expect("tcpstorm");
     assert!(status.success());
-    let out = tracer.wait();
+    let out = tracer.stop_after(Duration::from_secs(5));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let ss = ss_counts(port);
     let doc = out.json();
@@ -224,14 +217,7 @@ fn exiting_process_releases_its_close_wait_sockets() {
     let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
-    let tracer = Tracer::start(&[
-        "report",
-        "--json",
-        "--duration",
-        "5s",
-        "--port",
-        &port.to_string(),
-    ]);
+    let tracer = Tracer::start(&["report", "--json", "--port", &port.to_string()]);
     let (mut srv, _) = server(addr, &["--conns", "5", "--on-eof", "leak"]);
     let mut cli = client(addr, &["--conns", "5"]);
     cli.wait_done(T);
@@ -249,7 +235,7 @@ fn exiting_process_releases_its_close_wait_sockets() {
     srv_child.child.kill().expect("kill the leaker");
     srv_child.child.wait().expect("reap the leaker");
     assert_eq!(cw(), 0);
-    let out = tracer.wait();
+    let out = tracer.stop_after(Duration::from_secs(5));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let doc = out.json();
     assert_eq!(doc["totals"]["CLOSE_WAIT"], 0, "{:#}", doc["totals"]);

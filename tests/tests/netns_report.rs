@@ -84,14 +84,7 @@ fn same_port_in_two_namespaces_leak_in_one() {
     let (a, b) = (Ns::new("a"), Ns::new("b"));
     let port = free_port("127.0.0.1".parse().unwrap());
     let addr = format!("127.0.0.1:{port}");
-    let tracer = Tracer::start(&[
-        "report",
-        "--json",
-        "--duration",
-        "4s",
-        "--port",
-        &port.to_string(),
-    ]);
+    let tracer = Tracer::start(&["report", "--json", "--port", &port.to_string()]);
     let mut leaker = a.scenario(&[
         "server", "--bind", &addr, "--conns", "3", "--on-eof", "leak",
     ]);
@@ -105,7 +98,7 @@ fn same_port_in_two_namespaces_leak_in_one() {
     for p in [&mut ca, &mut cb, &mut leaker, &mut closer] {
         p.wait_done(T);
     }
-    let doc = tracer.wait().json();
+    let doc = tracer.stop_after(Duration::from_secs(4)).json();
     let (ra, rb) = (netns_row(&doc, a.inode()), netns_row(&doc, b.inode()));
     assert_eq!(a.ss_count("close-wait", port), 3);
     assert_eq!(ra["close_wait"], a.ss_count("close-wait", port), "{ra}");

@@ -9,6 +9,7 @@ use tcptrace_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// `report --json`, until `Tracer::stop_after`.
 fn report(args: &[&str]) -> Tracer {
     let mut a = vec!["report", "--json"];
     a.extend_from_slice(args);
@@ -88,11 +89,11 @@ fn close_wait_leak_before_and_after_start_is_counted_and_attributed() {
     let mut before = client(addr, &["--conns", "3"]);
     before.wait_done(T);
     std::thread::sleep(Duration::from_millis(200));
-    let tracer = report(&["--duration", "4s", "--port", &port.to_string()]);
+    let tracer = report(&["--port", &port.to_string()]);
     let mut after = client(addr, &["--conns", "3"]);
     after.wait_done(T);
     srv.wait_done(T);
-    let out = tracer.wait();
+    let out = tracer.stop_after(Duration::from_secs(4));
     let doc = out.json();
     assert_shape(&doc);
     let spid = srv.pid();
@@ -128,14 +129,7 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
     let (a, b): (std::net::IpAddr, std::net::IpAddr) =
         ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
     let (pa, pb) = (free_port(a), free_port(b));
-    let tracer = report(&[
-        "--duration",
-        "4s",
-        "--port",
-        &pa.to_string(),
-        "--port",
-        &pb.to_string(),
-    ]);
+    let tracer = report(&["--port", &pa.to_string(), "--port", &pb.to_string()]);
     let (mut sa, _) = server(
         SocketAddr::new(a, pa),
         &["--conns", "20", "--on-eof", "close"],
@@ -149,7 +143,7 @@ fn short_connections_pile_time_wait_per_client_and_peer() {
     for p in [&mut c1, &mut c2, &mut sa, &mut sb] {
         p.wait_done(T);
     }
-    let out = tracer.wait();
+    let out = tracer.stop_after(Duration::from_secs(4));
     let doc = out.json();
     // What to look at when a count is off.
     let why = format!(
@@ -195,12 +189,12 @@ fn server_closing_first_holds_time_wait_on_its_port() {
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
-    let tracer = report(&["--duration", "4s", "--port", &port.to_string()]);
+    let tracer = report(&["--port", &port.to_string()]);
     let (mut srv, _) = server(addr, &["--conns", "15", "--close-first-ms", "0"]);
     let mut cli = client(addr, &["--conns", "15", "--wait-eof"]);
     cli.wait_done(T);
     srv.wait_done(T);
-    let doc = tracer.wait().json();
+    let doc = tracer.stop_after(Duration::from_secs(4)).json();
     assert_shape(&doc);
     // The client has no TIME_WAIT (the server closed first), so it may pick an ephemeral port
     // again, and a SYN on a TIME_WAIT 4-tuple ends that TIME_WAIT early (the kernel's
@@ -236,7 +230,7 @@ fn dwell_times_match_the_induced_ones() {
     let ip = "::1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
-    let tracer = report(&["--duration", "5s", "--port", &port.to_string()]);
+    let tracer = report(&["--port", &port.to_string()]);
     // Each connection: the client holds it open 150 ms, then closes; the server sits in
     // CLOSE_WAIT 250 ms before closing.
     let (mut srv, _) = server(
@@ -254,7 +248,7 @@ fn dwell_times_match_the_induced_ones() {
     cli.wait_done(T);
     srv.wait_done(T);
     std::thread::sleep(Duration::from_millis(400));
-    let doc = tracer.wait().json();
+    let doc = tracer.stop_after(Duration::from_secs(5)).json();
     let d: HashMap<String, Value> = serde_json::from_value(doc["dwell_ms"].clone()).unwrap();
     let cw = &d["CLOSE_WAIT"];
     assert_eq!(cw["count"], 5, "{cw}");

@@ -41,7 +41,7 @@ fn client_first_closes(extra: &[&str], conns: u32, server_delay_ms: u32) -> (Val
         server_delay_ms.to_string(),
         port.to_string(),
     );
-    let mut args = vec!["report", "--json", "--duration", "4s", "--port", &port_s];
+    let mut args = vec!["report", "--json", "--port", &port_s];
     args.extend_from_slice(extra);
     let tracer = Tracer::start(&args);
     let method = method_of(&tracer.started);
@@ -53,7 +53,7 @@ fn client_first_closes(extra: &[&str], conns: u32, server_delay_ms: u32) -> (Val
     let mut cli = client(addr, &["--conns", &conns_s]);
     cli.wait_done(T);
     srv.wait_done(T);
-    let doc = tracer.wait().json();
+    let doc = tracer.stop_after(Duration::from_secs(4)).json();
     let ss = ss_count("time-wait", &format!("dport = :{port}"));
     cli.finish();
     srv.finish();
