@@ -166,8 +166,8 @@ pub fn count(slot: u32) {
 /// An atomic add (`lock xadd`), not `*p += 1`: a per-CPU slot is not private to one program.
 /// The kernel skips a nested run of the *same* program, but the backup runs nested inside the
 /// primary (that is its job), and both count ring-full reservations in the same slot. A softirq
-/// landing between the primary's load and store lost the backup's increment: a lost event that
-/// was never counted (seen in CI on 6.1 under QEMU, 613 received + counted of 614).
+/// landing between the primary's load and store would lose the backup's increment: a lost event
+/// that is never counted. (Found while chasing such a CI failure, which had another cause.)
 /// Written as the instruction itself: the BPF target has no compare-and-swap, so core's
 /// atomics are not offered on it, but the plain atomic add (without fetch) is accepted by every
 /// kernel that runs BPF.

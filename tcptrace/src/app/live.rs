@@ -853,8 +853,6 @@ pub async fn stop_signal(duration: Option<Duration>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The closing line's words for transitions the kernel skipped without counting them (the text
-/// views use the short [`crate::view::uncounted_suffix`]); empty when there are none.
 /// Sockets the kernel's port filter admitted but could not remember (a map update failed):
 /// each one's close will be filtered out, so it may be a lost event. Never seen so far; shown
 /// if it happens rather than hidden.
@@ -866,6 +864,8 @@ fn admit_failed_note(n: u64) -> String {
     }
 }
 
+/// The closing line's words for transitions the kernel skipped without counting them (the text
+/// views use the short [`crate::view::uncounted_suffix`]); empty when there are none.
 fn uncounted_note(uncounted: u64) -> String {
     if uncounted == 0 {
         String::new()
