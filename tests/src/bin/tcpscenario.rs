@@ -14,6 +14,12 @@
 //! CLOSING on both sides).
 //! It prints `listening PORT`, `accepted LOCAL PEER`, `connected LOCAL PEER`, `refused ERR`, and
 //! `done` on stdout, then keeps every socket it did not close until stdin is closed.
+//! It also prints, on CLOCK_MONOTONIC (the kernel's `ktime_get_ns`, the clock of the tracer's
+//! timestamps), when it really did what it was told, so that tests compare measured dwell times
+//! with what happened rather than with the sleeps they asked for (a loaded host oversleeps):
+//! the client `client-times LOCAL CONNECT_NS CONNECTED_NS CLOSE_NS CLOSED_NS` after each close
+//! (the clock read before and after `connect` and before and after `close`), and the server
+//! `server-close PEER CLOSE_NS CLOSED_NS` after each close that followed the peer's EOF.
 
 use std::{
     io::{BufRead, Read},
@@ -125,7 +131,20 @@ fn serve_one(
     if linger0 {
         set_linger0(&s);
     }
+    let peer = s.peer_addr().unwrap();
+    let close = monotonic_ns();
+    drop(s);
+    let closed = monotonic_ns();
+    println!("server-close {peer} {close} {closed}");
     None
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn simclose(o: &Opts) -> Vec<TcpStream> {
@@ -167,10 +186,12 @@ fn simclose(o: &Opts) -> Vec<TcpStream> {
 fn client(o: &Opts) -> Vec<TcpStream> {
     let mut kept = Vec::new();
     for _ in 0..o.conns {
+        let connect = monotonic_ns();
         let s = match o.bind_ip {
             Some(ip) => connect_from(ip, o.addr),
             None => TcpStream::connect(o.addr),
         };
+        let connected = monotonic_ns();
         let mut s = match s {
             Ok(s) => s,
             Err(e) => {
@@ -196,6 +217,11 @@ fn client(o: &Opts) -> Vec<TcpStream> {
         if o.linger0 {
             set_linger0(&s);
         }
+        let local = s.local_addr().unwrap();
+        let close = monotonic_ns();
+        drop(s);
+        let closed = monotonic_ns();
+        println!("client-times {local} {connect} {connected} {close} {closed}");
     }
     kept
 }
