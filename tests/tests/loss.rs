@@ -44,6 +44,17 @@ fn by_socket(lines: &[serde_json::Value]) -> String {
         .collect()
 }
 
+/// `trace --json` with its debug log on stderr (kernel counters at exit, lines dropped in
+/// userspace), so that a failure explains itself.
+fn traced(args: &[&str]) -> Tracer {
+    Tracer::start_command(
+        std::process::Command::new(tcptrace_bin())
+            .args(["trace", "--json"])
+            .args(args)
+            .env("RUST_LOG", "tcptrace=debug"),
+    )
+}
+
 #[test]
 fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     let ip = "127.0.0.1".parse().unwrap();
@@ -51,8 +62,8 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     let addr = SocketAddr::new(ip, port);
     let conns = 60;
     let port_arg = port.to_string();
-    let tracer = Tracer::start(&["trace", "--json", "--port", &port_arg, "--ring-size", "4K"]);
-    let reference = Tracer::start(&["trace", "--json", "--port", &port_arg]);
+    let tracer = traced(&["--port", &port_arg, "--ring-size", "4K"]);
+    let reference = traced(&["--port", &port_arg]);
     let rsts = out_rsts();
     // Stall the reader: the kernel keeps writing until the 4 KiB ring is full.
     // SAFETY: signalling our own child.
@@ -112,10 +123,11 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
     assert_eq!(
         lines.len() as u64 + lost,
         seen.len() as u64,
-        "received + lost = generated ({rsts} RSTs sent)\n{}\nreceived:\n{}\nreference:\n{}",
+        "received + lost = generated ({rsts} RSTs sent)\n{}\nreceived:\n{}\nreference:\n{}\nreference's log:\n{}",
         out.stderr,
         by_socket(&lines),
         by_socket(&seen),
+        reference.stderr,
     );
     assert!(
         out.stderr.contains("tcptrace: lost "),

@@ -358,17 +358,13 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         Kind::Counter,
         "Events the kernel side could not deliver, by cause: ring_full (the reader fell \
          behind), nested (runs the kernel skipped because the program was already running on \
-         that CPU, less those the backup program recovered), reset_nested (the same for the \
+         that CPU, less those the backup program delivered), reset_nested (the same for the \
          reset programs), undecodable, uncounted (skipped by the kernel without being \
          counted, found afterwards by the kernel-table check: a lower bound).",
     );
     for (cause, n) in [
-        ("ring_full", l.ring_full),
-        (
-            "nested",
-            l.primary_skipped
-                .saturating_sub(l.recovered + l.backup_ring_full),
-        ),
+        ("ring_full", l.lost_ring_full()),
+        ("nested", l.lost_nested()),
         ("reset_nested", l.reset_skipped),
         ("undecodable", l.undecodable),
         (

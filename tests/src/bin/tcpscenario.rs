@@ -97,7 +97,7 @@ fn server(o: &Opts) -> Vec<TcpStream> {
         let (leak, delay, first, linger0) =
             (o.on_eof_leak, o.close_delay, o.close_first, o.linger0);
         handles.push(thread::spawn(move || {
-            serve_one(s, leak, delay, first, linger0)
+            serve_one(s, peer, leak, delay, first, linger0)
         }));
     }
     let kept = handles
@@ -110,6 +110,7 @@ fn server(o: &Opts) -> Vec<TcpStream> {
 
 fn serve_one(
     mut s: TcpStream,
+    peer: SocketAddr,
     leak: bool,
     delay: Duration,
     first: Option<Duration>,
@@ -131,7 +132,7 @@ fn serve_one(
     if linger0 {
         set_linger0(&s);
     }
-    let peer = s.peer_addr().unwrap();
+    // The peer's address from accept: after a RST, `peer_addr` fails (ENOTCONN).
     let close = monotonic_ns();
     drop(s);
     let closed = monotonic_ns();
@@ -177,10 +178,40 @@ fn simclose(o: &Opts) -> Vec<TcpStream> {
         .expect("shutdown server");
     thread::sleep(Duration::from_millis(50));
     lo("up");
-    // The FINs are retransmitted after the minimum RTO (200 ms).
-    thread::sleep(Duration::from_millis(1500));
+    // The FINs are retransmitted after the minimum RTO (200 ms). Wait until both sockets have
+    // finished (each went to TIME_WAIT, which leaves the socket itself in CLOSE), rather than
+    // for a fixed time that a loaded host can outrun.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while [&c, &a].iter().any(|s| tcp_state(s) != TCP_CLOSE) {
+        if std::time::Instant::now() > deadline {
+            println!("simclose: still open after 30 s");
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     drop(l);
     vec![c, a]
+}
+
+/// `TCP_CLOSE` in the kernel's numbering (include/net/tcp_states.h); libc has no Linux copy.
+const TCP_CLOSE: u8 = 7;
+
+/// The socket's TCP state (`tcpi_state`, the kernel's TCP_* numbering).
+fn tcp_state(s: &TcpStream) -> u8 {
+    // SAFETY: getsockopt writes at most `len` bytes into a tcp_info we own.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_state
 }
 
 fn client(o: &Opts) -> Vec<TcpStream> {
@@ -199,11 +230,9 @@ fn client(o: &Opts) -> Vec<TcpStream> {
                 continue;
             }
         };
-        println!(
-            "connected {} {}",
-            s.local_addr().unwrap(),
-            s.peer_addr().unwrap()
-        );
+        // Named now: after the server's RST, the socket no longer has a peer.
+        let local = s.local_addr().unwrap();
+        println!("connected {local} {}", s.peer_addr().unwrap());
         thread::sleep(o.hold);
         if o.wait_eof {
             let mut buf = [0u8; 512];
@@ -217,7 +246,6 @@ fn client(o: &Opts) -> Vec<TcpStream> {
         if o.linger0 {
             set_linger0(&s);
         }
-        let local = s.local_addr().unwrap();
         let close = monotonic_ns();
         drop(s);
         let closed = monotonic_ns();
