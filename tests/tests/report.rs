@@ -332,6 +332,14 @@ fn dwell_times_match_what_the_peers_measured() {
     let slack = dwell_slack_ms();
     assert_dwell_matches("ESTABLISHED", &d["ESTABLISHED"], &established, slack);
     assert_dwell_matches("CLOSE_WAIT", &d["CLOSE_WAIT"], &close_wait, slack);
+    // And never under the server's sleep: the FIN starts CLOSE_WAIT before the EOF wakes it.
+    for k in ["p50", "max"] {
+        let v = d["CLOSE_WAIT"][k].as_f64().unwrap();
+        assert!(
+            v >= 250.0,
+            "CLOSE_WAIT {k} = {v} ms, under the 250 ms sleep"
+        );
+    }
     cli.finish();
     srv.finish();
 }
