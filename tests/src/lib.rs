@@ -54,13 +54,50 @@ fn target_bin(name: &str) -> PathBuf {
     p
 }
 
-/// A port nobody listens on right now.
+/// A port for a test server that no socket on this host uses, now or by chance later.
+///
+/// It lies below `ip_local_port_range`, so no `connect` anywhere (another test running in
+/// parallel, or a daemon) can pick it as its ephemeral local port: with `bind(:0)`, which draws
+/// from that range, a parallel test's client once got the port a report test filtered on, and
+/// its TIME_WAIT showed in that report's totals (CI, 31 for 30). It is also absent from
+/// `/proc/net/tcp{,6}` in every state, TIME_WAIT included, as local or remote port, so a socket
+/// a previous test left on it is not in the tracer's start-up snapshot. Successive calls, in
+/// this process and in the next test binary, walk the window from a pid-derived start, so ports
+/// are not reused while their TIME_WAIT lingers (60 s).
 pub fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind(SocketAddr::new(ip, 0))
-        .expect("bind :0")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 8000 ports under the range; on a host whose range starts low, the ports just above 1024.
+    let (base, size) = if low > 9024 {
+        (low - 8000, 8000)
+    } else {
+        (1025, 8000)
+    };
+    let start = std::process::id().wrapping_mul(2_654_435_761) % size;
+    for _ in 0..size {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % size) as u16;
+        if !port_in_use(port) && TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + size)
+}
+
+/// Whether any TCP socket in this network namespace has `port` as its local or remote port.
+fn port_in_use(port: u16) -> bool {
+    let hex = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let mut cols = l.split_whitespace().skip(1);
+                cols.by_ref().take(2).any(|addr| addr.ends_with(&hex))
+            })
+        })
+    })
 }
 
 /// A child process whose stdout is read line by line in the background.
