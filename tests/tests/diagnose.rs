@@ -1,14 +1,14 @@
 //! `tcptrace diagnose` on scripted loopback scenarios: each finding is produced by the behaviour
 //! it describes, names the process that really does it, and a quiet scenario produces none.
 //!
-//! Ports are picked below the ephemeral range, so that `--port` never matches another
-//! program's client sockets (whose local ports come from that range).
+//! Ports come from `free_port`: below the ephemeral range, so that `--port` never matches
+//! another program's client sockets (whose local ports come from that range), and free of
+//! sockets in every state.
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU16, Ordering},
     time::Duration,
 };
 
@@ -16,19 +16,6 @@ use serde_json::Value;
 use tcptrace_tests::*;
 
 const T: Duration = Duration::from_secs(60);
-
-/// A port under the default ephemeral range (32768-60999) with no socket at all on it (not
-/// even TIME_WAIT left by an earlier test), never handed out twice by this process.
-fn quiet_port(ip: IpAddr) -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 21_000 + (std::process::id() * 97 % 5_000) as u16;
-    loop {
-        let p = base + NEXT.fetch_add(7, Ordering::Relaxed) % 6_000;
-        if ss_rows(p).is_empty() && TcpListener::bind(SocketAddr::new(ip, p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 fn diagnose(args: &[&str]) -> Tracer {
     let mut a = vec!["diagnose"];
@@ -86,7 +73,7 @@ fn assert_shape(doc: &Value) {
 #[test]
 fn close_wait_leak_is_found_with_fds_and_projection() {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let port = quiet_port(ip);
+    let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--conns", "20", "--on-eof", "leak"]);
     let dir = tempdir("cwleak");
@@ -138,7 +125,7 @@ fn close_wait_leak_is_found_with_fds_and_projection() {
 #[test]
 fn server_closing_first_is_found_and_gets_no_tw_reuse() {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let port = quiet_port(ip);
+    let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--conns", "200", "--close-first-ms", "0"]);
     let tracer = diagnose(&["--json", "--duration", "5s", "--port", &port.to_string()]);
@@ -167,7 +154,7 @@ fn server_closing_first_is_found_and_gets_no_tw_reuse() {
 #[test]
 fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let port = quiet_port(ip);
+    let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--conns", "200"]);
     let p = port.to_string();
@@ -215,7 +202,7 @@ fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
 #[test]
 fn quiet_scenario_has_no_findings() {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let port = quiet_port(ip);
+    let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--conns", "3"]);
     let p = port.to_string();
@@ -247,7 +234,7 @@ fn quiet_scenario_has_no_findings() {
 #[test]
 fn html_report_renders_in_headless_chromium_and_escapes_process_names() {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let (pa, pb) = (quiet_port(ip), quiet_port(ip));
+    let (pa, pb) = (free_port(ip), free_port(ip));
     let (a, b) = (SocketAddr::new(ip, pa), SocketAddr::new(ip, pb));
     let dir = tempdir("html");
     // comm is the name the program was started under: a symlink names it.

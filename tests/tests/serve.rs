@@ -112,6 +112,8 @@ fn metrics_are_well_formed_and_sum_to_the_totals() {
         "tcptrace_events_total",
         "tcptrace_evictions_total",
         "tcptrace_reconcile_corrections_total",
+        "tcptrace_timewait_hook_missed_total",
+        "tcptrace_port_filter_forgotten_sockets_total",
     ] {
         assert!(!samples(&r.body, family).is_empty(), "{family} missing");
     }

@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -32,8 +31,26 @@ pub struct SoakOptions {
     pub output: PathBuf,
 }
 
-fn free_port(ip: &str) -> Result<u16> {
-    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+/// Two ports for the storm and the leaking server, from `tcpscenario free-port`: below
+/// `ip_local_port_range` and free of sockets in every state, as the tests pick theirs. A port
+/// from `bind(:0)` lies in the ephemeral range, where a storm client could take it as its local
+/// port while the leaker restarts, and `--port` would count that client too.
+fn free_ports(scenario: &std::path::Path, ip: &str) -> Result<(u16, u16)> {
+    let out = cmd::stdout_of(Command::new(scenario).args([
+        "free-port",
+        "--bind",
+        &format!("{ip}:0"),
+        "--conns",
+        "2",
+    ]))?;
+    let ports: Vec<u16> = out
+        .lines()
+        .map(|l| l.trim().parse().context("tcpscenario free-port output"))
+        .collect::<Result<_>>()?;
+    match ports[..] {
+        [a, b] => Ok((a, b)),
+        _ => bail!("tcpscenario free-port printed {out:?}, not two ports"),
+    }
 }
 
 /// A `tcpscenario server` that keeps every connection whose client closed (CLOSE_WAIT).
@@ -106,8 +123,9 @@ pub fn run(opts: &SoakOptions) -> Result<()> {
         target.join("tcpstorm"),
         target.join("tcpscenario"),
     );
-    let storm_port = free_port("127.0.77.1")?;
-    let leak_port = free_port(LEAK_IP)?;
+    // Both servers bind a different address; one port picker process never hands out a
+    // port twice.
+    let (storm_port, leak_port) = free_ports(&scenario, "127.0.0.1")?;
     let total = Duration::from_secs_f64(opts.minutes * 60.0);
     bench::flush_storm_timewait();
     let sp = storm_port.to_string();

@@ -23,6 +23,10 @@ pub struct SummaryInput<'a> {
     /// Transitions missed without being counted, found by the kernel-table check
     /// (`LossReport::uncounted`).
     pub lost_uncounted: u64,
+    /// `LossReport::timewait_hook_missed`.
+    pub timewait_hook_missed: u64,
+    /// `LossReport::port_filter_forgot`.
+    pub port_filter_forgot: u64,
     /// How TIME_WAIT is known: "inferred", or the exact hook in use (e.g. "fentry:tcp_time_wait").
     pub timewait_method: &'a str,
     /// `net.ipv4.ip_local_port_range`.
@@ -43,6 +47,12 @@ pub struct Summary {
     /// Transitions the kernel skipped without counting them, found by comparing the socket
     /// table with the kernel's: at least this many beyond `lost_events`.
     pub lost_uncounted: u64,
+    /// Exact timewait records that never arrived (ring full, or a skipped run of a timewait
+    /// hook): those TIME_WAIT sockets' entry or end was inferred instead. Not in `lost_events`.
+    pub timewait_hook_missed: u64,
+    /// Sockets the in-kernel port filter admitted but could not remember: later transitions
+    /// of each may be missing without being in `lost_events`. Never seen so far.
+    pub port_filter_forgot: u64,
     /// How TIME_WAIT is known: "inferred" (from FIN_WAIT2/CLOSING -> CLOSE) or the exact
     /// kernel hook used.
     pub timewait_method: String,
@@ -305,6 +315,8 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
         window_s,
         lost_events: input.lost_events,
         lost_uncounted: input.lost_uncounted,
+        timewait_hook_missed: input.timewait_hook_missed,
+        port_filter_forgot: input.port_filter_forgot,
         timewait_method: input.timewait_method.to_string(),
         sockets: table.len() as u64,
         totals: table.counts(),

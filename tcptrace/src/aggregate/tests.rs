@@ -44,6 +44,8 @@ impl Rig {
                 now_ns: now,
                 lost_events: 7,
                 lost_uncounted: 0,
+                timewait_hook_missed: 0,
+                port_filter_forgot: 0,
                 timewait_method: "inferred",
                 port_range: (32768, 60999),
                 top: 50,

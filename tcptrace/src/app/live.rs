@@ -689,6 +689,8 @@ impl Live {
                 now_ns,
                 lost_events: loss.lost(),
                 lost_uncounted: self.lost_uncounted(&loss),
+                timewait_hook_missed: loss.timewait_hook_missed,
+                port_filter_forgot: loss.port_filter_forgot,
                 timewait_method: match &self.source {
                     Source::Kernel { probe, .. } => timewait_method(probe),
                     Source::File(f) => &f.header.timewait_method,
@@ -755,10 +757,6 @@ impl Live {
     pub fn summary_line(&self) -> String {
         let loss = self.loss();
         let uncounted = self.lost_uncounted(&loss);
-        let admit_failed = match &self.source {
-            Source::Kernel { probe, .. } => probe.kernel_counters().admit_failed,
-            Source::File(_) => 0,
-        };
         format!(
             "tcptrace: {} events in {:.1}s; lost {} events ({} transitions, {} resets; ring full {}, \
              nested runs skipped {}, recovered by the backup program {}, duplicates dropped {}){}",
@@ -772,7 +770,8 @@ impl Live {
             loss.recovered,
             loss.duplicates,
             uncounted_note(uncounted)
-        ) + &admit_failed_note(admit_failed)
+        ) + &port_filter_note(loss.port_filter_forgot)
+            + &timewait_hook_note(loss.timewait_hook_missed)
     }
 }
 
@@ -856,11 +855,24 @@ pub async fn stop_signal(duration: Option<Duration>) -> anyhow::Result<()> {
 /// Sockets the kernel's port filter admitted but could not remember (a map update failed):
 /// each one's close will be filtered out, so it may be a lost event. Never seen so far; shown
 /// if it happens rather than hidden.
-fn admit_failed_note(n: u64) -> String {
+fn port_filter_note(n: u64) -> String {
     if n == 0 {
         String::new()
     } else {
         format!("; the port filter could not remember {n} sockets: their closes may be missing too")
+    }
+}
+
+/// Exact timewait records that never arrived: not lost transitions, but those sockets' TIME_WAIT
+/// times are inferred, so say so.
+fn timewait_hook_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {n} exact TIME_WAIT records missed (ring full or skipped): those sockets' TIME_WAIT \
+             entry or end was inferred instead"
+        )
     }
 }
 

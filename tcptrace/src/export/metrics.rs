@@ -400,6 +400,20 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
     );
     counter(
         e,
+        "tcptrace_timewait_hook_missed_total",
+        "Exact timewait records (timewait hooks) the ring refused or the kernel skipped: not \
+         lost transitions, but those sockets' TIME_WAIT entry or end was inferred instead.",
+        l.timewait_hook_missed,
+    );
+    counter(
+        e,
+        "tcptrace_port_filter_forgotten_sockets_total",
+        "Sockets the in-kernel port filter admitted but could not remember (a map update \
+         failed): later transitions of each may be missing, uncounted in lost_events.",
+        l.port_filter_forgot,
+    );
+    counter(
+        e,
         "tcptrace_duplicate_events_total",
         "Copies of a transition the backup program sent that the primary had also sent; dropped.",
         l.duplicates,

@@ -31,6 +31,15 @@ pub struct LossReport {
     pub duplicates: u64,
     /// Records that could not be decoded (never expected; counted, not hidden).
     pub undecodable: u64,
+    /// Exact timewait records (fentry on the timewait functions, or the timer tracepoint's
+    /// ends) the ring refused or the kernel skipped. Not lost transitions: those TIME_WAIT
+    /// sockets fall back to the inferred entry or expiry, so their TIME_WAIT end is known to
+    /// the grace period (`EXACT_END_GRACE_NS`) rather than exactly. Not in [`Self::lost`].
+    pub timewait_hook_missed: u64,
+    /// Sockets the in-kernel port filter let through but could not remember (a map update
+    /// failed): their later transitions are filtered out in the kernel, uncounted. So each
+    /// may hide a close; not in [`Self::lost`], which counts events, not sockets.
+    pub port_filter_forgot: u64,
 }
 
 impl LossReport {
@@ -187,6 +196,10 @@ mod tests {
             reset_skipped: 2,
             duplicates: 4,
             undecodable: 0,
+            // Neither is a lost event: a timewait end falls back to inference, and a forgotten
+            // socket is a socket whose later events may be missing, not a count of events.
+            timewait_hook_missed: 5,
+            port_filter_forgot: 6,
         };
         assert_eq!(r.lost(), 3 + 1 + 2);
         assert_eq!(r.lost_resets(), 1 + 2);

@@ -352,6 +352,8 @@ impl Probe {
             reset_skipped: k.reset_skipped,
             duplicates: reader.dedup.duplicates,
             undecodable: reader.undecodable,
+            timewait_hook_missed: k.timewait_ring_full + k.timewait_skipped,
+            port_filter_forgot: k.admit_failed,
         }
     }
 }

@@ -84,7 +84,7 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         out,
         "lost events: {}{}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",
         s.lost_events,
-        super::uncounted_suffix(s.lost_uncounted),
+        super::loss_suffix(s),
         c.added + c.removed + c.state_fixed + c.substate_fixed,
         s.evictions.sockets,
         s.evictions.groups

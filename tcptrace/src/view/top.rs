@@ -51,7 +51,7 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
         "tcptrace top  {clock}  up {:.0}s  sockets {}  ESTABLISHED {est}  CLOSE_WAIT {cw}  TIME_WAIT {tw}  lost events {lost}{}",
         s.window_s,
         s.sockets,
-        super::uncounted_suffix(s.lost_uncounted)
+        super::loss_suffix(s)
     );
     let by = match st.by {
         GroupBy::Pid => "process",

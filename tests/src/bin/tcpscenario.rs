@@ -7,7 +7,11 @@
 //! tcpscenario client --connect ADDR:PORT [--conns N] [--bind-ip IP] [--hold-ms X]
 //!                    [--wait-eof] [--close-delay-ms X] [--linger0] [--leak]
 //! tcpscenario simclose --bind ADDR:PORT
+//! tcpscenario free-port --bind IP:0 [--conns N]
 //! ```
+//! `free-port` prints N ports (one per line) that a server can bind on IP, picked as the
+//! integration tests pick theirs (`tcptrace_tests::free_port`), and exits: for the soak, whose
+//! `--port` filter must match only its own sockets.
 //! `simclose` makes both ends of one connection close at the same time. It must run in a
 //! network namespace of its own: it takes `lo` down so that both FINs are sent before either
 //! is delivered, then brings it back up and lets the retransmissions cross (FIN_WAIT1 ->
@@ -74,11 +78,17 @@ fn main() {
             other => panic!("tcpscenario: unknown argument {other}"),
         }
     }
+    if role == "free-port" {
+        for _ in 0..o.conns {
+            println!("{}", tcptrace_tests::free_port(o.addr.ip()));
+        }
+        return;
+    }
     let kept = match role.as_str() {
         "server" => server(&o),
         "client" => client(&o),
         "simclose" => simclose(&o),
-        _ => panic!("tcpscenario: first argument must be server or client"),
+        _ => panic!("tcpscenario: first argument must be server, client, simclose or free-port"),
     };
     println!("done");
     // Hold leaked sockets until the test is done with us.

@@ -24,7 +24,9 @@ pub const MAGIC: [u8; 12] = *b"TCPTRACE\0REC";
 pub const FORMAT_MAJOR: u16 = 1;
 /// A newer minor version of the same major only adds: metadata keys, bytes at the end of
 /// fixed-size records, and new record types. Readers of an older minor skip and ignore those.
-pub const FORMAT_MINOR: u16 = 0;
+///
+/// 1.1 added two loss counters (`timewait_hook_missed`, `port_filter_forgot`) to Loss and End.
+pub const FORMAT_MINOR: u16 = 1;
 /// Flag bits this build understands. A file that sets any other bit is rejected.
 pub const KNOWN_FLAGS: u32 = 0;
 /// Bytes before the metadata.

@@ -21,9 +21,26 @@ use super::End;
 pub(super) const CHUNK_TARGET: usize = 64 * 1024;
 /// `taken_ns`, `more`, `count`: the start of every snapshot and fd-owner part.
 pub(super) const PART_HEAD_LEN: usize = 13;
-pub(super) const LOSS_LEN: usize = 72;
+/// `ts_ns` and the ten loss counters of format 1.1.
+pub(super) const LOSS_LEN: usize = 8 + 8 * LOSS_FIELDS;
 pub(super) const MARK_LEN: usize = 8;
-pub(super) const END_LEN: usize = 88;
+/// `ts_ns`, `events`, `records` and the loss counters.
+pub(super) const END_LEN: usize = 24 + 8 * LOSS_FIELDS;
+/// Loss counters in a record written by this version.
+const LOSS_FIELDS: usize = 10;
+/// Loss counters in format 1.0, which had no timewait-hook or port-filter counts.
+const LOSS_FIELDS_1_0: usize = 8;
+
+/// The payload length of Loss and End records in a file of format `1.minor` (this build's or
+/// older; a newer minor may only be longer).
+pub(super) fn loss_and_end_len(minor: u16) -> (usize, usize) {
+    let fields = if minor == 0 {
+        LOSS_FIELDS_1_0
+    } else {
+        LOSS_FIELDS
+    };
+    (8 + 8 * fields, 24 + 8 * fields)
+}
 
 const SOCK_LOCAL_V6: u8 = 1 << 0;
 const SOCK_REMOTE_V6: u8 = 1 << 1;
@@ -187,6 +204,8 @@ fn put_loss(out: &mut [u8], l: &LossReport) {
         l.undecodable,
         l.backup_ring_full,
         l.reset_ring_full,
+        l.timewait_hook_missed,
+        l.port_filter_forgot,
     ];
     for (dst, v) in out.chunks_exact_mut(8).zip(fields) {
         dst.copy_from_slice(&v.to_le_bytes());
@@ -346,8 +365,10 @@ pub(super) fn read_fd_owners(
     Ok(())
 }
 
-pub(super) fn read_loss(c: &mut Cursor<'_>) -> Result<LossReport, Malformed> {
-    Ok(LossReport {
+/// Reads the loss counters of a file of format `1.minor`; counters that version did not have
+/// read as 0. (The reader has checked the payload's length for that version already.)
+pub(super) fn read_loss(c: &mut Cursor<'_>, minor: u16) -> Result<LossReport, Malformed> {
+    let mut l = LossReport {
         ring_full: c.u64()?,
         primary_skipped: c.u64()?,
         recovered: c.u64()?,
@@ -356,5 +377,11 @@ pub(super) fn read_loss(c: &mut Cursor<'_>) -> Result<LossReport, Malformed> {
         undecodable: c.u64()?,
         backup_ring_full: c.u64()?,
         reset_ring_full: c.u64()?,
-    })
+        ..LossReport::default()
+    };
+    if minor >= 1 {
+        l.timewait_hook_missed = c.u64()?;
+        l.port_filter_forgot = c.u64()?;
+    }
+    Ok(l)
 }

@@ -13,7 +13,7 @@ use crate::source::snapshot::Snapshot;
 use super::error::{Corruption, RecordError, TruncatedAt};
 use super::header::{FORMAT_MINOR, FormatVersion, Header};
 use super::io::read_full;
-use super::payload::{self, Cursor, END_LEN, LOSS_LEN, MARK_LEN, PART_HEAD_LEN};
+use super::payload::{self, Cursor, MARK_LEN, PART_HEAD_LEN};
 use super::{End, FRAME_LEN, FdOwners, MAX_PAYLOAD_LEN, Record, tag};
 
 const FILE_BUFFER: usize = 256 * 1024;
@@ -162,7 +162,9 @@ impl<R: Read> RecordReader<R> {
             tag::FD_OWNERS => Record::FdOwners(self.read_fd_owners(start)?),
             tag::LOSS => {
                 let mut c = Cursor::new(&self.payload);
-                let parsed = c.u64().and_then(|ts| Ok((ts, payload::read_loss(&mut c)?)));
+                let parsed = c
+                    .u64()
+                    .and_then(|ts| Ok((ts, payload::read_loss(&mut c, self.version.minor)?)));
                 let (ts_ns, loss) = parsed.map_err(|d| self.malformed(start, "loss record", d))?;
                 Record::Loss { ts_ns, loss }
             }
@@ -243,7 +245,7 @@ impl<R: Read> RecordReader<R> {
                 ts_ns: c.u64()?,
                 events: c.u64()?,
                 records: c.u64()?,
-                loss: payload::read_loss(&mut c)?,
+                loss: payload::read_loss(&mut c, self.version.minor)?,
             })
         })();
         let end = parsed.map_err(|d| self.malformed(start, "End record", d))?;
@@ -301,6 +303,7 @@ impl<R: Read> RecordReader<R> {
 
     /// The payload lengths a record type may have; `None` for a type that is corrupt here.
     fn payload_len(&self, tag: u8) -> Option<RangeInclusive<u32>> {
+        let (loss_len, end_len) = payload::loss_and_end_len(self.version.minor);
         let fixed = |n: usize| {
             let n = n as u32;
             // A newer minor version may append fields to a fixed-size record.
@@ -312,9 +315,9 @@ impl<R: Read> RecordReader<R> {
         };
         Some(match tag {
             tag::EVENT => fixed(RAW_EVENT_SIZE),
-            tag::LOSS => fixed(LOSS_LEN),
+            tag::LOSS => fixed(loss_len),
             tag::MARK => fixed(MARK_LEN),
-            tag::END => fixed(END_LEN),
+            tag::END => fixed(end_len),
             tag::SNAPSHOT | tag::FD_OWNERS => PART_HEAD_LEN as u32..=MAX_PAYLOAD_LEN,
             // A type added by a newer minor version: skipped. Tag 0 is never a record.
             t if self.newer_minor && t != 0 => 0..=MAX_PAYLOAD_LEN,

@@ -131,6 +131,8 @@ fn loss() -> LossReport {
         undecodable: 6,
         backup_ring_full: 7,
         reset_ring_full: 8,
+        timewait_hook_missed: 9,
+        port_filter_forgot: 10,
     }
 }
 
@@ -194,7 +196,13 @@ fn every_record_type_round_trips() {
     let (bytes, _, expect) = small_file();
     let mut r = RecordReader::from_reader(bytes.as_slice()).unwrap();
     assert_eq!(r.header(), &header());
-    assert_eq!(r.version(), FormatVersion { major: 1, minor: 0 });
+    assert_eq!(
+        r.version(),
+        FormatVersion {
+            major: FORMAT_MAJOR,
+            minor: FORMAT_MINOR
+        }
+    );
     let mut got = Vec::new();
     while let Some(rec) = r.next().unwrap() {
         got.push(rec);
@@ -210,7 +218,7 @@ fn every_record_type_round_trips() {
 fn file_starts_with_magic_and_version_and_events_are_the_kernel_bytes() {
     let (bytes, starts, _) = small_file();
     assert_eq!(&bytes[..12], b"TCPTRACE\0REC");
-    assert_eq!(&bytes[12..16], &[1, 0, 0, 0]);
+    assert_eq!(&bytes[12..16], &[1, 0, FORMAT_MINOR as u8, 0]);
     let at = starts[0] as usize;
     assert_eq!(bytes[at], tag::EVENT);
     assert_eq!(
@@ -411,7 +419,9 @@ fn truncated_multi_part_snapshot_is_reported_at_its_first_part() {
             .unwrap(),
     );
     let boundary = start as usize + FRAME_LEN + len0 as usize;
-    for cut in [boundary, boundary + 3, boundary + 100, bytes.len() - 100] {
+    // The last cut leaves out the last byte of the last part (End follows it).
+    let last_part_end = bytes.len() - FRAME_LEN - payload::END_LEN;
+    for cut in [boundary, boundary + 3, boundary + 100, last_part_end - 1] {
         let err = read_all_from_bytes(&bytes[..cut]).unwrap_err();
         assert!(
             matches!(err, RecordError::Truncated { offset, records: 1, at: TruncatedAt::Record, .. } if offset == start),
@@ -705,7 +715,10 @@ fn newer_major_version_is_refused_with_upgrade_advice() {
     let err = read_all_from_bytes(&bytes).unwrap_err();
     assert!(matches!(
         err,
-        RecordError::NewerVersion { major: 2, minor: 0 }
+        RecordError::NewerVersion {
+            major: 2,
+            minor: FORMAT_MINOR
+        }
     ));
     let msg = err.to_string();
     assert!(
@@ -839,9 +852,15 @@ fn newer_minor_version_additions_are_skipped_but_not_in_our_own() {
     bytes[records_at..records_at + 8].copy_from_slice(&3u64.to_le_bytes());
 
     let mut newer = bytes.clone();
-    newer[14..16].copy_from_slice(&1u16.to_le_bytes());
+    newer[14..16].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
     let mut r = RecordReader::from_reader(newer.as_slice()).unwrap();
-    assert_eq!(r.version(), FormatVersion { major: 1, minor: 1 });
+    assert_eq!(
+        r.version(),
+        FormatVersion {
+            major: 1,
+            minor: FORMAT_MINOR + 1
+        }
+    );
     assert!(matches!(r.next().unwrap(), Some(Record::Event(_))));
     assert_eq!(r.next().unwrap(), Some(Record::Mark { ts_ns: 77 }));
     assert!(matches!(r.next().unwrap(), Some(Record::End(_))));
@@ -856,6 +875,71 @@ fn newer_minor_version_additions_are_skipped_but_not_in_our_own() {
     let (offset, _, what) = corrupt_at(&bytes);
     assert_eq!(offset, mark_at - 8);
     assert!(matches!(what, Corruption::UnknownType(0x40)));
+}
+
+/// Rewrites a file of this build as format 1.0 wrote it: minor version 0, and Loss and End
+/// without the two loss counters 1.1 appended. `loss_at` is where the one Loss record starts.
+fn as_format_1_0(bytes: &[u8], loss_at: usize) -> Vec<u8> {
+    let mut old = bytes.to_vec();
+    old[14..16].copy_from_slice(&0u16.to_le_bytes());
+    let end_at = old.len() - FRAME_LEN - payload::END_LEN;
+    let shorten = |old: &mut Vec<u8>, at: usize, len: usize| {
+        let cut = at + FRAME_LEN + len - 16;
+        old.drain(cut..cut + 16);
+        old[at + 1..at + 5].copy_from_slice(&(len as u32 - 16).to_le_bytes());
+    };
+    // The later record first, so the earlier offset stays valid.
+    shorten(&mut old, end_at, payload::END_LEN);
+    shorten(&mut old, loss_at, payload::LOSS_LEN);
+    old
+}
+
+/// Files from format 1.0 still read: their Loss and End records are 16 bytes shorter, and the
+/// counters 1.1 added read as 0. The 1.1 lengths in a 1.0 file are corruption, as are the 1.0
+/// lengths in a 1.1 file.
+#[test]
+fn format_1_0_files_read_with_the_newer_loss_counters_at_zero() {
+    let mut w = RecordWriter::new(Vec::new(), &header()).unwrap();
+    w.write_event(&event(1, false)).unwrap();
+    let loss_at = w.position() as usize;
+    w.write_loss(&loss(), 5).unwrap();
+    let bytes = w.finish(&loss(), 6).unwrap();
+    let old = as_format_1_0(&bytes, loss_at);
+    assert_eq!(old.len(), bytes.len() - 32);
+
+    let mut r = RecordReader::from_reader(old.as_slice()).unwrap();
+    assert_eq!(r.version(), FormatVersion { major: 1, minor: 0 });
+    let then = LossReport {
+        timewait_hook_missed: 0,
+        port_filter_forgot: 0,
+        ..loss()
+    };
+    assert!(matches!(r.next().unwrap(), Some(Record::Event(_))));
+    assert_eq!(
+        r.next().unwrap(),
+        Some(Record::Loss {
+            ts_ns: 5,
+            loss: then
+        })
+    );
+    assert!(matches!(r.next().unwrap(), Some(Record::End(End { loss, .. })) if loss == then));
+
+    let mut mixed = bytes.clone();
+    mixed[14..16].copy_from_slice(&0u16.to_le_bytes());
+    let (offset, _, what) = corrupt_at(&mixed);
+    assert_eq!(offset, loss_at as u64);
+    assert!(
+        matches!(what, Corruption::BadLength { tag: tag::LOSS, .. }),
+        "{what:?}"
+    );
+    let mut mixed = old.clone();
+    mixed[14..16].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
+    let (offset, _, what) = corrupt_at(&mixed);
+    assert_eq!(offset, loss_at as u64);
+    assert!(
+        matches!(what, Corruption::BadLength { tag: tag::LOSS, .. }),
+        "{what:?}"
+    );
 }
 
 #[test]
