@@ -877,7 +877,7 @@ fn timewait_hook_note(n: u64) -> String {
 }
 
 /// The closing line's words for transitions the kernel skipped without counting them (the text
-/// views use the short [`crate::view::uncounted_suffix`]); empty when there are none.
+/// views use the short [`crate::view::loss_suffix`]); empty when there are none.
 fn uncounted_note(uncounted: u64) -> String {
     if uncounted == 0 {
         String::new()

@@ -15,31 +15,25 @@ use crate::probe::LossReport;
 use crate::source::snapshot::KernelSocket;
 
 use super::End;
+use super::header::FORMAT_MINOR;
 
 /// Target size of one snapshot or fd-owner part. Small enough that a reader never holds a large
 /// buffer; large enough that the 18 bytes of framing per part do not matter.
 pub(super) const CHUNK_TARGET: usize = 64 * 1024;
 /// `taken_ns`, `more`, `count`: the start of every snapshot and fd-owner part.
 pub(super) const PART_HEAD_LEN: usize = 13;
-/// `ts_ns` and the ten loss counters of format 1.1.
-pub(super) const LOSS_LEN: usize = 8 + 8 * LOSS_FIELDS;
+/// Loss: `ts_ns` and the loss counters; End: `ts_ns`, `events`, `records` and the loss
+/// counters. As this build writes them.
+pub(super) const LOSS_LEN: usize = loss_and_end_len(FORMAT_MINOR).0;
+pub(super) const END_LEN: usize = loss_and_end_len(FORMAT_MINOR).1;
 pub(super) const MARK_LEN: usize = 8;
-/// `ts_ns`, `events`, `records` and the loss counters.
-pub(super) const END_LEN: usize = 24 + 8 * LOSS_FIELDS;
-/// Loss counters in a record written by this version.
-const LOSS_FIELDS: usize = 10;
-/// Loss counters in format 1.0, which had no timewait-hook or port-filter counts.
-const LOSS_FIELDS_1_0: usize = 8;
 
 /// The payload length of Loss and End records in a file of format `1.minor` (this build's or
-/// older; a newer minor may only be longer).
-pub(super) fn loss_and_end_len(minor: u16) -> (usize, usize) {
-    let fields = if minor == 0 {
-        LOSS_FIELDS_1_0
-    } else {
-        LOSS_FIELDS
-    };
-    (8 + 8 * fields, 24 + 8 * fields)
+/// older; a newer minor may only be longer): 1.0 had eight loss counters, 1.1 added
+/// `timewait_hook_missed` and `port_filter_forgot`.
+pub(super) const fn loss_and_end_len(minor: u16) -> (usize, usize) {
+    let counters = if minor == 0 { 8 } else { 10 };
+    (8 + 8 * counters, 24 + 8 * counters)
 }
 
 const SOCK_LOCAL_V6: u8 = 1 << 0;
