@@ -8,7 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcptrace_common::TcpState;
 
 use crate::filter::{Family, Filters, PeerSpec, parse_port, parse_state};
-use crate::probe::{DEFAULT_RING_BYTES, HookPath};
+use crate::probe::{DEFAULT_RING_BYTES, HookPath, TimewaitHooks};
+use crate::session::Options;
+use crate::source::file::{Speed, parse_speed};
+pub use crate::view::top::{GroupBy, SortBy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -154,21 +157,6 @@ pub struct ServeArgs {
     pub duration: Option<Duration>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum GroupBy {
-    Pid,
-    Port,
-    Peer,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SortBy {
-    #[value(name = "close-wait", alias = "cw")]
-    CloseWait,
-    #[value(name = "time-wait", alias = "tw")]
-    TimeWait,
-}
-
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
     /// Only sockets owned by this process (repeatable).
@@ -242,7 +230,7 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
     /// With --from: replay speed, a multiple of real time (1, 10, 0.5) or max.
-    #[arg(long, default_value = "max", value_parser = crate::app::replay::parse_speed)]
+    #[arg(long, default_value = "max", value_parser = parse_speed)]
     pub speed: Speed,
     /// Overload guard: above this many events per second the kernel counts transitions instead
     /// of sending them (logged, and shown in every view); counts stay exact through the kernel
@@ -260,16 +248,31 @@ pub struct ProbeArgs {
     pub timewait_hooks: TimewaitHooksArg,
 }
 
+impl ProbeArgs {
+    /// What the session reads and how.
+    pub fn options(&self) -> Options {
+        Options {
+            from: self.from.clone(),
+            speed: self.speed,
+            record: self.record.clone(),
+            ring_bytes: self.ring_size,
+            hook: self.hook.forced(),
+            timewait_hooks: match self.timewait_hooks {
+                TimewaitHooksArg::Auto => TimewaitHooks::Auto,
+                TimewaitHooksArg::Timer => TimewaitHooks::Timer,
+                TimewaitHooksArg::Off => TimewaitHooks::Off,
+            },
+            max_event_rate: self.max_event_rate,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TimewaitHooksArg {
     Auto,
     Timer,
     Off,
 }
-
-/// Replay speed: a multiple of real time, or None for as fast as possible.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Speed(pub Option<f64>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HookArg {

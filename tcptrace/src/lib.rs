@@ -10,15 +10,18 @@
 //! ```
 
 pub mod aggregate;
-pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod diagnose;
 pub mod event;
 pub mod export;
 pub mod filter;
+pub mod host;
 pub mod lifecycle;
 pub mod owner;
 pub mod probe;
+pub mod session;
+pub mod sink;
 pub mod source;
 pub mod view;

@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use tcptrace::{
-    app,
     cli::{Cli, Command},
+    command,
 };
 
 fn main() {
@@ -19,12 +19,12 @@ fn main() {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Trace(a) => app::trace::run(a).await,
-            Command::Top(a) => app::top::run(a).await,
-            Command::Report(a) => app::report::run(a).await,
-            Command::Record(a) => app::record::run(a).await,
-            Command::Serve(a) => app::serve::run(a).await,
-            Command::Diagnose(a) => app::diagnose::run(a).await,
+            Command::Trace(a) => command::trace::run(a).await,
+            Command::Top(a) => command::top::run(a).await,
+            Command::Report(a) => command::report::run(a).await,
+            Command::Record(a) => command::record::run(a).await,
+            Command::Serve(a) => command::serve::run(a).await,
+            Command::Diagnose(a) => command::diagnose::run(a).await,
         }
     });
     if let Err(e) = result {

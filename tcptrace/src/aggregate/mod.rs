@@ -7,6 +7,8 @@
 //! - The present: current TIME_WAIT / CLOSE_WAIT counts and CLOSE_WAIT ages are computed from
 //!   the socket table when the report is built, so they always equal it.
 //!
+//! - Counts of transitions by kind ([`TransitionCounts`]), for the exporter.
+//!
 //! [`summary`] joins both into [`Summary`], the `report --json` document.
 
 mod aggregates;
@@ -15,6 +17,7 @@ mod dwell;
 mod group;
 mod pressure;
 mod summary;
+mod transitions;
 
 #[cfg(test)]
 mod tests;
@@ -27,3 +30,4 @@ pub use summary::{
     Attributions, Evictions, GroupCounts, NetnsRow, PeerAddrRow, PeerRow, PidPeerRow, PidRow,
     PortRow, Summary, SummaryInput, Unattributed, summary,
 };
+pub use transitions::TransitionCounts;

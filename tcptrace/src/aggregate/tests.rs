@@ -283,7 +283,10 @@ fn fd_scan_moves_counts_to_the_real_holder() {
         ),
         Some(&HashMap::from([(
             4242u64,
-            vec![(31u32, "leaky".to_string())],
+            vec![crate::owner::process::ProcessRef {
+                pid: 31,
+                comm: "leaky".to_string(),
+            }],
         )])),
     );
     assert_eq!(st.added, 1);

@@ -1,5 +1,5 @@
-//! What the host says about its limits: TCP sysctls, the TIME_WAIT overflow counter, and per
-//! process open files against `RLIMIT_NOFILE`.
+//! What the host says about its limits: TCP sysctls (read by [`crate::host`]), the TIME_WAIT
+//! overflow counter, and per process open files against `RLIMIT_NOFILE`.
 //!
 //! Everything lands in plain structs ([`HostFacts`], [`ProcFacts`]) so the finding logic can be
 //! tested with made-up hosts. The readers are the only code here that touches /proc.
@@ -8,36 +8,9 @@
 //! tcptrace itself runs in (run it with `nsenter --net=...` to diagnose another namespace).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
+pub use crate::host::Sysctls;
 use crate::owner::{cgroup, process};
-
-/// The TCP sysctls that decide how TIME_WAIT, FIN_WAIT2 and ephemeral ports behave.
-/// `None`: not readable (or, for `tcp_tw_recycle`, absent as on every kernel since 4.12).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Sysctls {
-    /// `net.ipv4.tcp_tw_reuse`: 0 off, 1 on, 2 loopback only (the default since 4.20).
-    pub tcp_tw_reuse: Option<u8>,
-    /// `net.ipv4.tcp_timestamps`: tcp_tw_reuse needs it (it proves the new connection newer).
-    pub tcp_timestamps: Option<u8>,
-    /// `net.ipv4.ip_local_port_range` (low, high).
-    pub ip_local_port_range: (u16, u16),
-    /// `net.ipv4.tcp_max_tw_buckets`: most timewait sockets; beyond it sockets close without
-    /// TIME_WAIT.
-    pub tcp_max_tw_buckets: Option<u64>,
-    /// `net.ipv4.tcp_fin_timeout`, seconds: lifetime of an orphaned FIN_WAIT2 socket.
-    pub tcp_fin_timeout: Option<u64>,
-    /// `net.ipv4.tcp_tw_recycle`: removed in Linux 4.12; present only on older kernels.
-    pub tcp_tw_recycle: Option<u8>,
-}
-
-impl Sysctls {
-    /// Ports in `ip_local_port_range`.
-    pub fn port_range_size(&self) -> u32 {
-        let (a, b) = self.ip_local_port_range;
-        u32::from(a.max(b)) - u32::from(a.min(b)) + 1
-    }
-}
 
 /// One process's file descriptors and limit, and its container.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -75,7 +48,7 @@ impl HostFacts {
     /// Reads the sysctls and counters now (the start of observation).
     pub fn read_start() -> HostFacts {
         HostFacts {
-            sysctls: read_sysctls(Path::new("/proc/sys/net/ipv4")),
+            sysctls: Sysctls::read(),
             tw_overflow_start: read_tw_overflow(),
             ..HostFacts::default()
         }
@@ -92,37 +65,6 @@ impl HostFacts {
             self.processes.entry(pid).or_insert_with(|| read_proc(pid));
         }
     }
-}
-
-fn read_u64(dir: &Path, name: &str) -> Option<u64> {
-    std::fs::read_to_string(dir.join(name))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Reads the sysctls from a `/proc/sys/net/ipv4`-like directory.
-pub fn read_sysctls(dir: &Path) -> Sysctls {
-    let small = |n: &str| read_u64(dir, n).and_then(|v| u8::try_from(v).ok());
-    let range = std::fs::read_to_string(dir.join("ip_local_port_range"))
-        .ok()
-        .and_then(|s| parse_port_range(&s))
-        // The kernel's default (`inet_init_net`), used when the file cannot be read.
-        .unwrap_or((32768, 60999));
-    Sysctls {
-        tcp_tw_reuse: small("tcp_tw_reuse"),
-        tcp_timestamps: small("tcp_timestamps"),
-        ip_local_port_range: range,
-        tcp_max_tw_buckets: read_u64(dir, "tcp_max_tw_buckets"),
-        tcp_fin_timeout: read_u64(dir, "tcp_fin_timeout"),
-        tcp_tw_recycle: small("tcp_tw_recycle"),
-    }
-}
-
-fn parse_port_range(s: &str) -> Option<(u16, u16)> {
-    let mut it = s.split_whitespace().map(str::parse::<u16>);
-    Some((it.next()?.ok()?, it.next()?.ok()?))
 }
 
 fn read_tw_overflow() -> Option<u64> {
@@ -186,15 +128,9 @@ mod tests {
     }
 
     #[test]
-    fn sockstat_tw_and_port_range_parse() {
+    fn sockstat_tw_parses() {
         let s = "sockets: used 25\nTCP: inuse 2 orphan 0 tw 1103 alloc 2 mem 223\n";
         assert_eq!(parse_sockstat_tw(s), Some(1103));
-        assert_eq!(parse_port_range("40000\t40099\n"), Some((40000, 40099)));
-        let s = Sysctls {
-            ip_local_port_range: (40000, 40099),
-            ..Sysctls::default()
-        };
-        assert_eq!(s.port_range_size(), 100);
     }
 
     #[test]

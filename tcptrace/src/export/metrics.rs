@@ -7,11 +7,10 @@
 
 use tcptrace_common::TcpState;
 
-use super::counters::EventCounters;
 use super::current::{Cardinality, Counts, CurrentSockets, Folded};
 use super::exposition::{Exposition, Kind};
 use super::process::ProcessStats;
-use crate::aggregate::{Aggregates, Dwell, port_pressure};
+use crate::aggregate::{Aggregates, Dwell, TransitionCounts, port_pressure};
 use crate::lifecycle::{SocketTable, StateCounts};
 use crate::owner::cgroup::Container;
 use crate::probe::LossReport;
@@ -27,7 +26,7 @@ pub struct Scrape<'a> {
     pub table: &'a SocketTable,
     pub agg: &'a Aggregates,
     pub loss: LossReport,
-    pub counters: &'a EventCounters,
+    pub counters: &'a TransitionCounts,
     /// Events taken from the ring since start.
     pub events: u64,
     pub hook: &'a str,
@@ -37,7 +36,7 @@ pub struct Scrape<'a> {
     pub limits: Cardinality,
     pub process: Option<ProcessStats>,
     /// The overload guard's state (None until it acts).
-    pub overload: Option<crate::app::live::Overload>,
+    pub overload: Option<crate::probe::Overload>,
 }
 
 /// Label value for the folded rest of a family.
@@ -281,7 +280,7 @@ fn ports(e: &mut Exposition, s: &Scrape<'_>) {
     }
 }
 
-fn transitions(e: &mut Exposition, c: &EventCounters) {
+fn transitions(e: &mut Exposition, c: &TransitionCounts) {
     let name = "tcptrace_transitions_total";
     e.family(
         name,

@@ -3,8 +3,8 @@
 //!
 //! See `deploy/README.md` for the metric list, a scrape config and alert rules.
 
+pub mod answer;
 pub mod config;
-pub mod counters;
 pub mod current;
 pub mod exposition;
 pub mod http;
@@ -12,6 +12,5 @@ pub mod metrics;
 pub mod process;
 
 pub use config::{ConfigError, Overrides, ServeConfig};
-pub use counters::EventCounters;
 pub use current::Cardinality;
 pub use metrics::{Scrape, render};

@@ -38,6 +38,6 @@ mod tests;
 
 pub use change::{Applied, Change, LeaveReason, Outcome, SockChange, SockInfo, Subject};
 pub use owner::{Attribution, Comm, Owner};
-pub use reconcile::FdOwners;
+pub use reconcile::FdHolders;
 pub use stats::{FdScanStats, ReconcileStats, StateCounts, TableStats};
 pub use table::{Limits, SocketTable, SocketView, TIMEWAIT_LEN_NS};

@@ -1,7 +1,7 @@
 //! Correcting the table from the kernel's own socket table (NETLINK_SOCK_DIAG), and
 //! attributing sockets from an fd scan (`/proc/*/fd` inode -> processes).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use tcptrace_common::TcpState;
 
@@ -10,10 +10,8 @@ use super::entry::{UNKNOWN_NS, flag};
 use super::owner::{Attribution, Comm, Owner};
 use super::stats::{FdScanStats, ReconcileStats};
 use super::table::{IdKind, SocketTable};
+pub use crate::owner::fdscan::FdHolders;
 use crate::source::snapshot::{KernelSocket, Snapshot};
-
-/// Socket inode -> the processes holding an fd on it, as (pid, comm).
-pub type FdOwners = HashMap<u64, Vec<(u32, String)>>;
 
 /// Tombstones kept around a dump for how long before it was taken (a duplicate close arrives
 /// within microseconds of the original).
@@ -42,7 +40,7 @@ impl SocketTable {
     /// `fd_owners` (taken with the dump) attributes the sockets it knows by inode: added ones
     /// with [`Attribution::Snapshot`], the others with [`Attribution::FdScan`]. This is how
     /// CLOSE_WAIT leaks older than tcptrace are counted and named at startup.
-    pub fn reconcile(&mut self, snap: &Snapshot, fd_owners: Option<&FdOwners>) -> ReconcileStats {
+    pub fn reconcile(&mut self, snap: &Snapshot, fd_owners: Option<&FdHolders>) -> ReconcileStats {
         let mut st = ReconcileStats::default();
         let taken = snap.taken_ns;
 
@@ -119,13 +117,13 @@ impl SocketTable {
 
     /// Sets or confirms the owners of sockets known by inode from a `/proc/*/fd` scan. Exact for
     /// CLOSE_WAIT leaks: the leaking process still holds the fd.
-    pub fn apply_fd_scan(&mut self, fd_owners: &FdOwners) -> FdScanStats {
+    pub fn apply_fd_scan(&mut self, fd_owners: &FdHolders) -> FdScanStats {
         self.fd_scan(fd_owners, Attribution::FdScan, |_| true)
     }
 
     fn fd_scan(
         &mut self,
-        fd: &FdOwners,
+        fd: &FdHolders,
         how: Attribution,
         want: impl Fn(u32) -> bool,
     ) -> FdScanStats {
@@ -148,11 +146,11 @@ impl SocketTable {
 
     /// Some(true): owner set or changed; Some(false): confirmed; None: the scan does not know
     /// the socket.
-    fn attribute_by_fd(&mut self, slot: u32, fd: &FdOwners, how: Attribution) -> Option<bool> {
+    fn attribute_by_fd(&mut self, slot: u32, fd: &FdHolders, how: Attribution) -> Option<bool> {
         let e = &self.slab[slot as usize];
         let holders = fd.get(&(e.inode as u64)).filter(|h| !h.is_empty())?;
         if let Some(cur) = self.owners.get(e.owner)
-            && holders.iter().any(|(pid, _)| *pid == cur.pid)
+            && holders.iter().any(|p| p.pid == cur.pid)
         {
             // A guess the scan confirms becomes a fact; an exact kernel-context owner stays.
             if Attribution::from_u8(e.attribution) == Some(Attribution::Listener) {
@@ -161,13 +159,13 @@ impl SocketTable {
             return Some(false);
         }
         // Several holders (fork, fd passing): the lowest pid, usually the parent.
-        let (pid, comm) = holders
+        let holder = holders
             .iter()
-            .filter(|(p, _)| *p != 0)
-            .min_by_key(|(p, _)| *p)?;
+            .filter(|p| p.pid != 0)
+            .min_by_key(|p| p.pid)?;
         let owner = Owner {
-            pid: *pid,
-            comm: Comm::new(comm),
+            pid: holder.pid,
+            comm: Comm::new(&holder.comm),
             cgroup_id: 0,
         };
         self.set_owner(slot, &owner, how);

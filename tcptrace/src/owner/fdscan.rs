@@ -13,14 +13,17 @@ use std::ptr::NonNull;
 
 use crate::owner::process::ProcessRef;
 
+/// Socket inode -> every process holding a descriptor for it, sorted by pid.
+pub type FdHolders = HashMap<u64, Vec<ProcessRef>>;
+
 /// Maps socket inode to every process holding a descriptor for it, sorted by pid. A socket
 /// shared after `fork` (a listener in a pre-fork server) has several owners.
 ///
 /// With `wanted`, only those inodes are reported (an empty set returns at once). Processes that
 /// exit during the scan, and `/proc/PID/fd` directories we may not read, are skipped quietly: the
 /// result is a best-effort picture of one moment, like `ss -p`.
-pub fn scan_socket_owners(wanted: Option<&HashSet<u64>>) -> HashMap<u64, Vec<ProcessRef>> {
-    let mut owners: HashMap<u64, Vec<ProcessRef>> = HashMap::new();
+pub fn scan_socket_owners(wanted: Option<&HashSet<u64>>) -> FdHolders {
+    let mut owners = FdHolders::new();
     if wanted.is_some_and(HashSet::is_empty) {
         return owners;
     }

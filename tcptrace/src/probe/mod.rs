@@ -2,6 +2,7 @@
 //! this kernel, attaches, drains the ring buffer into decoded events, and reads loss counters.
 
 pub mod btf;
+pub mod counting;
 pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
@@ -18,6 +19,7 @@ use aya::{
 };
 use tcptrace_common::filter::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig};
 
+pub use counting::Overload;
 pub use loss::LossReport;
 pub use reader::EventReader;
 use stats::ProgStats;
@@ -339,9 +341,11 @@ impl Probe {
             .collect()
     }
 
-    /// The full loss picture: kernel counters plus what the reader saw.
-    pub fn loss(&self, reader: &EventReader) -> LossReport {
-        let k = self.kernel_counters();
+    /// The full loss picture: kernel counters `k` plus what the reader has taken from the ring.
+    /// Read `k` first and drain the ring after it: then every copy the backup program sent for
+    /// a skipped run counted in `k` has been seen, and the report never claims as lost what is
+    /// only still waiting in the ring.
+    pub fn loss_with(&self, k: &KernelCounters, reader: &EventReader) -> LossReport {
         LossReport {
             ring_full: k.ring_full,
             backup_ring_full: k.backup_ring_full,

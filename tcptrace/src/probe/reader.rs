@@ -17,6 +17,12 @@ pub struct EventReader {
     pub undecodable: u64,
     /// Records read, before deduplication.
     pub records: u64,
+    /// Times the ring was read to empty: a drain that started after a moment has consumed
+    /// every record submitted before it.
+    pub drains: u64,
+    /// The most bytes found waiting in one drain: how full the ring got (its high-water mark,
+    /// as far as the reader can see).
+    pub max_drained_bytes: u64,
     pub poll: Duration,
 }
 
@@ -41,6 +47,8 @@ impl EventReader {
             dedup: BackupDedup::default(),
             undecodable: 0,
             records: 0,
+            drains: 0,
+            max_drained_bytes: 0,
             poll: DEFAULT_POLL,
         })
     }
@@ -50,8 +58,11 @@ impl EventReader {
     pub fn drain_into(&mut self, out: &mut Vec<Event>) -> usize {
         let before = out.len();
         let ring = &mut self.ring.get_mut().0;
+        let mut bytes = 0u64;
         while let Some(item) = ring.next() {
             self.records += 1;
+            // The ring spends an 8-byte header on every record.
+            bytes += item.len() as u64 + 8;
             match decode(&item) {
                 Ok(ev) => {
                     if self.dedup.keep(&ev) {
@@ -61,6 +72,8 @@ impl EventReader {
                 Err(_) => self.undecodable += 1,
             }
         }
+        self.drains += 1;
+        self.max_drained_bytes = self.max_drained_bytes.max(bytes);
         out.len() - before
     }
 

@@ -22,12 +22,20 @@ pub struct ReportDoc<'a> {
     pub hook: String,
     /// What the overload guard did, when it acted (see `--max-event-rate`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub overload: Option<crate::app::live::Overload>,
+    pub overload: Option<crate::probe::Overload>,
+    /// The replayed recording had no End record (its writer was killed, or the host crashed):
+    /// everything up to its last complete record is in the document, and the loss counters
+    /// after its last Loss record are unknown. Present only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recording_truncated: bool,
     #[serde(flatten)]
     pub summary: &'a Summary,
 }
 
 pub const SCHEMA: u32 = 1;
+
+/// Rows kept per group-by list in the document.
+pub const REPORT_TOP: usize = 50;
 
 fn counts_cells(c: &GroupCounts) -> Vec<String> {
     vec![
@@ -84,7 +92,7 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         out,
         "lost events: {}{}   corrections from the kernel table: {}   evicted: {} sockets, {} groups",
         s.lost_events,
-        super::loss_suffix(s),
+        super::loss::suffix(s),
         c.added + c.removed + c.state_fixed + c.substate_fixed,
         s.evictions.sockets,
         s.evictions.groups

@@ -4,10 +4,24 @@ use std::fmt::Write as _;
 
 use super::report::{container_cell, process_cells};
 use super::table::{Align, Table, human_ms, rate};
-use crate::{
-    aggregate::{GroupCounts, Summary},
-    cli::{GroupBy, SortBy},
-};
+use crate::aggregate::{GroupCounts, Summary};
+
+/// What the rows are. (A value enum for `--by`: the screen's own setting, which clap parses.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    Pid,
+    Port,
+    Peer,
+}
+
+/// Which count orders the rows (`--sort`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    #[value(name = "close-wait", alias = "cw")]
+    CloseWait,
+    #[value(name = "time-wait", alias = "tw")]
+    TimeWait,
+}
 
 /// What the screen shows; keys change it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +65,7 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
         "tcptrace top  {clock}  up {:.0}s  sockets {}  ESTABLISHED {est}  CLOSE_WAIT {cw}  TIME_WAIT {tw}  lost events {lost}{}",
         s.window_s,
         s.sockets,
-        super::loss_suffix(s)
+        super::loss::suffix(s)
     );
     let by = match st.by {
         GroupBy::Pid => "process",

@@ -16,6 +16,14 @@ use tcptrace_common::TcpState;
 use super::fixtures::{Ctx, Fx, MS, SWAPPER, Sk};
 use super::table::{SocketTable, SocketView};
 
+/// A process holding an fd, as the fd scan reports it.
+fn holder(pid: u32, comm: &str) -> crate::owner::process::ProcessRef {
+    crate::owner::process::ProcessRef {
+        pid,
+        comm: comm.to_string(),
+    }
+}
+
 /// connect(): CLOSE -> SYN_SENT by the owner, then ESTABLISHED.
 fn established(fx: &mut Fx, t: &mut SocketTable, sk: &Sk) {
     use TcpState::*;

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use tcptrace_common::TcpState::*;
 
+use super::super::FdHolders;
 use super::super::fixtures::*;
 use super::super::owner::Attribution;
 use super::super::table::{Limits, SocketTable};
-use super::find;
+use super::{find, holder};
 
 #[test]
 fn softirq_task_is_never_the_owner() {
@@ -144,14 +145,11 @@ fn fd_scan_confirms_and_corrects_owners_by_inode() {
     assert_eq!((st.added, st.removed, st.state_fixed), (0, 0, 0));
     assert_eq!(st.inode_learned, 2);
     // The accepted socket was handed to a child process (pid 101); the listener is still 100's.
-    let fd: HashMap<u64, Vec<(u32, String)>> = HashMap::from([
-        (5000, vec![(100, "server".to_string())]),
+    let fd: FdHolders = HashMap::from([
+        (5000, vec![holder(100, "server")]),
         (
             5001,
-            vec![
-                (101, "server-worker".to_string()),
-                (100, "server".to_string()),
-            ],
+            vec![holder(101, "server-worker"), holder(100, "server")],
         ),
     ]);
     let st = t.apply_fd_scan(&fd);
@@ -160,8 +158,7 @@ fn fd_scan_confirms_and_corrects_owners_by_inode() {
         (2, 0),
         "pid 100 still holds both"
     );
-    let fd: HashMap<u64, Vec<(u32, String)>> =
-        HashMap::from([(5001, vec![(101, "server-worker".to_string())])]);
+    let fd: FdHolders = HashMap::from([(5001, vec![holder(101, "server-worker")])]);
     let st = t.apply_fd_scan(&fd);
     assert_eq!((st.confirmed, st.assigned), (0, 1));
     let v = find(&t, &lb.server).unwrap();

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use tcptrace_common::TcpState::*;
 
+use super::super::FdHolders;
 use super::super::fixtures::*;
 use super::super::owner::Attribution;
 use super::super::table::{Limits, SocketTable, TIMEWAIT_LEN_NS};
-use super::{check_counts, established, find, state_of, time_wait};
+use super::{check_counts, established, find, holder, state_of, time_wait};
 
 #[test]
 fn startup_snapshot_counts_and_attributes_preexisting_close_wait_leaks() {
@@ -25,9 +26,9 @@ fn startup_snapshot_counts_and_attributes_preexisting_close_wait_leaks() {
             ks(SynRecv, "10.0.0.1:8080", "10.0.0.5:5000", 14, 0),
         ],
     );
-    let fd: HashMap<u64, Vec<(u32, String)>> = HashMap::from([
-        (7000, vec![(55, "java".to_string())]),
-        (7001, vec![(55, "java".to_string())]),
+    let fd: FdHolders = HashMap::from([
+        (7000, vec![holder(55, "java")]),
+        (7001, vec![holder(55, "java")]),
     ]);
     let st = t.reconcile(&snap, Some(&fd));
     assert_eq!(st.added, 4);

@@ -32,6 +32,10 @@ pub struct DiagnoseDoc<'a> {
     pub window_s: f64,
     /// Events the kernel side lost; always shown.
     pub lost_events: u64,
+    /// The replayed recording was cut short (no End record): see `report --json`'s field of the
+    /// same name. Present only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recording_truncated: bool,
     /// True when there are no findings.
     pub nothing_abnormal: bool,
     /// Most severe first.

@@ -1,109 +1,56 @@
-//! `tcptrace trace`: every transition, live, with its owner and the time spent in the previous
-//! state.
+//! The trace lines: every transition with its owner and the time spent in the previous state,
+//! printed as text columns or JSON lines.
+//!
+//! Lines wait before printing, because later events complete them: a RST sent by close() is
+//! reported just after the socket's ->CLOSE transition, and an accepted socket's first event
+//! lacks its cookie and peer (see [`TraceLines::event`]). Holding by event time, not by batch,
+//! makes a replay print exactly what the live session printed.
 
-use std::{
-    collections::VecDeque,
-    io::{BufWriter, Write},
-};
+use std::{collections::VecDeque, io::Write};
 
 use hashbrown::HashMap;
 
 use tcptrace_common::TcpState;
 
 use crate::{
-    app::live::{Live, stop_signal},
-    cli::TraceArgs,
+    clock::WallClock,
     event::{Event, What},
     filter::{Filters, OwnerView},
     lifecycle::{Applied, Change},
     owner::container::ContainerNames,
+    session::{Flow, Session, Sink},
     view::trace::{TextWriter, TraceLine, push_json},
 };
 
-pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let filters = args.filter.to_filters();
-    let mut live = Live::start(&args.probe, &filters)?;
-    let stdout = std::io::stdout();
-    let mut out = Out::new(
-        BufWriter::with_capacity(OUT_BUFFER, stdout.lock()),
-        args.json,
-        live.clock,
-    );
-    out.header()?;
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
-    let mut batch = Vec::new();
-    // Lines wait before printing, because later events complete them: a RST sent by close() is
-    // reported just after the socket's ->CLOSE transition, and an accepted socket's first event
-    // lacks its cookie and peer (see `apply_batch`). Holding by event time, not by batch, makes a
-    // replay print exactly what the live session printed.
-    let mut pending = Pending::default();
-    let mut containers = ContainerNames::new();
-    loop {
-        let done = tokio::select! {
-            r = &mut stop => { r?; true }
-            _ = live.next_batch(&mut batch) => false,
-        };
-        if done {
-            live.drain(&mut batch);
-        }
-        apply_batch(&mut live, &mut batch, &mut pending);
-        let finished = done || live.is_done();
-        let now = live.now_ns();
-        while let Some(l) = pending.pop_due(now, finished) {
-            if wanted(&filters, &l) && in_container(&filters, &l, &mut containers) {
-                out.line(&l)?;
-            } else {
-                log::debug!(
-                    "filtered out: {} -> {} {} {} {:?}",
-                    l.old.name(),
-                    l.new.name(),
-                    l.local,
-                    l.remote,
-                    l.event
-                );
-            }
-            pending.recycle(l);
-        }
-        out.flush()?;
-        live.tick();
-        if finished {
-            break;
-        }
-    }
-    let now = live.now_ns();
-    live.finish(now)?;
-    eprintln!("{}", live.summary_line());
-    live.check_replay()
+/// The `trace` sink: lines held until complete, then written to `W`.
+pub struct TraceLines<W: Write> {
+    out: Out<W>,
+    pending: Pending,
 }
 
-/// Output buffer: a storm prints ~20 MB/s, so fewer, larger writes.
-const OUT_BUFFER: usize = 64 * 1024;
+impl<W: Write> TraceLines<W> {
+    /// Writes the text header at once (JSON lines have none).
+    pub fn new(w: W, json: bool, clock: WallClock) -> std::io::Result<Self> {
+        let mut out = Out::new(w, json, clock);
+        out.header()?;
+        Ok(TraceLines {
+            out,
+            pending: Pending::default(),
+        })
+    }
+}
 
-/// Owner-name strings kept for reuse: more than the lines of one batch rarely wait at once.
-const SPARE_NAMES: usize = 4096;
-
-/// How long a line waits for later events that complete it, in event time: until an event this
-/// much newer has been applied. Event time, not the reader's clock, because the CPU that owes
-/// the completing event can stall between the two (a vCPU on a busy host does, for tens of ms)
-/// while the reader runs on: then no newer event of that CPU exists either.
-const HOLD_NS: u64 = 20_000_000;
-
-/// When no newer event comes (a quiet stream), how long a line waits on the clock instead.
-const IDLE_HOLD_NS: u64 = 250_000_000;
-
-/// Feeds a batch to the socket table and appends its lines. Lines still pending learn what
-/// only later events tell: that a RST closed the socket (the kernel
-/// reports a RST sent by close() just after the ->CLOSE transition), and, for an accepted
-/// socket's first event, its cookie, peer and owner (up to at least 6.1 the kernel reports
-/// LISTEN->SYN_RECV before it fills them in).
-fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
-    for ev in batch.drain(..) {
+impl<W: Write> Sink for TraceLines<W> {
+    /// Appends the event's line. Lines still pending learn what only later events tell: that
+    /// a RST closed the socket (the kernel reports a RST sent by close() just after the ->CLOSE
+    /// transition), and, for an accepted socket's first event, its cookie, peer and owner (up to
+    /// at least 6.1 the kernel reports LISTEN->SYN_RECV before it fills them in).
+    fn event(&mut self, ev: &Event, applied: &Applied) {
+        let pending = &mut self.pending;
         pending.newest_ns = pending.newest_ns.max(ev.ts_ns);
-        let applied = live.apply(&ev);
         if applied.is_duplicate() {
             log::debug!("dropped as a duplicate: {ev:?}");
-            continue;
+            return;
         }
         match ev.what {
             What::ResetSent | What::ResetReceived => {
@@ -117,7 +64,7 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
             What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
             What::Transition { old, new } => {
                 let (netns, sock) = (ev.netns, ev.sock);
-                let line = trace_line(ev, old, new, applied, &mut pending.spare);
+                let line = trace_line(ev.clone(), old, new, applied, &mut pending.spare);
                 if old == TcpState::SynRecv && sock.cookie != 0 {
                     let first = pending.clones.remove(&(netns, sock.skaddr));
                     if let Some(l) = pending.get_mut(first) {
@@ -135,7 +82,44 @@ fn apply_batch(live: &mut Live, batch: &mut Vec<Event>, pending: &mut Pending) {
             }
         }
     }
+
+    /// Prints the lines that are due (all of them at the end).
+    fn batch(&mut self, s: &mut Session, ended: bool) -> anyhow::Result<Flow> {
+        let now = s.now_ns();
+        while let Some(l) = self.pending.pop_due(now, ended) {
+            if wanted(&s.filters, &l) && in_container(&s.filters, &l, &mut s.containers) {
+                self.out.line(&l)?;
+            } else {
+                log::debug!(
+                    "filtered out: {} -> {} {} {} {:?}",
+                    l.old.name(),
+                    l.new.name(),
+                    l.local,
+                    l.remote,
+                    l.event
+                );
+            }
+            self.pending.recycle(l);
+        }
+        self.out.flush()?;
+        Ok(Flow::Continue)
+    }
 }
+
+/// Output buffer: a storm prints ~20 MB/s, so fewer, larger writes.
+pub const OUT_BUFFER: usize = 64 * 1024;
+
+/// Owner-name strings kept for reuse: more than the lines of one batch rarely wait at once.
+const SPARE_NAMES: usize = 4096;
+
+/// How long a line waits for later events that complete it, in event time: until an event this
+/// much newer has been applied. Event time, not the reader's clock, because the CPU that owes
+/// the completing event can stall between the two (a vCPU on a busy host does, for tens of ms)
+/// while the reader runs on: then no newer event of that CPU exists either.
+const HOLD_NS: u64 = 20_000_000;
+
+/// When no newer event comes (a quiet stream), how long a line waits on the clock instead.
+const IDLE_HOLD_NS: u64 = 250_000_000;
 
 /// Lines waiting to be printed, with indexes to the ones later events complete, so each event
 /// costs O(1) however many lines wait (a connection storm keeps thousands pending).
@@ -301,11 +285,11 @@ fn trace_line(
 enum Out<W: Write> {
     Text(TextWriter<W>),
     /// The writer, the clock, and the buffer each line is built in.
-    Json(W, crate::clock::WallClock, Vec<u8>),
+    Json(W, WallClock, Vec<u8>),
 }
 
 impl<W: Write> Out<W> {
-    fn new(w: W, json: bool, clock: crate::clock::WallClock) -> Self {
+    fn new(w: W, json: bool, clock: WallClock) -> Self {
         if json {
             Out::Json(w, clock, Vec::with_capacity(512))
         } else {

@@ -1,5 +1,6 @@
-//! Event counters the exporter keeps from the stream itself: transitions by old and new state,
-//! and resets. They start at zero when `serve` starts, as Prometheus counters do.
+//! Transitions by old and new state, and resets, counted from the event stream since the
+//! session started (the exporter's `tcptrace_transitions_total`, which starts at zero with
+//! `serve`, as Prometheus counters do).
 
 use tcptrace_common::TcpState;
 
@@ -9,15 +10,15 @@ use crate::event::{Event, What};
 const N: usize = 13;
 
 #[derive(Clone, Debug)]
-pub struct EventCounters {
+pub struct TransitionCounts {
     transitions: [[u64; N]; N],
     pub resets_received: u64,
     pub resets_sent: u64,
 }
 
-impl Default for EventCounters {
+impl Default for TransitionCounts {
     fn default() -> Self {
-        EventCounters {
+        TransitionCounts {
             transitions: [[0; N]; N],
             resets_received: 0,
             resets_sent: 0,
@@ -25,7 +26,7 @@ impl Default for EventCounters {
     }
 }
 
-impl EventCounters {
+impl TransitionCounts {
     pub fn observe(&mut self, ev: &Event) {
         match ev.what {
             What::Transition { old, new } => {

@@ -1,0 +1,94 @@
+//! When the table is checked against the kernel's own socket table, and the dumps that check
+//! uses: taken on a blocking thread, so ring draining and `/metrics` answers never wait for a
+//! dump or a `/proc/*/fd` scan (hundreds of ms with many processes).
+//!
+//! Ordering keeps counts exact: a dump shows each socket as it was when the kernel reached it,
+//! which can be after transitions still waiting in the ring. So a dump that arrives is applied
+//! only after the ring has been drained and those events applied (see `Session::run`).
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::{
+    filter::Filters,
+    source::kernel::{self, Dump},
+};
+
+/// How often the table is checked against the kernel's (and owners re-read from /proc).
+pub const EVERY: Duration = Duration::from_secs(10);
+/// The same while the overload guard has the kernel counting instead of sending events: the
+/// kernel table is then what keeps the counts exact.
+pub const EVERY_COUNTING: Duration = Duration::from_secs(2);
+
+pub struct Reconciler {
+    /// When the last dump was started.
+    last: Instant,
+    /// Check at the next tick whatever the interval (after an overload ends).
+    soon: bool,
+    /// A dump being taken.
+    task: Option<JoinHandle<anyhow::Result<Dump>>>,
+    /// A dump taken, waiting to be applied after the next drain.
+    arrived: Option<Dump>,
+}
+
+impl Reconciler {
+    pub fn new() -> Reconciler {
+        Reconciler {
+            last: Instant::now(),
+            soon: false,
+            task: None,
+            arrived: None,
+        }
+    }
+
+    /// The dump taken at start-up, applied like any other.
+    pub fn started(&mut self, d: Dump) {
+        self.last = Instant::now();
+        self.arrived = Some(d);
+    }
+
+    /// Whether a dump should start now.
+    pub fn due(&self, counting: bool) -> bool {
+        let every = if counting { EVERY_COUNTING } else { EVERY };
+        self.task.is_none() && (self.soon || self.last.elapsed() >= every)
+    }
+
+    pub fn soon(&mut self) {
+        self.soon = true;
+    }
+
+    /// Starts a dump on a blocking thread.
+    pub fn start(&mut self, filters: &Filters) {
+        self.last = Instant::now();
+        self.soon = false;
+        let filters = filters.clone();
+        self.task = Some(tokio::task::spawn_blocking(move || kernel::dump(&filters)));
+    }
+
+    /// Resolves when the dump being taken is ready; never when none is.
+    pub async fn taken(&mut self) -> anyhow::Result<Dump> {
+        let Some(task) = &mut self.task else {
+            return std::future::pending().await;
+        };
+        let res = task.await;
+        self.task = None;
+        res.map_err(|e| anyhow::anyhow!("the kernel table reader failed: {e}"))?
+    }
+
+    pub fn arrived(&mut self, d: Dump) {
+        self.arrived = Some(d);
+    }
+
+    pub fn take_arrived(&mut self) -> Option<Dump> {
+        self.arrived.take()
+    }
+
+    /// Drops a dump in progress or waiting (the final check at shutdown supersedes it).
+    pub fn cancel(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.arrived = None;
+    }
+}
