@@ -4,15 +4,17 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::filter::{
-    MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout, TwTimerConfig,
+pub use tcptrace_common::counter::Counter;
+use tcptrace_common::{
+    config::{MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout, TwTimerConfig},
+    counter::{COUNTER_SLOTS, TRANSITION_SLOTS, transition_slot},
 };
 
 /// Filled by userspace before load (`EbpfLoader::override_global`); read-only afterwards, so the
 /// verifier sees constants and prunes disabled filters.
 #[unsafe(no_mangle)]
 static CONFIG: ProbeConfig = ProbeConfig {
-    offsets: tcptrace_common::filter::SockOffsets {
+    offsets: tcptrace_common::config::SockOffsets {
         skc_daddr: 0,
         skc_rcv_saddr: 0,
         skc_dport: 0,
@@ -93,35 +95,9 @@ pub fn tw_timer_config() -> TwTimerConfig {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Per-CPU counters userspace reads: see `COUNTER_*`.
+/// Per-CPU counters userspace reads: see [`Counter`].
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
-/// `bpf_ringbuf_reserve` failed: the ring was full. Each one is a lost event.
-pub const COUNTER_RESERVE_FAILED: u32 = 0;
-/// Events the backup program emitted (recoveries plus the rare duplicate).
-pub const COUNTER_BACKUP_EMITTED: u32 = 1;
-/// Events dropped by the in-kernel filters (not lost: unwanted).
-pub const COUNTER_FILTERED: u32 = 2;
-/// The part of `COUNTER_RESERVE_FAILED` that the backup program failed to deliver. Those events
-/// are also among the primary's recursion misses; userspace must not count them twice.
-pub const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
-/// Runs the primary missed whose event the backup then dropped as unwanted (not TCP, or
-/// outside the filters) or counted (counting mode): skipped, but not lost.
-pub const COUNTER_BACKUP_DISCARDED: u32 = 4;
-/// The part of `COUNTER_RESERVE_FAILED` that were reset events, not transitions.
-pub const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
-/// Wanted events counted in the kernel instead of sent, while in counting mode (`MODE`).
-pub const COUNTER_COUNTED: u32 = 6;
-/// A timewait hook's record (fentry, or the `timer_expire_entry` end) did not fit: not a lost
-/// transition (that socket's TIME_WAIT is inferred instead), so kept apart from
-/// `COUNTER_RESERVE_FAILED`.
-pub const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
-/// A socket that passed the port filter could not be entered in `ADMITTED` (the map update
-/// failed, e.g. `-EBUSY` when a nested program finds the bucket locked on this CPU), so its
-/// close, which no longer carries the local port, will be filtered out: a possible lost event.
-pub const COUNTER_ADMIT_FAILED: u32 = 8;
-const COUNTER_SLOTS: u32 = 9;
 
 /// Ports the user asked for: value bits are `PORT_MATCH_LOCAL` / `PORT_MATCH_REMOTE`.
 #[map]
@@ -139,9 +115,9 @@ pub static ADMITTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0
 #[map]
 pub static MODE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per-CPU counts of transitions by `old * 16 + new` (resets at 0), in counting mode.
+/// Per-CPU counts of transitions by `transition_slot(old, new)` (resets at 0), in counting mode.
 #[map]
-pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(256, 0);
+pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 
 #[inline(always)]
 pub fn counting_mode() -> bool {
@@ -150,15 +126,14 @@ pub fn counting_mode() -> bool {
 
 #[inline(always)]
 pub fn count_transition(old: u8, new: u8) {
-    let slot = ((old as u32 & 0xf) << 4) | (new as u32 & 0xf);
-    if let Some(p) = TRANSITIONS.get_ptr_mut(slot) {
+    if let Some(p) = TRANSITIONS.get_ptr_mut(transition_slot(old, new)) {
         add_one(p);
     }
 }
 
 #[inline(always)]
-pub fn count(slot: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+pub fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c.slot()) {
         add_one(p);
     }
 }

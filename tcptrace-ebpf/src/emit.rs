@@ -8,15 +8,11 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     EventKind, TcpState,
+    config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
     event::{FLAG_FROM_BACKUP, RawEvent},
-    filter::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
 };
 
-use crate::config::{
-    ADMITTED, COUNTER_ADMIT_FAILED, COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_RESERVE_FAILED,
-    COUNTER_COUNTED, COUNTER_FILTERED, COUNTER_RESERVE_FAILED, COUNTER_RESET_RESERVE_FAILED,
-    COUNTER_TIMEWAIT_RESERVE_FAILED, EVENTS, PORTS, count, count_transition, counting_mode,
-};
+use crate::config::{ADMITTED, Counter, EVENTS, PORTS, count, count_transition, counting_mode};
 
 /// Stamps the time and the current task. The task is only the socket's owner for some
 /// transitions; `FLAG_OWNER_CONTEXT` says which, and userspace never trusts it otherwise.
@@ -77,7 +73,7 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
         // A failed update of a key already present is harmless (the entry stays).
         // SAFETY: as above.
         if ADMITTED.insert(key, 1, 0).is_err() && unsafe { ADMITTED.get(key) }.is_none() {
-            count(COUNTER_ADMIT_FAILED);
+            count(Counter::AdmitFailed);
         }
     } else if closing {
         let _ = ADMITTED.remove(key);
@@ -99,9 +95,9 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
 #[inline(always)]
 pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
     if !wanted(ev, cfg) {
-        count(COUNTER_FILTERED);
+        count(Counter::Filtered);
         if ev.flags & FLAG_FROM_BACKUP != 0 {
-            count(COUNTER_BACKUP_DISCARDED);
+            count(Counter::BackupDiscarded);
         }
         return;
     }
@@ -112,9 +108,9 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         }
         if ev.flags & FLAG_FROM_BACKUP != 0 {
             // A run the primary missed, handled here by counting: not lost.
-            count(COUNTER_BACKUP_DISCARDED);
+            count(Counter::BackupDiscarded);
         }
-        count(COUNTER_COUNTED);
+        count(Counter::Counted);
         count_transition(ev.oldstate, ev.newstate);
         return;
     }
@@ -128,15 +124,15 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
     }
     if EVENTS.output::<RawEvent>(ev, flags).is_err() {
         if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
-            count(COUNTER_TIMEWAIT_RESERVE_FAILED);
+            count(Counter::TimewaitReserveFailed);
             return;
         }
-        count(COUNTER_RESERVE_FAILED);
+        count(Counter::ReserveFailed);
         if ev.flags & FLAG_FROM_BACKUP != 0 {
-            count(COUNTER_BACKUP_RESERVE_FAILED);
+            count(Counter::BackupReserveFailed);
         }
         if ev.kind == EventKind::ResetReceived as u8 || ev.kind == EventKind::ResetSent as u8 {
-            count(COUNTER_RESET_RESERVE_FAILED);
+            count(Counter::ResetReserveFailed);
         }
     }
 }

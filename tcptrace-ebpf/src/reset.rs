@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     EventKind,
+    config::{RESET_TP_HAS_FAMILY, RESET_TP_SOCKADDR},
     event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
-    filter::{RESET_TP_HAS_FAMILY, RESET_TP_SOCKADDR},
 };
 
 use crate::{config::config, emit, record, sock};

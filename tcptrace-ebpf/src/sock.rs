@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tcptrace_common::{
+    config::SockOffsets,
     event::{AF_INET, AF_INET6, RawEvent},
-    filter::SockOffsets,
 };
 
 pub const IPPROTO_TCP: u16 = 6;

@@ -16,7 +16,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    config::{COUNTER_BACKUP_DISCARDED, COUNTER_BACKUP_EMITTED, config, count},
+    config::{Counter, config, count},
     emit, record, sock,
 };
 
@@ -86,7 +86,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
         if role == Role::Backup {
             // A run the primary missed, but of a socket we never report: not a lost event.
-            count(COUNTER_BACKUP_DISCARDED);
+            count(Counter::BackupDiscarded);
         }
         return 0;
     }
@@ -104,7 +104,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     }
     if role == Role::Backup {
         ev.flags |= FLAG_FROM_BACKUP;
-        count(COUNTER_BACKUP_EMITTED);
+        count(Counter::BackupEmitted);
     }
     emit::submit(&ev, &cfg);
     0

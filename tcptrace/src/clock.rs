@@ -56,3 +56,35 @@ impl WallClock {
         }
     }
 }
+
+/// Milliseconds as a short human duration: `850ms`, `12.3s`, `4m05s`, `2h10m`.
+pub fn human_ms(ms: f64) -> String {
+    if !ms.is_finite() || ms < 0.0 {
+        return "-".into();
+    }
+    if ms < 1000.0 {
+        return format!("{ms:.0}ms");
+    }
+    let s = ms / 1000.0;
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let s = s as u64;
+    if s < 3600 {
+        return format!("{}m{:02}s", s / 60, s % 60);
+    }
+    format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_ms;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_ms(850.0), "850ms");
+        assert_eq!(human_ms(12_345.0), "12.3s");
+        assert_eq!(human_ms(245_000.0), "4m05s");
+        assert_eq!(human_ms(7_800_000.0), "2h10m");
+    }
+}

@@ -14,8 +14,8 @@ use std::{
 
 use tcptrace_common::{
     TcpState,
+    config::{PORT_MATCH_LOCAL, PORT_MATCH_REMOTE},
     event::{AF_INET, AF_INET6},
-    filter::{PORT_MATCH_LOCAL, PORT_MATCH_REMOTE},
 };
 
 /// `ADDR[/PREFIX][:PORT]`; IPv6 with a port in brackets: `[ADDR[/PREFIX]]:PORT`.

@@ -16,7 +16,7 @@ fn is_tw_or_cw(s: TcpState) -> bool {
 
 /// One group's sockets now.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Current {
+pub struct Current {
     pub time_wait: u64,
     pub close_wait: u64,
     /// Earliest CLOSE_WAIT entry time among its sockets (known ones).
@@ -78,9 +78,10 @@ impl Keys {
     }
 }
 
-/// Current sockets grouped every way the report needs.
+/// Current TIME_WAIT / CLOSE_WAIT sockets grouped every way the report and the metrics need:
+/// the one place the present is grouped.
 #[derive(Default)]
-pub(super) struct CurrentGroups {
+pub struct CurrentGroups {
     pub by_pid: HashMap<Owner, Current>,
     pub by_local_port: HashMap<u16, Current>,
     pub by_peer_addr: HashMap<IpAddr, Current>,
@@ -97,6 +98,7 @@ fn add<K: Hash + Eq>(m: &mut HashMap<K, Current>, k: Option<K>, v: &SocketView) 
 }
 
 impl CurrentGroups {
+    /// Groups the table's TIME_WAIT and CLOSE_WAIT sockets now.
     pub fn scan(table: &SocketTable) -> CurrentGroups {
         let mut g = CurrentGroups::default();
         for v in table.iter_where(is_tw_or_cw) {

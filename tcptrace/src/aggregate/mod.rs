@@ -23,6 +23,7 @@ mod transitions;
 mod tests;
 
 pub use aggregates::{AggLimits, Aggregates, IDLE_BEFORE_FOLD_NS, Peer};
+pub use current::{Current, CurrentGroups};
 pub use dwell::{Dwell, DwellMs};
 pub use group::{GroupStats, GroupTable};
 pub use pressure::{PortPressure, port_pressure};

@@ -6,7 +6,7 @@ use super::thresholds::{
     CLOSE_WAIT_MIN_GROWTH, CLOSE_WAIT_OLD_MS, FD_EXHAUSTION_CRITICAL_S, FD_USE_CRITICAL,
 };
 use super::{Evidence, Finding, HostFacts, Kind, Severity, Who, human_s, who_proc};
-use crate::view::table::human_ms;
+use crate::clock::human_ms;
 
 /// One finding per process whose CLOSE_WAIT count grew during the window, or that holds
 /// CLOSE_WAIT sockets older than [`CLOSE_WAIT_OLD_MS`].

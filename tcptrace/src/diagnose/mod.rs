@@ -9,6 +9,7 @@
 
 mod close_wait;
 pub mod evidence;
+mod fixes;
 pub mod host;
 mod kernel;
 mod ports;

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use super::fixes::client_fixes;
 use super::thresholds::{PORT_CRITICAL_RATIO, PORT_EXHAUSTION_CRITICAL_S, PORT_RISK_RATIO};
-use super::time_wait::client_fixes;
 use super::{
     DestEvidence, Evidence, Finding, HostFacts, Kind, Knob, Severity, Who, human_s, steady_state,
     who_proc,

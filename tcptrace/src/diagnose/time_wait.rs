@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::fixes::client_fixes;
 use super::ports::at_risk;
 use super::thresholds::{
     SHORT_LIVED_MIN_CONNS, SHORT_LIVED_MIN_PER_S, SHORT_LIVED_MS, TIME_WAIT_PILE_MIN, TIME_WAIT_S,
@@ -129,17 +130,6 @@ pub fn client_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
             }
         })
         .collect()
-}
-
-pub(super) fn client_fixes() -> Vec<String> {
-    vec![
-        "Reuse connections: a connection pool / keep-alive in the HTTP or database client \
-         instead of a new connection per request."
-            .into(),
-        "A reverse proxy in front of the peer: enable upstream keep-alive (nginx: `keepalive` \
-         in the upstream block with `proxy_http_version 1.1` and an empty `Connection` header)."
-            .into(),
-    ]
 }
 
 fn names(owners: &[super::ProcId]) -> String {

@@ -7,8 +7,8 @@ use std::hash::Hash;
 use hashbrown::HashMap;
 use tcptrace_common::TcpState;
 
-use crate::aggregate::Peer;
-use crate::lifecycle::{Comm, SocketTable, SocketView};
+use crate::aggregate::{Current, CurrentGroups, Peer};
+use crate::lifecycle::{Comm, SocketTable};
 
 /// How many groups of each kind get their own series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,11 +36,10 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, s: TcpState) {
-        match s {
-            TcpState::TimeWait => self.time_wait += 1,
-            TcpState::CloseWait => self.close_wait += 1,
-            _ => {}
+    fn of(c: &Current) -> Counts {
+        Counts {
+            time_wait: c.time_wait,
+            close_wait: c.close_wait,
         }
     }
 
@@ -92,50 +91,34 @@ pub struct CurrentSockets {
 }
 
 impl CurrentSockets {
+    /// The table's grouping ([`CurrentGroups`]), with each process one series whatever cgroup
+    /// id its sockets carry, cut to the top groups.
     pub fn scan(table: &SocketTable, limits: &Cardinality) -> CurrentSockets {
+        let g = CurrentGroups::scan(table);
         let mut procs: HashMap<Process, (Counts, u64)> = HashMap::new();
-        let mut unattributed = Counts::default();
-        let mut ports: HashMap<u16, Counts> = HashMap::new();
-        let mut peers: HashMap<Peer, Counts> = HashMap::new();
-        for v in table.iter_where(|s| matches!(s, TcpState::TimeWait | TcpState::CloseWait)) {
-            match v.owner {
-                Some(o) => {
-                    let e = procs
-                        .entry(Process {
-                            pid: o.pid,
-                            comm: o.comm,
-                        })
-                        .or_default();
-                    e.0.add(v.state);
-                    e.1 = e.1.max(o.cgroup_id);
-                }
-                None => unattributed.add(v.state),
-            }
-            if v.passive {
-                ports.entry(v.local.port()).or_default().add(v.state);
-            }
-            if let Some(p) = peer_of(&v) {
-                peers.entry(p).or_default().add(v.state);
-            }
+        for (o, c) in &g.by_pid {
+            let e = procs
+                .entry(Process {
+                    pid: o.pid,
+                    comm: o.comm,
+                })
+                .or_default();
+            e.0.plus(&Counts::of(c));
+            e.1 = e.1.max(o.cgroup_id);
         }
         let procs: HashMap<(Process, u64), Counts> =
             procs.into_iter().map(|(p, (c, cg))| ((p, cg), c)).collect();
         CurrentSockets {
             by_process: fold(procs, limits.top_pids),
-            unattributed,
-            by_local_port: fold(ports, limits.top_ports),
-            by_peer: fold(peers, limits.top_peers),
+            unattributed: Counts::of(&g.unattributed),
+            by_local_port: fold(counts(&g.by_local_port), limits.top_ports),
+            by_peer: fold(counts(&g.by_peer), limits.top_peers),
         }
     }
 }
 
-/// The peer a socket is grouped under: inbound connections by address only (their remote port
-/// is the client's ephemeral one), none while the remote end is unknown (SYN_SENT).
-fn peer_of(v: &SocketView) -> Option<Peer> {
-    (v.remote.port() != 0).then(|| Peer {
-        addr: v.remote.ip(),
-        port: (!v.passive).then_some(v.remote.port()),
-    })
+fn counts<K: Copy + Hash + Eq>(m: &HashMap<K, Current>) -> HashMap<K, Counts> {
+    m.iter().map(|(k, c)| (*k, Counts::of(c))).collect()
 }
 
 fn fold<K: Hash + Eq + Ord>(groups: HashMap<K, Counts>, top: usize) -> Folded<K> {

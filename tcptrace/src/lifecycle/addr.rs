@@ -1,92 +1,19 @@
 //! Compact socket addresses: an IPv4 address is stored inline in 4 bytes, an IPv6 address is
 //! interned once and referred to by a 4-byte index. A socket's two addresses share one family.
 
-use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hashbrown::DefaultHashBuilder;
-use hashbrown::HashTable;
+use super::intern::{Interned, Pool};
 
-/// An IPv6 address shared by reference-counted socket entries.
-struct Slot {
-    addr: Ipv6Addr,
-    refs: u32,
-}
-
-pub(super) struct V6Pool {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    index: HashTable<u32>,
-    hasher: DefaultHashBuilder,
-}
-
-impl V6Pool {
-    pub fn new() -> V6Pool {
-        V6Pool {
-            slots: Vec::new(),
-            free: Vec::new(),
-            index: HashTable::new(),
-            hasher: DefaultHashBuilder::default(),
-        }
-    }
-
-    pub fn find(&self, a: &Ipv6Addr) -> Option<u32> {
-        let h = self.hasher.hash_one(a);
-        self.index
-            .find(h, |&i| self.slots[i as usize].addr == *a)
-            .copied()
-    }
-
-    pub fn acquire(&mut self, a: &Ipv6Addr) -> u32 {
-        if let Some(i) = self.find(a) {
-            self.slots[i as usize].refs += 1;
-            return i;
-        }
-        let slot = Slot { addr: *a, refs: 1 };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = slot;
-                i
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let h = self.hasher.hash_one(a);
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index
-            .insert_unique(h, i, |&j| hasher.hash_one(slots[j as usize].addr));
-        i
-    }
-
-    pub fn release(&mut self, i: u32) {
-        let s = &mut self.slots[i as usize];
-        s.refs -= 1;
-        if s.refs == 0 {
-            let h = self.hasher.hash_one(s.addr);
-            if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
-                e.remove();
-            }
-            self.free.push(i);
-        }
-    }
-
-    pub fn get(&self, i: u32) -> Ipv6Addr {
-        self.slots[i as usize].addr
-    }
-
-    /// Heap bytes held (capacity, not length).
-    pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.free.capacity() * 4
-            + self.index.allocation_size()
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+impl Interned for Ipv6Addr {
+    type Key = Ipv6Addr;
+    fn key(&self) -> Ipv6Addr {
+        *self
     }
 }
+
+/// IPv6 addresses shared by reference-counted socket entries.
+pub(super) type V6Pool = Pool<Ipv6Addr>;
 
 /// A socket's addresses as the table stores them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

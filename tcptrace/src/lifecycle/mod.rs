@@ -23,6 +23,7 @@ mod apply;
 mod change;
 mod entry;
 mod evict;
+mod intern;
 mod owner;
 mod reconcile;
 mod slab;

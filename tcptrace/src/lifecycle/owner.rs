@@ -1,10 +1,8 @@
 //! Who owns a socket, how we know, and the interned store that keeps one copy per process.
 
 use std::fmt;
-use std::hash::BuildHasher;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
-
+use super::intern::{Interned, Pool};
 use crate::event::Task;
 
 /// A task name as the kernel keeps it: at most 15 bytes, NUL padded (`TASK_COMM_LEN`).
@@ -178,121 +176,64 @@ impl Attribution {
 /// Owner reference stored in a socket entry: 0 is "unknown", otherwise pool index + 1.
 pub(super) type OwnerRef = u32;
 
-struct Slot {
-    owner: Owner,
-    /// Socket entries (owner and closer fields) pointing here; 0 means the slot is free.
-    refs: u32,
+impl Interned for Owner {
+    /// A process is its pid and name; the cgroup id is learned later for some sockets.
+    type Key = (u32, Comm);
+    fn key(&self) -> (u32, Comm) {
+        (self.pid, self.comm)
+    }
+    /// A known non-zero cgroup id replaces an unknown one (the fd scan brings none).
+    fn update(&mut self, newer: &Owner) {
+        if newer.cgroup_id != 0 {
+            self.cgroup_id = newer.cgroup_id;
+        }
+    }
 }
 
-/// One copy of each owner, shared by all its sockets and reference counted, so the pool never
-/// holds more owners than there are live references.
-pub(super) struct OwnerPool {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    /// Slot indexes, hashed by (pid, comm).
-    index: HashTable<u32>,
-    hasher: DefaultHashBuilder,
-}
+/// One copy of each owner, shared by all its sockets.
+pub(super) struct OwnerPool(Pool<Owner>);
 
 impl OwnerPool {
     pub fn new() -> OwnerPool {
-        OwnerPool {
-            slots: Vec::new(),
-            free: Vec::new(),
-            index: HashTable::new(),
-            hasher: DefaultHashBuilder::default(),
-        }
+        OwnerPool(Pool::new())
     }
 
-    fn hash(hasher: &DefaultHashBuilder, o: &Owner) -> u64 {
-        hasher.hash_one((o.pid, o.comm))
-    }
-
-    /// Takes one reference to `owner`. Owners are keyed by (pid, comm); a known non-zero cgroup
-    /// id replaces an unknown one (the fd scan brings none).
+    /// Takes one reference to `owner`.
     pub fn acquire(&mut self, owner: &Owner) -> OwnerRef {
-        let h = Self::hash(&self.hasher, owner);
-        let slots = &mut self.slots;
-        if let Some(&i) = self.index.find(h, |&i| {
-            let o = &slots[i as usize].owner;
-            o.pid == owner.pid && o.comm == owner.comm
-        }) {
-            let s = &mut slots[i as usize];
-            s.refs += 1;
-            if owner.cgroup_id != 0 {
-                s.owner.cgroup_id = owner.cgroup_id;
-            }
-            return i + 1;
-        }
-        let slot = Slot {
-            owner: *owner,
-            refs: 1,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = slot;
-                i
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index
-            .insert_unique(h, i, |&j| Self::hash(hasher, &slots[j as usize].owner));
-        i + 1
+        self.0.acquire(owner) + 1
     }
 
     /// Takes one more reference to an owner already held.
     pub fn retain(&mut self, r: OwnerRef) -> OwnerRef {
         if r != 0 {
-            self.slots[(r - 1) as usize].refs += 1;
+            self.0.retain(r - 1);
         }
         r
     }
 
     pub fn release(&mut self, r: OwnerRef) {
-        if r == 0 {
-            return;
-        }
-        let i = r - 1;
-        let s = &mut self.slots[i as usize];
-        s.refs -= 1;
-        if s.refs == 0 {
-            let h = Self::hash(&self.hasher, &s.owner);
-            if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
-                e.remove();
-            }
-            self.free.push(i);
+        if r != 0 {
+            self.0.release(r - 1);
         }
     }
 
     pub fn get(&self, r: OwnerRef) -> Option<Owner> {
-        (r != 0).then(|| self.slots[(r - 1) as usize].owner)
+        (r != 0).then(|| self.0.get(r - 1))
     }
 
     /// Whether some socket entry still refers to this process.
     pub fn contains(&self, owner: &Owner) -> bool {
-        let h = Self::hash(&self.hasher, owner);
-        self.index
-            .find(h, |&i| {
-                let o = &self.slots[i as usize].owner;
-                o.pid == owner.pid && o.comm == owner.comm
-            })
-            .is_some()
+        self.0.find(&Interned::key(owner)).is_some()
     }
 
     /// Heap bytes held (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.free.capacity() * 4
-            + self.index.allocation_size()
+        self.0.heap_bytes()
     }
 
     /// Owners currently referenced (for tests and memory accounting).
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.0.len()
     }
 }
 

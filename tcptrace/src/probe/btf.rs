@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tcptrace_common::filter::SockOffsets;
+use tcptrace_common::config::SockOffsets;
 
 /// Where the kernel exposes its own BTF (CONFIG_DEBUG_INFO_BTF).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

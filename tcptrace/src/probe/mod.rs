@@ -17,7 +17,11 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, TracePoint},
 };
-use tcptrace_common::filter::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig};
+use tcptrace_common::{
+    config::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig},
+    counter::{Counter, TRANSITION_SLOTS, slot_transition},
+    names::{self, map, program},
+};
 
 pub use counting::Overload;
 pub use loss::LossReport;
@@ -175,16 +179,6 @@ enum ProgRole {
     TimeWait,
 }
 
-const COUNTER_RESERVE_FAILED: u32 = 0;
-const COUNTER_BACKUP_EMITTED: u32 = 1;
-const COUNTER_FILTERED: u32 = 2;
-const COUNTER_BACKUP_RESERVE_FAILED: u32 = 3;
-const COUNTER_BACKUP_DISCARDED: u32 = 4;
-const COUNTER_RESET_RESERVE_FAILED: u32 = 5;
-const COUNTER_COUNTED: u32 = 6;
-const COUNTER_TIMEWAIT_RESERVE_FAILED: u32 = 7;
-const COUNTER_ADMIT_FAILED: u32 = 8;
-
 /// Raw counters from the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -237,7 +231,7 @@ impl Probe {
         probe.fallback_reason = fallback_reason;
         let ring = probe
             .ebpf
-            .take_map("EVENTS")
+            .take_map(map::EVENTS)
             .ok_or_else(|| aya_err("EVENTS map")(anyhow::anyhow!("missing from the object")))?;
         let ring = RingBuf::try_from(ring).map_err(aya_err("EVENTS ring buffer"))?;
         let reader = EventReader::new(ring).map_err(aya_err("ring buffer reader"))?;
@@ -269,21 +263,21 @@ impl Probe {
     /// Reads the kernel-side counters: ring reservation failures (summed over CPUs) and the
     /// runs the kernel skipped, per program role.
     pub fn kernel_counters(&self) -> KernelCounters {
-        let sum = |slot: u32| -> u64 {
+        let sum = |c: Counter| -> u64 {
             self.counters
-                .get(&slot, 0)
+                .get(&c.slot(), 0)
                 .map(|v| v.iter().sum())
                 .unwrap_or(0)
         };
         let mut c = KernelCounters {
-            ring_full: sum(COUNTER_RESERVE_FAILED),
-            backup_ring_full: sum(COUNTER_BACKUP_RESERVE_FAILED),
-            backup_discarded: sum(COUNTER_BACKUP_DISCARDED),
-            reset_ring_full: sum(COUNTER_RESET_RESERVE_FAILED),
-            backup_emitted: sum(COUNTER_BACKUP_EMITTED),
-            filtered: sum(COUNTER_FILTERED),
-            timewait_ring_full: sum(COUNTER_TIMEWAIT_RESERVE_FAILED),
-            admit_failed: sum(COUNTER_ADMIT_FAILED),
+            ring_full: sum(Counter::ReserveFailed),
+            backup_ring_full: sum(Counter::BackupReserveFailed),
+            backup_discarded: sum(Counter::BackupDiscarded),
+            reset_ring_full: sum(Counter::ResetReserveFailed),
+            backup_emitted: sum(Counter::BackupEmitted),
+            filtered: sum(Counter::Filtered),
+            timewait_ring_full: sum(Counter::TimewaitReserveFailed),
+            admit_failed: sum(Counter::AdmitFailed),
             ..Default::default()
         };
         for (name, st) in self.program_stats() {
@@ -309,7 +303,7 @@ impl Probe {
     pub fn set_counting(&mut self, on: bool) -> Result<(), ProbeError> {
         let map = self
             .ebpf
-            .map_mut("MODE")
+            .map_mut(map::MODE)
             .ok_or_else(|| aya_err("MODE map")(anyhow::anyhow!("missing from the object")))?;
         let mut mode: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(map).map_err(aya_err("MODE map"))?;
@@ -320,23 +314,23 @@ impl Probe {
     /// Events the kernel counted instead of sending, since load.
     pub fn counted(&self) -> u64 {
         self.counters
-            .get(&COUNTER_COUNTED, 0)
+            .get(&Counter::Counted.slot(), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
     }
 
     /// Transitions counted in the kernel, by (old, new) state numbers (0, 0 for resets).
     pub fn counted_transitions(&self) -> Vec<((u8, u8), u64)> {
-        let Some(map) = self.ebpf.map("TRANSITIONS") else {
+        let Some(map) = self.ebpf.map(map::TRANSITIONS) else {
             return Vec::new();
         };
         let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
             return Vec::new();
         };
-        (0u32..256)
+        (0..TRANSITION_SLOTS)
             .filter_map(|i| {
                 let n: u64 = arr.get(&i, 0).ok()?.iter().sum();
-                (n > 0).then_some((((i >> 4) as u8, (i & 0xf) as u8), n))
+                (n > 0).then_some((slot_transition(i), n))
             })
             .collect()
     }
@@ -365,8 +359,8 @@ impl Probe {
 fn base_loader<'a>(cfg: &'a ProbeConfig, opts: &ProbeOptions) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader
-        .override_global("CONFIG", cfg, true)
-        .map_max_entries("EVENTS", opts.ring_bytes);
+        .override_global(names::CONFIG, cfg, true)
+        .map_max_entries(map::EVENTS, opts.ring_bytes);
     loader
 }
 
@@ -403,17 +397,17 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         .load(BPF_OBJECT)
         .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
-    let mut programs = vec![("set_state_btf", ProgRole::Primary)];
+    let mut programs = vec![(program::SET_STATE_BTF, ProgRole::Primary)];
     if opts.backup {
-        programs.push(("set_state_btf_backup", ProgRole::Backup));
+        programs.push((program::SET_STATE_BTF_BACKUP, ProgRole::Backup));
     }
-    programs.push(("reset_rx_btf", ProgRole::Reset));
-    programs.push(("reset_tx_btf", ProgRole::Reset));
+    programs.push((program::RESET_RX_BTF, ProgRole::Reset));
+    programs.push((program::RESET_TX_BTF, ProgRole::Reset));
     let hooks = [
-        ("set_state_btf", "inet_sock_set_state"),
-        ("set_state_btf_backup", "inet_sock_set_state"),
-        ("reset_rx_btf", "tcp_receive_reset"),
-        ("reset_tx_btf", "tcp_send_reset"),
+        (program::SET_STATE_BTF, "inet_sock_set_state"),
+        (program::SET_STATE_BTF_BACKUP, "inet_sock_set_state"),
+        (program::RESET_RX_BTF, "tcp_receive_reset"),
+        (program::RESET_TX_BTF, "tcp_send_reset"),
     ];
     // Attach order matters: the primary must run first for each event so the backup can tell
     // whether it ran. Programs on one hook run in attach order.
@@ -474,7 +468,7 @@ pub const TIMEWAIT_HOOKED: &str = "fentry:tcp_time_wait+inet_twsk_free";
 pub const TIMEWAIT_TIMER: &str = "inferred entry, exact end from timer:timer_expire_entry";
 pub const TIMEWAIT_INFERRED: &str = "inferred";
 
-const TIMEWAIT_TIMER_PROG: &str = "timewait_timer";
+const TIMEWAIT_TIMER_PROG: &str = program::TIMEWAIT_TIMER;
 
 /// Everything the `timer:timer_expire_entry` program needs to recognise a timewait socket's
 /// timer, from this kernel: the handler's address (kallsyms), where `tw_timer` and the cookie
@@ -525,8 +519,8 @@ fn attach_timewait_timer(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 }
 
 const TIMEWAIT_HOOKS: [(&str, &str); 2] = [
-    ("timewait_enter", "tcp_time_wait"),
-    ("timewait_end", "inet_twsk_free"),
+    (program::TIMEWAIT_ENTER, "tcp_time_wait"),
+    (program::TIMEWAIT_END, "inet_twsk_free"),
 ];
 
 /// Loads and attaches both timewait hooks, or neither: a kernel may refuse fentry (lockdown,
@@ -581,7 +575,7 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         cfg.offsets = offsets;
     }
     let mut programs = vec![(
-        "set_state_tp",
+        program::SET_STATE_TP,
         ProgRole::Primary,
         "sock",
         "inet_sock_set_state",
@@ -589,8 +583,12 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     // The reset tracepoints exist since 4.15/4.16 (tcp_send_reset, tcp_receive_reset); without
     // them a RST close cannot be told from a TIME_WAIT close, which the startup notice says.
     for (name, event, slot) in [
-        ("reset_rx_tp", "tcp_receive_reset", &mut cfg.tp_reset_rx),
-        ("reset_tx_tp", "tcp_send_reset", &mut cfg.tp_reset_tx),
+        (
+            program::RESET_RX_TP,
+            "tcp_receive_reset",
+            &mut cfg.tp_reset_rx,
+        ),
+        (program::RESET_TX_TP, "tcp_send_reset", &mut cfg.tp_reset_tx),
     ] {
         if let Ok(l) =
             tracefs::event_format(&root, "tcp", event).and_then(|f| tracefs::reset_layout(&f))
@@ -632,7 +630,7 @@ fn fill_ports(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<(), ProbeError> {
         return Ok(());
     }
     let mut map: BpfHashMap<_, u16, u8> = ebpf
-        .map_mut("PORTS")
+        .map_mut(map::PORTS)
         .ok_or_else(|| aya_err("PORTS map")(anyhow::anyhow!("missing from the object")))?
         .try_into()
         .map_err(aya_err("PORTS map"))?;
@@ -646,7 +644,7 @@ fn fill_ports(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<(), ProbeError> {
 
 fn take_counters(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
     let map = ebpf
-        .take_map("COUNTERS")
+        .take_map(map::COUNTERS)
         .ok_or_else(|| aya_err("COUNTERS map")(anyhow::anyhow!("missing from the object")))?;
     PerCpuArray::try_from(map).map_err(aya_err("COUNTERS map"))
 }
@@ -678,5 +676,32 @@ fn check_privileges() -> Result<(), ProbeError> {
         Ok(())
     } else {
         Err(ProbeError::NoPrivilege)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel side names its maps and programs by their identifiers; userspace finds them by
+    /// the names in `tcptrace_common::names`. A rename on one side only fails here, not at load.
+    #[test]
+    fn the_object_has_every_name_of_the_contract() {
+        let obj = aya_obj::Object::parse(BPF_OBJECT).expect("the kernel object parses");
+        for name in map::ALL {
+            assert!(obj.maps.contains_key(name), "map {name} is missing");
+        }
+        for name in program::ALL {
+            assert!(obj.programs.contains_key(name), "program {name} is missing");
+        }
+        let unknown: Vec<_> = obj
+            .programs
+            .keys()
+            .filter(|p| !program::ALL.contains(&p.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "programs the contract does not name: {unknown:?}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use tcptrace_common::filter::{
+use tcptrace_common::config::{
     RESET_TP_HAS_FAMILY, RESET_TP_HAS_SOCK_COOKIE, RESET_TP_SOCKADDR, ResetTpLayout,
     SetStateTpLayout,
 };

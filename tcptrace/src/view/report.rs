@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::table::{Align, Table, human_ms, printable, rate};
+use super::table::{Align, Table, printable, rate};
 use crate::aggregate::{GroupCounts, Summary};
+use crate::clock::human_ms;
 
 /// The `report --json` document: the engine's summary plus where and when it was taken.
 /// Fields that say when the report was made: `generated_at`, `host`; everything else is a

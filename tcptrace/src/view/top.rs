@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 
 use super::report::{container_cell, process_cells};
-use super::table::{Align, Table, human_ms, rate};
+use super::table::{Align, Table, rate};
 use crate::aggregate::{GroupCounts, Summary};
+use crate::clock::human_ms;
 
 /// What the rows are. (A value enum for `--by`: the screen's own setting, which clap parses.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use super::text::proc_line;
 use super::{DiagnoseDoc, html_escape as esc, utc};
 use crate::aggregate::DwellMs;
+use crate::clock::human_ms;
 use crate::diagnose::{Timeline, human_s};
-use crate::view::table::human_ms;
 
 /// Processes plotted.
 const TOP_PIDS: usize = 5;

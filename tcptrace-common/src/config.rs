@@ -1,4 +1,5 @@
-//! Load-time configuration of the kernel programs: filters and kernel structure offsets.
+//! Load-time configuration of the kernel programs: filters, kernel structure offsets and
+//! tracepoint record layouts.
 //!
 //! Userspace fills one [`ProbeConfig`] before load (an `.rodata` global), so disabled filters cost
 //! one predictable branch and unwanted events never reach the ring buffer.
