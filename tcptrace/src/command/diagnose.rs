@@ -20,6 +20,6 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     } else {
         Format::Text
     };
-    let mut diagnosis = Diagnosis::new(&session, host, format, args.html);
+    let mut diagnosis = Diagnosis::new(host, format, args.html);
     session.run(&mut diagnosis, Some(args.duration)).await
 }

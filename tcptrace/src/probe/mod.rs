@@ -7,6 +7,7 @@ pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
 pub mod reader;
+mod ring_fill;
 pub mod stats;
 pub mod tracefs;
 

@@ -122,6 +122,8 @@ pub struct Session {
     last_expire: Instant,
     /// Questions from outside the loop (the metrics server), answered on it.
     queries: Option<mpsc::Receiver<Query>>,
+    /// The start-up dump of the kernel table has not been applied yet.
+    starting: bool,
 }
 
 /// What woke the loop.
@@ -179,15 +181,12 @@ impl Session {
             s.recorder = Some(Recorder::create(path, &s.header())?);
         }
         // The programs are attached first, so no transition falls between the kernel table
-        // dump and the event stream. The dump is applied at the first tick, after the events
-        // that reached the ring meanwhile: views see those events, and the table drops what
-        // the dump already covers.
-        let dump = kernel::dump(&s.filters).context("loading the existing sockets")?;
-        let found = dump.snap.sockets.len();
-        s.reconcile.started(dump);
-        if let Source::Kernel(k) = &s.source {
-            k.announce(found);
-        }
+        // dump and the event stream. The dump is read off the event loop (with many processes
+        // the fd scan takes seconds, and the ring must be drained meanwhile) and applied after
+        // the events that reached the ring while it was taken: views see those events, and the
+        // table drops what the dump already covers. "attached" is said once it is applied.
+        s.reconcile.start(&s.filters);
+        s.starting = true;
         Ok(s)
     }
 
@@ -221,6 +220,7 @@ impl Session {
             reconcile: Reconciler::new(),
             last_expire: Instant::now(),
             queries: None,
+            starting: false,
         }
     }
 
@@ -330,6 +330,11 @@ impl Session {
         tokio::pin!(stop);
         let mut batch = Vec::new();
         let mut sink_stopped = false;
+        // Sockets in the start-up dump, once it has arrived.
+        let mut loaded = None;
+        if !self.is_live() {
+            sink.started(self)?;
+        }
         loop {
             let mut stopping = false;
             // A replay's recorded dumps and ticks run in file order, between their events.
@@ -365,10 +370,18 @@ impl Session {
                     }
                     Wake::Dump(d) => {
                         // The dump may show transitions still in the ring: those are drained and
-                        // applied first (below), the dump at the next tick.
+                        // applied first (below), the dump at the tick after them.
                         self.drain(&mut batch);
                         match d {
-                            Ok(d) => self.reconcile.arrived(d),
+                            Ok(d) => {
+                                if self.starting {
+                                    loaded = Some(d.snap.sockets.len());
+                                }
+                                self.reconcile.arrived(d);
+                            }
+                            Err(e) if self.starting => {
+                                return Err(e.context("loading the existing sockets"));
+                            }
                             Err(e) => log::warn!(
                                 "reconciliation with the kernel socket table failed: {e:#}"
                             ),
@@ -378,8 +391,21 @@ impl Session {
             }
             self.apply_all(&mut batch, sink);
             self.tick();
+            if let Some(n) = loaded.take() {
+                // From here on every change is seen live (tests wait for "attached").
+                self.starting = false;
+                if let Source::Kernel(k) = &self.source {
+                    k.announce(n);
+                }
+                sink.started(self)?;
+            }
             if stopping || self.is_done() {
                 break;
+            }
+            // A sink sees batches once the session has started (`top --iterations 1` shows
+            // the sockets that existed already, not an empty table).
+            if self.starting {
+                continue;
             }
             if sink.batch(self, false)? == Flow::Stop {
                 sink_stopped = true;
@@ -401,10 +427,20 @@ impl Session {
             // kernel's table makes them exact (a replay has that check in its file). The dump
             // may show transitions still in the ring: drained and applied before it.
             self.reconcile.cancel();
-            let filters = self.filters.clone();
-            let dump = tokio::task::spawn_blocking(move || kernel::dump(&filters))
-                .await
-                .context("the kernel table reader failed")??;
+            self.reconcile.start(&self.filters);
+            // The ring is drained while the table is read: a slow dump (many processes to scan)
+            // must not fill it.
+            let dump = loop {
+                tokio::select! {
+                    d = self.reconcile.taken() => break d?,
+                    r = self.source.next_batch(batch) => {
+                        if let Ok(n) = r {
+                            self.took(batch, n);
+                        }
+                        self.apply_all(batch, sink);
+                    }
+                }
+            };
             let counters = self.source.kernel().map(|k| k.probe.kernel_counters());
             self.drain(batch);
             self.apply_all(batch, sink);
@@ -437,8 +473,17 @@ impl Session {
     /// The last timer work (a replay runs it from its End record) and the recording's End
     /// record with the final counters.
     fn finish(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        if let Some(p) = self.probe() {
-            log::debug!("kernel counters at the end: {:?}", p.kernel_counters());
+        if let Some(k) = self.source.kernel() {
+            log::debug!(
+                "kernel counters at the end: {:?}",
+                k.probe.kernel_counters()
+            );
+            log::debug!(
+                "ring high-water {:?} of {} bytes, longest gap between drains {:.1} ms",
+                k.reader.high_water,
+                k.probe.ring_bytes,
+                k.reader.max_drain_gap.as_secs_f64() * 1e3
+            );
             self.expire(now_ns);
         }
         if let Some(r) = self.recorder.take() {

@@ -42,12 +42,6 @@ impl Reconciler {
         }
     }
 
-    /// The dump taken at start-up, applied like any other.
-    pub fn started(&mut self, d: Dump) {
-        self.last = Instant::now();
-        self.arrived = Some(d);
-    }
-
     /// Whether a dump should start now.
     pub fn due(&self, counting: bool) -> bool {
         let every = if counting { EVERY_COUNTING } else { EVERY };

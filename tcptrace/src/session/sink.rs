@@ -17,6 +17,12 @@ pub enum Flow {
 /// metrics server. Every method has a default that does nothing, so a sink implements only what
 /// it uses.
 pub trait Sink {
+    /// The session has started: a live one has attached its programs and loaded the sockets
+    /// that existed already (a replay: before its first record).
+    fn started(&mut self, _s: &mut Session) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// One event the session just applied, with what the socket table made of it
     /// (`applied.is_duplicate()` for a copy the table dropped).
     fn event(&mut self, _ev: &Event, _applied: &Applied) {}

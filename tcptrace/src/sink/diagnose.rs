@@ -37,12 +37,10 @@ pub struct Diagnosis {
 impl Diagnosis {
     /// `host`: the counters read before the session started, so their growth covers it all
     /// (ignored for a replay).
-    pub fn new(s: &Session, host: HostFacts, format: Format, html: Option<PathBuf>) -> Self {
-        let mut timeline = Timeline::default();
-        timeline.sample(&s.table, 0.0);
+    pub fn new(host: HostFacts, format: Format, html: Option<PathBuf>) -> Self {
         Diagnosis {
             host,
-            timeline,
+            timeline: Timeline::default(),
             last_sample_s: 0.0,
             format,
             html,
@@ -51,6 +49,13 @@ impl Diagnosis {
 }
 
 impl Sink for Diagnosis {
+    /// The first sample, with the sockets that existed before tracing loaded.
+    fn started(&mut self, s: &mut Session) -> anyhow::Result<()> {
+        self.last_sample_s = s.elapsed_s();
+        self.timeline.sample(&s.table, self.last_sample_s);
+        Ok(())
+    }
+
     fn batch(&mut self, s: &mut Session, _ended: bool) -> anyhow::Result<Flow> {
         let t = s.elapsed_s();
         if t - self.last_sample_s >= SAMPLE_EVERY_S {

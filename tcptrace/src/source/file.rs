@@ -17,7 +17,7 @@ use anyhow::Context;
 
 use crate::{
     event::Event,
-    lifecycle::FdHolders,
+    owner::fdscan::FdHolders,
     probe::LossReport,
     source::{
         record::{Corruption, Header, Record, RecordError, RecordReader},

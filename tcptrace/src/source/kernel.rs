@@ -78,7 +78,7 @@ impl KernelSource {
     }
 
     /// The loss picture from kernel counters read earlier (`k`) and what the reader has taken
-    /// from the ring since: see [`crate::session`]'s loss watch for why the two are apart.
+    /// from the ring since (read `k` before the drain: see `probe::Probe::loss_with`).
     pub fn loss_with(&self, k: &KernelCounters) -> LossReport {
         self.probe.loss_with(k, &self.reader)
     }
