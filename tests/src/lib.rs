@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod exporter;
+pub mod netns;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -408,7 +409,12 @@ pub fn ss_rows(port: u16) -> Vec<(String, String, String)> {
         "ss failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    ss_tuples(&out.stdout)
+}
+
+/// (state, local, peer) of each row `ss -tanH` printed.
+fn ss_tuples(stdout: &[u8]) -> Vec<(String, String, String)> {
+    String::from_utf8_lossy(stdout)
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

@@ -3,113 +3,18 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tcptrace::owner::fdscan::scan_socket_owners;
 use tcptrace::source::netns::{NetnsRef, dump_all_namespaces, dump_in, list_netns};
 use tcptrace::source::snapshot::KernelSocket;
 use tcptrace_common::TcpState;
-use tcptrace_tests::{Proc, free_port, scenario_bin};
+use tcptrace_tests::netns::{TestNetns, as_ss, link_inode};
+use tcptrace_tests::{Proc, free_port};
 
 const T: Duration = Duration::from_secs(10);
-
-/// A named namespace with `lo` up, deleted on drop, also when the test panics.
-struct TestNetns {
-    name: String,
-}
-
-impl TestNetns {
-    fn new() -> TestNetns {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("tcptrace-test-{}-{n}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = TestNetns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn netns_ref(&self) -> NetnsRef {
-        list_netns()
-            .into_iter()
-            .find(|n| n.name.as_deref() == Some(&self.name))
-            .unwrap_or_else(|| panic!("{} not listed", self.name))
-    }
-
-    /// `tcpscenario ARGS` run inside the namespace. `ip netns exec` execs it in place (no fork),
-    /// so the child's pid is tcpscenario's.
-    fn scenario(&self, args: &[&str]) -> Proc {
-        Proc::spawn(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .arg(scenario_bin())
-                .args(args),
-        )
-    }
-
-    /// `ss -tanH` inside the namespace: (state, local, peer) per row, sorted.
-    fn ss(&self) -> Vec<(String, String, String)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "ss", "-tanH"])
-            .output()
-            .expect("run ss");
-        assert!(out.status.success(), "{out:?}");
-        let mut rows: Vec<_> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 5).then(|| (f[0].into(), f[3].into(), f[4].into()))
-            })
-            .collect();
-        rows.sort();
-        rows
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip");
-    assert!(st.success(), "ip {args:?}");
-}
-
-fn ss_state(s: TcpState) -> &'static str {
-    match s {
-        TcpState::Established => "ESTAB",
-        TcpState::SynSent => "SYN-SENT",
-        TcpState::SynRecv | TcpState::NewSynRecv => "SYN-RECV",
-        TcpState::FinWait1 => "FIN-WAIT-1",
-        TcpState::FinWait2 => "FIN-WAIT-2",
-        TcpState::TimeWait => "TIME-WAIT",
-        TcpState::Close => "UNCONN",
-        TcpState::CloseWait => "CLOSE-WAIT",
-        TcpState::LastAck => "LAST-ACK",
-        TcpState::Listen => "LISTEN",
-        TcpState::Closing => "CLOSING",
-    }
-}
-
-/// Rows as `ss -tanH` prints them (IPv4 here), sorted.
-fn as_ss(rows: &[&KernelSocket]) -> Vec<(String, String, String)> {
-    let show = |a: SocketAddr| match a.port() {
-        0 => format!("{}:*", a.ip()),
-        p => format!("{}:{p}", a.ip()),
-    };
-    let mut v: Vec<_> = rows
-        .iter()
-        .map(|s| (ss_state(s.state).into(), show(s.local), show(s.remote)))
-        .collect();
-    v.sort();
-    v
-}
 
 fn in_ns<'a>(rows: &'a [KernelSocket], ns: &NetnsRef) -> Vec<&'a KernelSocket> {
     rows.iter().filter(|s| s.netns == ns.inode).collect()
@@ -124,7 +29,7 @@ fn local_of(line: &str) -> SocketAddr {
 /// the client closes (CLOSE_WAIT), in B it closes it (the client ends in TIME_WAIT).
 #[test]
 fn close_wait_leak_is_reported_in_its_own_namespace_only() {
-    let (a, b) = (TestNetns::new(), TestNetns::new());
+    let (a, b) = (TestNetns::add(), TestNetns::add());
     let (na, nb) = (a.netns_ref(), b.netns_ref());
     assert_ne!(na.inode, nb.inode);
     let port = free_port("127.0.0.1".parse().unwrap());
@@ -211,11 +116,16 @@ fn close_wait_leak_is_reported_in_its_own_namespace_only() {
     // Every row of each namespace, as `ss` run inside it shows them. Nothing else runs in these
     // namespaces, and TIME_WAIT / orphaned FIN_WAIT2 last 60 s, so the tables hold still.
     for (ns, rows) in [(&a, &ra), (&b, &rb)] {
-        assert_eq!(as_ss(rows), ns.ss(), "namespace {}", ns.name);
+        assert_eq!(
+            as_ss(rows.iter().copied()),
+            ns.ss(),
+            "namespace {}",
+            ns.name
+        );
     }
     // A dump of one namespace reads the same table.
     let only_a = dump_in(&na).unwrap();
-    assert_eq!(as_ss(&only_a.iter().collect::<Vec<_>>()), as_ss(&ra));
+    assert_eq!(as_ss(&only_a), as_ss(ra.iter().copied()));
 
     // The fd scan finds the leaking process, inside A, by the socket's inode alone.
     let owners = scan_socket_owners(Some(&HashSet::from([cw[0].inode])));
@@ -251,7 +161,7 @@ fn close_wait_leak_is_reported_in_its_own_namespace_only() {
 /// Namespaces from processes and from `/run/netns` both show up, each once.
 #[test]
 fn namespaces_of_processes_and_names_are_listed_once() {
-    let named = TestNetns::new();
+    let named = TestNetns::add();
     let mut in_named = named.scenario(&["server", "--bind", "127.0.0.1:0"]);
     in_named.expect("listening", T);
     // A namespace that only a process holds, with no name.
@@ -260,11 +170,7 @@ fn namespaces_of_processes_and_names_are_listed_once() {
     let deadline = Instant::now() + T;
     let ours = list_netns()[0].inode;
     let unnamed_ino = loop {
-        let target = std::fs::read_link(&path).unwrap();
-        let ino: u32 = target.to_str().unwrap()[5..]
-            .trim_end_matches(']')
-            .parse()
-            .unwrap();
+        let ino = link_inode(Path::new(&path));
         if ino != ours {
             break ino;
         }
@@ -282,10 +188,7 @@ fn namespaces_of_processes_and_names_are_listed_once() {
         "{all:?}"
     );
     let named_ref = named.netns_ref();
-    assert_eq!(
-        named_ref.path,
-        std::path::Path::new("/run/netns").join(&named.name)
-    );
+    assert_eq!(named_ref.path, named.path());
     let unnamed_ref = all
         .iter()
         .find(|n| n.inode == unnamed_ino)

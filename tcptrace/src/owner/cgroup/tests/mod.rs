@@ -1,0 +1,4 @@
+//! Tests of cgroup resolution, by theme.
+
+mod hierarchy;
+mod paths;

@@ -1,0 +1,4 @@
+//! Tests of the inet_diag dump, by theme.
+
+mod datagram;
+mod loopback;

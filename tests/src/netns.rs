@@ -1,0 +1,164 @@
+//! Network namespaces made for a test with `ip netns add`, and `ss` run inside them as the
+//! referee. Making and entering a namespace needs CAP_SYS_ADMIN: these run as root.
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tcptrace::source::netns::{NetnsRef, list_netns};
+use tcptrace::source::snapshot::KernelSocket;
+use tcptrace_common::TcpState;
+
+use crate::{Proc, scenario_bin, ss_tuples};
+
+/// Where `ip netns add NAME` bind-mounts the namespaces it names.
+pub const RUN_NETNS: &str = "/run/netns";
+
+/// A namespace made with `ip netns add`, `lo` up, deleted on drop (also when the test panics).
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    /// `ip netns add` under a name unique to this process and call.
+    pub fn add() -> TestNetns {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tcptrace-test-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let ns = TestNetns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new(RUN_NETNS).join(&self.name)
+    }
+
+    pub fn inode(&self) -> u32 {
+        std::fs::metadata(self.path()).unwrap().ino() as u32
+    }
+
+    /// The reference `list_netns` should give for this namespace, built without asking it.
+    pub fn expected_ref(&self) -> NetnsRef {
+        NetnsRef {
+            inode: self.inode(),
+            path: self.path(),
+            name: Some(self.name.clone()),
+        }
+    }
+
+    /// The reference `list_netns` gives for this namespace.
+    pub fn netns_ref(&self) -> NetnsRef {
+        list_netns()
+            .into_iter()
+            .find(|n| n.name.as_deref() == Some(&self.name))
+            .unwrap_or_else(|| panic!("{} not listed", self.name))
+    }
+
+    /// Runs `f` on a thread inside this namespace: sockets it creates belong here.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(self.path()).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a descriptor we hold, on a thread of our own.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// `tcpscenario ARGS` run inside the namespace. `ip netns exec` execs it in place (no fork),
+    /// so the child's pid is tcpscenario's.
+    pub fn scenario(&self, args: &[&str]) -> Proc {
+        Proc::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .arg(scenario_bin())
+                .args(args),
+        )
+    }
+
+    /// `ss -tanH` inside the namespace: (state, local, peer) per row, sorted.
+    pub fn ss(&self) -> Vec<(String, String, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ss", "-tanH"])
+            .output()
+            .expect("run ss");
+        assert!(out.status.success(), "{out:?}");
+        let mut rows = ss_tuples(&out.stdout);
+        rows.sort();
+        rows
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// The state column of `ss -tan`.
+pub fn ss_state(s: TcpState) -> &'static str {
+    match s {
+        TcpState::Established => "ESTAB",
+        TcpState::SynSent => "SYN-SENT",
+        TcpState::SynRecv | TcpState::NewSynRecv => "SYN-RECV",
+        TcpState::FinWait1 => "FIN-WAIT-1",
+        TcpState::FinWait2 => "FIN-WAIT-2",
+        TcpState::TimeWait => "TIME-WAIT",
+        TcpState::Close => "UNCONN",
+        TcpState::CloseWait => "CLOSE-WAIT",
+        TcpState::LastAck => "LAST-ACK",
+        TcpState::Listen => "LISTEN",
+        TcpState::Closing => "CLOSING",
+    }
+}
+
+/// Rows as `ss -tanH` prints them (IPv4 only), sorted.
+pub fn as_ss<'a>(
+    rows: impl IntoIterator<Item = &'a KernelSocket>,
+) -> Vec<(String, String, String)> {
+    let show = |a: SocketAddr| match a.port() {
+        0 => format!("{}:*", a.ip()),
+        p => format!("{}:{p}", a.ip()),
+    };
+    let mut v: Vec<_> = rows
+        .into_iter()
+        .map(|s| (ss_state(s.state).into(), show(s.local), show(s.remote)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The namespace inode in a `/proc/PID/ns/net` link's target, `net:[4026531840]`.
+pub fn link_inode(path: &Path) -> u32 {
+    let target = std::fs::read_link(path).unwrap();
+    target.to_str().unwrap()[5..]
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
+}
+
+/// The inode of the file behind a descriptor: a socket's, as `ss -e` and inet_diag show it.
+pub fn inode_of(fd: &impl AsRawFd) -> u64 {
+    // SAFETY: fstat writes into the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    st.st_ino
+}
