@@ -1,0 +1,93 @@
+//! What the session hands to views: the loss picture, the summary, the report document and
+//! the closing line.
+
+use super::Session;
+use crate::{
+    aggregate::{Summary, SummaryInput, summary},
+    clock::{WallClock, monotonic_ns},
+    probe::LossReport,
+    source::Source,
+    view::{
+        loss::closing_line,
+        report::{ReportDoc, SCHEMA as REPORT_SCHEMA},
+    },
+};
+
+impl Session {
+    /// The loss picture: while live, the newest one the ring has been drained past (so it never
+    /// claims what is still waiting in the ring); a replay's latest recorded counters.
+    pub fn loss(&self) -> LossReport {
+        match &self.source {
+            Source::Kernel(_) => self.losses.settled(),
+            Source::File(f) => f.loss,
+        }
+    }
+
+    /// Transitions the kernel skipped without counting them, found by reconciliation.
+    pub fn lost_uncounted(&self, loss: &LossReport) -> u64 {
+        loss.uncounted(self.table.stats().corrections.state_fixed)
+    }
+
+    /// The report document's core, as of now.
+    pub fn summary(&self, top: usize) -> Summary {
+        self.summary_at(top, self.now_ns())
+    }
+
+    pub fn summary_at(&self, top: usize, now_ns: u64) -> Summary {
+        let loss = self.loss();
+        summary(
+            &self.table,
+            &self.agg,
+            &SummaryInput {
+                now_ns,
+                lost_events: loss.lost(),
+                lost_uncounted: self.lost_uncounted(&loss),
+                timewait_hook_missed: loss.timewait_hook_missed,
+                port_filter_forgot: loss.port_filter_forgot,
+                timewait_method: &self.origin.timewait_method,
+                port_range: self.origin.port_range,
+                top,
+            },
+        )
+    }
+
+    /// The summary with each process row's container named (from this host's cgroups, so
+    /// only when live) and cut to `--container`.
+    pub fn summary_named(&mut self, top: usize, now_ns: u64) -> Summary {
+        let mut s = self.summary_at(top, now_ns);
+        if self.is_live() {
+            for r in &mut s.by_pid {
+                r.container = self.containers.of(r.pid, r.cgroup_id);
+            }
+            let filters = &self.filters;
+            s.by_pid
+                .retain(|r| filters.matches_container(r.container.as_ref()));
+        }
+        s
+    }
+
+    /// The `report --json` document for `summary`, taken now.
+    pub fn report_doc<'a>(&self, summary: &'a Summary) -> ReportDoc<'a> {
+        ReportDoc {
+            schema: REPORT_SCHEMA,
+            generated_at: WallClock::now().unix_secs(monotonic_ns()),
+            host: self.origin.host.clone(),
+            kernel: self.origin.kernel.clone(),
+            hook: self.origin.hook.clone(),
+            overload: self.overload(),
+            recording_truncated: self.truncation().is_some(),
+            summary,
+        }
+    }
+
+    /// The closing line every command prints on stderr.
+    pub fn closing_line(&self) -> String {
+        let loss = self.loss();
+        closing_line(
+            self.events,
+            self.started.elapsed().as_secs_f64(),
+            &loss,
+            self.lost_uncounted(&loss),
+        )
+    }
+}
