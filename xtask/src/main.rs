@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod libs;
 mod libtest;
 mod measure;
 mod requirements;
