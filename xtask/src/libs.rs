@@ -1,10 +1,10 @@
-//! The shared libraries a dynamically linked binary loads: what the VM tests' initramfs must
-//! carry besides the binary.
+//! The shared libraries a dynamically linked binary loads, and the Debian packages that ship
+//! them: what the VM tests' initramfs and the container image must carry besides the binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cmd;
 
@@ -30,12 +30,27 @@ pub fn shared_libraries(binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
+/// The Debian package that installed `file` (`dpkg-query -S`), without its architecture.
+pub fn owning_package(file: &Path) -> Result<String> {
+    let out = cmd::stdout_of(Command::new("dpkg-query").arg("-S").arg(file))
+        .with_context(|| format!("which Debian package ships {}", file.display()))?;
+    // "libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6"
+    let first = out.lines().next().unwrap_or_default();
+    let package = first.split(':').next().unwrap_or_default().trim();
+    anyhow::ensure!(
+        !package.is_empty(),
+        "dpkg-query -S {}: no package in {first:?}",
+        file.display()
+    );
+    Ok(package.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ls_needs_libc_and_its_loader() {
+    fn libc_comes_from_libc6_with_its_loader() {
         let ls = PathBuf::from("/bin/ls");
         let libs = shared_libraries(std::slice::from_ref(&ls)).unwrap();
         let libc = libs
@@ -47,6 +62,6 @@ mod tests {
                 .any(|l| l.to_string_lossy().contains("ld-linux")),
             "{libs:?}"
         );
-        assert!(libc.is_file());
+        assert_eq!(owning_package(libc).unwrap(), "libc6");
     }
 }
