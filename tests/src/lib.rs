@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod deploy;
 pub mod exporter;
 pub mod netns;
+pub mod podman;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
