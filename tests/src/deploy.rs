@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn the_daemonset_has_what_tracing_needs() {
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(DAEMONSET)
+        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(DAEMONSET)
             .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
             .collect();
         let ds = docs
