@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::setup::Mode;
+use crate::setup::{Mode, Scope};
 use crate::test::TestOptions;
 use crate::vm::VmOptions;
 
@@ -41,11 +41,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what is missing (Debian packages, bpf-linker), saying what and why.
+    /// Install what is missing (Debian packages, bpf-linker), saying what and why: what
+    /// building, running and testing need, or with --run-only what building and running need.
     Setup {
         /// Only report what is missing; change nothing.
         #[arg(long)]
         check: bool,
+        /// Only the kernel-program toolchain (what `build` and `run` install), not the test
+        /// tools.
+        #[arg(long)]
+        run_only: bool,
     },
     /// Set up, then build tcptrace (kernel programs included).
     Build {
@@ -167,24 +172,27 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<ExitCode> {
     match task {
-        Task::Setup { check } => {
-            setup::ensure(if check {
-                Mode::CheckOnly
-            } else {
-                Mode::Install
-            })?;
+        Task::Setup { check, run_only } => {
+            setup::ensure(
+                if check {
+                    Mode::CheckOnly
+                } else {
+                    Mode::Install
+                },
+                if run_only { Scope::Run } else { Scope::Test },
+            )?;
         }
         Task::Build { release } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Run)?;
             tracer::build(release)?;
         }
         Task::Run { debug, args } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Run)?;
             tracer::build(!debug)?;
             tracer::exec(!debug, &args)?;
         }
         Task::Test { no_vm, vm_only, vm } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             let opts = TestOptions {
                 no_vm,
                 vm_only,
@@ -208,7 +216,7 @@ fn run(task: Task) -> Result<ExitCode> {
             skip_replay,
             output,
         } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             bench::run(&bench::BenchOptions {
                 rounds,
                 seconds,
@@ -220,7 +228,7 @@ fn run(task: Task) -> Result<ExitCode> {
             })?;
         }
         Task::Soak { minutes, output } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             soak::run(&soak::SoakOptions {
                 minutes,
                 output: workspace::root().join(output),
@@ -231,7 +239,7 @@ fn run(task: Task) -> Result<ExitCode> {
             targets,
             output,
         } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             fuzz::run(&fuzz::FuzzOptions {
                 seconds,
                 targets,
@@ -239,7 +247,7 @@ fn run(task: Task) -> Result<ExitCode> {
             })?;
         }
         Task::Vm { vm, test_binaries } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             let matrix = vm::run(&vm.into_options(test_binaries))?;
             println!("{matrix}");
             if !matrix.ok() {

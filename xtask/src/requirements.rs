@@ -1,7 +1,7 @@
 //! Everything tcptrace needs on a machine besides rustup's stable toolchain, and why.
 //!
 //! This table is the single source of truth: `cargo xtask setup` reads it, and the README's
-//! "Requirements and setup" section (xtask/SETUP.md) copies it. Keep them in step.
+//! "Debian packages" table copies it (a test below holds them in step).
 
 /// When a Debian package is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,11 +16,31 @@ pub enum Need {
     IfAvailable,
 }
 
+/// What a package is for: building and running the tracer, or only testing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `cargo xtask build` and `run` need it (the kernel-program toolchain).
+    Run,
+    /// Only `cargo xtask test`, `vm`, `bench`, `soak` and `fuzz` need it.
+    Test,
+}
+
+impl Purpose {
+    /// As the README's setup table says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Run => "run",
+            Purpose::Test => "test",
+        }
+    }
+}
+
 /// A Debian package and the reason tcptrace needs it.
 #[derive(Debug)]
 pub struct AptPackage {
     pub name: &'static str,
     pub need: Need,
+    pub purpose: Purpose,
     pub why: &'static str,
 }
 
@@ -28,59 +48,70 @@ pub const APT_PACKAGES: &[AptPackage] = &[
     AptPackage {
         name: "rustc-web",
         need: Need::WithoutNightlyRustSrc,
+        purpose: Purpose::Run,
         why: "rustc 1.96 with LLVM 22 that can build `core` for bpfel-unknown-none \
               (kernel programs), used by tcptrace/build.rs",
     },
     AptPackage {
         name: "cargo-web",
         need: Need::WithoutNightlyRustSrc,
+        purpose: Purpose::Run,
         why: "the cargo that drives rustc-web for the kernel programs",
     },
     AptPackage {
         name: "rust-web-src",
         need: Need::WithoutNightlyRustSrc,
+        purpose: Purpose::Run,
         why: "the `core` source (/usr/lib/rustlib/src/rust/library) that -Z build-std compiles",
     },
     AptPackage {
         name: "llvm-22-dev",
         need: Need::ToBuildBpfLinker,
+        purpose: Purpose::Run,
         why: "LLVM 22, which bpf-linker is built against and links at run time",
     },
     AptPackage {
         name: "iproute2",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "`ss` (tests compare tcptrace with it) and `ip` (loopback, network namespaces)",
     },
     AptPackage {
         name: "qemu-system-x86",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "boots the Debian 6.1 and 6.12 kernels that the VM tests run on",
     },
     AptPackage {
         name: "busybox-static",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "the shell and tools inside the VM tests' initramfs",
     },
     AptPackage {
         name: "cpio",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "packs the VM tests' initramfs",
     },
     AptPackage {
         name: "prometheus",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "a real Prometheus server (and promtool) that the exporter tests start on loopback \
               to scrape `tcptrace serve` and answer PromQL queries",
     },
     AptPackage {
         name: "chromium",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "headless screenshots of `diagnose --html` reports: the diagnose tests check that \
               the page renders in a real browser",
     },
     AptPackage {
         name: "bpftool",
         need: Need::Always,
+        purpose: Purpose::Test,
         why: "tests cross-check the BTF offsets tcptrace resolves, and the loaded programs, \
               with it",
     },

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use crate::cmd;
 use crate::requirements::{
     APT_PACKAGES, AptPackage, BPF_LINKER_LLVM_FEATURE, BPF_LINKER_LLVM_PREFIX, BPF_LINKER_VERSION,
-    DEBIAN_RUST_SRC, Need,
+    DEBIAN_RUST_SRC, Need, Purpose,
 };
 
 /// Whether setup may change the machine or only reports.
@@ -17,6 +17,16 @@ use crate::requirements::{
 pub enum Mode {
     Install,
     CheckOnly,
+}
+
+/// What the caller is about to do, and so which packages it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Build and run the tracer (`cargo xtask build`, `run`): the kernel-program toolchain.
+    Run,
+    /// Test it too (`test`, `vm`, `bench`, `soak`, `fuzz`, plain `setup`): QEMU, Chromium,
+    /// Prometheus and the rest as well.
+    Test,
 }
 
 /// Which compiler can build `core` for the BPF target.
@@ -39,9 +49,9 @@ struct Plan {
     optional: Vec<&'static AptPackage>,
 }
 
-/// Checks every requirement and installs the missing ones (in `Mode::Install`).
-pub fn ensure(mode: Mode) -> Result<()> {
-    let plan = plan();
+/// Checks every requirement of `scope` and installs the missing ones (in `Mode::Install`).
+pub fn ensure(mode: Mode, scope: Scope) -> Result<()> {
+    let plan = plan(scope);
     plan.report();
     let complete = plan.required.is_empty() && plan.linker_runs;
     if mode == Mode::CheckOnly {
@@ -65,18 +75,14 @@ pub fn ensure(mode: Mode) -> Result<()> {
     Ok(())
 }
 
-fn plan() -> Plan {
+fn plan(scope: Scope) -> Plan {
     let toolchain = match nightly_rust_src() {
         Some(src) => KernelToolchain::NightlyRustSrc(src),
         None => KernelToolchain::Debian,
     };
     let linker_runs = bpf_linker_runs();
-    let wanted = APT_PACKAGES.iter().filter(|p| match p.need {
-        Need::Always | Need::IfAvailable => true,
-        Need::WithoutNightlyRustSrc => matches!(toolchain, KernelToolchain::Debian),
-        Need::ToBuildBpfLinker => !linker_runs,
-    });
-    let (optional, required) = wanted
+    let debian = matches!(toolchain, KernelToolchain::Debian);
+    let (optional, required) = wanted(APT_PACKAGES, scope, debian, linker_runs)
         .filter(|p| !dpkg_installed(p.name))
         .partition(|p| p.need == Need::IfAvailable);
     Plan {
@@ -85,6 +91,24 @@ fn plan() -> Plan {
         required,
         optional,
     }
+}
+
+/// The packages `scope` needs on a machine whose kernel toolchain is Debian's (`debian`) or
+/// rustup's nightly, and whose bpf-linker runs or not; installed or not.
+fn wanted(
+    packages: &'static [AptPackage],
+    scope: Scope,
+    debian: bool,
+    linker_runs: bool,
+) -> impl Iterator<Item = &'static AptPackage> {
+    packages
+        .iter()
+        .filter(move |p| scope == Scope::Test || p.purpose == Purpose::Run)
+        .filter(move |p| match p.need {
+            Need::Always | Need::IfAvailable => true,
+            Need::WithoutNightlyRustSrc => debian,
+            Need::ToBuildBpfLinker => !linker_runs,
+        })
 }
 
 impl Plan {
@@ -242,4 +266,63 @@ fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(scope: Scope, debian: bool, linker_runs: bool) -> Vec<&'static str> {
+        wanted(APT_PACKAGES, scope, debian, linker_runs)
+            .map(|p| p.name)
+            .collect()
+    }
+
+    #[test]
+    fn running_installs_only_the_kernel_program_toolchain() {
+        assert_eq!(
+            names(Scope::Run, true, false),
+            ["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"]
+        );
+        // rustup's nightly with rust-src and a working bpf-linker: nothing at all.
+        assert!(names(Scope::Run, false, true).is_empty());
+    }
+
+    #[test]
+    fn testing_installs_the_test_tools_too() {
+        let all = names(Scope::Test, true, true);
+        for p in [
+            "qemu-system-x86",
+            "chromium",
+            "prometheus",
+            "iproute2",
+            "bpftool",
+        ] {
+            assert!(all.contains(&p), "{p} in {all:?}");
+            assert!(!names(Scope::Run, true, true).contains(&p), "{p} for run");
+        }
+    }
+
+    /// The README's "Debian packages" table lists every package of `APT_PACKAGES`, in order,
+    /// with what it is for.
+    #[test]
+    fn the_readme_setup_table_matches_the_requirements() {
+        let readme = std::fs::read_to_string(crate::workspace::root().join("README.md")).unwrap();
+        let rows: Vec<(String, String)> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("### Debian packages"))
+            .skip_while(|l| !l.starts_with("| package"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`').to_string(), cells[2].to_string())
+            })
+            .collect();
+        let want: Vec<(String, String)> = APT_PACKAGES
+            .iter()
+            .map(|p| (p.name.to_string(), p.purpose.name().to_string()))
+            .collect();
+        assert_eq!(rows, want);
+    }
 }
