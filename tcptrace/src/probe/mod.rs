@@ -6,6 +6,7 @@ pub mod counting;
 pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
+pub mod privilege;
 pub mod reader;
 mod ring_fill;
 pub mod stats;
@@ -127,11 +128,8 @@ pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "tcptrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_NET_ADMIN \
-         and CAP_SYS_PTRACE for the socket table and owners): run it with sudo"
-    )]
-    NoPrivilege,
+    #[error("{0}")]
+    MissingCapabilities(privilege::Missing),
     #[error(
         "this kernel has no sock:inet_sock_set_state tracepoint (added in Linux 4.16); \
          tcptrace cannot trace TCP state changes here"
@@ -655,29 +653,17 @@ fn page_size() -> u32 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u32 }
 }
 
-/// Root, or CAP_BPF + CAP_PERFMON in the effective set (Linux 5.8+).
+/// CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set, whatever the uid; warns
+/// about the capabilities that naming owners needs.
 fn check_privileges() -> Result<(), ProbeError> {
-    // SAFETY: geteuid has no side effects.
-    if unsafe { libc::geteuid() } == 0 {
+    let Some(p) = privilege::Privileges::current() else {
         return Ok(());
+    };
+    p.check()?;
+    for (cap, without) in p.recommended_missing() {
+        log::warn!("without {cap} in the effective set, {without}");
     }
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    const CAP_SYS_ADMIN: u32 = 21;
-    let eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0);
-    let has = |c: u32| eff & (1u64 << c) != 0;
-    if (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN) {
-        Ok(())
-    } else {
-        Err(ProbeError::NoPrivilege)
-    }
+    Ok(())
 }
 
 #[cfg(test)]
