@@ -125,7 +125,12 @@ impl Plan {
             ),
         }
         for p in &self.required {
-            eprintln!("setup: missing Debian package {}: {}", p.name, p.why);
+            eprintln!(
+                "setup: missing Debian package {} (to {}): {}",
+                p.name,
+                p.purpose.name(),
+                p.why
+            );
         }
         for p in &self.optional {
             eprintln!(
