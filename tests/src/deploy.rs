@@ -7,6 +7,20 @@ pub const UNIT: &str = include_str!("../../deploy/tcptrace.service");
 pub const DAEMONSET: &str = include_str!("../../deploy/daemonset.yaml");
 /// `deploy/serve.toml`.
 pub const SERVE_TOML: &str = include_str!("../../deploy/serve.toml");
+/// `deploy/tcptrace-tls.conf`: the drop-in that turns on TLS and basic authentication.
+pub const TLS_DROPIN: &str = include_str!("../../deploy/tcptrace-tls.conf");
+/// `deploy/web.yml`: the web config file template.
+pub const WEB_YML: &str = include_str!("../../deploy/web.yml");
+
+/// The `ExecStart=` of the TLS drop-in (the one after its reset), split into arguments.
+pub fn dropin_exec_start() -> Vec<String> {
+    let last = TLS_DROPIN
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .rfind(|v| !v.is_empty())
+        .expect("an ExecStart= in the drop-in");
+    last.split_whitespace().map(str::to_string).collect()
+}
 
 /// The capabilities the unit documents, as its `AmbientCapabilities=` line lists them
 /// (`CAP_BPF`, ...).
@@ -63,16 +77,57 @@ mod tests {
         let unit = UNIT.replace("/usr/local/bin/tcptrace", bin.to_str().unwrap());
         let path = dir.join("tcptrace.service");
         std::fs::write(&path, unit).unwrap();
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(&path)
-            .output()
-            .expect("systemd-analyze (package systemd)");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        // Unknown keys and bad values are warnings on stderr, not failures.
-        assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+        let verify = || {
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path)
+                .output()
+                .expect("systemd-analyze (package systemd)");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{stderr}");
+            // Unknown keys and bad values are warnings on stderr, not failures.
+            assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+        };
+        verify();
+        // With the TLS drop-in beside it (verify reads tcptrace.service.d/ next to the unit: a
+        // second ExecStart= without the reset fails it).
+        let dropins = dir.join("tcptrace.service.d");
+        std::fs::create_dir_all(&dropins).unwrap();
+        std::fs::write(
+            dropins.join("tls.conf"),
+            TLS_DROPIN.replace("/usr/local/bin/tcptrace", bin.to_str().unwrap()),
+        )
+        .unwrap();
+        verify();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_tls_dropin_hands_the_files_over_as_credentials() {
+        assert_eq!(
+            dropin_exec_start(),
+            [
+                "/usr/local/bin/tcptrace",
+                "serve",
+                "--web.config.file",
+                "%d/web.yml",
+                "$TCPTRACE_ARGS"
+            ]
+        );
+        let creds: Vec<&str> = TLS_DROPIN
+            .lines()
+            .filter_map(|l| l.strip_prefix("LoadCredential="))
+            .collect();
+        assert_eq!(
+            creds,
+            [
+                "web.yml:/etc/tcptrace/web.yml",
+                "tls.crt:/etc/tcptrace/tls.crt",
+                "tls.key:/etc/tcptrace/tls.key"
+            ]
+        );
+        // The template names the same files, relative to its folder.
+        assert!(WEB_YML.contains("cert_file: tls.crt") && WEB_YML.contains("key_file: tls.key"));
     }
 
     #[test]
@@ -116,6 +171,19 @@ mod tests {
         assert_eq!(pod["hostNetwork"], true);
         let c = &pod["containers"][0];
         assert_eq!(c["args"][0], "serve");
+        // Served on the node's address: TLS and basic authentication from the Secret.
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let web = args
+            .iter()
+            .position(|a| *a == "--web.config.file")
+            .map(|i| args[i + 1])
+            .expect("--web.config.file in the args");
+        assert_eq!(annotations["prometheus.io/scheme"], "https");
         assert!(
             c["ports"]
                 .as_sequence()
@@ -135,7 +203,10 @@ mod tests {
             .map(|v| format!("CAP_{}", v.as_str().unwrap()))
             .collect();
         assert_eq!(added, DOCUMENTED, "the same set as the systemd unit");
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "open to probes");
+            assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+        }
         let mounts: Vec<(&str, bool)> = c["volumeMounts"]
             .as_sequence()
             .unwrap()
@@ -148,7 +219,8 @@ mod tests {
                 "{path} read-only in {mounts:?}"
             );
         }
-        // Every mount has a hostPath volume behind it.
+        // Every mount has a volume behind it: the host's own paths, and the web config's Secret
+        // where --web.config.file looks.
         for m in c["volumeMounts"].as_sequence().unwrap() {
             let v = pod["volumes"]
                 .as_sequence()
@@ -156,7 +228,14 @@ mod tests {
                 .iter()
                 .find(|v| v["name"] == m["name"])
                 .unwrap_or_else(|| panic!("no volume for {m:?}"));
-            assert_eq!(v["hostPath"]["path"], m["mountPath"]);
+            if v["secret"].is_mapping() {
+                assert_eq!(v["secret"]["secretName"], "tcptrace-web");
+                assert_eq!(m["readOnly"], true);
+                let dir = m["mountPath"].as_str().unwrap();
+                assert_eq!(web, format!("{dir}/web.yml"));
+            } else {
+                assert_eq!(v["hostPath"]["path"], m["mountPath"]);
+            }
         }
     }
 
@@ -180,6 +259,28 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    #[test]
+    fn the_web_config_template_refuses_its_placeholder_and_loads_once_filled() {
+        let files = crate::tls::Files::new("template");
+        crate::tls::write_server(&files, &crate::tls::Ca::new("template CA").server());
+        let web = files.write("web.yml", WEB_YML);
+        let e = tcptrace::export::WebConfig::load(&web)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("basic_auth_users.prometheus: not a bcrypt hash"),
+            "{e}"
+        );
+        let filled = WEB_YML.replace(
+            "REPLACE-WITH-A-BCRYPT-HASH",
+            &format!("'{}'", crate::tls::bcrypt_hash("pw")),
+        );
+        files.write("web.yml", &filled);
+        let w = tcptrace::export::WebConfig::load(&web).unwrap();
+        assert!(w.tls.is_some());
+        assert_eq!(w.users.keys().collect::<Vec<_>>(), ["prometheus"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod deploy;
 pub mod exporter;
 pub mod netns;
+pub mod tls;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
