@@ -123,5 +123,9 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 
+/// The dependency checker `cargo xtask test` runs (`cargo deny check bans licenses sources`);
+/// installed with `cargo install --locked` for testing only.
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// Where Debian's rust-web-src puts the `core` source.
 pub const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/core";

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use crate::cmd;
 use crate::requirements::{
     APT_PACKAGES, AptPackage, BPF_LINKER_LLVM_FEATURE, BPF_LINKER_LLVM_PREFIX, BPF_LINKER_VERSION,
-    DEBIAN_RUST_SRC, Need, Purpose,
+    CARGO_DENY_VERSION, DEBIAN_RUST_SRC, Need, Purpose,
 };
 
 /// Whether setup may change the machine or only reports.
@@ -43,6 +43,8 @@ enum KernelToolchain {
 struct Plan {
     toolchain: KernelToolchain,
     linker_runs: bool,
+    /// cargo-deny runs, or is not needed (building and running only).
+    deny_runs: bool,
     /// Missing packages the build or the tests cannot do without.
     required: Vec<&'static AptPackage>,
     /// Missing packages that are installed only when apt offers them.
@@ -53,7 +55,7 @@ struct Plan {
 pub fn ensure(mode: Mode, scope: Scope) -> Result<()> {
     let plan = plan(scope);
     plan.report();
-    let complete = plan.required.is_empty() && plan.linker_runs;
+    let complete = plan.required.is_empty() && plan.linker_runs && plan.deny_runs;
     if mode == Mode::CheckOnly {
         if complete {
             eprintln!("setup: all requirements present");
@@ -68,6 +70,9 @@ pub fn ensure(mode: Mode, scope: Scope) -> Result<()> {
     }
     if !plan.linker_runs {
         install_bpf_linker()?;
+    }
+    if !plan.deny_runs {
+        install_cargo_deny()?;
     }
     if complete && !installed_packages {
         eprintln!("setup: all requirements present");
@@ -88,6 +93,7 @@ fn plan(scope: Scope) -> Plan {
     Plan {
         toolchain,
         linker_runs,
+        deny_runs: scope == Scope::Run || cargo_deny_runs(),
         required,
         optional,
     }
@@ -136,6 +142,13 @@ impl Plan {
             eprintln!(
                 "setup: missing optional Debian package {}: {}",
                 p.name, p.why
+            );
+        }
+        if !self.deny_runs {
+            eprintln!(
+                "setup: missing cargo-deny {CARGO_DENY_VERSION} (to test): `cargo xtask test` \
+                 checks dependency licenses, bans and sources with it (`cargo deny --version` \
+                 fails)"
             );
         }
         if !self.linker_runs {
@@ -237,6 +250,29 @@ fn install_bpf_linker() -> Result<()> {
     if !bpf_linker_runs() {
         bail!(
             "setup: bpf-linker was installed but `bpf-linker --version` still fails; is {} on PATH?",
+            cargo_bin_dir().display()
+        );
+    }
+    Ok(())
+}
+
+fn cargo_deny_runs() -> bool {
+    cmd::succeeds(Command::new("cargo-deny").arg("--version"))
+}
+
+fn install_cargo_deny() -> Result<()> {
+    cmd::run(
+        Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+            "--locked",
+        ]),
+    )?;
+    if !cargo_deny_runs() {
+        bail!(
+            "setup: cargo-deny was installed but `cargo-deny --version` still fails; is {} on PATH?",
             cargo_bin_dir().display()
         );
     }
