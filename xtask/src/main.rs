@@ -110,13 +110,15 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
-    /// Fuzz the command-line parsers, the event decoder and the recording reader with
-    /// cargo-fuzz (nightly), each for a bounded time. Not part of CI.
+    /// Fuzz the command-line parsers, the event decoder, the recording reader and the readers
+    /// of kernel formats (BTF, sock_diag, tracefs) with cargo-fuzz (nightly), each for a bounded
+    /// time. Not part of CI.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (repeatable): value_parsers, cli_args, event_decode, record_reader.
+        /// Only this target (repeatable): value_parsers, cli_args, event_decode, record_reader,
+        /// btf_sock_offsets, sock_diag_datagram, tracefs_format.
         #[arg(long = "target")]
         targets: Vec<String>,
         #[arg(long, default_value = "BENCHMARKS.md")]
