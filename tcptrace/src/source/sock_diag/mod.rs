@@ -223,7 +223,12 @@ pub fn parse_datagram(
                 if payload.len() >= 4 {
                     let status = ne_u32(payload, 0) as i32;
                     if status < 0 {
-                        return Err(SockDiagError::Kernel(io::Error::from_raw_os_error(-status)));
+                        // Saturating: a status of i32::MIN (no errno, but a reply could say
+                        // it) has no positive counterpart. Found by the sock_diag_datagram
+                        // fuzz target.
+                        return Err(SockDiagError::Kernel(io::Error::from_raw_os_error(
+                            status.saturating_neg(),
+                        )));
                     }
                 }
                 return Ok(Flow::Done);
