@@ -42,20 +42,25 @@ fn a_process_named_with_escape_sequences_is_inert_in_every_view() {
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let p = port.to_string();
-    let timed = |cmd: &str, extra: &[&str]| {
-        let mut a = vec![cmd, "--duration", "10s", "--port", &p];
+    // Each runs until stopped (SIGINT), however long the others took to attach (seconds each
+    // under QEMU's TCG), and then prints what it saw.
+    let start = |cmd: &str, extra: &[&str]| {
+        let mut a = vec![cmd, "--port", &p];
+        if cmd != "trace" {
+            a.extend_from_slice(&["--duration", "10m"]);
+        }
         a.extend_from_slice(extra);
         Tracer::start(&a)
     };
-    let trace_text = Tracer::start(&["trace", "--port", &p]);
-    let trace_json = Tracer::start(&["trace", "--json", "--port", &p]);
-    let report_text = timed("report", &[]);
-    let report_json = timed("report", &["--json"]);
+    let trace_text = start("trace", &[]);
+    let trace_json = start("trace", &["--json"]);
+    let report_text = start("report", &[]);
+    let report_json = start("report", &["--json"]);
     // stdout is a pipe: top prints plain snapshots.
-    let top = timed("top", &["--interval", "1s"]);
-    let diagnose_text = timed("diagnose", &[]);
-    let diagnose_md = timed("diagnose", &["--markdown"]);
-    let diagnose_json = timed("diagnose", &["--json"]);
+    let top = start("top", &["--interval", "1s"]);
+    let diagnose_text = start("diagnose", &[]);
+    let diagnose_md = start("diagnose", &["--markdown"]);
+    let diagnose_json = start("diagnose", &["--json"]);
     let (serve, metrics_addr) = exporter::serve(&["--port", &p]);
 
     // Started after the tracers, so its listen() and accepts are seen as they happen.
@@ -78,7 +83,8 @@ fn a_process_named_with_escape_sequences_is_inert_in_every_view() {
     cli.wait_done(T);
     srv.wait_done(T);
     cli.finish();
-    std::thread::sleep(Duration::from_secs(1));
+    // top's next snapshot, after the leaks.
+    std::thread::sleep(Duration::from_secs(2));
 
     let metrics = exporter::get(metrics_addr, "/metrics");
     assert_eq!(metrics.status, 200);
@@ -100,9 +106,9 @@ fn a_process_named_with_escape_sequences_is_inert_in_every_view() {
     let trace_text = trace_text.stop();
     let outputs = [
         ("trace", trace_text),
-        ("report", report_text.wait()),
-        ("top", top.wait()),
-        ("diagnose", diagnose_text.wait()),
+        ("report", report_text.stop()),
+        ("top", top.stop()),
+        ("diagnose", diagnose_text.stop()),
     ];
     for (view, out) in &outputs {
         assert_inert(view, &out.stdout);
@@ -117,7 +123,7 @@ fn a_process_named_with_escape_sequences_is_inert_in_every_view() {
         "{}",
         outputs[3].1.stdout
     );
-    let md = diagnose_md.wait();
+    let md = diagnose_md.stop();
     assert_inert("diagnose --markdown", &md.stdout);
     assert!(md.stdout.contains("?\\[2Jevil?"), "{}", md.stdout);
 
@@ -129,8 +135,8 @@ fn a_process_named_with_escape_sequences_is_inert_in_every_view() {
     assert!(named.len() >= LEAKS, "{}", trace_json.stdout);
     assert!(trace_json.stdout.contains("\\u001b[2Jevil\\u0007"));
     for (view, out) in [
-        ("report --json", report_json.wait()),
-        ("diagnose --json", diagnose_json.wait()),
+        ("report --json", report_json.stop()),
+        ("diagnose --json", diagnose_json.stop()),
     ] {
         assert_inert(view, &out.stdout);
         assert_inert(view, &out.stderr);
