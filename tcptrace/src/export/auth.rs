@@ -8,7 +8,7 @@
 //! configured hash anyway, so the answer takes as long as for a known one.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use hyper::header::HeaderValue;
@@ -45,7 +45,7 @@ impl Verified {
 /// Whether a request with this `Authorization` header may be answered.
 pub async fn allowed(
     config: &WebConfig,
-    verified: &Verified,
+    verified: &Arc<Verified>,
     header: Option<&HeaderValue>,
 ) -> bool {
     let Some(any_hash) = config.users.values().next() else {
@@ -63,13 +63,18 @@ pub async fn allowed(
     if known && verified.contains(&key) {
         return true;
     }
-    let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-        .await
-        .unwrap_or(false);
-    if ok && known {
-        verified.insert(key);
-    }
-    ok && known
+    // Remembered by the blocking task itself: on a slow host a client may give up (its scrape
+    // timeout) before bcrypt finishes, and its next attempt must not start over.
+    let remember = verified.clone();
+    tokio::task::spawn_blocking(move || {
+        let ok = bcrypt::verify(password, &hash).unwrap_or(false) && known;
+        if ok {
+            remember.insert(key);
+        }
+        ok
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// `Basic base64(user:password)` -> (user, password).
@@ -122,7 +127,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_right_password_of_a_known_user_gets_in() {
         let c = config(&[("prometheus", "s3cret:with colon")]);
-        let v = Verified::default();
+        let v = Arc::new(Verified::default());
         assert!(allowed(&c, &v, Some(&header("prometheus", "s3cret:with colon"))).await);
         assert!(!allowed(&c, &v, Some(&header("prometheus", "wrong"))).await);
         assert!(!allowed(&c, &v, Some(&header("nobody", "s3cret:with colon"))).await);
@@ -136,7 +141,7 @@ mod tests {
     #[tokio::test]
     async fn no_users_means_no_authentication() {
         let c = WebConfig::parse(Path::new("/etc/web.yml"), "").unwrap();
-        assert!(allowed(&c, &Verified::default(), None).await);
+        assert!(allowed(&c, &Arc::new(Verified::default()), None).await);
     }
 
     #[test]
