@@ -143,6 +143,11 @@ pub struct ServeArgs {
     /// Config file (TOML: listen, top_pids, top_peers, top_ports, max_connections); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// TLS and basic authentication, in the web configuration file every Prometheus exporter
+    /// takes (YAML: tls_server_config, basic_auth_users with bcrypt hashes); see
+    /// deploy/README.md.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// Processes with their own series; the rest are summed into pid="other" [default: 20].
     #[arg(long, value_name = "N")]
     pub top_pids: Option<usize>,

@@ -7,6 +7,20 @@ pub const UNIT: &str = include_str!("../../deploy/tcptrace.service");
 pub const DAEMONSET: &str = include_str!("../../deploy/daemonset.yaml");
 /// `deploy/serve.toml`.
 pub const SERVE_TOML: &str = include_str!("../../deploy/serve.toml");
+/// `deploy/tcptrace-tls.conf`: the drop-in that turns on TLS and basic authentication.
+pub const TLS_DROPIN: &str = include_str!("../../deploy/tcptrace-tls.conf");
+/// `deploy/web.yml`: the web config file template.
+pub const WEB_YML: &str = include_str!("../../deploy/web.yml");
+
+/// The `ExecStart=` of the TLS drop-in (the one after its reset), split into arguments.
+pub fn dropin_exec_start() -> Vec<String> {
+    let last = TLS_DROPIN
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .rfind(|v| !v.is_empty())
+        .expect("an ExecStart= in the drop-in");
+    last.split_whitespace().map(str::to_string).collect()
+}
 
 /// The capabilities the unit documents, as its `AmbientCapabilities=` line lists them
 /// (`CAP_BPF`, ...).
@@ -59,17 +73,28 @@ pub struct PodSpec {
     pub capabilities: Vec<String>,
     /// `seccompProfile.type`: `Unconfined`, `RuntimeDefault` or `Localhost`.
     pub seccomp: String,
-    pub mounts: Vec<HostMount>,
+    pub mounts: Vec<Mount>,
 }
 
-/// A hostPath volume and where the container mounts it.
+/// A volume of the pod and where the container mounts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostMount {
-    pub host_path: String,
+pub struct Mount {
+    pub source: Source,
     pub mount_path: String,
     pub read_only: bool,
     /// `mountPropagation`, when set (`HostToContainer`, ...).
     pub propagation: Option<String>,
+}
+
+/// What a volume holds: the only two kinds tcptrace's pod uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `hostPath`: a path of the node.
+    HostPath(String),
+    /// `secret`: the files of the Secret `name`, which the kubelet writes for the pod with
+    /// permissions `mode` (`defaultMode`, 0644 unless set). The container test fills a folder
+    /// of its own the same way.
+    Secret { name: String, mode: u32 },
 }
 
 impl PodSpec {
@@ -105,10 +130,10 @@ impl PodSpec {
 }
 
 /// The DaemonSet document of deploy/daemonset.yaml (which also holds its Namespace).
-pub fn daemonset() -> serde_yaml::Value {
-    serde_yaml::Deserializer::from_str(DAEMONSET)
+pub fn daemonset() -> serde_yaml_ng::Value {
+    serde_yaml_ng::Deserializer::from_str(DAEMONSET)
         .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
-        .find(|d: &serde_yaml::Value| d["kind"] == "DaemonSet")
+        .find(|d: &serde_yaml_ng::Value| d["kind"] == "DaemonSet")
         .expect("a DaemonSet")
 }
 
@@ -147,7 +172,7 @@ pub fn daemonset_pod() -> PodSpec {
     assert_eq!(containers.len(), 1, "one container");
     let c = &containers[0];
     let sc = &c["securityContext"];
-    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+    let strings = |v: &serde_yaml_ng::Value| -> Vec<String> {
         v.as_sequence()
             .map(|s| {
                 s.iter()
@@ -166,11 +191,8 @@ pub fn daemonset_pod() -> PodSpec {
                         .iter()
                         .find(|v| v["name"] == m["name"])
                         .unwrap_or_else(|| panic!("no volume for {m:?}"));
-                    HostMount {
-                        host_path: volume["hostPath"]["path"]
-                            .as_str()
-                            .unwrap_or_else(|| panic!("not a hostPath volume: {volume:?}"))
-                            .to_string(),
+                    Mount {
+                        source: volume_source(volume),
                         mount_path: m["mountPath"].as_str().expect("mountPath").to_string(),
                         read_only: m["readOnly"] == true,
                         propagation: m["mountPropagation"].as_str().map(str::to_string),
@@ -201,6 +223,33 @@ pub fn daemonset_pod() -> PodSpec {
             .to_string(),
         mounts,
     }
+}
+
+/// A volume's source; panics on a kind the container test cannot translate.
+fn volume_source(volume: &serde_yaml_ng::Value) -> Source {
+    if let Some(path) = volume["hostPath"]["path"].as_str() {
+        Source::HostPath(path.to_string())
+    } else if let Some(name) = volume["secret"]["secretName"].as_str() {
+        Source::Secret {
+            name: name.to_string(),
+            mode: file_mode(&volume["secret"]["defaultMode"]).unwrap_or(0o644),
+        }
+    } else {
+        panic!("neither a hostPath nor a secret volume: {volume:?}")
+    }
+}
+
+/// A file mode as Kubernetes reads it. Its YAML is 1.1, where `0400` is octal; serde_yaml_ng
+/// reads YAML 1.2, where a leading zero makes it a string.
+fn file_mode(v: &serde_yaml_ng::Value) -> Option<u32> {
+    if v.is_null() {
+        return None;
+    }
+    let mode = v
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+        .or_else(|| v.as_str().and_then(|s| u32::from_str_radix(s, 8).ok()));
+    Some(mode.unwrap_or_else(|| panic!("not a file mode: {v:?}")))
 }
 
 /// `CAP_SYS_PTRACE` -> `+sys_ptrace`, comma-joined, as setpriv takes them.
@@ -237,16 +286,57 @@ mod tests {
         let unit = UNIT.replace("/usr/local/bin/tcptrace", bin.to_str().unwrap());
         let path = dir.join("tcptrace.service");
         std::fs::write(&path, unit).unwrap();
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(&path)
-            .output()
-            .expect("systemd-analyze (package systemd)");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        // Unknown keys and bad values are warnings on stderr, not failures.
-        assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+        let verify = || {
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path)
+                .output()
+                .expect("systemd-analyze (package systemd)");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{stderr}");
+            // Unknown keys and bad values are warnings on stderr, not failures.
+            assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+        };
+        verify();
+        // With the TLS drop-in beside it (verify reads tcptrace.service.d/ next to the unit: a
+        // second ExecStart= without the reset fails it).
+        let dropins = dir.join("tcptrace.service.d");
+        std::fs::create_dir_all(&dropins).unwrap();
+        std::fs::write(
+            dropins.join("tls.conf"),
+            TLS_DROPIN.replace("/usr/local/bin/tcptrace", bin.to_str().unwrap()),
+        )
+        .unwrap();
+        verify();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_tls_dropin_hands_the_files_over_as_credentials() {
+        assert_eq!(
+            dropin_exec_start(),
+            [
+                "/usr/local/bin/tcptrace",
+                "serve",
+                "--web.config.file",
+                "%d/web.yml",
+                "$TCPTRACE_ARGS"
+            ]
+        );
+        let creds: Vec<&str> = TLS_DROPIN
+            .lines()
+            .filter_map(|l| l.strip_prefix("LoadCredential="))
+            .collect();
+        assert_eq!(
+            creds,
+            [
+                "web.yml:/etc/tcptrace/web.yml",
+                "tls.crt:/etc/tcptrace/tls.crt",
+                "tls.key:/etc/tcptrace/tls.key"
+            ]
+        );
+        // The template names the same files, relative to its folder.
+        assert!(WEB_YML.contains("cert_file: tls.crt") && WEB_YML.contains("key_file: tls.key"));
     }
 
     #[test]
@@ -283,8 +373,12 @@ mod tests {
         let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(annotations["prometheus.io/port"], "9977");
+        assert_eq!(annotations["prometheus.io/scheme"], "https");
         let c = &ds["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "open to probes");
+            assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+        }
 
         // What tests/tests/daemonset.rs proved necessary, and nothing more.
         let pod = daemonset_pod();
@@ -305,18 +399,37 @@ mod tests {
         // (ProtectKernelTunables= hides /proc/kallsyms).
         assert_eq!(added, [&DOCUMENTED[..], &["CAP_SYSLOG"]].concat());
         assert_eq!(pod.seccomp, "Unconfined");
-        let mounts: Vec<(&str, &str, bool)> = pod
+        // Served on the node's address: TLS and basic authentication from the web config in
+        // the Secret, readable by the container's root only.
+        let web = pod
+            .args
+            .iter()
+            .position(|a| a == "--web.config.file")
+            .map(|i| pod.args[i + 1].as_str())
+            .expect("--web.config.file in the args");
+        assert_eq!(web, "/etc/tcptrace/web/web.yml");
+        let host = |path: &str| Source::HostPath(path.to_string());
+        let mounts: Vec<(Source, &str, bool)> = pod
             .mounts
             .iter()
-            .map(|m| (m.host_path.as_str(), m.mount_path.as_str(), m.read_only))
+            .map(|m| (m.source.clone(), m.mount_path.as_str(), m.read_only))
             .collect();
         assert_eq!(
             mounts,
             [
-                ("/sys/kernel/tracing", "/sys/kernel/tracing", true),
-                ("/sys/fs/cgroup", "/sys/fs/cgroup", true),
+                (host("/sys/kernel/tracing"), "/sys/kernel/tracing", true),
+                (host("/sys/fs/cgroup"), "/sys/fs/cgroup", true),
+                (
+                    Source::Secret {
+                        name: "tcptrace-web".to_string(),
+                        mode: 0o400
+                    },
+                    "/etc/tcptrace/web",
+                    true
+                ),
             ]
         );
+        assert!(pod.mounts.iter().all(|m| m.propagation.is_none()));
     }
 
     #[test]
@@ -358,6 +471,28 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    #[test]
+    fn the_web_config_template_refuses_its_placeholder_and_loads_once_filled() {
+        let files = crate::tls::Files::new("template");
+        crate::tls::write_server(&files, &crate::tls::Ca::new("template CA").server());
+        let web = files.write("web.yml", WEB_YML);
+        let e = tcptrace::export::WebConfig::load(&web)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("basic_auth_users.prometheus: not a bcrypt hash"),
+            "{e}"
+        );
+        let filled = WEB_YML.replace(
+            "REPLACE-WITH-A-BCRYPT-HASH",
+            &format!("'{}'", crate::tls::bcrypt_hash("pw")),
+        );
+        files.write("web.yml", &filled);
+        let w = tcptrace::export::WebConfig::load(&web).unwrap();
+        assert!(w.tls.is_some());
+        assert_eq!(w.users.keys().collect::<Vec<_>>(), ["prometheus"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Tracer, free_port};
+use crate::{Proc, Tracer, client, free_port, server};
 
 /// `tcptrace serve --listen 127.0.0.1:<free> ARGS`, started; returns it and its address.
 pub fn serve(args: &[&str]) -> (Tracer, SocketAddr) {
@@ -23,6 +23,21 @@ pub fn serve(args: &[&str]) -> (Tracer, SocketAddr) {
     a.push(&l);
     a.extend_from_slice(args);
     (Tracer::start(&a), addr)
+}
+
+/// A `tcpscenario` server on 127.0.0.1 that leaks `n` CLOSE_WAIT sockets (its peer closed,
+/// it never does), with the leaks in place when this returns; and its port.
+pub fn leaker(n: usize) -> (Proc, u16) {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let addr = SocketAddr::new(ip, port);
+    let t = Duration::from_secs(30);
+    let (mut srv, _) = server(addr, &["--conns", &n.to_string(), "--on-eof", "leak"]);
+    let mut cli = client(addr, &["--conns", &n.to_string()]);
+    cli.wait_done(t);
+    srv.wait_done(t);
+    cli.finish();
+    (srv, port)
 }
 
 /// One HTTP response.
@@ -60,7 +75,8 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
     raw(addr, req.as_bytes()).unwrap_or_else(|| panic!("no response to GET {path}"))
 }
 
-fn parse(buf: &[u8]) -> Option<Response> {
+/// An HTTP/1.1 response as read off the wire (chunked bodies joined).
+pub fn parse(buf: &[u8]) -> Option<Response> {
     let text = String::from_utf8_lossy(buf);
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
@@ -165,6 +181,14 @@ impl Prometheus {
     /// Starts `prometheus` (Debian's package) scraping `target` as job "tcptrace", and waits
     /// until it is ready.
     pub fn start(target: SocketAddr) -> Prometheus {
+        Prometheus::start_jobs(&format!(
+            "  - job_name: tcptrace\n    static_configs:\n      - targets: ['{target}']\n"
+        ))
+    }
+
+    /// Starts `prometheus` with these `scrape_configs` entries (YAML, indented by two), every
+    /// job scraped each second.
+    pub fn start_jobs(jobs: &str) -> Prometheus {
         let ip = "127.0.0.1".parse().unwrap();
         let addr = SocketAddr::new(ip, free_port(ip));
         let dir = std::env::temp_dir().join(format!(
@@ -175,8 +199,7 @@ impl Prometheus {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: \
-             ['{target}']\n"
+             scrape_configs:\n{jobs}"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let child = Command::new("prometheus")
@@ -229,6 +252,26 @@ impl Prometheus {
             .map(|s| {
                 let val = s["value"][1].as_str().unwrap().parse().unwrap();
                 (s["metric"].clone(), val)
+            })
+            .collect()
+    }
+
+    /// The scrape targets' health by job, from `/api/v1/targets`: (job, health, lastError).
+    pub fn targets(&self) -> Vec<(String, String, String)> {
+        let r = get(self.addr, "/api/v1/targets");
+        assert_eq!(r.status, 200, "targets: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON answer");
+        v["data"]["activeTargets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .map(|t| {
+                let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+                (
+                    t["labels"]["job"].as_str().unwrap_or_default().to_string(),
+                    s("health"),
+                    s("lastError"),
+                )
             })
             .collect()
     }

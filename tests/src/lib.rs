@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod exporter;
 pub mod netns;
 pub mod podman;
+pub mod tls;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

@@ -1,6 +1,6 @@
 //! The image run under podman the way a Kubernetes node runs deploy/daemonset.yaml's pod: the
-//! pod's namespaces, user, capabilities, seccomp profile, read-only root and hostPath mounts,
-//! each translated to the podman flag that asks the runtime for the same thing.
+//! pod's namespaces, user, capabilities, seccomp profile, read-only root, hostPath mounts and
+//! Secret volumes, each translated to the podman flag that asks the runtime for the same thing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::deploy::PodSpec;
+use crate::deploy::{PodSpec, Source};
 
 /// The image archive to run: `TCPTRACE_IMAGE` (`cargo xtask test` sets it), else the debug
 /// image `cargo xtask image --debug` writes, else the release one.
@@ -80,8 +80,10 @@ fn describe(out: &Output) -> String {
     )
 }
 
-/// The podman flags that ask for what `pod` asks of a Kubernetes node.
-pub fn run_flags(pod: &PodSpec) -> Vec<String> {
+/// The podman flags that ask for what `pod` asks of a Kubernetes node. A Secret volume becomes
+/// a bind mount of the folder `secrets` gives for its name, which the caller has filled as the
+/// kubelet fills it; panics for a Secret it gives none for.
+pub fn run_flags(pod: &PodSpec, secrets: &[(&str, &Path)]) -> Vec<String> {
     let mut flags: Vec<String> = vec![
         // containerd's default runtime; crun 1.8 also refuses hosts with a hybrid cgroup layout.
         "--runtime=runc".into(),
@@ -120,15 +122,63 @@ pub fn run_flags(pod: &PodSpec) -> Vec<String> {
             Some("HostToContainer") => options.push("rslave"),
             Some(other) => panic!("mountPropagation {other} is not translated"),
         }
+        let source = match &m.source {
+            Source::HostPath(path) => PathBuf::from(path),
+            Source::Secret { name, .. } => secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, dir)| dir.to_path_buf())
+                .unwrap_or_else(|| panic!("no folder for the Secret {name}")),
+        };
         flags.push(format!(
             "--volume={}:{}:{}",
-            m.host_path,
+            source.display(),
             m.mount_path,
             options.join(",")
         ));
     }
     flags.extend(rlimits());
     flags
+}
+
+/// A folder filled the way the kubelet fills a Secret volume (its atomic writer,
+/// <https://github.com/kubernetes/kubernetes/blob/v1.31.0/pkg/volume/util/atomic_writer.go>):
+/// the files, with the volume's `defaultMode`, in a hidden timestamped folder; `..data` a link
+/// to that folder; each file's name a link through `..data`. So the exporter reads its web
+/// config through the links an update of the Secret swaps. Removed on drop.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+}
+
+impl SecretVolume {
+    /// `files` (name, contents) with permissions `mode`, owned by this process's user (root,
+    /// as the kubelet writes them).
+    pub fn new(files: &[(&str, &str)], mode: u32) -> SecretVolume {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tcptrace-secret-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = "..2025_01_01_00_00_00.000000001";
+        std::fs::create_dir_all(dir.join(data)).unwrap();
+        for (name, text) in files {
+            let path = dir.join(data).join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
+        }
+        symlink(data, dir.join("..data")).unwrap();
+        SecretVolume { dir }
+    }
+}
+
+impl Drop for SecretVolume {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// podman asks the runtime for RLIMIT_NOFILE 1048576 and a large RLIMIT_NPROC, which a host

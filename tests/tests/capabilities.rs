@@ -1,6 +1,8 @@
 //! tcptrace runs with exactly the documented capabilities and no root: CAP_BPF and CAP_PERFMON
 //! for the kernel programs, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other processes' fds
-//! and tracefs (the set deploy/tcptrace.service grants).
+//! and tracefs (the set deploy/tcptrace.service grants). uid 0 alone is not enough: a root
+//! process without CAP_BPF and CAP_PERFMON (a container, a reduced bounding set) is told which
+//! capabilities it lacks instead of failing with the kernel's bare EPERM.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -29,4 +31,58 @@ fn traces_as_nobody_with_only_the_documented_capabilities() {
     std::thread::sleep(Duration::from_millis(300));
     let out = tracer.stop();
     assert_eq!(out.json_lines().len(), 12, "{}\n{}", out.stdout, out.stderr);
+}
+
+/// `tcptrace ARGS` as root with `--bounding-set=-all,EXTRA`: an execve by uid 0 gets only the
+/// bounding set as its capabilities, as in a container that drops them.
+fn as_root_with_only(extra: &str, args: &[&str]) -> TracerOutput {
+    let bounding = if extra.is_empty() {
+        "-all".to_string()
+    } else {
+        format!("-all,{extra}")
+    };
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-all", &format!("--bounding-set={bounding}")])
+        .arg(tcptrace_bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    TracerOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
+}
+
+#[test]
+fn root_without_capabilities_is_told_which_ones_it_lacks() {
+    let out = as_root_with_only("", &["trace", "--duration", "1s"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    for needle in [
+        "lacks CAP_BPF and CAP_PERFMON",
+        "runs as root (uid 0)",
+        "--cap-add BPF --cap-add PERFMON",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    // Refused before any bpf() call, not with the kernel's bare EPERM.
+    assert!(!out.stderr.contains("os error 1"), "{}", out.stderr);
+
+    let out = as_root_with_only("+bpf", &["report", "--duration", "1s"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("lacks CAP_PERFMON."), "{}", out.stderr);
+    assert!(!out.stderr.contains("lacks CAP_BPF"), "{}", out.stderr);
+}
+
+#[test]
+fn root_with_bpf_and_perfmon_traces_and_names_what_else_it_lacks() {
+    let out = as_root_with_only("+bpf,+perfmon", &["report", "--duration", "1s", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.json()["lost_events"].is_u64(), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("without CAP_SYS_PTRACE in the effective set"),
+        "{}",
+        out.stderr
+    );
 }

@@ -1,7 +1,8 @@
 //! The image `cargo xtask image` builds, run the way deploy/daemonset.yaml runs it: podman with
 //! the pod's host namespaces, user, capabilities (nothing ambient), seccomp profile, read-only
-//! root and hostPath mounts, all read from the manifest. Sockets made on the host are then
-//! scraped from the container's `/metrics` and checked against `ss`. Then each privilege and
+//! root, hostPath mounts and the web config's Secret (TLS and basic authentication), all read
+//! from the manifest. Sockets made on the host are then scraped over TLS from the container's
+//! `/metrics` and checked against `ss`. Then each privilege and
 //! mount of the manifest is taken away in turn, to show what it is needed for; what the
 //! manifest lacks (CAP_NET_ADMIN, mounts of /sys/kernel/btf, debugfs and /run/netns) is shown
 //! unneeded by the first run, which has everything without them.
@@ -9,17 +10,20 @@
 //! Host only: the VM tests cannot carry a container runtime (xtask's HOST_ONLY_BINARIES).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tcptrace::owner::cgroup::Cgroup2Mount;
 use tcptrace_tests::cgroups::{self, Cgroups, hex};
-use tcptrace_tests::deploy::{self, PodSpec};
+use tcptrace_tests::deploy::{self, PodSpec, Source};
 use tcptrace_tests::netns::TestNetns;
-use tcptrace_tests::podman::{self, Container};
-use tcptrace_tests::{exporter, *};
+use tcptrace_tests::podman::{self, Container, SecretVolume};
+use tcptrace_tests::{exporter, tls, *};
 
 const T: Duration = Duration::from_secs(30);
+/// The user and password the web config in the test's Secret admits.
+const USER: &str = "prometheus";
+const PASSWORD: &str = "daemonset test password";
 
 /// What the exporter in the container said about the host's sockets: for each group the test
 /// made, the value of its series (`None`: no series for that owner).
@@ -253,6 +257,10 @@ fn host_root() -> &'static (String, String) {
 struct Exporter {
     container: Container,
     listen: SocketAddr,
+    /// A client that trusts the CA that signed the server's certificate.
+    client: Arc<rustls::ClientConfig>,
+    /// The Secret's folder, removed after the container (fields drop in order).
+    _web: SecretVolume,
 }
 
 impl Exporter {
@@ -260,8 +268,9 @@ impl Exporter {
     /// `$(NODE_IP):PORT` (the node's address, from the downward API) replaced by a free
     /// loopback port: with the host's network namespace, the test reaches it there.
     ///
-    /// Serving over TLS with basic auth (`--web.config.file`) later adds here a read-only mount
-    /// of the web config and its certificate, and the flag; `scrape` then connects with TLS.
+    /// The Secret `tcptrace-web` holds what deploy/README.md says to put in it: deploy/web.yml
+    /// with a bcrypt hash for `USER`, and a server certificate (for 127.0.0.1, from a CA made
+    /// here) and its key.
     fn start(pod: &PodSpec) -> Exporter {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let listen = SocketAddr::new(ip, free_port(ip));
@@ -279,8 +288,37 @@ impl Exporter {
             })
             .collect();
         assert!(args.contains(&listen.to_string()), "{:?}", pod.args);
-        let container = Container::run(podman::load_image(), &podman::run_flags(pod), &args);
-        Exporter { container, listen }
+        let secret = "tcptrace-web";
+        let mode = pod
+            .mounts
+            .iter()
+            .find_map(|m| match &m.source {
+                Source::Secret { name, mode } if name == secret => Some(*mode),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("the pod mounts no Secret {secret}"));
+        let ca = tls::Ca::new("tcptrace daemonset test CA");
+        let server = ca.server();
+        let web_yml = deploy::WEB_YML.replace(
+            "REPLACE-WITH-A-BCRYPT-HASH",
+            &format!("'{}'", tls::bcrypt_hash(PASSWORD)),
+        );
+        let web = SecretVolume::new(
+            &[
+                ("web.yml", &web_yml),
+                ("tls.crt", &server.cert_pem),
+                ("tls.key", &server.key_pem),
+            ],
+            mode,
+        );
+        let flags = podman::run_flags(pod, &[(secret, &web.dir)]);
+        let container = Container::run(podman::load_image(), &flags, &args);
+        Exporter {
+            container,
+            listen,
+            client: tls::client_config(&ca.pem(), None),
+            _web: web,
+        }
     }
 
     /// Waits until the kernel programs are attached; `Err(logs)` when it exits first.
@@ -288,8 +326,15 @@ impl Exporter {
         self.container.wait_for_log("attached", T)
     }
 
+    /// `GET path` over TLS, as Prometheus scrapes it: with the user and password.
     fn scrape(&self, path: &str) -> exporter::Response {
-        exporter::get(self.listen, path)
+        self.get(path, Some((USER, PASSWORD)))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nlogs:\n{}", self.container.logs()))
+    }
+
+    /// `GET path` over TLS with `auth`, or none.
+    fn get(&self, path: &str, auth: Option<(&str, &str)>) -> Result<exporter::Response, String> {
+        tls::https_get(self.listen, path, self.client.clone(), auth)
     }
 }
 
@@ -392,8 +437,24 @@ fn the_daemonsets_pod_names_every_leak_ss_counts() {
         "{root}"
     );
 
-    let health = exporter.scrape("/healthz");
+    // The kubelet's HTTPS probes send no credentials.
+    let health = exporter.get("/healthz", None).unwrap();
     assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    // Anything else on the node's network gets no metrics without the password, nor over
+    // plain HTTP.
+    for auth in [None, Some((USER, "not the password"))] {
+        let denied = exporter.get("/metrics", auth).unwrap();
+        assert_eq!(denied.status, 401, "{auth:?}: {}", denied.body);
+        assert!(!denied.body.contains("tcptrace_"), "{}", denied.body);
+    }
+    let plain = exporter::raw(
+        exporter.listen,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        plain.as_ref().is_none_or(|r| !r.body.contains("tcptrace_")),
+        "{plain:?}"
+    );
     let metrics = exporter.scrape("/metrics").body;
     assert_eq!(
         exporter::sample(
@@ -422,10 +483,17 @@ fn without_bpf_or_perfmon_the_exporter_says_which_capabilities_it_lacks() {
         let code = exporter.container.exit_code(T);
         let logs = exporter.container.logs();
         assert_eq!(code, Some(1), "without {cap}: {logs}");
-        assert!(
-            logs.contains("needs root, or the capabilities CAP_BPF and CAP_PERFMON"),
-            "without {cap}: {logs}"
-        );
+        // Named, with the fix for a container's root, before any bpf() call could fail with a
+        // bare EPERM.
+        for needle in [
+            "needs the capabilities CAP_BPF and CAP_PERFMON".to_string(),
+            format!("this process lacks CAP_{cap}."),
+            "runs as root (uid 0)".to_string(),
+            format!("capabilities.add: [{cap}]"),
+        ] {
+            assert!(logs.contains(&needle), "without {cap}: {needle}: {logs}");
+        }
+        assert!(!logs.contains("os error 1"), "without {cap}: {logs}");
     }
 }
 

@@ -45,7 +45,7 @@ fn without_privileges_the_error_says_what_is_needed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("needs root, or the capabilities CAP_BPF and CAP_PERFMON"),
+        stderr.contains("lacks CAP_BPF and CAP_PERFMON: run it with sudo"),
         "{stderr}"
     );
 }

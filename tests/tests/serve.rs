@@ -13,19 +13,6 @@ use tcptrace_tests::{exporter::*, *};
 
 const T: Duration = Duration::from_secs(30);
 
-/// A server that leaks `n` CLOSE_WAIT sockets, with the leaks in place when this returns.
-fn leaker(n: usize) -> (Proc, u16) {
-    let ip = "127.0.0.1".parse().unwrap();
-    let port = free_port(ip);
-    let addr = SocketAddr::new(ip, port);
-    let (mut srv, _) = server(addr, &["--conns", &n.to_string(), "--on-eof", "leak"]);
-    let mut cli = client(addr, &["--conns", &n.to_string()]);
-    cli.wait_done(T);
-    srv.wait_done(T);
-    cli.finish();
-    (srv, port)
-}
-
 fn ss_close_wait(port: u16) -> usize {
     let out = Command::new("ss")
         .args(["-tanH", "state", "close-wait", &format!("sport = :{port}")])

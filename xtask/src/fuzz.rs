@@ -1,5 +1,8 @@
 //! `cargo xtask fuzz`: the cargo-fuzz targets under tests/fuzz (command-line parsers, the event
-//! decoder, the recording reader), each for a bounded time, on the nightly toolchain.
+//! decoder, the recording reader, and the readers of the kernel's own formats: BTF, sock_diag
+//! replies, tracefs format files), each for a bounded time, on the nightly toolchain.
+//! Targets with seeds in tests/fuzz/seeds/TARGET start from them (real kernel output, so the
+//! fuzzer begins deep in the format); what it finds goes to tests/fuzz/corpus/TARGET.
 //! cargo-fuzz is installed here when missing, for this command only.
 
 use std::fmt::Write as _;
@@ -10,7 +13,15 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, measure, workspace};
 
-pub const TARGETS: [&str; 4] = ["value_parsers", "cli_args", "event_decode", "record_reader"];
+pub const TARGETS: [&str; 7] = [
+    "value_parsers",
+    "cli_args",
+    "event_decode",
+    "record_reader",
+    "btf_sock_offsets",
+    "sock_diag_datagram",
+    "tracefs_format",
+];
 
 pub struct FuzzOptions {
     pub seconds: u64,
@@ -85,9 +96,17 @@ pub fn run(opts: &FuzzOptions) -> Result<()> {
 }
 
 fn fuzz_one(target: &str, seconds: u64) -> Result<Outcome> {
+    let fuzz = workspace::root().join("tests/fuzz");
+    let corpus = fuzz.join("corpus").join(target);
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let seeds = fuzz.join("seeds").join(target);
     let mut c = Command::new("cargo");
     c.current_dir(workspace::root().join("tests"))
-        .args(["+nightly", "fuzz", "run", target, "--"])
+        .args(["+nightly", "fuzz", "run", target])
+        // New inputs go to the first folder; the seeds are only read.
+        .arg(&corpus)
+        .args(seeds.is_dir().then_some(&seeds))
+        .arg("--")
         .arg(format!("-max_total_time={seconds}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::setup::{Mode, Purpose};
+use crate::setup::{Mode, Scope};
 use crate::test::TestOptions;
 use crate::vm::VmOptions;
 
@@ -43,11 +43,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what is missing (Debian packages, bpf-linker), saying what and why.
+    /// Install what is missing (Debian packages, bpf-linker, cargo-deny), saying what and why:
+    /// what building, running, testing and the container image need, or with --run-only what
+    /// building and running need.
     Setup {
         /// Only report what is missing; change nothing.
         #[arg(long)]
         check: bool,
+        /// Only the kernel-program toolchain (what `build` and `run` install), not the test
+        /// tools.
+        #[arg(long)]
+        run_only: bool,
     },
     /// Set up, then build tcptrace (kernel programs included).
     Build {
@@ -114,13 +120,15 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
-    /// Fuzz the command-line parsers, the event decoder and the recording reader with
-    /// cargo-fuzz (nightly), each for a bounded time. Not part of CI.
+    /// Fuzz the command-line parsers, the event decoder, the recording reader and the readers
+    /// of kernel formats (BTF, sock_diag, tracefs) with cargo-fuzz (nightly), each for a bounded
+    /// time. Not part of CI.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (repeatable): value_parsers, cli_args, event_decode, record_reader.
+        /// Only this target (repeatable): value_parsers, cli_args, event_decode, record_reader,
+        /// btf_sock_offsets, sock_diag_datagram, tracefs_format.
         #[arg(long = "target")]
         targets: Vec<String>,
         #[arg(long, default_value = "BENCHMARKS.md")]
@@ -176,36 +184,42 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<ExitCode> {
     match task {
-        Task::Setup { check } => {
-            let mode = if check {
-                Mode::CheckOnly
-            } else {
-                Mode::Install
-            };
-            setup::ensure(mode, Purpose::WithImage)?;
+        Task::Setup { check, run_only } => {
+            setup::ensure(
+                if check {
+                    Mode::CheckOnly
+                } else {
+                    Mode::Install
+                },
+                if run_only {
+                    Scope::Run
+                } else {
+                    Scope::TestWithImage
+                },
+            )?;
         }
         Task::Build { release } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Scope::Run)?;
             tracer::build(release)?;
         }
         Task::Run { debug, args } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Scope::Run)?;
             tracer::build(!debug)?;
             tracer::exec(!debug, &args)?;
         }
         Task::Image { debug } => {
-            setup::ensure(Mode::Install, Purpose::WithImage)?;
+            setup::ensure(Mode::Install, Scope::Image)?;
             let built = image::build(!debug)?;
             println!("{built}");
         }
         Task::Test { no_vm, vm_only, vm } => {
-            // The host tests run the image; the VM run alone does not.
-            let purpose = if vm_only {
-                Purpose::Tracer
+            // The host tests build and run the image; the VM run alone does not.
+            let scope = if vm_only {
+                Scope::Test
             } else {
-                Purpose::WithImage
+                Scope::TestWithImage
             };
-            setup::ensure(Mode::Install, purpose)?;
+            setup::ensure(Mode::Install, scope)?;
             let opts = TestOptions {
                 no_vm,
                 vm_only,
@@ -229,7 +243,7 @@ fn run(task: Task) -> Result<ExitCode> {
             skip_replay,
             output,
         } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             bench::run(&bench::BenchOptions {
                 rounds,
                 seconds,
@@ -241,7 +255,7 @@ fn run(task: Task) -> Result<ExitCode> {
             })?;
         }
         Task::Soak { minutes, output } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             soak::run(&soak::SoakOptions {
                 minutes,
                 output: workspace::root().join(output),
@@ -252,7 +266,7 @@ fn run(task: Task) -> Result<ExitCode> {
             targets,
             output,
         } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             fuzz::run(&fuzz::FuzzOptions {
                 seconds,
                 targets,
@@ -260,7 +274,7 @@ fn run(task: Task) -> Result<ExitCode> {
             })?;
         }
         Task::Vm { vm, test_binaries } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Scope::Test)?;
             let matrix = vm::run(&vm.into_options(test_binaries))?;
             println!("{matrix}");
             if !matrix.ok() {

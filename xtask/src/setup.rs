@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use crate::cmd;
 use crate::requirements::{
     APT_PACKAGES, AptPackage, BPF_LINKER_LLVM_FEATURE, BPF_LINKER_LLVM_PREFIX, BPF_LINKER_VERSION,
-    DEBIAN_RUST_SRC, Need,
+    CARGO_DENY_VERSION, DEBIAN_RUST_SRC, Need, Purpose,
 };
 
 /// Whether setup may change the machine or only reports.
@@ -17,6 +17,40 @@ use crate::requirements::{
 pub enum Mode {
     Install,
     CheckOnly,
+}
+
+/// What the command that calls setup is about to do, and so which packages (by their
+/// `Purpose`) and tools it needs. A command that needs more (bpftrace for `bench`) gets a
+/// variant of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Build and run the tracer (`cargo xtask build`, `run`, `setup --run-only`): the
+    /// kernel-program toolchain only.
+    Run,
+    /// Build the container image (`cargo xtask image`): the toolchain and podman.
+    Image,
+    /// Run tests without the image (`vm`, `test --vm-only`, `bench`, `soak`, `fuzz`): the
+    /// toolchain and the test tools (QEMU, Prometheus, ...).
+    Test,
+    /// The host test suite, which also builds and runs the image and checks the dependencies
+    /// (`test`, and plain `setup`, which prepares the machine for it): everything.
+    TestWithImage,
+}
+
+impl Scope {
+    /// Whether this scope wants the packages that are for `purpose`.
+    pub fn wants(self, purpose: Purpose) -> bool {
+        match purpose {
+            Purpose::Run => true,
+            Purpose::Test => matches!(self, Scope::Test | Scope::TestWithImage),
+            Purpose::Image => matches!(self, Scope::Image | Scope::TestWithImage),
+        }
+    }
+
+    /// Whether it runs `cargo deny` (the host suite's first steps do).
+    fn runs_cargo_deny(self) -> bool {
+        self == Scope::TestWithImage
+    }
 }
 
 /// Which compiler can build `core` for the BPF target.
@@ -33,27 +67,19 @@ enum KernelToolchain {
 struct Plan {
     toolchain: KernelToolchain,
     linker_runs: bool,
+    /// cargo-deny runs, or is not needed (only the host test suite runs it).
+    deny_runs: bool,
     /// Missing packages the build or the tests cannot do without.
     required: Vec<&'static AptPackage>,
     /// Missing packages that are installed only when apt offers them.
     optional: Vec<&'static AptPackage>,
 }
 
-/// What the command that calls setup is going to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// Build and run the tracer, on this host or in the VMs.
-    Tracer,
-    /// Also build the container image and run it (`cargo xtask image`, the host tests, and
-    /// `cargo xtask setup` itself, which prepares the machine for everything).
-    WithImage,
-}
-
-/// Checks every requirement `purpose` has and installs the missing ones (in `Mode::Install`).
-pub fn ensure(mode: Mode, purpose: Purpose) -> Result<()> {
-    let plan = plan(purpose);
+/// Checks every requirement of `scope` and installs the missing ones (in `Mode::Install`).
+pub fn ensure(mode: Mode, scope: Scope) -> Result<()> {
+    let plan = plan(scope);
     plan.report();
-    let complete = plan.required.is_empty() && plan.linker_runs;
+    let complete = plan.required.is_empty() && plan.linker_runs && plan.deny_runs;
     if mode == Mode::CheckOnly {
         if complete {
             eprintln!("setup: all requirements present");
@@ -69,41 +95,50 @@ pub fn ensure(mode: Mode, purpose: Purpose) -> Result<()> {
     if !plan.linker_runs {
         install_bpf_linker()?;
     }
+    if !plan.deny_runs {
+        install_cargo_deny()?;
+    }
     if complete && !installed_packages {
         eprintln!("setup: all requirements present");
     }
     Ok(())
 }
 
-fn plan(purpose: Purpose) -> Plan {
+fn plan(scope: Scope) -> Plan {
     let toolchain = match nightly_rust_src() {
         Some(src) => KernelToolchain::NightlyRustSrc(src),
         None => KernelToolchain::Debian,
     };
     let linker_runs = bpf_linker_runs();
-    let debian_toolchain = matches!(toolchain, KernelToolchain::Debian);
-    let wanted = APT_PACKAGES
-        .iter()
-        .filter(|p| needed(p.need, debian_toolchain, linker_runs, purpose));
-    let (optional, required) = wanted
+    let debian = matches!(toolchain, KernelToolchain::Debian);
+    let (optional, required) = wanted(APT_PACKAGES, scope, debian, linker_runs)
         .filter(|p| !dpkg_installed(p.name))
         .partition(|p| p.need == Need::IfAvailable);
     Plan {
         toolchain,
         linker_runs,
+        deny_runs: !scope.runs_cargo_deny() || cargo_deny_runs(),
         required,
         optional,
     }
 }
 
-/// Whether a package with `need` is wanted on this machine for `purpose`.
-fn needed(need: Need, debian_toolchain: bool, linker_runs: bool, purpose: Purpose) -> bool {
-    match need {
-        Need::Always | Need::IfAvailable => true,
-        Need::WithoutNightlyRustSrc => debian_toolchain,
-        Need::ToBuildBpfLinker => !linker_runs,
-        Need::ForImage => purpose == Purpose::WithImage,
-    }
+/// The packages `scope` needs on a machine whose kernel toolchain is Debian's (`debian`) or
+/// rustup's nightly, and whose bpf-linker runs or not; installed or not.
+fn wanted(
+    packages: &'static [AptPackage],
+    scope: Scope,
+    debian: bool,
+    linker_runs: bool,
+) -> impl Iterator<Item = &'static AptPackage> {
+    packages
+        .iter()
+        .filter(move |p| scope.wants(p.purpose))
+        .filter(move |p| match p.need {
+            Need::Always | Need::IfAvailable => true,
+            Need::WithoutNightlyRustSrc => debian,
+            Need::ToBuildBpfLinker => !linker_runs,
+        })
 }
 
 impl Plan {
@@ -120,12 +155,24 @@ impl Plan {
             ),
         }
         for p in &self.required {
-            eprintln!("setup: missing Debian package {}: {}", p.name, p.why);
+            eprintln!(
+                "setup: missing Debian package {} (for {}): {}",
+                p.name,
+                p.purpose.name(),
+                p.why
+            );
         }
         for p in &self.optional {
             eprintln!(
                 "setup: missing optional Debian package {}: {}",
                 p.name, p.why
+            );
+        }
+        if !self.deny_runs {
+            eprintln!(
+                "setup: missing cargo-deny {CARGO_DENY_VERSION} (for test): `cargo xtask test` \
+                 checks dependency licenses, bans and sources with it (`cargo deny --version` \
+                 fails)"
             );
         }
         if !self.linker_runs {
@@ -233,6 +280,29 @@ fn install_bpf_linker() -> Result<()> {
     Ok(())
 }
 
+fn cargo_deny_runs() -> bool {
+    cmd::succeeds(Command::new("cargo-deny").arg("--version"))
+}
+
+fn install_cargo_deny() -> Result<()> {
+    cmd::run(
+        Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+            "--locked",
+        ]),
+    )?;
+    if !cargo_deny_runs() {
+        bail!(
+            "setup: cargo-deny was installed but `cargo-deny --version` still fails; is {} on PATH?",
+            cargo_bin_dir().display()
+        );
+    }
+    Ok(())
+}
+
 /// Where `cargo install` puts binaries.
 pub fn cargo_bin_dir() -> PathBuf {
     match env::var_os("CARGO_HOME") {
@@ -267,16 +337,90 @@ fn apt_get() -> Command {
 mod tests {
     use super::*;
 
+    fn names(scope: Scope, debian: bool, linker_runs: bool) -> Vec<&'static str> {
+        wanted(APT_PACKAGES, scope, debian, linker_runs)
+            .map(|p| p.name)
+            .collect()
+    }
+
+    #[test]
+    fn running_installs_only_the_kernel_program_toolchain() {
+        assert_eq!(
+            names(Scope::Run, true, false),
+            ["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"]
+        );
+        // rustup's nightly with rust-src and a working bpf-linker: nothing at all.
+        assert!(names(Scope::Run, false, true).is_empty());
+        assert!(!Scope::Run.runs_cargo_deny());
+    }
+
+    #[test]
+    fn testing_installs_the_test_tools_too() {
+        for scope in [Scope::Test, Scope::TestWithImage] {
+            let all = names(scope, true, true);
+            for p in [
+                "qemu-system-x86",
+                "chromium",
+                "prometheus",
+                "iproute2",
+                "bpftool",
+            ] {
+                assert!(all.contains(&p), "{p} in {all:?} for {scope:?}");
+                assert!(!names(Scope::Run, true, true).contains(&p), "{p} for run");
+                assert!(
+                    !names(Scope::Image, true, true).contains(&p),
+                    "{p} for image"
+                );
+            }
+        }
+        // cargo deny runs before the host tests only.
+        assert!(Scope::TestWithImage.runs_cargo_deny());
+        assert!(!Scope::Test.runs_cargo_deny());
+    }
+
     #[test]
     fn podman_is_installed_only_for_the_image_and_the_tests_that_run_it() {
         let for_image: Vec<&str> = APT_PACKAGES
             .iter()
-            .filter(|p| p.need == Need::ForImage)
+            .filter(|p| p.purpose == Purpose::Image)
             .map(|p| p.name)
             .collect();
         assert_eq!(for_image, ["podman", "runc"]);
-        assert!(needed(Need::ForImage, true, true, Purpose::WithImage));
-        assert!(!needed(Need::ForImage, true, true, Purpose::Tracer));
-        assert!(needed(Need::Always, false, true, Purpose::Tracer));
+        for (scope, wanted) in [
+            (Scope::Run, false),
+            (Scope::Test, false),
+            (Scope::Image, true),
+            (Scope::TestWithImage, true),
+        ] {
+            let names = names(scope, false, true);
+            for p in &for_image {
+                assert_eq!(names.contains(p), wanted, "{p} for {scope:?}: {names:?}");
+            }
+        }
+        // The image is built from the tracer: its toolchain comes along.
+        assert!(names(Scope::Image, true, false).contains(&"llvm-22-dev"));
+    }
+
+    /// The README's "Debian packages" table lists every package of `APT_PACKAGES`, in order,
+    /// with what it is for.
+    #[test]
+    fn the_readme_setup_table_matches_the_requirements() {
+        let readme = std::fs::read_to_string(crate::workspace::root().join("README.md")).unwrap();
+        let rows: Vec<(String, String)> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("### Debian packages"))
+            .skip_while(|l| !l.starts_with("| package"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`').to_string(), cells[2].to_string())
+            })
+            .collect();
+        let want: Vec<(String, String)> = APT_PACKAGES
+            .iter()
+            .map(|p| (p.name.to_string(), p.purpose.name().to_string()))
+            .collect();
+        assert_eq!(rows, want);
     }
 }

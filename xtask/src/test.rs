@@ -1,4 +1,5 @@
-//! `cargo xtask test`: formatting, lints, the host test suite, then the VM run.
+//! `cargo xtask test`: formatting, dependency checks (cargo deny), lints, the host test suite,
+//! then the VM run.
 
 use std::fmt;
 use std::io::{BufRead, BufReader};
@@ -61,6 +62,11 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
     if !opts.vm_only {
         if !passes(workspace::cargo().args(["fmt", "--all", "--", "--check"])) {
             failed_steps.push("cargo fmt --check".to_string());
+        }
+        // Licenses, bans and sources (deny.toml); not advisories, whose database is on GitHub,
+        // which this project's machines cannot reach.
+        if !passes(workspace::cargo().args(["deny", "check", "bans", "licenses", "sources"])) {
+            failed_steps.push("cargo deny check".to_string());
         }
         let mut clippy = workspace::cargo();
         clippy

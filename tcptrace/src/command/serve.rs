@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     cli::ServeArgs,
-    export::{Overrides, ServeConfig, answer, http},
+    export::{Overrides, ServeConfig, WebConfigSource, answer, http, web_config},
     session::{NoSink, Session},
 };
 
@@ -27,18 +27,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!("tcptrace: serving http://{addr}/metrics, /report.json and /healthz");
-    if !addr.ip().is_loopback() {
-        eprintln!(
-            "tcptrace: {addr} is not a loopback address: anyone who can reach it can read the \
-             process names, ports and peers in the metrics"
-        );
+    let web = args
+        .web_config_file
+        .as_deref()
+        .map(WebConfigSource::load)
+        .transpose()?;
+    for line in web_config::notices(addr, web.as_ref().map(|w| &*w.1)) {
+        eprintln!("tcptrace: {line}");
     }
     let mut session = Session::start(&args.probe.options(), &args.filter.to_filters())?;
     let (requests_tx, requests) = mpsc::channel(64);
     let (queries_tx, queries) = mpsc::channel(64);
     session.answer_queries(queries);
-    let server = tokio::spawn(http::serve(listener, requests_tx, cfg.max_connections));
+    let server = tokio::spawn(http::serve(
+        listener,
+        requests_tx,
+        cfg.max_connections,
+        web.map(|w| w.0),
+    ));
     let forward = tokio::spawn(answer::forward(requests, queries_tx, cfg.limits));
     let res = session.run(&mut NoSink, args.duration).await;
     server.abort();

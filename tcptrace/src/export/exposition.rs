@@ -4,9 +4,13 @@
 //! Written by hand because the document is rebuilt from the socket table on every scrape: there
 //! is no registry of long-lived metric objects to keep in step. The escaping rules are the
 //! format's (<https://prometheus.io/docs/instrumenting/exposition_formats/>): in label values
-//! `\`, `"` and newline are escaped; in HELP text `\` and newline.
+//! `\`, `"` and newline are escaped; in HELP text `\` and newline. The format has no escape
+//! for other control characters, and `curl /metrics` in a terminal is a common way to read it:
+//! in label values (process names) they become `?`, as in the text views.
 
 use std::fmt::Write as _;
+
+use crate::view::sanitize::{REPLACEMENT, is_inert};
 
 /// The `Content-Type` of the document.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -130,6 +134,7 @@ fn escape_label_into(out: &mut String, v: &str) {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
+            c if !is_inert(c) => out.push(REPLACEMENT),
             c => out.push(c),
         }
     }
@@ -164,7 +169,11 @@ mod tests {
     fn families_samples_and_escaping() {
         let mut e = Exposition::new();
         e.family("t_sockets", Kind::Gauge, "Sockets.\nSecond \\ line.");
-        e.sample("t_sockets", &[("comm", "a\"b\\c\nd"), ("pid", "1")], 3);
+        e.sample(
+            "t_sockets",
+            &[("comm", "a\"b\\c\nd\x1b[2J\x07"), ("pid", "1")],
+            3,
+        );
         e.sample("t_sockets", &[], 0);
         e.sample_f64("t_ratio", &[], 0.25);
         e.sample_f64("t_ratio", &[], f64::INFINITY);
@@ -172,7 +181,7 @@ mod tests {
         assert_eq!(
             e.finish(),
             "# HELP t_sockets Sockets.\\nSecond \\\\ line.\n# TYPE t_sockets gauge\n\
-             t_sockets{comm=\"a\\\"b\\\\c\\nd\",pid=\"1\"} 3\n\
+             t_sockets{comm=\"a\\\"b\\\\c\\nd?[2J?\",pid=\"1\"} 3\n\
              t_sockets 0\nt_ratio 0.25\nt_ratio +Inf\nt_ratio NaN\n"
         );
     }

@@ -8,6 +8,11 @@
 //! answers 431 or 400 past that or on garbage), a client has 5 s to send its head, bodies are
 //! never read, and at most `max_connections` connections are open at once (more are closed on
 //! accept).
+//!
+//! With `--web.config.file` (see [`super::web_config`]) connections are TLS only (a client has
+//! the same 5 s to finish its handshake), and every path but `/healthz` needs the basic
+//! authentication of a configured user: 401 otherwise. `/healthz` answers only `ok`, and stays
+//! open so that liveness probes need no credentials.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,10 +22,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode, body::Incoming, header, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::auth::{self, Verified};
 use super::exposition::CONTENT_TYPE;
+use super::web_config::{WebConfig, WebConfigSource};
 
 /// What a handler asks the event loop for.
 #[derive(Debug)]
@@ -40,9 +48,15 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the event loop may take to answer before the handler gives up with 503.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, loop_tx: mpsc::Sender<Request>, max_connections: usize) {
+/// Accepts connections until the task is dropped. `web` is the `--web.config.file`, if given.
+pub async fn serve(
+    listener: TcpListener,
+    loop_tx: mpsc::Sender<Request>,
+    max_connections: usize,
+    web: Option<WebConfigSource>,
+) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let verified = Arc::new(Verified::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -58,20 +72,72 @@ pub async fn serve(listener: TcpListener, loop_tx: mpsc::Sender<Request>, max_co
             drop(stream);
             continue;
         };
+        let config = match web.as_ref().map(WebConfigSource::current).transpose() {
+            Ok(c) => c,
+            // Logged when the file was read; nothing is served until it is fixed.
+            Err(_) => continue,
+        };
         let tx = loop_tx.clone();
+        let verified = verified.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, tx.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            let tls = config.as_ref().and_then(|c| c.tls.clone());
+            let result = match tls {
+                None => connection(stream, tx, config, verified).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, tx, config, verified).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                        Err(_) => Err("TLS handshake: timed out".into()),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 log::debug!("connection from {peer}: {e}");
             }
             drop(permit);
         });
     }
+}
+
+/// Serves HTTP/1.1 on one connection, plain or TLS.
+async fn connection<S>(
+    stream: S,
+    tx: mpsc::Sender<Request>,
+    config: Option<Arc<WebConfig>>,
+    verified: Arc<Verified>,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let (tx, config, verified) = (tx.clone(), config.clone(), verified.clone());
+        async move {
+            if let Some(c) = &config
+                && req.uri().path() != "/healthz"
+                && !auth::allowed(c, &verified, req.headers().get(header::AUTHORIZATION)).await
+            {
+                return Ok(unauthorized());
+            }
+            handle(req, tx).await
+        }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn unauthorized() -> Reply {
+    let mut r = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"tcptrace\""),
+    );
+    r
 }
 
 type Reply = Response<Full<Bytes>>;

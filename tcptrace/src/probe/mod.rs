@@ -6,6 +6,7 @@ pub mod counting;
 pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
+pub mod privilege;
 pub mod reader;
 mod ring_fill;
 pub mod stats;
@@ -127,13 +128,8 @@ pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "tcptrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE \
-         and CAP_DAC_READ_SEARCH to name the owners of sockets older than tcptrace), and this \
-         process lacks them: run it with sudo, or, in a container (whose root has only the \
-         capabilities it was given), add them (see deploy/README.md)"
-    )]
-    NoPrivilege,
+    #[error("{0}")]
+    MissingCapabilities(privilege::Missing),
     #[error(
         "this kernel has no sock:inet_sock_set_state tracepoint (added in Linux 4.16); \
          tcptrace cannot trace TCP state changes here"
@@ -657,27 +653,17 @@ fn page_size() -> u32 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u32 }
 }
 
-/// CAP_BPF + CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN, in the effective set. Read even for
-/// uid 0: a container's root has only the capabilities the runtime gave it, and without this
-/// check the first bpf() call would fail with a bare EPERM.
+/// CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set, whatever the uid; warns
+/// about the capabilities that naming owners needs.
 fn check_privileges() -> Result<(), ProbeError> {
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    const CAP_SYS_ADMIN: u32 = 21;
-    let eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0);
-    let has = |c: u32| eff & (1u64 << c) != 0;
-    if (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN) {
-        Ok(())
-    } else {
-        Err(ProbeError::NoPrivilege)
+    let Some(p) = privilege::Privileges::current() else {
+        return Ok(());
+    };
+    p.check()?;
+    for (cap, without) in p.recommended_missing() {
+        log::warn!("without {cap} in the effective set, {without}");
     }
+    Ok(())
 }
 
 #[cfg(test)]

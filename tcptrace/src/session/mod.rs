@@ -210,15 +210,17 @@ impl Session {
 
     /// A session read from a recording.
     fn replay(path: &std::path::Path, speed: Speed, filters: &Filters) -> anyhow::Result<Session> {
+        use crate::view::sanitize::printable;
         let file = FileSource::open(path, speed)?;
         let h = &file.header;
         eprintln!(
             "tcptrace: replaying {} recorded on {} (kernel {}, hook {}) by tcptrace {}",
             path.display(),
-            h.hostname,
-            h.kernel_release,
-            h.hook,
-            h.tcptrace_version
+            // What the file says, which may be anything.
+            printable(&h.hostname),
+            printable(&h.kernel_release),
+            printable(&h.hook),
+            printable(&h.tcptrace_version)
         );
         let origin = Origin {
             host: h.hostname.clone(),

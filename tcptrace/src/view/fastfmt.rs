@@ -38,6 +38,38 @@ pub fn push_left_fixed<const N: usize>(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// [`push_left_fixed`] for text a process chose (its comm), at most 16 columns: characters a
+/// terminal would act on become `?` (see [`super::sanitize`]). The usual name, printable ASCII
+/// that fits, is checked as one 128-bit word (no loop over its bytes) in the same padded copy
+/// that is appended, so this costs what `push_left_fixed` does.
+#[inline]
+pub fn push_printable_left_fixed<const N: usize>(buf: &mut Vec<u8>, s: &str) {
+    const { assert!(N <= 16) };
+    let bytes = s.as_bytes();
+    if bytes.len() <= N {
+        let mut a = [b' '; 16];
+        a[..bytes.len()].copy_from_slice(bytes);
+        if all_printable_ascii(u128::from_ne_bytes(a)) {
+            buf.extend_from_slice(&a[..N]);
+            return;
+        }
+    }
+    push_left(buf, &super::sanitize::printable(s), N);
+}
+
+/// Every byte of `x` is printable ASCII (0x20..=0x7e). Bit tricks from "Bit Twiddling Hacks"
+/// (`hasless`, `hasmore`), exact as a yes/no answer for these bounds: a byte below 0x20 borrows
+/// into its own high bit, a byte above 0x7e (or with its high bit set) carries into or has it.
+#[inline]
+fn all_printable_ascii(x: u128) -> bool {
+    const ONES: u128 = u128::MAX / 255;
+    const HIGH: u128 = ONES * 0x80;
+    let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    // 0x7f - 0x7e = 1 per byte.
+    let above_tilde = (x.wrapping_add(ONES) | x) & HIGH;
+    below_space | above_tilde == 0
+}
+
 #[inline]
 fn char_count(s: &str) -> usize {
     if s.is_ascii() {
@@ -456,6 +488,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_word_check_agrees_with_the_byte_check() {
+        // Every byte value at every position, among printable neighbours.
+        for pos in 0..16 {
+            for b in 0..=255u8 {
+                let mut a = [b'a'; 16];
+                a[pos] = b;
+                let want = a.iter().all(|c| (0x20..0x7f).contains(c));
+                assert_eq!(
+                    all_printable_ascii(u128::from_ne_bytes(a)),
+                    want,
+                    "{b:#x} at {pos}"
+                );
+            }
+        }
+        let mut v = Vec::new();
+        push_printable_left_fixed::<15>(&mut v, "\x1b[2Jevil\x07");
+        push_printable_left_fixed::<15>(&mut v, "nginx");
+        assert_eq!(v, b"?[2Jevil?      nginx          ");
     }
 
     #[test]

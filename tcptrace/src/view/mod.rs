@@ -4,6 +4,7 @@ pub mod diagnose;
 pub mod fastfmt;
 pub mod loss;
 pub mod report;
+pub mod sanitize;
 pub mod table;
 pub mod top;
 pub mod trace;

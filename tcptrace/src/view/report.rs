@@ -75,7 +75,12 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
     let _ = writeln!(
         out,
         "tcptrace report: {:.1}s observed on {} (kernel {}), hook {}, TIME_WAIT {}",
-        s.window_s, doc.host, doc.kernel, doc.hook, s.timewait_method
+        s.window_s,
+        // A replayed recording says what they were: the file may come from anywhere.
+        printable(&doc.host),
+        printable(&doc.kernel),
+        printable(&doc.hook),
+        s.timewait_method
     );
     let c = &s.corrections;
     if let Some(o) = &doc.overload {

@@ -1,5 +1,7 @@
 //! Plain aligned text tables, shared by `report` and `top`.
 
+use super::sanitize::printable_owned;
+
 /// Column alignment.
 #[derive(Clone, Copy)]
 pub enum Align {
@@ -20,8 +22,11 @@ impl Table {
         }
     }
 
+    /// Adds a row; control characters in any cell are neutralised (cells may hold process
+    /// names and other text that processes choose).
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(printable_owned).collect());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,9 +93,7 @@ pub fn rate(per_s: f64) -> String {
 /// Replaces control characters in attacker-controlled strings (comm is set by the process
 /// itself) so they cannot move the cursor or rewrite the terminal.
 pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    super::sanitize::printable(s).into_owned()
 }
 
 #[cfg(test)]
@@ -114,7 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_neutralised() {
-        assert_eq!(printable("a\x1b[2Jb\n"), "a?[2Jb?");
+    fn cells_are_neutralised() {
+        let mut t = Table::new(&[("COMM", Align::Left)]);
+        t.row(vec!["\x1b[2Jevil\x07".into()]);
+        assert_eq!(t.render(), "COMM\n?[2Jevil?\n");
     }
 }

@@ -10,7 +10,8 @@ use tcptrace_common::TcpState;
 
 use super::fastfmt::{
     push_ip, push_json_f64, push_json_plain, push_json_str, push_left_fixed, push_ms3_right,
-    push_right, push_socket_addr_left, push_spaces, push_u64, push_zero_padded,
+    push_printable_left_fixed, push_right, push_socket_addr_left, push_spaces, push_u64,
+    push_zero_padded,
 };
 use crate::{clock::WallClock, event::Event};
 
@@ -94,7 +95,8 @@ impl<W: Write> TextWriter<W> {
                 let mut ib = itoa::Buffer::new();
                 push_right(b, ib.format(*pid), 7);
                 b.push(b' ');
-                push_left_fixed::<15>(b, comm);
+                // The process named itself: no terminal controls from it reach the screen.
+                push_printable_left_fixed::<15>(b, comm);
             }
             None => {
                 b.extend_from_slice(b"      - -              ");
@@ -385,16 +387,45 @@ mod tests {
     }
 
     #[test]
+    fn text_line_neutralises_terminal_controls_in_comm() {
+        let e = ev();
+        let mut buf = Vec::new();
+        let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
+        for comm in ["\x1b[2Jevil\x07", "\u{9b}2Jlonger-than-15-\x1b"] {
+            let line = TraceLine {
+                local: e.local,
+                remote: e.remote,
+                event: e.clone(),
+                old: TcpState::Established,
+                new: TcpState::CloseWait,
+                owner: Some((7, comm.into())),
+                owner_cgroup: 0,
+                owner_method: Some("listener"),
+                dwell_ns: None,
+                note: None,
+            };
+            w.line(&line).unwrap();
+        }
+        let s = String::from_utf8(buf).unwrap();
+        assert!(!s.chars().any(|c| c.is_control() && c != '\n'), "{s:?}");
+        assert!(s.contains("      7 ?[2Jevil?       [::1]:8080"), "{s:?}");
+        assert!(
+            s.contains("      7 ?2Jlonger-than-15-? [::1]:8080"),
+            "{s:?}"
+        );
+    }
+
+    #[test]
     fn json_line_is_typed_and_escapes_comm() {
         let mut e = ev();
-        e.task.comm = "evil\"\n{".into();
+        e.task.comm = "evil\"\n{\x1b[2J\x07".into();
         let line = TraceLine {
             local: e.local,
             remote: e.remote,
             event: e,
             old: TcpState::Established,
             new: TcpState::CloseWait,
-            owner: Some((7, "a\"b".into())),
+            owner: Some((7, "a\"b\x1b]0;title\x07".into())),
             owner_cgroup: 0,
             owner_method: Some("listener"),
             dwell_ns: None,
@@ -404,10 +435,12 @@ mod tests {
         write_json(&mut buf, &line, &WallClock::with_offset_ns(0)).unwrap();
         let s = String::from_utf8(buf).unwrap();
         assert_eq!(s.lines().count(), 1);
+        // Escaped as \u001b and \u0007: no control byte reaches the terminal.
+        assert!(!s.trim_end().bytes().any(|b| b < 0x20), "{s:?}");
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["pid"], 7);
-        assert_eq!(v["comm"], "a\"b");
-        assert_eq!(v["task_comm"], "evil\"\n{");
+        assert_eq!(v["comm"], "a\"b\x1b]0;title\x07");
+        assert_eq!(v["task_comm"], "evil\"\n{\x1b[2J\x07");
         assert_eq!(v["dwell_ms"], serde_json::Value::Null);
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["lport"], 8080);

@@ -9,6 +9,9 @@
 //! tcpscenario simclose --bind ADDR:PORT
 //! tcpscenario free-port --bind IP:0 [--conns N]
 //! ```
+//! Any role takes `--comm NAME` first: the process renames itself with `prctl(PR_SET_NAME)`
+//! before anything else (at most 15 bytes, as the kernel keeps them), as any unprivileged
+//! process can; the tests give it names made of terminal control sequences.
 //! `free-port` prints N ports (one per line) that a server can bind on IP, picked as the
 //! integration tests pick theirs (`tcptrace_tests::free_port`), and exits: for the soak, whose
 //! `--port` filter must match only its own sockets.
@@ -62,6 +65,12 @@ fn main() {
         bind_ip: None,
     };
     let mut it = args.iter().skip(1);
+    if args.get(1).map(String::as_str) == Some("--comm") {
+        let name = args.get(2).expect("--comm NAME");
+        set_comm(name);
+        it.next();
+        it.next();
+    }
     let ms = |v: Option<&String>| Duration::from_millis(v.expect("value").parse().expect("ms"));
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -95,6 +104,19 @@ fn main() {
     let mut sink = String::new();
     let _ = std::io::stdin().lock().read_line(&mut sink);
     drop(kept);
+}
+
+/// Renames the calling thread, whose name every thread it starts inherits.
+fn set_comm(name: &str) {
+    let c = std::ffi::CString::new(name).expect("no NUL in the name");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of which the kernel copies 15 bytes.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    assert_eq!(
+        rc,
+        0,
+        "prctl(PR_SET_NAME): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn server(o: &Opts) -> Vec<TcpStream> {

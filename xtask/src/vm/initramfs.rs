@@ -233,10 +233,21 @@ fn write_etc(staging: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Tests that do not depend on the kernel and need a program the guest cannot carry: they run
-/// on the host only. A headless Chromium (hundreds of MiB of libraries) renders `diagnose
-/// --html`; the page is the same whatever kernel produced the report.
-const HOST_ONLY: &[&str] = &["html_report_renders_in_headless_chromium"];
+/// Tests that do not depend on the kernel and need a program the guest cannot carry, or more
+/// CPU than a 2-vCPU TCG guest has: they run on the host only.
+/// - A headless Chromium (hundreds of MiB of libraries) renders `diagnose --html`; the page is
+///   the same whatever kernel produced the report.
+/// - Nine tracers at once render a hostile process name in every view: in the 6.1 guest the
+///   sixth did not attach within 60 s. What they check (escaping) is the same on any kernel.
+/// - A real Prometheus scraping over TLS with client certificates and bcrypt-checked passwords
+///   in five jobs: in the 6.1 guest every scrape overran its 5 s timeout. The kernel-dependent
+///   part (the CLOSE_WAIT count scraped) runs there in `serve`'s plain-HTTP Prometheus test, and
+///   the TLS refusals in `clients_without_credentials_or_with_a_bad_certificate_are_refused`.
+const HOST_ONLY: &[&str] = &[
+    "html_report_renders_in_headless_chromium",
+    "a_process_named_with_escape_sequences_is_inert_in_every_view",
+    "prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth",
+];
 
 /// The guest's /init: mount what tcptrace reads, bring up loopback, run every test binary with a
 /// marker line around it, power off.

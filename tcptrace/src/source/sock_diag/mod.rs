@@ -180,8 +180,9 @@ fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + INET_DIAG_REQ_V2_LE
     req
 }
 
+/// Whether a dump goes on after a datagram.
 #[derive(Debug, PartialEq, Eq)]
-enum Flow {
+pub enum Flow {
     More,
     Done,
 }
@@ -190,7 +191,7 @@ enum Flow {
 ///
 /// Messages with another sequence number (a stale reply) are skipped. A header whose length does
 /// not fit the datagram stops parsing with an error: nothing after it can be located.
-fn parse_datagram(
+pub fn parse_datagram(
     mut data: &[u8],
     seq: u32,
     netns: u32,
@@ -222,7 +223,12 @@ fn parse_datagram(
                 if payload.len() >= 4 {
                     let status = ne_u32(payload, 0) as i32;
                     if status < 0 {
-                        return Err(SockDiagError::Kernel(io::Error::from_raw_os_error(-status)));
+                        // Saturating: a status of i32::MIN (no errno, but a reply could say
+                        // it) has no positive counterpart. Found by the sock_diag_datagram
+                        // fuzz target.
+                        return Err(SockDiagError::Kernel(io::Error::from_raw_os_error(
+                            status.saturating_neg(),
+                        )));
                     }
                 }
                 return Ok(Flow::Done);

@@ -14,7 +14,7 @@ pub fn markdown(doc: &DiagnoseDoc<'_>) -> String {
         md_escape(&doc.host),
         doc.window_s,
         md_escape(&doc.kernel),
-        doc.hook,
+        md_escape(&doc.hook),
         utc(doc.generated_at),
         doc.lost_events
     );

@@ -16,6 +16,7 @@ pub use text::text;
 
 use crate::aggregate::Summary;
 use crate::diagnose::{Finding, HostFacts, Timeline};
+use crate::view::sanitize::{REPLACEMENT, is_inert};
 
 /// The `diagnose --json` document.
 #[derive(Serialize)]
@@ -62,7 +63,7 @@ pub fn html_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() => out.push('?'),
+            c if !is_inert(c) => out.push(REPLACEMENT),
             c => out.push(c),
         }
     }
@@ -83,7 +84,7 @@ pub fn md_escape(s: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
-            c if c.is_control() => out.push('?'),
+            c if !is_inert(c) => out.push(REPLACEMENT),
             c => out.push(c),
         }
     }

@@ -38,8 +38,8 @@ pub fn text(doc: &DiagnoseDoc<'_>, use_colour: bool) -> String {
         "tcptrace diagnose: {:.1}s observed on {} (kernel {}), hook {}; lost events: {}",
         doc.window_s,
         printable(&doc.host),
-        doc.kernel,
-        doc.hook,
+        printable(&doc.kernel),
+        printable(&doc.hook),
         doc.lost_events
     );
     if doc.findings.is_empty() {
@@ -69,7 +69,7 @@ fn finding(out: &mut String, n: usize, f: &Finding, use_colour: bool) {
         let _ = writeln!(out, "   Local ports: {}", ports.join(", "));
     }
     if !f.who.peers.is_empty() {
-        let _ = writeln!(out, "   Peers: {}", f.who.peers.join(", "));
+        let _ = writeln!(out, "   Peers: {}", printable(&f.who.peers.join(", ")));
     }
     if let Some(s) = f.since_unix {
         let _ = writeln!(out, "   Since: {}", utc(s));
@@ -81,17 +81,23 @@ fn finding(out: &mut String, n: usize, f: &Finding, use_colour: bool) {
         }
         out.push('\n');
     }
-    let _ = writeln!(out, "   Why:  {}", f.why);
+    // Every text of a finding may quote process names (a fix names the leakers).
+    let _ = writeln!(out, "   Why:  {}", printable(&f.why));
     for (i, fix) in f.fix.iter().enumerate() {
-        let _ = writeln!(out, "   {} {fix}", if i == 0 { "Fix: " } else { "     " });
+        let _ = writeln!(
+            out,
+            "   {} {}",
+            if i == 0 { "Fix: " } else { "     " },
+            printable(fix)
+        );
     }
     for k in &f.knobs {
         let _ = writeln!(
             out,
             "   Knob: {} (now {}): {}",
             k.sysctl,
-            k.current.as_deref().unwrap_or("?"),
-            k.advice
+            printable(k.current.as_deref().unwrap_or("?")),
+            printable(&k.advice)
         );
     }
 }

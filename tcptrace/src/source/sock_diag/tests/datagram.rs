@@ -158,6 +158,18 @@ fn kernel_errors_surface_with_their_errno() {
     }
 }
 
+/// The fuzzer's find (tests/fuzz, sock_diag_datagram): negating this status overflowed.
+#[test]
+fn the_most_negative_status_is_an_error_not_an_overflow() {
+    for kind in [NLMSG_DONE, NLMSG_ERROR] {
+        let (flow, _) = parse(&nlmsg(kind, 1, &i32::MIN.to_ne_bytes()));
+        match flow {
+            Err(SockDiagError::Kernel(e)) => assert_eq!(e.raw_os_error(), Some(i32::MAX)),
+            other => panic!("expected a kernel error, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn unknown_family_or_state_is_skipped_not_fatal() {
     let mut bad_family = Row::v4(TcpState::Listen);
