@@ -26,7 +26,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
         net_ns_inum: 0,
         sk_protocol: 0,
         sk_protocol_size: 0,
-        _pad: 0,
+        sk_err: 0,
     },
     family: 0,
     port_filter: 0,
@@ -50,7 +50,8 @@ static CONFIG: ProbeConfig = ProbeConfig {
     },
     tp_reset_rx: EMPTY_RESET_LAYOUT,
     tp_reset_tx: EMPTY_RESET_LAYOUT,
-    _pad: 0,
+    summary: 0,
+    _pad: [0; 3],
     tw_timer: TwTimerConfig {
         handler: 0,
         tw_timer: 0,
@@ -127,14 +128,21 @@ pub fn counting_mode() -> bool {
 #[inline(always)]
 pub fn count_transition(old: u8, new: u8) {
     if let Some(p) = TRANSITIONS.get_ptr_mut(transition_slot(old, new)) {
-        add_one(p);
+        add_n(p, 1);
     }
 }
 
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c.slot()) {
-        add_one(p);
+        add_n(p, 1);
+    }
+}
+
+#[inline(always)]
+pub fn add(c: Counter, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c.slot()) {
+        add_n(p, n);
     }
 }
 
@@ -147,17 +155,17 @@ pub fn count(c: Counter) {
 /// atomics are not offered on it, but the plain atomic add (without fetch) is accepted by every
 /// kernel that runs BPF.
 #[inline(always)]
-fn add_one(p: *mut u64) {
+fn add_n(p: *mut u64, n: u64) {
     #[cfg(target_arch = "bpf")]
     // SAFETY: `p` points into a map value, valid and 8-byte aligned while the program runs.
     unsafe {
         core::arch::asm!(
-            "lock *(u64 *)({p} + 0) += {one}",
+            "lock *(u64 *)({p} + 0) += {n}",
             p = in(reg) p,
-            one = in(reg) 1u64,
+            n = in(reg) n,
             options(nostack)
         );
     }
     #[cfg(not(target_arch = "bpf"))]
-    let _ = p;
+    let _ = (p, n);
 }

@@ -16,7 +16,7 @@ use tcptrace_common::{
     event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
 };
 
-use crate::{config::config, emit, record, sock};
+use crate::{config::config, emit, record, sock, summary};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -47,6 +47,10 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
     let cfg = config();
     if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
         return 0;
+    }
+    if cfg.summary != 0 && dir == Direction::Received {
+        // The socket's close record will say it was a RST (`tcp_reset` calls `tcp_done` next).
+        summary::reset_received(sk_btf);
     }
     let mut ev = RawEvent::zeroed();
     sock::fill_endpoints(sk, &cfg.offsets, &mut ev);

@@ -17,7 +17,7 @@ use tcptrace_common::{
 
 use crate::{
     config::{Counter, config, count},
-    emit, record, sock,
+    emit, record, sock, summary,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,34 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr_u64()) }) else {
         return 0;
     };
+    let cfg = config();
+    if cfg.summary != 0 && summary::follows(old as u8, new as u8) {
+        // Keyed on the socket's address alone: no cookie helper per transition.
+        let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
+        let Some(last) = LAST.get_ptr_mut(0) else {
+            return 0;
+        };
+        match role {
+            // SAFETY: per-CPU slot of this program.
+            Role::Primary => unsafe { *last = LastSeen { cookie: sk, states } },
+            Role::Backup => {
+                // SAFETY: per-CPU slot; a torn read is impossible on one CPU between programs.
+                let seen = unsafe { *last };
+                if seen.cookie == sk && seen.states == states {
+                    return 0;
+                }
+            }
+        }
+        summary::on_transition(
+            sk_btf,
+            sk,
+            old as u8,
+            new as u8,
+            &cfg,
+            role == Role::Backup,
+        );
+        return 0;
+    }
     // An accepted child reports LISTEN->SYN_RECV from inet_csk_clone_lock() before the kernel
     // copies the request socket's cookie into it (up to at least 6.1), so a cookie generated
     // now would be overwritten. That event is keyed by address; userspace ties it to the cookie
@@ -82,7 +110,6 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
             }
         }
     }
-    let cfg = config();
     if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
         if role == Role::Backup {
             // A run the primary missed, but of a socket we never report: not a lost event.

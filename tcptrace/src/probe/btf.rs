@@ -93,7 +93,11 @@ pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
         net_ns_inum: exact(btf.field("net", &["ns", "inum"])?, 4)?,
         sk_protocol,
         sk_protocol_size,
-        _pad: 0,
+        // Why a connect failed; optional (0: not read), as older layouts are not checked.
+        sk_err: btf
+            .field("sock", &["sk_err"])
+            .and_then(|f| exact(f, 4))
+            .unwrap_or(0),
     })
 }
 
@@ -879,7 +883,7 @@ mod tests {
             net_ns_inum: 40 + 16,
             sk_protocol: protocol,
             sk_protocol_size: size,
-            _pad: 0,
+            sk_err: 0,
         }
     }
 
@@ -1262,7 +1266,7 @@ mod tests {
             net_ns_inum: byte("net", &["ns", "inum"]),
             sk_protocol: proto_bits / 8,
             sk_protocol_size: proto_size,
-            _pad: 0,
+            sk_err: byte("sock", &["sk_err"]),
         };
         assert_eq!(ours, theirs);
         // Fields that share a word are distinct: the lookup did not stop at the union itself.
