@@ -4,9 +4,11 @@
 //! Everything here panics on failure rather than returning errors, so a failing test keeps its
 //! backtrace. Nothing skips: without privileges the tracer fails to start and the test fails.
 
+pub mod cgroups;
 pub mod deploy;
 pub mod exporter;
 pub mod netns;
+pub mod podman;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

@@ -1,23 +1,22 @@
 //! tcptrace runs with exactly the documented capabilities and no root: CAP_BPF and CAP_PERFMON
-//! for the kernel programs, CAP_NET_ADMIN for the socket table, CAP_SYS_PTRACE and
-//! CAP_DAC_READ_SEARCH to read other processes' fds and tracefs.
+//! for the kernel programs, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other processes' fds
+//! and tracefs (the set deploy/tcptrace.service grants).
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use tcptrace_tests::*;
-
-const CAPS: &str = "+bpf,+perfmon,+net_admin,+sys_ptrace,+dac_read_search";
+use tcptrace_tests::{deploy, *};
 
 #[test]
 fn traces_as_nobody_with_only_the_documented_capabilities() {
+    let caps = deploy::setpriv_caps(&deploy::unit_capabilities());
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
     let tracer = Tracer::start_command(
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(format!("--inh-caps={CAPS}"))
-            .arg(format!("--ambient-caps={CAPS}"))
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
             .arg(tcptrace_bin())
             .args(["trace", "--json", "--port", &port.to_string()]),
     );

@@ -5,80 +5,23 @@
 //! The cgroups are made under this host's cgroup v2 mount, wherever it is: `/sys/fs/cgroup`
 //! (unified hosts, and the VM tests) or `/sys/fs/cgroup/unified` (hybrid hosts).
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 use tcptrace::owner::cgroup::Cgroup2Mount;
+use tcptrace_tests::cgroups::{self, Cgroups, hex};
 use tcptrace_tests::{exporter, *};
 
 const T: Duration = Duration::from_secs(30);
-
-/// 2n random hex digits.
-fn hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A chain of cgroup directories made by the test, removed (deepest first) on drop.
-struct Cgroups {
-    made: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    fn make(mount: &Cgroup2Mount, rel: &str) -> (Cgroups, PathBuf) {
-        let mut made = Vec::new();
-        let mut dir = mount.mount_point.clone();
-        for part in rel.split('/') {
-            dir.push(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                made.push(dir.clone());
-            }
-        }
-        (Cgroups { made }, dir)
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for d in self.made.iter().rev() {
-            // The processes inside are gone by now (the server is dropped first); a zombie may
-            // take a moment to leave.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::remove_dir(d).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
 
 /// A server that joins `cgroup` before it creates any socket (the shell writes its own pid to
 /// cgroup.procs, then becomes the server), and `n` connections it leaks in CLOSE_WAIT.
 fn leaker_in(cgroup: &std::path::Path, n: usize, port: u16) -> Proc {
     let ip = "127.0.0.1".parse().unwrap();
     let addr = SocketAddr::new(ip, port);
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec '{}' server --bind {addr} --conns {n} --on-eof leak",
-        cgroup.display(),
-        scenario_bin().display()
-    );
-    let mut srv = Proc::spawn(Command::new("sh").args(["-c", &script]));
-    srv.expect("listening", T);
-    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", srv.pid())).unwrap();
-    assert!(
-        own.lines().any(|l| l.starts_with("0::")
-            && cgroup.ends_with(l.trim_start_matches("0::").trim_start_matches('/'))),
-        "the server is not in {}: {own}",
-        cgroup.display()
-    );
-    let mut cli = client(addr, &["--conns", &n.to_string()]);
+    let conns = n.to_string();
+    let mut srv = cgroups::server_in(cgroup, addr, &["--conns", &conns, "--on-eof", "leak"], None);
+    let mut cli = client(addr, &["--conns", &conns]);
     cli.wait_done(T);
     srv.wait_done(T);
     cli.finish();
@@ -250,13 +193,7 @@ fn trace_keeps_a_containers_lines_even_after_its_process_exits() {
     let p = port.to_string();
     let tracer = Tracer::start(&["trace", "--json", "--port", &p, "--container", &id[..12]]);
     let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec '{}' server --bind {addr} --conns 3 --on-eof close",
-        dir.display(),
-        scenario_bin().display()
-    );
-    let mut srv = Proc::spawn(Command::new("sh").args(["-c", &script]));
-    srv.expect("listening", T);
+    let mut srv = cgroups::server_in(&dir, addr, &["--conns", "3", "--on-eof", "close"], None);
     // The client runs outside the container: its lines must not show.
     let mut cli = client(addr, &["--conns", "3"]);
     cli.wait_done(T);

@@ -8,30 +8,6 @@ use tcptrace_tests::{deploy, exporter, *};
 
 const T: Duration = Duration::from_secs(30);
 
-/// The capability bits of the effective set in /proc/PID/status.
-fn effective_caps(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap()
-        .trim();
-    u64::from_str_radix(hex, 16).unwrap()
-}
-
-/// Bit numbers from include/uapi/linux/capability.h.
-fn cap_bit(name: &str) -> u64 {
-    1 << match name {
-        "CAP_DAC_READ_SEARCH" => 2,
-        "CAP_NET_ADMIN" => 12,
-        "CAP_SYS_PTRACE" => 19,
-        "CAP_SYS_ADMIN" => 21,
-        "CAP_PERFMON" => 38,
-        "CAP_BPF" => 39,
-        other => panic!("unknown capability {other}"),
-    }
-}
-
 #[test]
 fn serve_runs_as_nobody_with_only_the_units_capabilities() {
     let caps = deploy::unit_capabilities();
@@ -53,8 +29,12 @@ fn serve_runs_as_nobody_with_only_the_units_capabilities() {
             .arg(tcptrace_bin())
             .args(["serve", "--listen", &listen.to_string()]),
     );
-    let want: u64 = caps.iter().map(|c| cap_bit(c)).sum();
-    assert_eq!(effective_caps(tracer.pid()), want, "exactly the unit's set");
+    let want: u64 = caps.iter().map(|c| deploy::cap_bit(c)).sum();
+    assert_eq!(
+        deploy::process_caps(tracer.pid(), "CapEff"),
+        want,
+        "exactly the unit's set"
+    );
     let uid = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
     assert!(uid.lines().any(|l| l.starts_with("Uid:\t65534")), "{uid}");
 

@@ -6,6 +6,8 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod image;
+mod libs;
 mod libtest;
 mod measure;
 mod requirements;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::setup::Mode;
+use crate::setup::{Mode, Purpose};
 use crate::test::TestOptions;
 use crate::vm::VmOptions;
 
@@ -60,6 +62,13 @@ enum Task {
         /// The tracer's arguments.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Set up, build the release binary, and build the container image deploy/daemonset.yaml
+    /// runs: localhost/tcptrace:VERSION, saved as target/image/tcptrace-VERSION.oci.tar.
+    Image {
+        /// From the debug binary instead (tag VERSION-debug), as the tests do.
+        #[arg(long)]
+        debug: bool,
     },
     /// Set up, then fmt, clippy, the host test suite, and the integration tests in a VM.
     Test {
@@ -172,23 +181,35 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<ExitCode> {
     match task {
         Task::Setup { check } => {
-            setup::ensure(if check {
+            let mode = if check {
                 Mode::CheckOnly
             } else {
                 Mode::Install
-            })?;
+            };
+            setup::ensure(mode, Purpose::WithImage)?;
         }
         Task::Build { release } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Purpose::Tracer)?;
             tracer::build(release)?;
         }
         Task::Run { debug, args } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Purpose::Tracer)?;
             tracer::build(!debug)?;
             tracer::exec(!debug, &args)?;
         }
+        Task::Image { debug } => {
+            setup::ensure(Mode::Install, Purpose::WithImage)?;
+            let built = image::build(!debug)?;
+            println!("{built}");
+        }
         Task::Test { no_vm, vm_only, vm } => {
-            setup::ensure(Mode::Install)?;
+            // The host tests run the image; the VM run alone does not.
+            let purpose = if vm_only {
+                Purpose::Tracer
+            } else {
+                Purpose::WithImage
+            };
+            setup::ensure(Mode::Install, purpose)?;
             let opts = TestOptions {
                 no_vm,
                 vm_only,
@@ -213,7 +234,7 @@ fn run(task: Task) -> Result<ExitCode> {
             skip_replay,
             output,
         } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Purpose::Tracer)?;
             bench::run(&bench::BenchOptions {
                 rounds,
                 seconds,
@@ -226,7 +247,7 @@ fn run(task: Task) -> Result<ExitCode> {
             })?;
         }
         Task::Soak { minutes, output } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Purpose::Tracer)?;
             soak::run(&soak::SoakOptions {
                 minutes,
                 output: workspace::root().join(output),
@@ -237,7 +258,7 @@ fn run(task: Task) -> Result<ExitCode> {
             targets,
             output,
         } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Purpose::Tracer)?;
             fuzz::run(&fuzz::FuzzOptions {
                 seconds,
                 targets,
@@ -245,7 +266,7 @@ fn run(task: Task) -> Result<ExitCode> {
             })?;
         }
         Task::Vm { vm, test_binaries } => {
-            setup::ensure(Mode::Install)?;
+            setup::ensure(Mode::Install, Purpose::Tracer)?;
             let matrix = vm::run(&vm.into_options(test_binaries))?;
             println!("{matrix}");
             if !matrix.ok() {

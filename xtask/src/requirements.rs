@@ -14,6 +14,8 @@ pub enum Need {
     ToBuildBpfLinker,
     /// Wanted, but installed only when the apt lists offer it; tests skip what needs it.
     IfAvailable,
+    /// Only for `cargo xtask image` and the host tests that run the image.
+    ForImage,
 }
 
 /// A Debian package and the reason tcptrace needs it.
@@ -77,6 +79,19 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         need: Need::Always,
         why: "headless screenshots of `diagnose --html` reports: the diagnose tests check that \
               the page renders in a real browser",
+    },
+    AptPackage {
+        name: "podman",
+        need: Need::ForImage,
+        why: "builds the container image (`cargo xtask image`) from the built binary with nothing \
+              pulled from a registry, and runs it the way deploy/daemonset.yaml does in the \
+              container tests",
+    },
+    AptPackage {
+        name: "runc",
+        need: Need::ForImage,
+        why: "the OCI runtime the container tests start the image with: containerd's default, \
+              and it handles hybrid cgroup v1/v2 hosts, which crun 1.8 refuses",
     },
     AptPackage {
         name: "bpftool",

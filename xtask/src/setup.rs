@@ -39,9 +39,19 @@ struct Plan {
     optional: Vec<&'static AptPackage>,
 }
 
-/// Checks every requirement and installs the missing ones (in `Mode::Install`).
-pub fn ensure(mode: Mode) -> Result<()> {
-    let plan = plan();
+/// What the command that calls setup is going to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Build and run the tracer, on this host or in the VMs.
+    Tracer,
+    /// Also build the container image and run it (`cargo xtask image`, the host tests, and
+    /// `cargo xtask setup` itself, which prepares the machine for everything).
+    WithImage,
+}
+
+/// Checks every requirement `purpose` has and installs the missing ones (in `Mode::Install`).
+pub fn ensure(mode: Mode, purpose: Purpose) -> Result<()> {
+    let plan = plan(purpose);
     plan.report();
     let complete = plan.required.is_empty() && plan.linker_runs;
     if mode == Mode::CheckOnly {
@@ -65,17 +75,16 @@ pub fn ensure(mode: Mode) -> Result<()> {
     Ok(())
 }
 
-fn plan() -> Plan {
+fn plan(purpose: Purpose) -> Plan {
     let toolchain = match nightly_rust_src() {
         Some(src) => KernelToolchain::NightlyRustSrc(src),
         None => KernelToolchain::Debian,
     };
     let linker_runs = bpf_linker_runs();
-    let wanted = APT_PACKAGES.iter().filter(|p| match p.need {
-        Need::Always | Need::IfAvailable => true,
-        Need::WithoutNightlyRustSrc => matches!(toolchain, KernelToolchain::Debian),
-        Need::ToBuildBpfLinker => !linker_runs,
-    });
+    let debian_toolchain = matches!(toolchain, KernelToolchain::Debian);
+    let wanted = APT_PACKAGES
+        .iter()
+        .filter(|p| needed(p.need, debian_toolchain, linker_runs, purpose));
     let (optional, required) = wanted
         .filter(|p| !dpkg_installed(p.name))
         .partition(|p| p.need == Need::IfAvailable);
@@ -84,6 +93,16 @@ fn plan() -> Plan {
         linker_runs,
         required,
         optional,
+    }
+}
+
+/// Whether a package with `need` is wanted on this machine for `purpose`.
+fn needed(need: Need, debian_toolchain: bool, linker_runs: bool, purpose: Purpose) -> bool {
+    match need {
+        Need::Always | Need::IfAvailable => true,
+        Need::WithoutNightlyRustSrc => debian_toolchain,
+        Need::ToBuildBpfLinker => !linker_runs,
+        Need::ForImage => purpose == Purpose::WithImage,
     }
 }
 
@@ -242,4 +261,22 @@ fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podman_is_installed_only_for_the_image_and_the_tests_that_run_it() {
+        let for_image: Vec<&str> = APT_PACKAGES
+            .iter()
+            .filter(|p| p.need == Need::ForImage)
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(for_image, ["podman", "runc"]);
+        assert!(needed(Need::ForImage, true, true, Purpose::WithImage));
+        assert!(!needed(Need::ForImage, true, true, Purpose::Tracer));
+        assert!(needed(Need::Always, false, true, Purpose::Tracer));
+    }
 }

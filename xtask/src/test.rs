@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::libtest::Tally;
 use crate::vm::{self, Matrix, VmOptions};
-use crate::{cmd, tracer, workspace};
+use crate::{cmd, image, tracer, workspace};
 
 /// The crate that builds only for the BPF target; host-side tools skip it.
 const KERNEL_CRATE: &str = "tcptrace-ebpf";
@@ -77,6 +77,13 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
         }
         // The integration tests start this binary; a build failure ends the run here.
         tracer::build(false)?;
+        // The container tests run an image of this debug binary: a release build for it alone
+        // would add minutes to the run (see deploy/README.md). A failed image build leaves no
+        // archive, so those tests fail too, saying so.
+        if let Err(err) = image::build(false) {
+            eprintln!("xtask: {err:#}");
+            failed_steps.push("cargo xtask image --debug".to_string());
+        }
         summary.host = Some(host_tests(&opts.vm.libtest_args)?);
     }
 
@@ -96,6 +103,7 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
 /// and its summary lines are counted.
 fn host_tests(libtest_args: &[String]) -> Result<Tally> {
     let tracer = workspace::tracer_binary(false)?;
+    let image = image::archive_path(false)?;
     let mut cargo = workspace::cargo();
     cargo
         .args([
@@ -106,6 +114,7 @@ fn host_tests(libtest_args: &[String]) -> Result<Tally> {
             "--no-fail-fast",
         ])
         .env("TCPTRACE_BIN", &tracer)
+        .env("TCPTRACE_IMAGE", &image)
         .arg("--")
         .args(libtest_args);
     eprintln!("xtask: $ {}", cmd::describe(&cargo));

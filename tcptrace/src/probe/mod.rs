@@ -133,8 +133,10 @@ pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "tcptrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_NET_ADMIN \
-         and CAP_SYS_PTRACE for the socket table and owners): run it with sudo"
+        "tcptrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE \
+         and CAP_DAC_READ_SEARCH to name the owners of sockets older than tcptrace), and this \
+         process lacks them: run it with sudo, or, in a container (whose root has only the \
+         capabilities it was given), add them (see deploy/README.md)"
     )]
     NoPrivilege,
     #[error(
@@ -729,12 +731,10 @@ fn page_size() -> u32 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u32 }
 }
 
-/// Root, or CAP_BPF + CAP_PERFMON in the effective set (Linux 5.8+).
+/// CAP_BPF + CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN, in the effective set. Read even for
+/// uid 0: a container's root has only the capabilities the runtime gave it, and without this
+/// check the first bpf() call would fail with a bare EPERM.
 fn check_privileges() -> Result<(), ProbeError> {
-    // SAFETY: geteuid has no side effects.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     const CAP_SYS_ADMIN: u32 = 21;

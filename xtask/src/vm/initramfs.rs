@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 
 use crate::cmd;
+use crate::libs::shared_libraries;
 use crate::vm::console as markers;
 use crate::workspace::TestBinary;
 
@@ -162,28 +163,6 @@ fn find_on_path(tool: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())
-}
-
-/// Every library `ldd` lists for `binaries`, the dynamic loader included.
-fn shared_libraries(binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut libs = Vec::new();
-    for binary in binaries {
-        let out = cmd::stdout_of(Command::new("ldd").arg(binary))?;
-        for line in out.lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next(),
-                None => line.split_whitespace().next(),
-            };
-            if let Some(path) = path.filter(|p| p.starts_with('/')) {
-                libs.push(PathBuf::from(path));
-            }
-        }
-    }
-    libs.sort();
-    libs.dedup();
-    Ok(libs)
 }
 
 /// busybox-static and a link per applet, except where a real tool was installed.
