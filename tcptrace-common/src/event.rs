@@ -181,7 +181,8 @@ pub struct SockSummary {
     pub err: u16,
     pub oldstate: u8,
     pub newstate: u8,
-    pub _pad: [u8; 4],
+    /// Explicit: no implicit padding in a record copied byte for byte.
+    pub _pad: [u8; 8],
 }
 
 pub const SUMMARY_SIZE: usize = 224;
@@ -191,3 +192,23 @@ const _: () = assert!(SUMMARY_SIZE != RAW_EVENT_SIZE);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockSummary {}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::offset_of;
+
+    use super::*;
+
+    /// The layout `docs/record-format.md` documents for Summary records.
+    #[test]
+    fn summary_layout_is_the_documented_one() {
+        assert_eq!(offset_of!(SockSummary, dwell_ns), 40);
+        assert_eq!(offset_of!(SockSummary, comm), 144);
+        assert_eq!(offset_of!(SockSummary, netns), 192);
+        assert_eq!(offset_of!(SockSummary, visited), 206);
+        assert_eq!(offset_of!(SockSummary, flags), 210);
+        assert_eq!(offset_of!(SockSummary, err), 212);
+        assert_eq!(offset_of!(SockSummary, oldstate), 214);
+        assert_eq!(offset_of!(SockSummary, _pad), 216);
+    }
+}

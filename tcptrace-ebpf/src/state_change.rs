@@ -70,14 +70,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
                 }
             }
         }
-        summary::on_transition(
-            sk_btf,
-            sk,
-            old as u8,
-            new as u8,
-            &cfg,
-            role == Role::Backup,
-        );
+        summary::on_transition(sk_btf, sk, old as u8, new as u8, &cfg, role == Role::Backup);
         return 0;
     }
     // An accepted child reports LISTEN->SYN_RECV from inet_csk_clone_lock() before the kernel

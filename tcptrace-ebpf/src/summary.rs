@@ -29,8 +29,8 @@ use tcptrace_common::{
     config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
     event::{
         AF_INET, AF_INET6, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
-        SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_TUPLE,
-        SockSummary,
+        SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET,
+        SUMMARY_TUPLE, SockSummary,
     },
     state::runs_in_owner_context,
 };
@@ -380,7 +380,7 @@ fn send(
         };
         (*r).oldstate = old;
         (*r).newstate = new;
-        (*r)._pad = [0; 4];
+        (*r)._pad = [0; 8];
     }
     entry.submit(emit::wakeup_flags(cfg));
 }

@@ -26,6 +26,14 @@ pub struct SockId {
 }
 
 impl SockId {
+    /// A record's identity: its cookie only when the record says it has one.
+    fn of(cookie: u64, has_cookie: bool, skaddr: u64) -> SockId {
+        SockId {
+            cookie: if has_cookie { cookie } else { 0 },
+            skaddr,
+        }
+    }
+
     /// The key the lifecycle table uses: the cookie when there is one, else the address.
     pub fn key(&self) -> u64 {
         if self.cookie != 0 {
@@ -226,14 +234,7 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
     let f = raw.flags;
     Ok(Event {
         ts_ns: raw.ts_ns,
-        sock: SockId {
-            cookie: if f & SUMMARY_HAS_COOKIE != 0 {
-                raw.cookie
-            } else {
-                0
-            },
-            skaddr: raw.skaddr,
-        },
+        sock: SockId::of(raw.cookie, f & SUMMARY_HAS_COOKIE != 0, raw.skaddr),
         netns: raw.netns,
         local: SocketAddr::new(lip, raw.sport),
         remote: SocketAddr::new(rip, raw.dport),
@@ -293,7 +294,7 @@ pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
         err: stays.err,
         oldstate: old as u8,
         newstate: new as u8,
-        _pad: [0; 4],
+        _pad: [0; 8],
     };
     put_ip(&mut r.saddr, ev.local.ip());
     put_ip(&mut r.daddr, ev.remote.ip());
@@ -352,14 +353,7 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     let (lip, rip) = addresses(raw.family, &raw.saddr, &raw.daddr)?;
     Ok(Event {
         ts_ns: raw.ts_ns,
-        sock: SockId {
-            cookie: if raw.flags & FLAG_HAS_COOKIE != 0 {
-                raw.cookie
-            } else {
-                0
-            },
-            skaddr: raw.skaddr,
-        },
+        sock: SockId::of(raw.cookie, raw.flags & FLAG_HAS_COOKIE != 0, raw.skaddr),
         netns: raw.netns,
         local: SocketAddr::new(lip, raw.sport),
         remote: SocketAddr::new(rip, raw.dport),

@@ -234,7 +234,7 @@ fn run(task: Task) -> Result<ExitCode> {
             skip_replay,
             output,
         } => {
-            setup::ensure(Mode::Install, Purpose::Tracer)?;
+            setup::ensure(Mode::Install, Purpose::Bench)?;
             bench::run(&bench::BenchOptions {
                 rounds,
                 seconds,

@@ -16,6 +16,8 @@ pub enum Need {
     IfAvailable,
     /// Only for `cargo xtask image` and the host tests that run the image.
     ForImage,
+    /// Only for `cargo xtask bench`.
+    ForBench,
 }
 
 /// A Debian package and the reason tcptrace needs it.
@@ -79,6 +81,12 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         need: Need::Always,
         why: "headless screenshots of `diagnose --html` reports: the diagnose tests check that \
               the page renders in a real browser",
+    },
+    AptPackage {
+        name: "bpftrace",
+        need: Need::ForBench,
+        why: "the floor and the peers of `cargo xtask bench`: an empty program on the same \
+              hook, and bpftrace's counting and printing one-liners",
     },
     AptPackage {
         name: "podman",

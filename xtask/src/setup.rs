@@ -47,6 +47,8 @@ pub enum Purpose {
     /// Also build the container image and run it (`cargo xtask image`, the host tests, and
     /// `cargo xtask setup` itself, which prepares the machine for everything).
     WithImage,
+    /// Run the tracer and its peers (bpftrace) for `cargo xtask bench`.
+    Bench,
 }
 
 /// Checks every requirement `purpose` has and installs the missing ones (in `Mode::Install`).
@@ -103,6 +105,7 @@ fn needed(need: Need, debian_toolchain: bool, linker_runs: bool, purpose: Purpos
         Need::WithoutNightlyRustSrc => debian_toolchain,
         Need::ToBuildBpfLinker => !linker_runs,
         Need::ForImage => purpose == Purpose::WithImage,
+        Need::ForBench => purpose == Purpose::Bench,
     }
 }
 

@@ -82,7 +82,10 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<Storm> {
     let listeners = r["targets"].as_u64().unwrap_or(0);
     let (seen, lost) = if trace {
         let seen = stdout.lines().filter(|l| l.starts_with('{')).count() as u64;
-        (seen, lost_transitions(&lines).context("trace's closing line")?)
+        (
+            seen,
+            lost_transitions(&lines).context("trace's closing line")?,
+        )
     } else {
         let doc: serde_json::Value = serde_json::from_str(&stdout).context("report --json")?;
         (

@@ -89,71 +89,70 @@ const TIMED: [Mode; 5] = [
 
 pub fn measure(opts: &BenchOptions, bins: &Bins) -> Result<Costs> {
     let _stats = BpfStats::enable()?;
-    let seconds = (opts.seconds / 2.0).max(2.0);
     let mut programs = Vec::new();
     for mode in TIMED {
         flush_storm_timewait();
         let t = Running::start(mode, &bins.tracer)?.context("a timed mode attaches something")?;
         thread::sleep(Duration::from_millis(500));
-        let ids = measure::prog_ids_of(t.pid());
-        let before = measure::prog_stats()?;
-        storm(
-            &bins.storm,
-            opts.conns,
-            seconds,
-            opts.threads,
-            opts.targets,
-            0,
-        )?;
-        let after = measure::prog_stats()?;
+        let timed = timed_storm(opts, bins, t.pid())?;
         t.stop()?;
-        for p in after.iter().filter(|p| ids.contains(&p.id)) {
-            let b = before.iter().find(|b| b.id == p.id);
-            let runs = p.run_cnt - b.map_or(0, |b| b.run_cnt);
-            let ns = p.run_time_ns - b.map_or(0, |b| b.run_time_ns);
-            if runs > 0 {
-                programs.push(ProgCost {
-                    mode,
-                    name: p.name.clone(),
-                    runs,
-                    ns_per_run: ns as f64 / runs as f64,
-                });
-            }
+        for (name, runs, ns) in timed {
+            programs.push(ProgCost {
+                mode,
+                name,
+                runs,
+                ns_per_run: ns as f64 / runs as f64,
+            });
         }
     }
     let mut helpers = Vec::new();
     for (what, program) in VARIANTS {
         flush_storm_timewait();
         let t = bpftrace(program)?;
-        let ids = measure::prog_ids_of(t.pid());
-        let before = measure::prog_stats()?;
-        storm(
-            &bins.storm,
-            opts.conns,
-            seconds,
-            opts.threads,
-            opts.targets,
-            0,
-        )?;
-        let after = measure::prog_stats()?;
+        let timed = timed_storm(opts, bins, t.pid())?;
         t.stop()?;
-        let (mut ns, mut runs) = (0u64, 0u64);
-        for p in after.iter().filter(|p| ids.contains(&p.id)) {
-            let b = before.iter().find(|b| b.id == p.id);
-            ns += p.run_time_ns - b.map_or(0, |b| b.run_time_ns);
-            runs = runs.max(p.run_cnt - b.map_or(0, |b| b.run_cnt));
-        }
+        let ns: u64 = timed.iter().map(|(_, _, ns)| ns).sum();
+        let runs = timed.iter().map(|(_, runs, _)| *runs).max().unwrap_or(1);
         helpers.push(HelperCost {
             what,
             program,
-            ns_per_run: ns as f64 / runs.max(1) as f64,
+            ns_per_run: ns as f64 / runs as f64,
         });
     }
     Ok(Costs { programs, helpers })
 }
 
+/// A storm of half the rate runs' length; the run count and run time of each program `pid`
+/// holds, over it: (name, runs, ns).
+fn timed_storm(opts: &BenchOptions, bins: &Bins, pid: u32) -> Result<Vec<(String, u64, u64)>> {
+    let ids = measure::prog_ids_of(pid);
+    let before = measure::prog_stats()?;
+    storm(
+        &bins.storm,
+        opts.conns,
+        (opts.seconds / 2.0).max(2.0),
+        opts.threads,
+        opts.targets,
+        0,
+    )?;
+    let after = measure::prog_stats()?;
+    Ok(after
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .filter_map(|p| {
+            let b = before.iter().find(|b| b.id == p.id);
+            let runs = p.run_cnt - b.map_or(0, |b| b.run_cnt);
+            let ns = p.run_time_ns - b.map_or(0, |b| b.run_time_ns);
+            (runs > 0).then_some((p.name, runs, ns))
+        })
+        .collect())
+}
+
 pub fn render(w: &mut String, c: &Costs) {
-    let _ = writeln!(w, "### BPF run time per transition (`bpf_stats` on, a separate pass)\n");
+    let _ = writeln!(
+        w,
+        "### BPF run time per transition (`bpf_stats` on, a separate pass)\n"
+    );
     let _ = writeln!(
         w,
         "Per program: run time over run count while a storm runs. Every state-change program \

@@ -51,7 +51,11 @@ impl TracerChild {
     /// Starts the tracer and waits for "attached"; its stdout goes to /dev/null unless
     /// `capture_stdout`, when [`TracerChild::stop`] returns it.
     pub fn start(tracer: &Path, args: &[&str], capture_stdout: bool) -> Result<TracerChild> {
-        TracerChild::start_command(Command::new(tracer).args(args), capture_stdout, Ready::Attached)
+        TracerChild::start_command(
+            Command::new(tracer).args(args),
+            capture_stdout,
+            Ready::Attached,
+        )
     }
 
     /// Starts `cmd` and waits until it is ready: it said "attached" (tcptrace), or it holds BPF
@@ -199,4 +203,3 @@ pub fn storm(
     ]))?;
     serde_json::from_str(out.trim()).with_context(|| format!("tcpstorm output {out:?}"))
 }
-

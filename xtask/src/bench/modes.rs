@@ -35,7 +35,8 @@ pub enum Mode {
 
 /// The empty program and the peers, as bpftrace one-liners.
 pub const FLOOR: &str = "tracepoint:sock:inet_sock_set_state { }";
-const COUNT: &str = "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }";
+const COUNT: &str =
+    "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }";
 const PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%d %d %d %d\\n\", pid, args->sport, args->oldstate, args->newstate); }";
 
 impl Mode {
@@ -159,10 +160,7 @@ impl Running {
             let _ = h.join();
         }
         let (_, lines) = self.child.stop()?;
-        Ok(self
-            .mode
-            .tcptrace_args()
-            .and_then(|_| lost_events(&lines)))
+        Ok(self.mode.tcptrace_args().and_then(|_| lost_events(&lines)))
     }
 }
 
@@ -170,7 +168,10 @@ impl Running {
 fn scrape(addr: &str) -> std::io::Result<usize> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
     Ok(body.len())
