@@ -142,6 +142,13 @@ pub const SUMMARY_HAS_COOKIE: u16 = 1 << 6;
 pub const SUMMARY_OWNER_CONTEXT: u16 = 1 << 7;
 /// The socket was accepted from a listener (inbound): its local port is the service's.
 pub const SUMMARY_PASSIVE: u16 = 1 << 8;
+/// `tcp_time_wait` handed the connection to a timewait socket just before this close (the
+/// fentry hook saw it and marked the storage instead of sending an event): TIME_WAIT, or
+/// FIN_WAIT2 with [`SUMMARY_TW_FIN_WAIT2`]; exact, where userspace otherwise infers it.
+pub const SUMMARY_TW_HOOKED: u16 = 1 << 9;
+/// With [`SUMMARY_TW_HOOKED`]: the timewait socket's substate is FIN_WAIT2 (an orphan whose peer
+/// has not sent its FIN yet).
+pub const SUMMARY_TW_FIN_WAIT2: u16 = 1 << 10;
 
 /// What a socket did since its last record, sent when it enters CLOSE_WAIT and when it closes:
 /// one record where a trace needs five. Kept by the kernel in socket-local storage

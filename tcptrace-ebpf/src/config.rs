@@ -78,10 +78,14 @@ const EMPTY_RESET_LAYOUT: ResetTpLayout = ResetTpLayout {
     _pad: 0,
 };
 
+/// The configuration. Userspace rewrites the global before load, so the compiler must not fold
+/// its initial value in; but copying all 160 bytes on every run (a volatile read of the whole
+/// struct) cost a load per field. Only the address is hidden from the optimiser: each field
+/// read is then one load from the frozen `.rodata` map, whose values the verifier knows, so it
+/// still prunes the branches of disabled features.
 #[inline(always)]
-pub fn config() -> ProbeConfig {
-    // SAFETY: a read of a global; volatile so the compiler does not fold the default value in.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+pub fn config() -> &'static ProbeConfig {
+    core::hint::black_box(&CONFIG)
 }
 
 /// Only the timer hook's part of `CONFIG`. That program runs for every kernel timer, so its

@@ -10,7 +10,7 @@ use tcptrace_common::event::{
     AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RAW_EVENT_SIZE,
     STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE, SUMMARY_OWNER,
     SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_SIZE,
-    SockSummary,
+    SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SockSummary,
 };
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
@@ -101,6 +101,9 @@ pub struct Stays {
     pub passive: bool,
     /// `sk_err` at the close (why a connect failed), 0 when none.
     pub err: u16,
+    /// The substate of the timewait socket `tcp_time_wait` made at this close (TIME_WAIT or
+    /// FIN_WAIT2), where its fentry hook runs; `None` leaves userspace to infer it.
+    pub timewait: Option<TcpState>,
 }
 
 impl Stays {
@@ -251,6 +254,13 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
                 repaired: f & SUMMARY_REPAIRED != 0,
                 passive: f & SUMMARY_PASSIVE != 0,
                 err: raw.err,
+                timewait: (f & SUMMARY_TW_HOOKED != 0).then_some(
+                    if f & SUMMARY_TW_FIN_WAIT2 != 0 {
+                        TcpState::FinWait2
+                    } else {
+                        TcpState::TimeWait
+                    },
+                ),
             },
         },
         task: Task {
@@ -307,6 +317,11 @@ pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
         | bit(stays.reset, SUMMARY_RESET)
         | bit(stays.repaired, SUMMARY_REPAIRED)
         | bit(stays.passive, SUMMARY_PASSIVE)
+        | bit(stays.timewait.is_some(), SUMMARY_TW_HOOKED)
+        | bit(
+            stays.timewait == Some(TcpState::FinWait2),
+            SUMMARY_TW_FIN_WAIT2,
+        )
         | bit(stays.born_ns.is_none(), SUMMARY_BORN_UNSEEN)
         | bit(ev.sock.cookie != 0, SUMMARY_HAS_COOKIE)
         | bit(
@@ -493,6 +508,7 @@ mod tests {
                 repaired: true,
                 passive: false,
                 err: 0,
+                timewait: Some(TcpState::FinWait2),
             },
         };
         let raw = encode_summary(&ev).unwrap();

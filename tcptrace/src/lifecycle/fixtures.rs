@@ -262,6 +262,7 @@ struct Followed {
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     passive: bool,
+    timewait: Option<TcpState>,
 }
 
 impl<T: Sink> KernelModel<T> {
@@ -275,6 +276,14 @@ impl<T: Sink> KernelModel<T> {
 
 impl<T: Sink> Sink for KernelModel<T> {
     fn apply(&mut self, ev: &Event) -> Applied {
+        if let What::TimeWaitEnter { substate } = ev.what {
+            // Folded into the close record of a socket the kernel follows.
+            if let Some(f) = self.socks.get_mut(&ev.sock.skaddr) {
+                f.timewait = Some(substate);
+                return Applied::default();
+            }
+            return self.inner.apply(ev);
+        }
         let What::Transition { old, new } = ev.what else {
             return self.inner.apply(ev);
         };
@@ -327,6 +336,7 @@ impl<T: Sink> Sink for KernelModel<T> {
             repaired: false,
             passive: f.passive,
             err: 0,
+            timewait: f.timewait.take(),
         };
         let mut out = ev.clone();
         out.what = What::Summary { old, new, stays };

@@ -78,6 +78,16 @@ impl SocketTable {
         if stays.reset {
             self.slab[slot as usize].flags |= flag::RESET;
         }
+        if let Some(substate) = stays.timewait {
+            // What the `tcp_time_wait` hook would have said in an event of its own.
+            let e = &mut self.slab[slot as usize];
+            e.flags |= flag::TW_HOOKED;
+            if substate == TcpState::FinWait2 {
+                e.flags |= flag::TW_FIN_WAIT2;
+            } else {
+                e.flags &= !flag::TW_FIN_WAIT2;
+            }
+        }
         a.dwell_ns = stays.dwell(old);
         if let Some(d) = a.dwell_ns {
             // When `old` began: a stay that goes on past this record (an orphan's FIN_WAIT2

@@ -285,6 +285,7 @@ fn summaries_round_trip_in_files_that_say_they_hold_them() {
             repaired: false,
             passive: true,
             err: 0,
+            timewait: None,
         },
     };
     let mut h = header();
