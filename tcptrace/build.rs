@@ -50,6 +50,10 @@ fn main() {
         .args(["-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
+        // BTF for the object: socket-local storage maps are BTF-defined (`.maps`), and the
+        // kernel wants their key and value types.
+        .env("RUSTFLAGS", "-C link-arg=--btf")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "2")
         .env("PATH", path_with_cargo_bin());
 
     let status = cmd

@@ -40,7 +40,8 @@ pub struct SockOffsets {
     pub sk_protocol: u32,
     /// Size in bytes of `sk_protocol` (1 or 2).
     pub sk_protocol_size: u32,
-    pub _pad: u32,
+    /// `sock.sk_err` (int): why a connect failed. 0 when unknown (not read).
+    pub sk_err: u32,
 }
 
 /// Where the classic `sock:inet_sock_set_state` tracepoint puts each field of its record, read
@@ -159,8 +160,14 @@ pub struct ProbeConfig {
     pub tp_set_state: SetStateTpLayout,
     pub tp_reset_rx: ResetTpLayout,
     pub tp_reset_tx: ResetTpLayout,
+    /// Non-zero: follow each socket in socket-local storage and send one [`SockSummary`] per
+    /// CLOSE_WAIT entry and per close, instead of every transition (see `tcptrace-ebpf`'s
+    /// `summary.rs`). Listener transitions and resets are sent as events either way.
+    ///
+    /// [`SockSummary`]: crate::event::SockSummary
+    pub summary: u8,
     /// Explicit padding: `tw_timer` is 8-byte aligned, and `Pod` wants no implicit padding.
-    pub _pad: u32,
+    pub _pad: [u8; 3],
     /// The `timer:timer_expire_entry` hook (fentry refused): see [`TwTimerConfig`].
     pub tw_timer: TwTimerConfig,
 }

@@ -31,10 +31,26 @@ pub enum Counter {
     /// close, which no longer carries the local port, will be filtered out: a possible lost
     /// event.
     AdmitFailed = 8,
+    /// Summary mode: transitions the programs followed (primary or backup). With the primary's
+    /// skipped runs not recovered, they add up to every transition the kernel made.
+    Handled = 9,
+    /// Summary mode: the backup program handled a transition whose primary run was skipped.
+    BackupHandled = 10,
+    /// Summary mode: a socket's next transition found a skipped one (its stored state was not
+    /// the transition's old state) and carried on from the kernel's: the state is right again,
+    /// the stays around the gap have no exact time. One per gap, however many transitions it
+    /// spanned.
+    Repaired = 11,
+    /// Summary mode: socket-local storage could not be created (memory): that transition was
+    /// sent as an event instead.
+    StorageFailed = 12,
+    /// Summary mode: the part of `ReserveFailed` that were summaries (each one a CLOSE_WAIT
+    /// entry or a close that did not reach userspace).
+    SummaryReserveFailed = 13,
 }
 
 /// Slots in `COUNTERS`.
-pub const COUNTER_SLOTS: u32 = 9;
+pub const COUNTER_SLOTS: u32 = 14;
 
 impl Counter {
     pub const fn slot(self) -> u32 {
@@ -68,6 +84,6 @@ mod tests {
                 assert_eq!(slot_transition(slot), (old, new));
             }
         }
-        assert_eq!(Counter::AdmitFailed.slot() + 1, COUNTER_SLOTS);
+        assert_eq!(Counter::SummaryReserveFailed.slot() + 1, COUNTER_SLOTS);
     }
 }

@@ -1,4 +1,7 @@
-//! The one record the kernel programs write into the ring buffer.
+//! The records the kernel programs write into the ring buffer: [`RawEvent`], one per event
+//! (every transition when tracing, listeners and resets always), and [`SockSummary`], one per
+//! CLOSE_WAIT entry and per close of a socket followed in socket-local storage. A record's
+//! length tells which it is.
 
 /// What a [`RawEvent`] reports.
 #[repr(u8)]
@@ -111,3 +114,108 @@ impl RawEvent {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RawEvent {}
+
+/// Number of TCP states (`TCP_ESTABLISHED` = 1 .. `TCP_NEW_SYN_RECV` = 12), plus the unused 0:
+/// the index of a per-state array is the state number.
+pub const STATE_SLOTS: usize = 13;
+
+/// [`SockSummary::flags`]: the owner fields (pid, comm, cgroup) hold the task seen at the socket's
+/// last syscall-driven transition (connect, listen, close): its process.
+pub const SUMMARY_OWNER: u16 = 1 << 0;
+/// The close was done by that task in a syscall (ESTABLISHED -> FIN_WAIT1 or
+/// CLOSE_WAIT -> LAST_ACK): it is the socket's closer, whom TIME_WAIT belongs to.
+pub const SUMMARY_CLOSER: u16 = 1 << 1;
+/// The 4-tuple is known (ports and addresses were read while the socket held them).
+pub const SUMMARY_TUPLE: u16 = 1 << 2;
+/// A RST arrived on the socket before this record (`tcp_receive_reset`).
+pub const SUMMARY_RESET: u16 = 1 << 3;
+/// The socket was first seen mid-life (it existed before tracing, or its storage could not be
+/// created at its birth): `born_ns` is unknown.
+pub const SUMMARY_BORN_UNSEEN: u16 = 1 << 4;
+/// A transition of this socket was skipped by the kernel (a nested run) and repaired at a later
+/// one: the stays around it have no exact time (their bits are missing from `known`).
+pub const SUMMARY_REPAIRED: u16 = 1 << 5;
+/// `cookie` is the kernel's socket cookie.
+pub const SUMMARY_HAS_COOKIE: u16 = 1 << 6;
+/// The transition ran in the socket owner's syscall (connect() failing with no local port left
+/// ends SYN_SENT -> CLOSE in the caller).
+pub const SUMMARY_OWNER_CONTEXT: u16 = 1 << 7;
+/// The socket was accepted from a listener (inbound): its local port is the service's.
+pub const SUMMARY_PASSIVE: u16 = 1 << 8;
+/// `tcp_time_wait` handed the connection to a timewait socket just before this close (the
+/// fentry hook saw it and marked the storage instead of sending an event): TIME_WAIT, or
+/// FIN_WAIT2 with [`SUMMARY_TW_FIN_WAIT2`]; exact, where userspace otherwise infers it.
+pub const SUMMARY_TW_HOOKED: u16 = 1 << 9;
+/// With [`SUMMARY_TW_HOOKED`]: the timewait socket's substate is FIN_WAIT2 (an orphan whose peer
+/// has not sent its FIN yet).
+pub const SUMMARY_TW_FIN_WAIT2: u16 = 1 << 10;
+
+/// What a socket did since its last record, sent when it enters CLOSE_WAIT and when it closes:
+/// one record where a trace needs five. Kept by the kernel in socket-local storage
+/// (`BPF_MAP_TYPE_SK_STORAGE`) from the socket's first transition.
+///
+/// Ports are in host byte order, addresses in network byte order (IPv4 in the first four bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockSummary {
+    /// This transition, CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// When the socket was born (CLOSE -> SYN_SENT or LISTEN -> SYN_RECV); 0 when unseen.
+    pub born_ns: u64,
+    pub cookie: u64,
+    /// Kernel address of the `struct sock`.
+    pub skaddr: u64,
+    /// The owner's cgroup v2 id (with `SUMMARY_OWNER`).
+    pub cgroup_id: u64,
+    /// Nanoseconds spent in each state (index: state number) left since the last record.
+    pub dwell_ns: [u64; STATE_SLOTS],
+    pub comm: [u8; 16],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub netns: u32,
+    /// The owner's thread group id (with `SUMMARY_OWNER`).
+    pub pid: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// Bit per state left since the last record.
+    pub visited: u16,
+    /// Of `visited`, the states whose `dwell_ns` is exact.
+    pub known: u16,
+    /// `SUMMARY_*` bits.
+    pub flags: u16,
+    /// `sk_err` at the close (why a connect failed).
+    pub err: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// Explicit: no implicit padding in a record copied byte for byte.
+    pub _pad: [u8; 8],
+}
+
+pub const SUMMARY_SIZE: usize = 224;
+const _: () = assert!(core::mem::size_of::<SockSummary>() == SUMMARY_SIZE);
+const _: () = assert!(core::mem::align_of::<SockSummary>() == 8);
+const _: () = assert!(SUMMARY_SIZE != RAW_EVENT_SIZE);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockSummary {}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::offset_of;
+
+    use super::*;
+
+    /// The layout `docs/record-format.md` documents for Summary records.
+    #[test]
+    fn summary_layout_is_the_documented_one() {
+        assert_eq!(offset_of!(SockSummary, dwell_ns), 40);
+        assert_eq!(offset_of!(SockSummary, comm), 144);
+        assert_eq!(offset_of!(SockSummary, netns), 192);
+        assert_eq!(offset_of!(SockSummary, visited), 206);
+        assert_eq!(offset_of!(SockSummary, flags), 210);
+        assert_eq!(offset_of!(SockSummary, err), 212);
+        assert_eq!(offset_of!(SockSummary, oldstate), 214);
+        assert_eq!(offset_of!(SockSummary, _pad), 216);
+    }
+}

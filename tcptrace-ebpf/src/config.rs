@@ -26,7 +26,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
         net_ns_inum: 0,
         sk_protocol: 0,
         sk_protocol_size: 0,
-        _pad: 0,
+        sk_err: 0,
     },
     family: 0,
     port_filter: 0,
@@ -50,7 +50,8 @@ static CONFIG: ProbeConfig = ProbeConfig {
     },
     tp_reset_rx: EMPTY_RESET_LAYOUT,
     tp_reset_tx: EMPTY_RESET_LAYOUT,
-    _pad: 0,
+    summary: 0,
+    _pad: [0; 3],
     tw_timer: TwTimerConfig {
         handler: 0,
         tw_timer: 0,
@@ -77,10 +78,14 @@ const EMPTY_RESET_LAYOUT: ResetTpLayout = ResetTpLayout {
     _pad: 0,
 };
 
+/// The configuration. Userspace rewrites the global before load, so the compiler must not fold
+/// its initial value in; but copying all 160 bytes on every run (a volatile read of the whole
+/// struct) cost a load per field. Only the address is hidden from the optimiser: each field
+/// read is then one load from the frozen `.rodata` map, whose values the verifier knows, so it
+/// still prunes the branches of disabled features.
 #[inline(always)]
-pub fn config() -> ProbeConfig {
-    // SAFETY: a read of a global; volatile so the compiler does not fold the default value in.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+pub fn config() -> &'static ProbeConfig {
+    core::hint::black_box(&CONFIG)
 }
 
 /// Only the timer hook's part of `CONFIG`. That program runs for every kernel timer, so its
@@ -127,14 +132,21 @@ pub fn counting_mode() -> bool {
 #[inline(always)]
 pub fn count_transition(old: u8, new: u8) {
     if let Some(p) = TRANSITIONS.get_ptr_mut(transition_slot(old, new)) {
-        add_one(p);
+        add_n(p, 1);
     }
 }
 
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c.slot()) {
-        add_one(p);
+        add_n(p, 1);
+    }
+}
+
+#[inline(always)]
+pub fn add(c: Counter, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c.slot()) {
+        add_n(p, n);
     }
 }
 
@@ -147,17 +159,17 @@ pub fn count(c: Counter) {
 /// atomics are not offered on it, but the plain atomic add (without fetch) is accepted by every
 /// kernel that runs BPF.
 #[inline(always)]
-fn add_one(p: *mut u64) {
+fn add_n(p: *mut u64, n: u64) {
     #[cfg(target_arch = "bpf")]
     // SAFETY: `p` points into a map value, valid and 8-byte aligned while the program runs.
     unsafe {
         core::arch::asm!(
-            "lock *(u64 *)({p} + 0) += {one}",
+            "lock *(u64 *)({p} + 0) += {n}",
             p = in(reg) p,
-            one = in(reg) 1u64,
+            n = in(reg) n,
             options(nostack)
         );
     }
     #[cfg(not(target_arch = "bpf"))]
-    let _ = p;
+    let _ = (p, n);
 }

@@ -114,15 +114,7 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         count_transition(ev.oldstate, ev.newstate);
         return;
     }
-    let mut flags = BPF_RB_NO_WAKEUP as u64;
-    if cfg.no_wakeup == 0 {
-        flags = 0;
-    } else if cfg.wakeup_bytes != 0
-        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64
-    {
-        flags = BPF_RB_FORCE_WAKEUP as u64;
-    }
-    if EVENTS.output::<RawEvent>(ev, flags).is_err() {
+    if EVENTS.output::<RawEvent>(ev, wakeup_flags(cfg)).is_err() {
         if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
             count(Counter::TimewaitReserveFailed);
             return;
@@ -134,5 +126,19 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         if ev.kind == EventKind::ResetReceived as u8 || ev.kind == EventKind::ResetSent as u8 {
             count(Counter::ResetReserveFailed);
         }
+    }
+}
+
+/// No wakeup per record; a forced one once enough data waits (see [`submit`]).
+#[inline(always)]
+pub fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
+    if cfg.no_wakeup == 0 {
+        0
+    } else if cfg.wakeup_bytes != 0
+        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64
+    {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }

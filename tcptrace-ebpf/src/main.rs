@@ -15,7 +15,7 @@
 // empty program, so workspace-wide commands work.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// For `config::add_one`'s atomic add (the toolchain builds `core` with RUSTC_BOOTSTRAP anyway).
+// For `config::add_n`'s atomic add (the toolchain builds `core` with RUSTC_BOOTSTRAP anyway).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
@@ -25,6 +25,7 @@ mod record;
 mod reset;
 mod sock;
 mod state_change;
+mod summary;
 mod timewait;
 
 use aya_ebpf::{

@@ -16,7 +16,12 @@ use tcptrace_common::{
     event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
 };
 
-use crate::{config::config, emit, record, sock};
+use crate::{
+    config::config,
+    emit, record,
+    sock::{self, Addr, Sock, Typed},
+    summary,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -40,16 +45,17 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
         // A RST for a segment that matched no socket: nothing of ours changes state.
         return 0;
     }
-    // SAFETY: the context holds the arguments as u64s; argument 0 is `sk`.
-    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else {
-        return 0;
-    };
+    let sk = sk_btf as u64;
     let cfg = config();
-    if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
+    if sock::protocol(Typed(sk_btf), &cfg.offsets) != sock::IPPROTO_TCP {
         return 0;
     }
+    if cfg.summary != 0 && dir == Direction::Received {
+        // The socket's close record will say it was a RST (`tcp_reset` calls `tcp_done` next).
+        summary::reset_received(sk_btf);
+    }
     let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(sk, &cfg.offsets, &mut ev);
+    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
     emit::fill_task(&mut ev);
     // SAFETY: `sk` is the tracepoint's typed socket pointer. tcp_send_reset may pass a timewait
     // or request socket; the helper takes any `sock_common`.
@@ -57,7 +63,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
     ev.skaddr = sk;
     ev.kind = dir.kind() as u8;
     ev.flags = FLAG_HAS_COOKIE;
-    emit::submit(&ev, &cfg);
+    emit::submit(&ev, cfg);
     0
 }
 
@@ -97,12 +103,12 @@ pub fn on_tracepoint(ctx: &TracePointContext, dir: Direction) -> u32 {
         ev.dport = dport;
     }
     record::addresses(ctx, &mut ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
-    ev.netns = sock::netns_of(ev.skaddr, &cfg.offsets);
+    ev.netns = sock::netns_of(Addr(ev.skaddr), &cfg.offsets);
     if ev.family != AF_INET && ev.family != AF_INET6 {
         return 0;
     }
     emit::fill_task(&mut ev);
     ev.kind = dir.kind() as u8;
-    emit::submit(&ev, &cfg);
+    emit::submit(&ev, cfg);
     0
 }

@@ -17,7 +17,9 @@ use tcptrace_common::{
 
 use crate::{
     config::{Counter, config, count},
-    emit, record, sock,
+    emit, record,
+    sock::{self, Addr, Typed},
+    summary,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,12 +48,31 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     let sk_btf: *const c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    // The verifier forbids variable-offset arithmetic on the typed pointer; read the address as
-    // a plain number and use bpf_probe_read_kernel for the fields.
-    // SAFETY: the context holds the tracepoint arguments as u64s; argument 0 is `sk`.
-    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr_u64()) }) else {
+    // The typed pointer as a number: the socket's address in records and per-CPU keys.
+    // Privileged programs may store and compare it (`allow_ptr_leaks`, which CAP_PERFMON
+    // grants), so no helper call is needed to read the argument.
+    let sk = sk_btf as u64;
+    let cfg = config();
+    if cfg.summary != 0 && summary::follows(old as u8, new as u8) {
+        // Keyed on the socket's address alone: no cookie helper per transition.
+        let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
+        let Some(last) = LAST.get_ptr_mut(0) else {
+            return 0;
+        };
+        match role {
+            // SAFETY: per-CPU slot of this program.
+            Role::Primary => unsafe { *last = LastSeen { cookie: sk, states } },
+            Role::Backup => {
+                // SAFETY: per-CPU slot; a torn read is impossible on one CPU between programs.
+                let seen = unsafe { *last };
+                if seen.cookie == sk && seen.states == states {
+                    return 0;
+                }
+            }
+        }
+        summary::on_transition(sk_btf, sk, old as u8, new as u8, cfg, role == Role::Backup);
         return 0;
-    };
+    }
     // An accepted child reports LISTEN->SYN_RECV from inet_csk_clone_lock() before the kernel
     // copies the request socket's cookie into it (up to at least 6.1), so a cookie generated
     // now would be overwritten. That event is keyed by address; userspace ties it to the cookie
@@ -82,8 +103,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
             }
         }
     }
-    let cfg = config();
-    if sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
+    if sock::protocol(Typed(sk_btf), &cfg.offsets) != sock::IPPROTO_TCP {
         if role == Role::Backup {
             // A run the primary missed, but of a socket we never report: not a lost event.
             count(Counter::BackupDiscarded);
@@ -91,7 +111,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
         return 0;
     }
     let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(sk, &cfg.offsets, &mut ev);
+    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
     emit::fill_task(&mut ev);
     ev.cookie = cookie;
     ev.skaddr = sk;
@@ -106,7 +126,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
         ev.flags |= FLAG_FROM_BACKUP;
         count(Counter::BackupEmitted);
     }
-    emit::submit(&ev, &cfg);
+    emit::submit(&ev, cfg);
     0
 }
 
@@ -137,13 +157,13 @@ pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
     ev.dport = record::at(ctx, l.dport);
     ev.family = record::at(ctx, l.family);
     record::addresses(ctx, &mut ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
-    ev.netns = sock::netns_of(ev.skaddr, &cfg.offsets);
+    ev.netns = sock::netns_of(Addr(ev.skaddr), &cfg.offsets);
     emit::fill_task(&mut ev);
     ev.kind = EventKind::StateChange as u8;
     if runs_in_owner_context(ev.oldstate, ev.newstate) {
         ev.flags |= FLAG_OWNER_CONTEXT;
     }
-    emit::submit(&ev, &cfg);
+    emit::submit(&ev, cfg);
     0
 }
 

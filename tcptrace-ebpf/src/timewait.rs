@@ -31,7 +31,9 @@ use tcptrace_common::{
 
 use crate::{
     config::{config, tw_timer_config},
-    emit, record, sock,
+    emit, record,
+    sock::{self, Addr, Sock, Typed},
+    summary,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,18 +50,20 @@ pub fn on_fentry(ctx: &FEntryContext, hook: Hook) -> i32 {
     if sk_btf.is_null() {
         return 0;
     }
-    // The address as a plain number, for bpf_probe_read_kernel at variable offsets (the verifier
-    // forbids that arithmetic on the typed pointer).
-    // SAFETY: the context holds the function arguments as u64s; argument 0 is the socket.
-    let Ok(sk) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else {
-        return 0;
-    };
+    let sk = sk_btf as u64;
     let cfg = config();
-    if hook == Hook::Enter && sock::protocol(sk, &cfg.offsets) != sock::IPPROTO_TCP {
-        return 0;
+    if hook == Hook::Enter {
+        if sock::protocol(Typed(sk_btf), &cfg.offsets) != sock::IPPROTO_TCP {
+            return 0;
+        }
+        let substate: i32 = ctx.arg(1);
+        if cfg.summary != 0 && summary::timewait_entered(sk_btf, substate as u8) {
+            // The socket's close record, which comes next, carries it.
+            return 0;
+        }
     }
     let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(sk, &cfg.offsets, &mut ev);
+    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
     emit::fill_task(&mut ev);
     // SAFETY: a typed `struct sock *` or `struct inet_timewait_sock *`; the helper takes any
     // socket that begins with `sock_common`.
@@ -74,7 +78,7 @@ pub fn on_fentry(ctx: &FEntryContext, hook: Hook) -> i32 {
         }
         Hook::End => ev.kind = EventKind::TimeWaitEnd as u8,
     }
-    emit::submit(&ev, &cfg);
+    emit::submit(&ev, cfg);
     0
 }
 
@@ -105,19 +109,19 @@ pub fn on_timer(ctx: &TracePointContext) -> u32 {
     let tw = timer - t.tw_timer as u64;
     let cfg = config();
     let mut ev = RawEvent::zeroed();
-    let family = sock::fill_endpoints(tw, &cfg.offsets, &mut ev);
+    let family = sock::fill_endpoints(Addr(tw), &cfg.offsets, &mut ev);
     if family != AF_INET && family != AF_INET6 {
         // Not an inet timewait socket after all (a faulted read): userspace could not decode
         // it, and would count it as lost.
         return 0;
     }
     emit::fill_task(&mut ev);
-    ev.cookie = sock::read(tw, t.skc_cookie);
+    ev.cookie = Addr(tw).at(t.skc_cookie);
     ev.skaddr = tw;
     if ev.cookie != 0 {
         ev.flags = FLAG_HAS_COOKIE;
     }
     ev.kind = EventKind::TimeWaitEnd as u8;
-    emit::submit(&ev, &cfg);
+    emit::submit(&ev, cfg);
     0
 }

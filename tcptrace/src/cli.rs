@@ -251,11 +251,17 @@ pub struct ProbeArgs {
     /// inferred, start and end (off).
     #[arg(long, value_enum, default_value_t = TimewaitHooksArg::Auto)]
     pub timewait_hooks: TimewaitHooksArg,
+    /// Have the kernel send every transition, as `trace` does, instead of one summary per
+    /// CLOSE_WAIT entry and per close: costlier, and what a recording needs to replay as a full
+    /// trace later.
+    #[arg(long)]
+    pub every_transition: bool,
 }
 
 impl ProbeArgs {
-    /// What the session reads and how.
-    pub fn options(&self) -> Options {
+    /// What the session reads and how. `trace` prints every transition; every other view
+    /// needs only the kernel's summaries unless `--every-transition` asks otherwise.
+    pub fn options(&self, every_transition: bool) -> Options {
         Options {
             from: self.from.clone(),
             speed: self.speed,
@@ -268,6 +274,7 @@ impl ProbeArgs {
                 TimewaitHooksArg::Off => TimewaitHooks::Off,
             },
             max_event_rate: self.max_event_rate,
+            summary: !(every_transition || self.every_transition),
         }
     }
 }

@@ -8,6 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use compact_str::CompactString;
 use tcptrace_common::event::{
     AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RAW_EVENT_SIZE,
+    STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE, SUMMARY_OWNER,
+    SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_SIZE,
+    SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SockSummary,
 };
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
@@ -23,6 +26,14 @@ pub struct SockId {
 }
 
 impl SockId {
+    /// A record's identity: its cookie only when the record says it has one.
+    fn of(cookie: u64, has_cookie: bool, skaddr: u64) -> SockId {
+        SockId {
+            cookie: if has_cookie { cookie } else { 0 },
+            skaddr,
+        }
+    }
+
     /// The key the lifecycle table uses: the cookie when there is one, else the address.
     pub fn key(&self) -> u64 {
         if self.cookie != 0 {
@@ -59,6 +70,63 @@ pub enum What {
     TimeWaitEnter { substate: TcpState },
     /// fentry `inet_twsk_free`: the timewait socket (named by its full socket's cookie) is gone.
     TimeWaitEnd,
+    /// Summary mode: the socket made `old -> new` (into CLOSE_WAIT, or CLOSE), and these are its
+    /// stays since its last record. The event's task is the socket's owner, seen at its last
+    /// syscall-driven transition (`owner_context` says whether there was one).
+    Summary {
+        old: TcpState,
+        new: TcpState,
+        stays: Stays,
+    },
+}
+
+/// What a socket did between two summary records: how long it stayed in each state it left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stays {
+    /// Nanoseconds per state (index: state number).
+    pub dwell_ns: [u64; STATE_SLOTS],
+    /// Bit per state left since the last record.
+    pub visited: u16,
+    /// Of those, the ones whose time is exact.
+    pub known: u16,
+    /// When the socket was born (connect, or accepted), when it was seen.
+    pub born_ns: Option<u64>,
+    /// The owner closed the socket in a syscall: TIME_WAIT, if any, is its.
+    pub closer: bool,
+    /// A RST arrived before the close.
+    pub reset: bool,
+    /// A skipped transition was repaired: some stays have no exact time.
+    pub repaired: bool,
+    /// Accepted from a listener (inbound).
+    pub passive: bool,
+    /// `sk_err` at the close (why a connect failed), 0 when none.
+    pub err: u16,
+    /// The substate of the timewait socket `tcp_time_wait` made at this close (TIME_WAIT or
+    /// FIN_WAIT2), where its fentry hook runs; `None` leaves userspace to infer it.
+    pub timewait: Option<TcpState>,
+}
+
+impl Stays {
+    /// The states left, in state-number order, with their time when it is exact.
+    pub fn left(&self) -> impl Iterator<Item = (TcpState, Option<u64>)> + '_ {
+        TcpState::ALL.iter().filter_map(move |&s| {
+            let bit = 1u16 << (s as u16 & 0xf);
+            (self.visited & bit != 0).then(|| {
+                let exact = self.known & bit != 0;
+                (s, exact.then(|| self.dwell_ns[s as usize % STATE_SLOTS]))
+            })
+        })
+    }
+
+    pub fn visited(&self, s: TcpState) -> bool {
+        self.visited & (1u16 << (s as u16 & 0xf)) != 0
+    }
+
+    /// The exact time spent in `s`, if it was left since the last record and timed.
+    pub fn dwell(&self, s: TcpState) -> Option<u64> {
+        let bit = 1u16 << (s as u16 & 0xf);
+        (self.known & bit != 0).then(|| self.dwell_ns[s as usize % STATE_SLOTS])
+    }
 }
 
 /// One decoded kernel event.
@@ -95,6 +163,14 @@ impl Event {
         }
     }
 
+    /// The transition an event reports, a summary's included.
+    pub fn states(&self) -> Option<(TcpState, TcpState)> {
+        match self.what {
+            What::Transition { old, new } | What::Summary { old, new, .. } => Some((old, new)),
+            _ => None,
+        }
+    }
+
     pub fn is_ipv6(&self) -> bool {
         self.local.is_ipv6()
     }
@@ -102,7 +178,9 @@ impl Event {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("event record is {0} bytes, expected {RAW_EVENT_SIZE}")]
+    #[error(
+        "event record is {0} bytes, expected {RAW_EVENT_SIZE} (an event) or {SUMMARY_SIZE} (a summary)"
+    )]
     Size(usize),
     #[error("unknown event kind {0}")]
     Kind(u8),
@@ -112,15 +190,162 @@ pub enum DecodeError {
     Family(u16),
 }
 
-/// Copies the record out of the ring buffer (which gives no alignment guarantee) and decodes it.
+/// Copies the record out of the ring buffer (which gives no alignment guarantee) and decodes it;
+/// its length says which record it is.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() < RAW_EVENT_SIZE {
-        return Err(DecodeError::Size(bytes.len()));
+    match bytes.len() {
+        RAW_EVENT_SIZE => {
+            // SAFETY: RawEvent is repr(C), Copy, made of integers and byte arrays, so any bit
+            // pattern is a valid value; read_unaligned copies without assuming alignment.
+            let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            decode_raw(&raw)
+        }
+        SUMMARY_SIZE => {
+            // SAFETY: as above; SockSummary is repr(C) integers and byte arrays.
+            let raw: SockSummary = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            decode_summary(&raw)
+        }
+        n => Err(DecodeError::Size(n)),
     }
-    // SAFETY: RawEvent is repr(C), Copy, made of integers and byte arrays, so any bit pattern is
-    // a valid value; read_unaligned copies without assuming alignment.
-    let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    decode_raw(&raw)
+}
+
+fn addresses(
+    family: u16,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+) -> Result<(IpAddr, IpAddr), DecodeError> {
+    let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+    match family {
+        AF_INET => Ok((v4(saddr), v4(daddr))),
+        AF_INET6 => Ok((
+            IpAddr::V6(Ipv6Addr::from(*saddr)),
+            IpAddr::V6(Ipv6Addr::from(*daddr)),
+        )),
+        f => Err(DecodeError::Family(f)),
+    }
+}
+
+fn comm_of(comm: &[u8; 16]) -> CompactString {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    CompactString::from_utf8_lossy(&comm[..len])
+}
+
+pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
+    let state = |v: u8| TcpState::from_u8(v).ok_or(DecodeError::State(v));
+    let (old, new) = (state(raw.oldstate)?, state(raw.newstate)?);
+    let (lip, rip) = addresses(raw.family, &raw.saddr, &raw.daddr)?;
+    let f = raw.flags;
+    Ok(Event {
+        ts_ns: raw.ts_ns,
+        sock: SockId::of(raw.cookie, f & SUMMARY_HAS_COOKIE != 0, raw.skaddr),
+        netns: raw.netns,
+        local: SocketAddr::new(lip, raw.sport),
+        remote: SocketAddr::new(rip, raw.dport),
+        what: What::Summary {
+            old,
+            new,
+            stays: Stays {
+                dwell_ns: raw.dwell_ns,
+                visited: raw.visited,
+                known: raw.known,
+                born_ns: (f & SUMMARY_BORN_UNSEEN == 0 && raw.born_ns != 0).then_some(raw.born_ns),
+                closer: f & SUMMARY_CLOSER != 0,
+                reset: f & SUMMARY_RESET != 0,
+                repaired: f & SUMMARY_REPAIRED != 0,
+                passive: f & SUMMARY_PASSIVE != 0,
+                err: raw.err,
+                timewait: (f & SUMMARY_TW_HOOKED != 0).then_some(
+                    if f & SUMMARY_TW_FIN_WAIT2 != 0 {
+                        TcpState::FinWait2
+                    } else {
+                        TcpState::TimeWait
+                    },
+                ),
+            },
+        },
+        task: Task {
+            pid: raw.pid,
+            tid: raw.pid,
+            comm: comm_of(&raw.comm),
+            cgroup_id: raw.cgroup_id,
+        },
+        owner_context: f & SUMMARY_OWNER != 0,
+        from_backup: false,
+    })
+}
+
+/// Encodes a summary event back into its kernel layout (tests, recordings).
+pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
+    let What::Summary { old, new, stays } = ev.what else {
+        return None;
+    };
+    let mut r = SockSummary {
+        ts_ns: ev.ts_ns,
+        born_ns: stays.born_ns.unwrap_or(0),
+        cookie: ev.sock.cookie,
+        skaddr: ev.sock.skaddr,
+        cgroup_id: ev.task.cgroup_id,
+        dwell_ns: stays.dwell_ns,
+        comm: [0; 16],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns: ev.netns,
+        pid: ev.task.pid,
+        sport: ev.local.port(),
+        dport: ev.remote.port(),
+        family: if ev.local.is_ipv6() {
+            AF_INET6
+        } else {
+            AF_INET
+        },
+        visited: stays.visited,
+        known: stays.known,
+        flags: 0,
+        err: stays.err,
+        oldstate: old as u8,
+        newstate: new as u8,
+        _pad: [0; 8],
+    };
+    put_ip(&mut r.saddr, ev.local.ip());
+    put_ip(&mut r.daddr, ev.remote.ip());
+    let comm = ev.task.comm.as_bytes();
+    let n = comm.len().min(15);
+    r.comm[..n].copy_from_slice(&comm[..n]);
+    let bit = |on: bool, b: u16| if on { b } else { 0 };
+    r.flags = bit(ev.owner_context, SUMMARY_OWNER)
+        | bit(stays.closer, SUMMARY_CLOSER)
+        | bit(stays.reset, SUMMARY_RESET)
+        | bit(stays.repaired, SUMMARY_REPAIRED)
+        | bit(stays.passive, SUMMARY_PASSIVE)
+        | bit(stays.timewait.is_some(), SUMMARY_TW_HOOKED)
+        | bit(
+            stays.timewait == Some(TcpState::FinWait2),
+            SUMMARY_TW_FIN_WAIT2,
+        )
+        | bit(stays.born_ns.is_none(), SUMMARY_BORN_UNSEEN)
+        | bit(ev.sock.cookie != 0, SUMMARY_HAS_COOKIE)
+        | bit(
+            tcptrace_common::state::runs_in_owner_context(old as u8, new as u8),
+            SUMMARY_OWNER_CONTEXT,
+        )
+        | bit(
+            ev.local.port() != 0 && ev.remote.port() != 0,
+            tcptrace_common::event::SUMMARY_TUPLE,
+        );
+    Some(r)
+}
+
+fn put_ip(dst: &mut [u8; 16], ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => dst[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => *dst = a.octets(),
+    }
+}
+
+/// The bytes of a summary record, as the ring buffer carries them.
+pub fn summary_bytes(raw: &SockSummary) -> &[u8] {
+    // SAFETY: SockSummary is repr(C) with explicit padding (asserted in tcptrace-common).
+    unsafe { std::slice::from_raw_parts((raw as *const SockSummary).cast(), SUMMARY_SIZE) }
 }
 
 pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
@@ -140,42 +365,10 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         },
         EventKind::TimeWaitEnd => What::TimeWaitEnd,
     };
-    let (lip, rip) = match raw.family {
-        AF_INET => (
-            IpAddr::V4(Ipv4Addr::new(
-                raw.saddr[0],
-                raw.saddr[1],
-                raw.saddr[2],
-                raw.saddr[3],
-            )),
-            IpAddr::V4(Ipv4Addr::new(
-                raw.daddr[0],
-                raw.daddr[1],
-                raw.daddr[2],
-                raw.daddr[3],
-            )),
-        ),
-        AF_INET6 => (
-            IpAddr::V6(Ipv6Addr::from(raw.saddr)),
-            IpAddr::V6(Ipv6Addr::from(raw.daddr)),
-        ),
-        f => return Err(DecodeError::Family(f)),
-    };
-    let comm_len = raw
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(raw.comm.len());
+    let (lip, rip) = addresses(raw.family, &raw.saddr, &raw.daddr)?;
     Ok(Event {
         ts_ns: raw.ts_ns,
-        sock: SockId {
-            cookie: if raw.flags & FLAG_HAS_COOKIE != 0 {
-                raw.cookie
-            } else {
-                0
-            },
-            skaddr: raw.skaddr,
-        },
+        sock: SockId::of(raw.cookie, raw.flags & FLAG_HAS_COOKIE != 0, raw.skaddr),
         netns: raw.netns,
         local: SocketAddr::new(lip, raw.sport),
         remote: SocketAddr::new(rip, raw.dport),
@@ -183,7 +376,7 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         task: Task {
             pid: raw.pid,
             tid: raw.tid,
-            comm: CompactString::from_utf8_lossy(&raw.comm[..comm_len]),
+            comm: comm_of(&raw.comm),
             cgroup_id: raw.cgroup_id,
         },
         owner_context: raw.flags & FLAG_OWNER_CONTEXT != 0,
@@ -198,12 +391,8 @@ pub fn encode(ev: &Event) -> RawEvent {
     raw.cookie = ev.sock.cookie;
     raw.skaddr = ev.sock.skaddr;
     raw.cgroup_id = ev.task.cgroup_id;
-    let put = |dst: &mut [u8; 16], ip: IpAddr| match ip {
-        IpAddr::V4(a) => dst[..4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => *dst = a.octets(),
-    };
-    put(&mut raw.saddr, ev.local.ip());
-    put(&mut raw.daddr, ev.remote.ip());
+    put_ip(&mut raw.saddr, ev.local.ip());
+    put_ip(&mut raw.daddr, ev.remote.ip());
     let comm = ev.task.comm.as_bytes();
     let n = comm.len().min(15);
     raw.comm[..n].copy_from_slice(&comm[..n]);
@@ -230,6 +419,13 @@ pub fn encode(ev: &Event) -> RawEvent {
             raw.newstate = substate as u8;
         }
         What::TimeWaitEnd => raw.kind = EventKind::TimeWaitEnd as u8,
+        // Summaries have their own record (`encode_summary`); as an event they are the
+        // transition they end with.
+        What::Summary { old, new, .. } => {
+            raw.kind = EventKind::StateChange as u8;
+            raw.oldstate = old as u8;
+            raw.newstate = new as u8;
+        }
     }
     raw.flags = if ev.owner_context {
         FLAG_OWNER_CONTEXT
@@ -291,6 +487,56 @@ mod tests {
             let raw = encode(&ev);
             assert_eq!(decode(raw_bytes(&raw)).unwrap(), ev);
         }
+    }
+
+    #[test]
+    fn summaries_round_trip_and_say_what_they_know() {
+        let mut ev = sample(true);
+        let mut dwell_ns = [0; STATE_SLOTS];
+        dwell_ns[TcpState::SynSent as usize] = 50_000;
+        dwell_ns[TcpState::Established as usize] = 2_000_000_000;
+        ev.what = What::Summary {
+            old: TcpState::FinWait2,
+            new: TcpState::Close,
+            stays: Stays {
+                dwell_ns,
+                visited: (1 << 2) | (1 << 1) | (1 << 4) | (1 << 5),
+                known: (1 << 2) | (1 << 1),
+                born_ns: Some(100),
+                closer: true,
+                reset: false,
+                repaired: true,
+                passive: false,
+                err: 0,
+                timewait: Some(TcpState::FinWait2),
+            },
+        };
+        let raw = encode_summary(&ev).unwrap();
+        let back = decode(summary_bytes(&raw)).unwrap();
+        assert_eq!(
+            back,
+            Event {
+                task: Task {
+                    tid: 100,
+                    ..ev.task.clone()
+                },
+                ..ev.clone()
+            }
+        );
+        let What::Summary { stays, .. } = back.what else {
+            unreachable!()
+        };
+        let left: Vec<_> = stays.left().collect();
+        assert_eq!(
+            left,
+            [
+                (TcpState::Established, Some(2_000_000_000)),
+                (TcpState::SynSent, Some(50_000)),
+                (TcpState::FinWait1, None),
+                (TcpState::FinWait2, None),
+            ]
+        );
+        assert!(encode_summary(&sample(false)).is_none());
     }
 
     #[test]

@@ -186,7 +186,12 @@ fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
     assert!(short[0]["numbers"]["connections"].as_f64().unwrap() >= 150.0);
     assert!(short[0]["numbers"]["lifetime_p50_ms"].as_f64().unwrap() < 100.0);
     assert_eq!(pids(short[0]), vec![cl.pid() as u64]);
-    assert!(findings(&doc, "close_wait_leak").is_empty());
+    assert!(
+        findings(&doc, "close_wait_leak").is_empty(),
+        "{:#}\n{}",
+        doc["findings"],
+        out.stderr
+    );
 
     let md = md.wait().stdout;
     assert!(md.starts_with("## tcptrace diagnose"), "{md}");

@@ -312,11 +312,13 @@ fn every_command_that_records_finishes_its_file() {
     cli.wait_done(T);
     srv.wait_done(T);
     std::thread::sleep(Duration::from_millis(300));
+    let mut said = Vec::new();
     for (t, args) in tracers.into_iter().zip(commands) {
         let out = t.stop();
         assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        said.push(out.stderr);
     }
-    for (f, args) in files.iter().zip(commands) {
+    for ((f, args), said) in files.iter().zip(commands).zip(&said) {
         let out = run_tcptrace(&["report", "--json", "--from", f.to_str().unwrap()]);
         assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
         assert!(
@@ -324,7 +326,12 @@ fn every_command_that_records_finishes_its_file() {
             "{args:?}: {}",
             out.stderr
         );
-        assert_eq!(out.json()["totals"]["CLOSE_WAIT"], 2, "{args:?}");
+        assert_eq!(
+            out.json()["totals"]["CLOSE_WAIT"],
+            2,
+            "{args:?}\nrecording: {said}\nreplay: {}",
+            out.stderr
+        );
         std::fs::remove_file(f).ok();
     }
     cli.finish();

@@ -193,8 +193,12 @@ fn timer_hook_ends_time_wait_when_the_kernel_drops_it() {
         );
     }
     // Poll until the kernel drops them all; the last drop happened in (last_seen, first_gone].
+    // A socket `ss` saw existed at some moment of that call, so the call's start bounds the
+    // drop from below, and the end of the call that saw none bounds it from above (a dump can
+    // take seconds on a host full of timewait sockets).
     let mut last_seen = t1;
     let first_gone = loop {
+        let asked = std::time::Instant::now();
         let left: usize = sides
             .iter()
             .map(|s| ss_count("time-wait", &filter(s.port)))
@@ -203,7 +207,7 @@ fn timer_hook_ends_time_wait_when_the_kernel_drops_it() {
         if left == 0 {
             break now;
         }
-        last_seen = now;
+        last_seen = asked;
         assert!(
             now < t1 + Duration::from_secs(70),
             "{left} TIME_WAIT sockets still in ss after 70 s"

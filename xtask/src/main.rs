@@ -243,7 +243,7 @@ fn run(task: Task) -> Result<ExitCode> {
             skip_replay,
             output,
         } => {
-            setup::ensure(Mode::Install, Scope::Test)?;
+            setup::ensure(Mode::Install, Scope::Bench)?;
             bench::run(&bench::BenchOptions {
                 rounds,
                 seconds,

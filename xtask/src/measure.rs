@@ -106,17 +106,6 @@ pub fn prog_stats() -> Result<Vec<ProgStats>> {
         .collect())
 }
 
-/// The state-change programs (`set_state*`) among `ids`: their summed run time, and the run
-/// count of the busiest one. Every program on the hook runs once per transition (the backup
-/// ones too, to see what the primary missed), so the busiest count is the transitions seen and
-/// the summed time is what each transition cost.
-pub fn state_prog_totals(ids: &BTreeSet<u32>) -> Result<(u64, u64)> {
-    Ok(prog_stats()?
-        .iter()
-        .filter(|p| ids.contains(&p.id) && p.name.starts_with("set_state"))
-        .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c.max(p.run_cnt))))
-}
-
 /// Date, machine and kernel, for the head of BENCHMARKS.md.
 pub fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

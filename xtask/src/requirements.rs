@@ -26,6 +26,8 @@ pub enum Purpose {
     Test,
     /// The container tools: `cargo xtask image`, and the host tests, which run the image.
     Image,
+    /// The floor and the peers `cargo xtask bench` measures against.
+    Bench,
 }
 
 impl Purpose {
@@ -35,6 +37,7 @@ impl Purpose {
             Purpose::Run => "run",
             Purpose::Test => "test",
             Purpose::Image => "image",
+            Purpose::Bench => "bench",
         }
     }
 }
@@ -118,6 +121,13 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         purpose: Purpose::Test,
         why: "tests cross-check the BTF offsets tcptrace resolves, and the loaded programs, \
               with it",
+    },
+    AptPackage {
+        name: "bpftrace",
+        need: Need::Always,
+        purpose: Purpose::Bench,
+        why: "the floor and the peers of `cargo xtask bench`: an empty program on the same \
+              hook, and bpftrace's counting and printing one-liners",
     },
     AptPackage {
         name: "podman",

@@ -29,9 +29,11 @@ pub enum Scope {
     Run,
     /// Build the container image (`cargo xtask image`): the toolchain and podman.
     Image,
-    /// Run tests without the image (`vm`, `test --vm-only`, `bench`, `soak`, `fuzz`): the
-    /// toolchain and the test tools (QEMU, Prometheus, ...).
+    /// Run tests without the image (`vm`, `test --vm-only`, `soak`, `fuzz`): the toolchain and
+    /// the test tools (QEMU, Prometheus, ...).
     Test,
+    /// `cargo xtask bench`: the test tools and bpftrace, its floor and peers.
+    Bench,
     /// The host test suite, which also builds and runs the image and checks the dependencies
     /// (`test`, and plain `setup`, which prepares the machine for it): everything.
     TestWithImage,
@@ -42,8 +44,9 @@ impl Scope {
     pub fn wants(self, purpose: Purpose) -> bool {
         match purpose {
             Purpose::Run => true,
-            Purpose::Test => matches!(self, Scope::Test | Scope::TestWithImage),
+            Purpose::Test => matches!(self, Scope::Test | Scope::TestWithImage | Scope::Bench),
             Purpose::Image => matches!(self, Scope::Image | Scope::TestWithImage),
+            Purpose::Bench => self == Scope::Bench,
         }
     }
 
@@ -372,6 +375,11 @@ mod tests {
                     "{p} for image"
                 );
             }
+        }
+        // bpftrace is the bench's floor and peers, and nothing else's.
+        assert!(names(Scope::Bench, true, true).contains(&"bpftrace"));
+        for scope in [Scope::Run, Scope::Image, Scope::Test, Scope::TestWithImage] {
+            assert!(!names(scope, true, true).contains(&"bpftrace"), "{scope:?}");
         }
         // cargo deny runs before the host tests only.
         assert!(Scope::TestWithImage.runs_cargo_deny());

@@ -27,6 +27,11 @@ pub struct SummaryInput<'a> {
     pub timewait_hook_missed: u64,
     /// `LossReport::port_filter_forgot`.
     pub port_filter_forgot: u64,
+    /// Transitions seen: followed by the kernel programs (summary mode) plus those that
+    /// reached userspace as events.
+    pub transitions_seen: u64,
+    /// Transitions that never reached either (`LossReport::lost_transitions`).
+    pub transitions_lost: u64,
     /// How TIME_WAIT is known: "inferred", or the exact hook in use (e.g. "fentry:tcp_time_wait").
     pub timewait_method: &'a str,
     /// `net.ipv4.ip_local_port_range`.
@@ -53,6 +58,12 @@ pub struct Summary {
     /// Sockets the in-kernel port filter admitted but could not remember: later transitions
     /// of each may be missing without being in `lost_events`. Never seen so far.
     pub port_filter_forgot: u64,
+    /// TCP state transitions seen (on the sockets the filters select): followed by the kernel
+    /// programs, which in summary mode send a record per CLOSE_WAIT entry and per close only,
+    /// or received one by one. With `transitions_lost`, every transition that happened.
+    pub transitions_seen: u64,
+    /// Transitions that were neither (part of `lost_events`).
+    pub transitions_lost: u64,
     /// How TIME_WAIT is known: "inferred" (from FIN_WAIT2/CLOSING -> CLOSE) or the exact
     /// kernel hook used.
     pub timewait_method: String,
@@ -317,6 +328,8 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
         lost_uncounted: input.lost_uncounted,
         timewait_hook_missed: input.timewait_hook_missed,
         port_filter_forgot: input.port_filter_forgot,
+        transitions_seen: input.transitions_seen,
+        transitions_lost: input.transitions_lost,
         timewait_method: input.timewait_method.to_string(),
         sockets: table.len() as u64,
         totals: table.counts(),

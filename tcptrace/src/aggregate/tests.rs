@@ -46,6 +46,8 @@ impl Rig {
                 lost_uncounted: 0,
                 timewait_hook_missed: 0,
                 port_filter_forgot: 0,
+                transitions_seen: 0,
+                transitions_lost: 0,
                 timewait_method: "inferred",
                 port_range: (32768, 60999),
                 top: 50,
@@ -473,4 +475,78 @@ fn ended_processes_of_one_command_in_two_cgroups_stay_apart() {
         "a live process is (pid, comm): its cgroup id may be learned later"
     );
     assert_eq!(p.ended(), a);
+}
+
+/// Summary mode gives the report every transition gives: the same sockets now, groups, dwell
+/// distributions and lifetimes, from two or three records per connection instead of ten.
+#[test]
+fn summaries_give_the_report_that_every_transition_gives() {
+    let mut fx_a = Fx::new();
+    let mut fx_b = Fx::new();
+    let mut every = Rig::new(&fx_a);
+    let mut rig = Rig::new(&fx_b);
+    rig.t.set_summary_mode(true);
+    let mut summaries = KernelModel::new(rig);
+    // Clean connections, CLOSE_WAIT leaks, and servers that close first.
+    let scenario = |fx: &mut Fx, t: &mut dyn FnMut(&Event) -> Applied| {
+        struct F<'a>(&'a mut dyn FnMut(&Event) -> Applied);
+        impl Sink for F<'_> {
+            fn apply(&mut self, ev: &Event) -> Applied {
+                (self.0)(ev)
+            }
+        }
+        let mut s = F(t);
+        let lb = Loopback::new(fx, 40000);
+        lb.listen(fx, &mut s);
+        for i in 0..30u16 {
+            let mut c = Loopback::new(fx, 40000 + i);
+            c.listener = lb.listener.clone();
+            c.connect(fx, &mut s);
+            fx.step(3 * MS * u64::from(i % 7));
+            if i % 3 == 2 {
+                // The server closes first: TIME_WAIT on the server's side.
+                let (c2, s2) = (c.client_ctx.clone(), c.server_ctx.clone());
+                c.client_ctx = s2;
+                c.server_ctx = c2;
+                std::mem::swap(&mut c.client, &mut c.server);
+                c.client_closes(fx, &mut s);
+                c.server_closes(fx, &mut s);
+            } else {
+                c.client_closes(fx, &mut s);
+                if i % 3 == 0 {
+                    fx.step(20 * MS);
+                    c.server_closes(fx, &mut s);
+                }
+            }
+        }
+    };
+    scenario(&mut fx_a, &mut |ev| every.apply(ev));
+    scenario(&mut fx_b, &mut |ev| summaries.apply(ev));
+    let rig = &mut summaries.inner;
+    for now in [fx_a.ts + SEC, fx_a.ts + TIMEWAIT_LEN_NS + 2 * SEC] {
+        every.expire(now);
+        rig.expire(now);
+        let (a, b) = (every.summary(now), rig.summary(now));
+        let json = |s: &Summary| serde_json::to_value(s).unwrap();
+        let (a, b) = (json(&a), json(&b));
+        for k in [
+            "sockets",
+            "totals",
+            "unattributed",
+            "by_pid",
+            "by_local_port",
+            "by_peer_addr",
+            "by_peer",
+            "by_pid_peer",
+            "dwell_ms",
+            "lifetime_ms",
+            "port_pressure",
+        ] {
+            assert_eq!(
+                a[k], b[k],
+                "{k} differs at {now}:\nevery transition {:#}\nsummaries {:#}",
+                a[k], b[k]
+            );
+        }
+    }
 }

@@ -36,7 +36,20 @@ impl TransitionCounts {
             What::ResetSent => self.resets_sent += 1,
             // Not transitions; the table's TIME_WAIT gauges carry what they tell.
             What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
+            // Summary mode counts every transition in the kernel (`TRANSITIONS`), these included:
+            // see `Session::transition_totals`.
+            What::Summary { .. } => {}
         }
+    }
+
+    /// Adds `n` transitions `old -> new` counted elsewhere (the kernel, in summary mode).
+    pub fn add(&mut self, old: TcpState, new: TcpState, n: u64) {
+        self.transitions[old as usize % N][new as usize % N] += n;
+    }
+
+    /// Every transition counted.
+    pub fn total(&self) -> u64 {
+        self.transitions.iter().flatten().sum()
     }
 
     /// Transitions seen at least once: (old, new, count), in state order.

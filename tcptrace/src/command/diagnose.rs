@@ -12,7 +12,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
     // Counters first, so their growth covers the whole window.
     let host = HostFacts::read_start();
-    let mut session = Session::start(&args.probe.options(), &filters)?;
+    let mut session = Session::start(&args.probe.options(false), &filters)?;
     let format = if args.json {
         Format::Json
     } else if args.markdown {

@@ -11,7 +11,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         anyhow::bail!("record reads the kernel; --from makes no sense here");
     }
     let filters = args.filter.to_filters();
-    let mut opts = args.probe.options();
+    let mut opts = args.probe.options(false);
     opts.record = Some(args.output.clone());
     let mut session = Session::start(&opts, &filters)?;
     eprintln!("tcptrace: recording to {}", args.output.display());

@@ -35,7 +35,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for line in web_config::notices(addr, web.as_ref().map(|w| &*w.1)) {
         eprintln!("tcptrace: {line}");
     }
-    let mut session = Session::start(&args.probe.options(), &args.filter.to_filters())?;
+    let mut session = Session::start(&args.probe.options(false), &args.filter.to_filters())?;
     let (requests_tx, requests) = mpsc::channel(64);
     let (queries_tx, queries) = mpsc::channel(64);
     session.answer_queries(queries);

@@ -6,7 +6,7 @@ use crate::{cli::TopArgs, session::Session, sink::top::Top, view::top::TopState}
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
-    let mut session = Session::start(&args.probe.options(), &filters)?;
+    let mut session = Session::start(&args.probe.options(false), &filters)?;
     let interactive = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     let state = TopState {
         by: args.by,

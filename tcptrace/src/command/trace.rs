@@ -11,7 +11,7 @@ use crate::{
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let filters = args.filter.to_filters();
-    let mut session = Session::start(&args.probe.options(), &filters)?;
+    let mut session = Session::start(&args.probe.options(true), &filters)?;
     let stdout = std::io::stdout();
     let out = BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
     let mut lines = TraceLines::new(out, args.json, session.clock)?;

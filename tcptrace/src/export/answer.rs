@@ -47,11 +47,12 @@ fn answer(s: &mut Session, req: Request, limits: Cardinality) {
 pub fn metrics(s: &mut Session, limits: Cardinality) -> String {
     let overload = s.overload();
     let loss = s.loss();
+    let counters = s.transition_totals();
     let scrape = Scrape {
         table: &s.table,
         agg: &s.agg,
         loss,
-        counters: &s.transitions,
+        counters: &counters,
         events: s.events,
         hook: &s.origin.hook,
         timewait_method: &s.origin.timewait_method,

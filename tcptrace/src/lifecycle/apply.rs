@@ -48,6 +48,7 @@ impl SocketTable {
             What::ResetReceived | What::ResetSent => self.apply_reset(ev, a),
             What::TimeWaitEnter { substate } => self.apply_timewait_enter(ev, substate, a),
             What::TimeWaitEnd => self.apply_timewait_end(ev, a),
+            What::Summary { old, new, stays } => self.apply_summary(ev, old, new, &stays, a),
         }
     }
 
@@ -71,7 +72,12 @@ impl SocketTable {
 
     /// The entry an event is about: by identity, or a socket known only from the kernel table
     /// whose 4-tuple matches (it then takes the event's identity).
-    fn find_event_socket(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Option<u32> {
+    pub(super) fn find_event_socket(
+        &mut self,
+        ev: &Event,
+        old: TcpState,
+        new: TcpState,
+    ) -> Option<u32> {
         let (kind, key) = event_id(ev);
         if let Some(s) = self.find_id(ev.netns, kind, key) {
             return Some(s);
@@ -123,7 +129,7 @@ impl SocketTable {
     }
 
     fn first_sight(&mut self, ev: &Event, old: TcpState, new: TcpState, a: &mut Applied) {
-        let (kind, key) = event_id(ev);
+        let (_, key) = event_id(ev);
         if new == Close {
             if self.is_duplicate_close(ev, old, key) {
                 self.stats.duplicates += 1;
@@ -137,6 +143,14 @@ impl SocketTable {
                 return;
             }
         }
+        let slot = self.create(ev, old, new);
+        self.advance(slot, ev, old, new, true, a)
+    }
+
+    /// A new entry for an event's socket, in state `old`: accepted from a listener when its
+    /// local address is a listener's (it then inherits the listener's owner).
+    pub(super) fn create(&mut self, ev: &Event, old: TcpState, new: TcpState) -> u32 {
+        let (kind, key) = event_id(ev);
         let mut e = Self::blank(ev.netns, old, ev.ts_ns);
         if is_birth(old, new) {
             e.created_ns = ev.ts_ns;
@@ -165,7 +179,7 @@ impl SocketTable {
         if let Some(l) = listener(self) {
             self.copy_owner(slot, l, Attribution::Listener);
         }
-        self.advance(slot, ev, old, new, true, a)
+        slot
     }
 
     fn is_duplicate_close(&self, ev: &Event, old: TcpState, key: u64) -> bool {
@@ -229,7 +243,20 @@ impl SocketTable {
         } else if !fresh {
             a.dwell_ns = e.dwell_until(ts);
         }
+        self.proceed(slot, ev, old, new, fresh, a);
+    }
 
+    /// The rest of a transition, once what the socket left is settled: its tuple and owner,
+    /// then the state it enters (or its close).
+    pub(super) fn proceed(
+        &mut self,
+        slot: u32,
+        ev: &Event,
+        old: TcpState,
+        new: TcpState,
+        fresh: bool,
+        a: &mut Applied,
+    ) {
         if new == Listen {
             self.slab[slot as usize].flags |= flag::LISTENER;
         }
@@ -242,7 +269,8 @@ impl SocketTable {
         if let Some(o) = &owner {
             self.set_owner(slot, o, Attribution::KernelContext);
         }
-        if new == FinWait1 || (old == CloseWait && new == LastAck) {
+        let summary_closer = matches!(ev.what, What::Summary { stays, .. } if stays.closer);
+        if new == FinWait1 || (old == CloseWait && new == LastAck) || summary_closer {
             // close()/shutdown(): in process context the task, just set as the owner above, is
             // exactly who closed.
             self.set_closer(slot, owner.is_some());
@@ -422,8 +450,12 @@ impl SocketTable {
                 // The app closed with unread data or aborted: its RST kills our side's
                 // timewait socket.
                 CloseWait => self.peer_aborted(slot, ts, a),
-                // Our FIN reached the peer even if its CLOSE_WAIT -> LAST_ACK event was lost.
-                LastAck => self.peer_sent_fin(slot, ts, a),
+                // Our FIN reached the peer even if its CLOSE_WAIT -> LAST_ACK event was lost (or,
+                // in summary mode, not sent): it left when LAST_ACK began, if that is known.
+                LastAck => {
+                    let fin_at = ts.saturating_sub(a.dwell_ns.unwrap_or(0));
+                    self.peer_sent_fin(slot, fin_at, a)
+                }
                 _ => {}
             }
             a.sock = Some(self.info(slot));

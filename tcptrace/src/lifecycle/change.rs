@@ -84,7 +84,9 @@ pub enum Outcome {
     Ignored,
 }
 
-const MAX_CHANGES: usize = 6;
+/// The worst case: a summary's earlier stays (up to seven), a mismatch, the stay it ends,
+/// its close and TIME_WAIT entry, and a peer's two changes.
+const MAX_CHANGES: usize = 16;
 
 /// What one event did.
 #[derive(Clone, Debug)]

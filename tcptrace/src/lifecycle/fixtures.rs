@@ -239,3 +239,119 @@ pub fn ks(state: TcpState, local: &str, remote: &str, cookie: u64, inode: u64) -
 pub fn snapshot(taken_ns: u64, sockets: Vec<KernelSocket>) -> Snapshot {
     Snapshot { taken_ns, sockets }
 }
+
+/// What the kernel programs do in summary mode (`tcptrace-ebpf/src/summary.rs`), in userspace:
+/// follows each socket through the transitions it is given and passes on one summary per
+/// CLOSE_WAIT entry and per close, and listener and other events as they are. For tests that a
+/// table fed summaries ends up where one fed every transition does.
+pub struct KernelModel<T: Sink> {
+    pub inner: T,
+    socks: std::collections::HashMap<u64, Followed>,
+}
+
+#[derive(Default)]
+struct Followed {
+    state: Option<TcpState>,
+    entered: u64,
+    born: Option<u64>,
+    dwell: [u64; tcptrace_common::event::STATE_SLOTS],
+    visited: u16,
+    known: u16,
+    owner: Option<Task>,
+    closer: bool,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    passive: bool,
+    timewait: Option<TcpState>,
+}
+
+impl<T: Sink> KernelModel<T> {
+    pub fn new(inner: T) -> KernelModel<T> {
+        KernelModel {
+            inner,
+            socks: Default::default(),
+        }
+    }
+}
+
+impl<T: Sink> Sink for KernelModel<T> {
+    fn apply(&mut self, ev: &Event) -> Applied {
+        if let What::TimeWaitEnter { substate } = ev.what {
+            // Folded into the close record of a socket the kernel follows.
+            if let Some(f) = self.socks.get_mut(&ev.sock.skaddr) {
+                f.timewait = Some(substate);
+                return Applied::default();
+            }
+            return self.inner.apply(ev);
+        }
+        let What::Transition { old, new } = ev.what else {
+            return self.inner.apply(ev);
+        };
+        if new == Listen || (old == Listen && new == Close) {
+            return self.inner.apply(ev);
+        }
+        let bit = |s: TcpState| 1u16 << (s as u16);
+        let f = self.socks.entry(ev.sock.skaddr).or_default();
+        if f.state.is_none() {
+            f.state = Some(old);
+            if old == Close || old == Listen {
+                f.born = Some(ev.ts_ns);
+            }
+            f.passive = old == Listen || old == SynRecv;
+        }
+        if old != Close && old != Listen {
+            if f.state == Some(old) {
+                if f.entered != 0 {
+                    f.dwell[old as usize] += ev.ts_ns - f.entered;
+                    f.known |= bit(old);
+                }
+            } else if let Some(s) = f.state {
+                f.visited |= bit(s);
+                f.known &= !bit(s);
+            }
+            f.visited |= bit(old);
+        }
+        f.state = Some(new);
+        f.entered = ev.ts_ns;
+        if let Some(t) = ev.owner_task() {
+            f.owner = Some(t.clone());
+            if new == FinWait1 || (old == CloseWait && new == LastAck) {
+                f.closer = true;
+            }
+        }
+        if ev.local.port() != 0 && ev.remote.port() != 0 {
+            f.local = Some(ev.local);
+            f.remote = Some(ev.remote);
+        }
+        if new != CloseWait && new != Close {
+            return Applied::default();
+        }
+        let stays = crate::event::Stays {
+            dwell_ns: f.dwell,
+            visited: f.visited,
+            known: f.known,
+            born_ns: f.born,
+            closer: f.closer,
+            reset: false,
+            repaired: false,
+            passive: f.passive,
+            err: 0,
+            timewait: f.timewait.take(),
+        };
+        let mut out = ev.clone();
+        out.what = What::Summary { old, new, stays };
+        out.local = f.local.unwrap_or(ev.local);
+        out.remote = f.remote.unwrap_or(ev.remote);
+        out.owner_context = f.owner.is_some();
+        if let Some(t) = &f.owner {
+            out.task = t.clone();
+        }
+        f.dwell = Default::default();
+        f.visited = 0;
+        f.known = 0;
+        if new == Close {
+            self.socks.remove(&ev.sock.skaddr);
+        }
+        self.inner.apply(&out)
+    }
+}

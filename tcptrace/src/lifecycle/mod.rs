@@ -28,6 +28,7 @@ mod owner;
 mod reconcile;
 mod slab;
 mod stats;
+mod summary;
 mod table;
 mod timewait;
 mod timewait_hooks;

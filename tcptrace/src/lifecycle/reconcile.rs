@@ -87,7 +87,11 @@ impl SocketTable {
                     self.attribute_by_fd(s, fd, Attribution::Snapshot);
                 }
                 added.push(s);
-                st.added += 1;
+                if self.unreported(ks) {
+                    st.learned += 1;
+                } else {
+                    st.added += 1;
+                }
             }
         }
 
@@ -241,6 +245,15 @@ impl SocketTable {
             st.kept_newer += 1;
             return;
         }
+        if !e.is_mini() && self.unreported(ks) {
+            // Summary mode: a transition the kernel follows without a record.
+            self.set_state(slot, ks.state);
+            let e = &mut self.slab[slot as usize];
+            e.since_ns = UNKNOWN_NS;
+            e.last_ns = taken;
+            st.learned += 1;
+            return;
+        }
         // A timewait socket gets no more events; only its substate can change unseen.
         let substate = e.is_mini() && is_timewait_substate(ks);
         if substate {
@@ -295,6 +308,11 @@ impl SocketTable {
         if self.slab[slot as usize].is_mini() {
             self.next_expiry_ns = self.next_expiry_ns.min(d);
         }
+    }
+
+    /// A state summary mode reports no record for: only the kernel's table shows it.
+    fn unreported(&self, ks: &KernelSocket) -> bool {
+        self.summary && !is_timewait_substate(ks) && !super::summary::followed(ks.state)
     }
 
     /// TIME_WAIT started `TCP_TIMEWAIT_LEN - timer` before the dump.

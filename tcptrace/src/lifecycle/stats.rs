@@ -81,6 +81,14 @@ pub struct ReconcileStats {
     pub inode_learned: u64,
     /// Sockets whose cookie we learned (classic tracepoint path).
     pub cookie_learned: u64,
+    /// Summary mode: sockets in states followed only through the kernel's table (ESTABLISHED,
+    /// SYN_SENT, FIN_WAIT1, ...), added or moved to the state the dump showed. Not corrections.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub learned: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl ReconcileStats {
@@ -95,6 +103,7 @@ impl ReconcileStats {
         self.skipped_transient += o.skipped_transient;
         self.inode_learned += o.inode_learned;
         self.cookie_learned += o.cookie_learned;
+        self.learned += o.learned;
     }
 }
 
@@ -138,6 +147,10 @@ pub struct TableStats {
     /// Of those, the ones a kernel event ended (`inet_twsk_free`, or `timer_expire_entry` on
     /// their `tw_timer`) rather than the inferred 60 s.
     pub timewait_end_exact: u64,
+    /// Summary mode: records that said a transition of their socket had been skipped by the
+    /// kernel and repaired from the next one (its stays' times are unknown).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub repaired: u64,
     /// Sum of every reconciliation.
     pub corrections: ReconcileStats,
     /// Sum of every fd scan.

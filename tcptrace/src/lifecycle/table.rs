@@ -121,6 +121,9 @@ pub struct SocketTable {
     pub(super) next_expiry_ns: u64,
     /// Timewait ends come as events for every timewait socket, not only `TW_HOOKED` ones.
     pub(super) exact_timewait_end: bool,
+    /// Summary mode: the kernel sends records for CLOSE_WAIT entries and closes only (see
+    /// `summary.rs`); other states come from the kernel's table.
+    pub(super) summary: bool,
 }
 
 impl SocketTable {
@@ -141,12 +144,19 @@ impl SocketTable {
             tombstones: VecDeque::new(),
             next_expiry_ns: u64::MAX,
             exact_timewait_end: false,
+            summary: false,
         }
     }
 
     /// Timewait sockets whose timer runs out are ended by an event (the fentry hook on
     /// `inet_twsk_free`, or `timer:timer_expire_entry`): the inferred expiry then only retires
     /// those whose event was lost, `EXACT_END_GRACE_NS` after their deadline.
+    /// Summary mode (see `lifecycle::summary`): reconciliation takes the states the records do
+    /// not report from the kernel's table without counting them as corrections.
+    pub fn set_summary_mode(&mut self, on: bool) {
+        self.summary = on;
+    }
+
     pub fn set_exact_timewait_end(&mut self, on: bool) {
         self.exact_timewait_end = on;
         // Deadlines moved later; the next scan recomputes the earliest.

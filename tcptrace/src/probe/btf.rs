@@ -1,21 +1,25 @@
 //! Offsets of the `struct sock` fields the tp_btf programs read, from the running kernel's BTF.
 //!
-//! Rust eBPF programs get no CO-RE relocations, so the kernel side reads each field with
-//! `bpf_probe_read_kernel(sk + offset)` and userspace supplies the offsets at load time. They come
+//! Rust eBPF programs get no CO-RE relocations, so the kernel side reads each field at an offset
+//! userspace supplies at load time (in frozen `.rodata`, so the verifier sees constants and allows
+//! direct loads through the typed socket pointer of tp_btf and fentry programs). They come
 //! from raw BTF (`/sys/kernel/btf/vmlinux`, format: <https://docs.kernel.org/bpf/btf.html>): a
 //! header, a type section and a string section. The parser below reads only what it needs and
 //! bounds-checks every read, so a malformed file is an error, never a panic.
 //!
 //! aya-obj 0.3 (what aya 0.14 uses) parses BTF too, but keeps member offsets `pub(crate)`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tcptrace_common::config::SockOffsets;
 
 /// Where the kernel exposes its own BTF (CONFIG_DEBUG_INFO_BTF).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
         "no kernel BTF at {path}: the kernel was built without CONFIG_DEBUG_INFO_BTF, \
@@ -25,7 +29,7 @@ pub enum BtfError {
     #[error("cannot read BTF from {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("malformed BTF: {0}")]
     Malformed(String),
@@ -51,12 +55,35 @@ pub enum BtfError {
 
 /// Offsets of the fields tcptrace reads, from the running kernel's BTF.
 pub fn sock_offsets() -> Result<SockOffsets, BtfError> {
-    sock_offsets_from_file(Path::new(VMLINUX_BTF))
+    vmlinux()?.sock.clone()
 }
 
-/// Offsets of the fields tcptrace reads, from the raw BTF file at `path`.
-pub fn sock_offsets_from_file(path: &Path) -> Result<SockOffsets, BtfError> {
-    let bytes = std::fs::read(path).map_err(|source| {
+/// What start-up takes from the running kernel's BTF, read and parsed once per process: it is
+/// asked for several times, and one parse of the ~5 MB file takes ~150 ms in a debug build, which
+/// became tens of seconds per tracer under emulation (the VM tests).
+struct Layout {
+    sock: Result<SockOffsets, BtfError>,
+    timewait_shares_sock_common: Result<bool, BtfError>,
+    timewait_timer: Result<(u32, u32), BtfError>,
+}
+
+fn vmlinux() -> Result<&'static Layout, BtfError> {
+    static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+    if let Some(l) = LAYOUT.get() {
+        return Ok(l);
+    }
+    let bytes = read(Path::new(VMLINUX_BTF))?;
+    let btf = Btf::parse(&bytes)?;
+    let layout = Layout {
+        sock: sock_offsets_in(&btf),
+        timewait_shares_sock_common: timewait_shares_sock_common_in(&btf),
+        timewait_timer: timewait_timer_offsets_in(&btf),
+    };
+    Ok(LAYOUT.get_or_init(|| layout))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
+    std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             BtfError::Absent {
                 path: path.to_owned(),
@@ -64,21 +91,28 @@ pub fn sock_offsets_from_file(path: &Path) -> Result<SockOffsets, BtfError> {
         } else {
             BtfError::Read {
                 path: path.to_owned(),
-                source,
+                source: Arc::new(source),
             }
         }
-    })?;
-    sock_offsets_from_bytes(&bytes)
+    })
+}
+
+/// Offsets of the fields tcptrace reads, from the raw BTF file at `path`.
+pub fn sock_offsets_from_file(path: &Path) -> Result<SockOffsets, BtfError> {
+    sock_offsets_from_bytes(&read(path)?)
 }
 
 /// Offsets of the fields tcptrace reads, from raw BTF bytes.
 pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
-    let btf = Btf::parse(bytes)?;
+    sock_offsets_in(&Btf::parse(bytes)?)
+}
+
+fn sock_offsets_in(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
     // Paths start at `struct sock`, so `sock_common` fields include the offset of `__sk_common`
     // (its first member today, but nothing here assumes that).
     let common = |name: &str| btf.field("sock", &["__sk_common", name]);
     let exact = |f: Field, bytes: u32| f.plain_bytes(bytes);
-    let (sk_protocol, sk_protocol_size) = sk_protocol(&btf)?;
+    let (sk_protocol, sk_protocol_size) = sk_protocol(btf)?;
     Ok(SockOffsets {
         skc_daddr: exact(common("skc_daddr")?, 4)?,
         skc_rcv_saddr: exact(common("skc_rcv_saddr")?, 4)?,
@@ -93,7 +127,11 @@ pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
         net_ns_inum: exact(btf.field("net", &["ns", "inum"])?, 4)?,
         sk_protocol,
         sk_protocol_size,
-        _pad: 0,
+        // Why a connect failed; optional (0: not read), as older layouts are not checked.
+        sk_err: btf
+            .field("sock", &["sk_err"])
+            .and_then(|f| exact(f, 4))
+            .unwrap_or(0),
     })
 }
 
@@ -102,15 +140,10 @@ pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
 /// `inet_timewait_sock.__tw_common` both start at byte 0, as they do on every kernel so far
 /// (<https://github.com/torvalds/linux/blob/v6.1/include/net/inet_timewait_sock.h#L33>).
 pub fn timewait_shares_sock_common() -> Result<bool, BtfError> {
-    let bytes = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
-        path: PathBuf::from(VMLINUX_BTF),
-        source,
-    })?;
-    timewait_shares_sock_common_in(&bytes)
+    vmlinux()?.timewait_shares_sock_common.clone()
 }
 
-fn timewait_shares_sock_common_in(bytes: &[u8]) -> Result<bool, BtfError> {
-    let btf = Btf::parse(bytes)?;
+fn timewait_shares_sock_common_in(btf: &Btf<'_>) -> Result<bool, BtfError> {
     let sk = btf.field("sock", &["__sk_common"])?;
     let tw = btf.field("inet_timewait_sock", &["__tw_common"])?;
     Ok(sk.bit_offset == 0 && tw.bit_offset == 0)
@@ -122,15 +155,10 @@ fn timewait_shares_sock_common_in(bytes: &[u8]) -> Result<bool, BtfError> {
 /// `tw_timer` must be a whole `struct timer_list` and the cookie 8 bytes; anything else is an
 /// error, so a changed layout turns the hook off instead of reading the wrong memory.
 pub fn timewait_timer_offsets() -> Result<(u32, u32), BtfError> {
-    let bytes = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
-        path: PathBuf::from(VMLINUX_BTF),
-        source,
-    })?;
-    timewait_timer_offsets_in(&bytes)
+    vmlinux()?.timewait_timer.clone()
 }
 
-fn timewait_timer_offsets_in(bytes: &[u8]) -> Result<(u32, u32), BtfError> {
-    let btf = Btf::parse(bytes)?;
+fn timewait_timer_offsets_in(btf: &Btf<'_>) -> Result<(u32, u32), BtfError> {
     let timer_list = btf
         .structs_named("timer_list")?
         .first()
@@ -879,7 +907,7 @@ mod tests {
             net_ns_inum: 40 + 16,
             sk_protocol: protocol,
             sk_protocol_size: size,
-            _pad: 0,
+            sk_err: 0,
         }
     }
 
@@ -1082,10 +1110,10 @@ mod tests {
     #[test]
     fn real_vmlinux_timewait_socket_starts_with_sock_common() {
         let full = std::fs::read(VMLINUX_BTF).expect("the test machine's kernel BTF");
-        assert!(timewait_shares_sock_common_in(&full).unwrap());
+        assert!(timewait_shares_sock_common_in(&Btf::parse(&full).unwrap()).unwrap());
         // A BTF without `inet_timewait_sock` says so instead of guessing.
         assert!(matches!(
-            timewait_shares_sock_common_in(&kernel(Kernel::default())),
+            timewait_shares_sock_common_in(&Btf::parse(&kernel(Kernel::default())).unwrap()),
             Err(BtfError::MissingType(t)) if t == "inet_timewait_sock"
         ));
     }
@@ -1093,7 +1121,7 @@ mod tests {
     #[test]
     fn real_vmlinux_timewait_timer_offsets() {
         let full = std::fs::read(VMLINUX_BTF).expect("the test machine's kernel BTF");
-        let (tw_timer, cookie) = timewait_timer_offsets_in(&full).unwrap();
+        let (tw_timer, cookie) = timewait_timer_offsets_in(&Btf::parse(&full).unwrap()).unwrap();
         // `tw_timer` follows the 0-based `__tw_common` and the tw_* fields; the cookie is
         // inside `__tw_common`, whose size bounds it.
         let common = Btf::parse(&full)
@@ -1108,7 +1136,7 @@ mod tests {
         assert!(cookie + 8 <= common, "cookie at {cookie}");
         assert_eq!(cookie % 8, 0);
         assert!(matches!(
-            timewait_timer_offsets_in(&kernel(Kernel::default())),
+            timewait_timer_offsets_in(&Btf::parse(&kernel(Kernel::default())).unwrap()),
             Err(BtfError::MissingType(_))
         ));
     }
@@ -1262,7 +1290,7 @@ mod tests {
             net_ns_inum: byte("net", &["ns", "inum"]),
             sk_protocol: proto_bits / 8,
             sk_protocol_size: proto_size,
-            _pad: 0,
+            sk_err: byte("sock", &["sk_err"]),
         };
         assert_eq!(ours, theirs);
         // Fields that share a word are distinct: the lookup did not stop at the union itself.

@@ -23,10 +23,14 @@ pub struct Overload {
 }
 
 impl Overload {
-    /// Fills the counts from the kernel's counting maps.
+    /// Fills the counts from the kernel's counting maps. In summary mode the kernel counts
+    /// records, not transitions, instead of sending them: no per-transition split then.
     pub fn read_counts(&mut self, probe: &Probe) {
         self.counted_events = probe.counted();
         self.counted.clear();
+        if probe.summary {
+            return;
+        }
         for ((old, new), n) in probe.counted_transitions() {
             let name = |v: u8| TcpState::from_u8(v).map(|s| s.name()).unwrap_or("?");
             let key = if (old, new) == (0, 0) {

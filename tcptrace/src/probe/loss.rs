@@ -40,6 +40,17 @@ pub struct LossReport {
     /// failed): their later transitions are filtered out in the kernel, uncounted. So each
     /// may hide a close; not in [`Self::lost`], which counts events, not sockets.
     pub port_filter_forgot: u64,
+    /// Summary mode: transitions the kernel programs followed (the primary's runs, and the
+    /// backup's for runs the kernel skipped). With the transitions lost, every transition the
+    /// kernel made.
+    pub followed: u64,
+    /// Summary mode: gaps in a socket's transitions that its next transition repaired (the
+    /// state is right again; the stays around the gap have no exact time). Of the lost ones.
+    pub repaired: u64,
+    /// Summary mode: transitions lost because socket-local storage could not be created.
+    pub storage_failed: u64,
+    /// Summary mode: of `ring_full`, summaries (a CLOSE_WAIT entry or a close each).
+    pub summary_ring_full: u64,
 }
 
 impl LossReport {
@@ -74,7 +85,11 @@ impl LossReport {
     /// that loss. (Subtracting from the skips alone, with a floor at zero, counted a refused
     /// duplicate as lost: received + lost = generated + 1, seen in the 6.1 guest.)
     pub fn lost(&self) -> u64 {
-        self.lost_ring_full() + self.lost_nested() + self.reset_skipped + self.undecodable
+        self.lost_ring_full()
+            + self.lost_nested()
+            + self.reset_skipped
+            + self.undecodable
+            + self.storage_failed
     }
 
     /// Losses to a full ring: the primary's (and the reset programs') refused reservations, less
@@ -200,6 +215,12 @@ mod tests {
             // socket is a socket whose later events may be missing, not a count of events.
             timewait_hook_missed: 5,
             port_filter_forgot: 6,
+            // Summary mode's: transitions followed are not lost; repaired ones are among the
+            // lost, not added to them; failed storage is lost.
+            followed: 100,
+            repaired: 1,
+            storage_failed: 0,
+            summary_ring_full: 0,
         };
         assert_eq!(r.lost(), 3 + 1 + 2);
         assert_eq!(r.lost_resets(), 1 + 2);

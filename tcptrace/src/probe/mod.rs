@@ -70,6 +70,10 @@ pub struct ProbeOptions {
     /// `tcp_time_wait` / `inet_twsk_free`, then, where the kernel refuses fentry, the end from
     /// `timer:timer_expire_entry`. Without them TIME_WAIT is inferred.
     pub timewait_hooks: TimewaitHooks,
+    /// Summary mode (tp_btf path only): sockets followed in socket-local storage, one record per
+    /// CLOSE_WAIT entry and per close instead of an event per transition. For every view but
+    /// `trace`, which prints every transition.
+    pub summary: bool,
 }
 
 /// Which exact TIME_WAIT hooks to try.
@@ -120,6 +124,7 @@ impl Default for ProbeOptions {
             force_path: None,
             backup: true,
             timewait_hooks: TimewaitHooks::Auto,
+            summary: false,
         }
     }
 }
@@ -168,6 +173,11 @@ pub struct Probe {
     /// Why the `timer:timer_expire_entry` hook is not attached either, when it was tried.
     pub timewait_timer_fallback: Option<String>,
     pub ring_bytes: u32,
+    /// Summary mode is on (see [`ProbeOptions::summary`]).
+    pub summary: bool,
+    /// Why summary mode was asked for but could not load (the kernel refused socket-local
+    /// storage from tp_btf, before 5.11).
+    pub summary_fallback: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +206,14 @@ pub struct KernelCounters {
     pub timewait_skipped: u64,
     /// Sockets the port filter admitted but could not remember: their close will be filtered.
     pub admit_failed: u64,
+    /// Summary mode: transitions followed (primary or backup), the backup's share of them,
+    /// gaps repaired, storage that could not be created (its transition lost), and summaries
+    /// the full ring refused.
+    pub followed: u64,
+    pub backup_handled: u64,
+    pub repaired: u64,
+    pub storage_failed: u64,
+    pub summary_ring_full: u64,
 }
 
 impl Probe {
@@ -223,10 +241,24 @@ impl Probe {
                 Err(e) => (HookPath::Tracepoint, Some(e.to_string())),
             },
         };
+        let mut summary_fallback = None;
         let mut probe = match path {
+            HookPath::TpBtf if opts.summary => match load_tp_btf(opts) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Socket-local storage from tp_btf needs Linux 5.11; follow every transition
+                    // in userspace instead.
+                    summary_fallback = Some(short_reason(&e.to_string()));
+                    load_tp_btf(&ProbeOptions {
+                        summary: false,
+                        ..opts.clone()
+                    })?
+                }
+            },
             HookPath::TpBtf => load_tp_btf(opts)?,
             HookPath::Tracepoint => load_tracepoint(opts)?,
         };
+        probe.summary_fallback = summary_fallback;
         probe.fallback_reason = fallback_reason;
         let ring = probe
             .ebpf
@@ -277,6 +309,11 @@ impl Probe {
             filtered: sum(Counter::Filtered),
             timewait_ring_full: sum(Counter::TimewaitReserveFailed),
             admit_failed: sum(Counter::AdmitFailed),
+            followed: sum(Counter::Handled),
+            backup_handled: sum(Counter::BackupHandled),
+            repaired: sum(Counter::Repaired),
+            storage_failed: sum(Counter::StorageFailed),
+            summary_ring_full: sum(Counter::SummaryReserveFailed),
             ..Default::default()
         };
         for (name, st) in self.program_stats() {
@@ -339,19 +376,49 @@ impl Probe {
     /// a skipped run counted in `k` has been seen, and the report never claims as lost what is
     /// only still waiting in the ring.
     pub fn loss_with(&self, k: &KernelCounters, reader: &EventReader) -> LossReport {
+        // The backup program recovers a skipped run by handling it in summary mode (counted in
+        // the kernel), by sending its event otherwise (counted when read).
+        let recovered = if self.summary {
+            k.backup_handled
+        } else {
+            reader.dedup.recovered
+        };
         LossReport {
             ring_full: k.ring_full,
             backup_ring_full: k.backup_ring_full,
             reset_ring_full: k.reset_ring_full,
             // Skipped runs whose events were unwanted anyway are not losses.
             primary_skipped: k.primary_skipped.saturating_sub(k.backup_discarded),
-            recovered: reader.dedup.recovered,
+            recovered,
             reset_skipped: k.reset_skipped,
             duplicates: reader.dedup.duplicates,
             undecodable: reader.undecodable,
             timewait_hook_missed: k.timewait_ring_full + k.timewait_skipped,
             port_filter_forgot: k.admit_failed,
+            followed: k.followed,
+            repaired: k.repaired,
+            storage_failed: k.storage_failed,
+            summary_ring_full: k.summary_ring_full,
         }
+    }
+}
+
+/// A load error without its verifier log: the first line, and the log's verdict (the line
+/// before its statistics).
+fn short_reason(e: &str) -> String {
+    let mut lines = e.lines();
+    let first = lines.next().unwrap_or_default();
+    let verdict = e
+        .lines()
+        .take_while(|l| !l.starts_with("verification time"))
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .unwrap_or_default();
+    let first = first.split(" Verifier output:").next().unwrap_or(first);
+    if verdict.is_empty() || first.contains(verdict) {
+        first.to_string()
+    } else {
+        format!("{first} ... {}", verdict.trim())
     }
 }
 
@@ -365,6 +432,7 @@ fn base_loader<'a>(cfg: &'a ProbeConfig, opts: &ProbeOptions) -> EbpfLoader<'a> 
 
 fn probe_config(opts: &ProbeOptions) -> ProbeConfig {
     ProbeConfig {
+        summary: u8::from(opts.summary),
         family: opts.family.unwrap_or(0),
         port_filter: port_filter_bits(&opts.ports),
         no_wakeup: 1,
@@ -459,6 +527,8 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         timewait_fallback,
         timewait_timer_fallback,
         ring_bytes: opts.ring_bytes,
+        summary: opts.summary,
+        summary_fallback: None,
     })
 }
 
@@ -567,6 +637,7 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
     let set_state = tracefs::event_format(&root, "sock", "inet_sock_set_state")
         .map_err(|_| ProbeError::NoTracepoint)?;
     let mut cfg = probe_config(opts);
+    cfg.summary = 0;
     cfg.tp_set_state =
         tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
     // Offsets are optional here: with BTF (a forced fallback) the namespace is still read.
@@ -621,6 +692,9 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         timewait_fallback: None,
         timewait_timer_fallback: None,
         ring_bytes: opts.ring_bytes,
+        // The classic tracepoint has no typed socket for socket-local storage.
+        summary: false,
+        summary_fallback: None,
     })
 }
 

@@ -69,6 +69,9 @@ pub struct Options {
     pub timewait_hooks: TimewaitHooks,
     /// The overload guard's budget, events per second.
     pub max_event_rate: u64,
+    /// Summary records instead of every transition (every view but `trace`; see
+    /// `ProbeOptions::summary`).
+    pub summary: bool,
 }
 
 /// Where the events come from, as the views name it: the live host, or the recorded one.
@@ -140,6 +143,7 @@ impl Session {
             force_path: opts.hook,
             backup: true,
             timewait_hooks: opts.timewait_hooks,
+            summary: opts.summary,
         })?;
         let sysctls = Sysctls::read();
         let method = k.timewait_method();
@@ -161,6 +165,8 @@ impl Session {
         );
         s.guard = Guard::new(opts.max_event_rate);
         s.table.set_exact_timewait_end(method.exact_end());
+        s.table
+            .set_summary_mode(s.probe().is_some_and(|p| p.summary));
         if let Some(path) = &opts.record {
             s.recorder = Some(Recorder::create(path, &s.header())?);
         }
@@ -257,6 +263,7 @@ impl Session {
             ip_local_port_range: Some([o.port_range.0, o.port_range.1]),
             tcp_fin_timeout_s: Some((o.fin_timeout_ns / 1_000_000_000) as u32),
             command_line: std::env::args().collect(),
+            summaries: self.probe().is_some_and(|p| p.summary),
             ..Header::default()
         }
     }

@@ -1,9 +1,11 @@
 //! What the session hands to views: the loss picture, the summary, the report document and
 //! the closing line.
 
+use tcptrace_common::TcpState;
+
 use super::Session;
 use crate::{
-    aggregate::{Summary, SummaryInput, summary},
+    aggregate::{Summary, SummaryInput, TransitionCounts, summary},
     clock::{WallClock, monotonic_ns},
     probe::LossReport,
     source::Source,
@@ -14,6 +16,20 @@ use crate::{
 };
 
 impl Session {
+    /// Transitions and resets since the start, by kind: what the session applied, plus, in
+    /// summary mode, every transition the kernel followed without sending it.
+    pub fn transition_totals(&self) -> TransitionCounts {
+        let mut t = self.transitions.clone();
+        if let Some(p) = self.probe().filter(|p| p.summary) {
+            for ((old, new), n) in p.counted_transitions() {
+                if let (Some(o), Some(nw)) = (TcpState::from_u8(old), TcpState::from_u8(new)) {
+                    t.add(o, nw, n);
+                }
+            }
+        }
+        t
+    }
+
     /// The loss picture: while live, the newest one the ring has been drained past (so it never
     /// claims what is still waiting in the ring); a replay's latest recorded counters.
     pub fn loss(&self) -> LossReport {
@@ -44,6 +60,8 @@ impl Session {
                 lost_uncounted: self.lost_uncounted(&loss),
                 timewait_hook_missed: loss.timewait_hook_missed,
                 port_filter_forgot: loss.port_filter_forgot,
+                transitions_seen: loss.followed + self.transitions.total(),
+                transitions_lost: loss.lost_transitions(),
                 timewait_method: &self.origin.timewait_method,
                 port_range: self.origin.port_range,
                 top,

@@ -62,7 +62,8 @@ impl<W: Write> Sink for TraceLines<W> {
             }
             // The timewait hooks only make the table exact; `trace` prints transitions.
             What::TimeWaitEnter { .. } | What::TimeWaitEnd => {}
-            What::Transition { old, new } => {
+            // A replayed summary recording has only the transitions its records end with.
+            What::Transition { old, new } | What::Summary { old, new, .. } => {
                 let (netns, sock) = (ev.netns, ev.sock);
                 let line = trace_line(ev.clone(), old, new, applied, &mut pending.spare);
                 if old == TcpState::SynRecv && sock.cookie != 0 {

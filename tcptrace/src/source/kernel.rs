@@ -42,6 +42,12 @@ impl KernelSource {
             };
             eprintln!("tcptrace: fentry timewait hooks unavailable ({why}); {then}");
         }
+        if let Some(why) = &probe.summary_fallback {
+            eprintln!(
+                "tcptrace: socket-local storage from tp_btf unavailable ({why}); every transition \
+                 is sent to userspace instead (costlier)"
+            );
+        }
         if let Some(why) = &probe.timewait_timer_fallback {
             eprintln!(
                 "tcptrace: timer:timer_expire_entry timewait hook unavailable ({why}); inferring \
@@ -56,9 +62,14 @@ impl KernelSource {
         let p = &self.probe;
         eprintln!(
             "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
-             tcp:tcp_send_reset (ring {} KiB; TIME_WAIT {}); {existing} existing sockets loaded",
+             tcp:tcp_send_reset (ring {} KiB, {}; TIME_WAIT {}); {existing} existing sockets loaded",
             p.path(),
             p.ring_bytes / 1024,
+            if p.summary {
+                "a summary per CLOSE_WAIT entry and close"
+            } else {
+                "every transition"
+            },
             p.timewait_method().as_str(),
         );
     }

@@ -7,10 +7,15 @@ use crate::{aggregate::Summary, probe::LossReport};
 /// The closing line every command prints on stderr. `uncounted`: transitions the kernel skipped
 /// without counting them, found by reconciliation.
 pub fn closing_line(events: u64, elapsed_s: f64, loss: &LossReport, uncounted: u64) -> String {
+    let followed = if loss.followed > 0 {
+        format!(" ({} transitions followed in the kernel)", loss.followed)
+    } else {
+        String::new()
+    };
     format!(
-        "tcptrace: {events} events in {elapsed_s:.1}s; lost {} events ({} transitions, {} resets; \
-         ring full {}, nested runs skipped {}, recovered by the backup program {}, duplicates \
-         dropped {}){}{}{}",
+        "tcptrace: {events} events in {elapsed_s:.1}s{followed}; lost {} events ({} transitions, \
+         {} resets; ring full {}, nested runs skipped {}, recovered by the backup program {}, \
+         duplicates dropped {}){}{}{}{}",
         loss.lost(),
         loss.lost_transitions(),
         loss.lost_resets(),
@@ -18,6 +23,7 @@ pub fn closing_line(events: u64, elapsed_s: f64, loss: &LossReport, uncounted: u
         loss.primary_skipped,
         loss.recovered,
         loss.duplicates,
+        summary_note(loss),
         uncounted_note(uncounted),
         port_filter_note(loss.port_filter_forgot),
         timewait_hook_note(loss.timewait_hook_missed),
@@ -59,6 +65,29 @@ fn suffix_words(uncounted: u64, port_filter_forgot: u64, timewait_hook_missed: u
     }
     if timewait_hook_missed > 0 {
         out += &format!(" ({timewait_hook_missed} TIME_WAIT records missed: times inferred)");
+    }
+    out
+}
+
+/// Summary mode's own counts, when they are not zero: gaps repaired from a socket's next
+/// transition, storage that could not be created, summaries the full ring refused.
+fn summary_note(l: &LossReport) -> String {
+    let mut out = String::new();
+    if l.repaired > 0 {
+        out += &format!(
+            "; {} of those lost were repaired from the socket's next transition (state right, \
+             those stays untimed)",
+            l.repaired
+        );
+    }
+    if l.storage_failed > 0 {
+        out += &format!("; {} for want of socket-local storage", l.storage_failed);
+    }
+    if l.summary_ring_full > 0 {
+        out += &format!(
+            "; {} summaries refused by the full ring (CLOSE_WAIT entries or closes)",
+            l.summary_ring_full
+        );
     }
     out
 }

@@ -149,6 +149,7 @@ pub(super) fn type_name(tag: u8) -> &'static str {
         tag::LOSS => "Loss",
         tag::MARK => "Mark",
         tag::END => "End",
+        tag::SUMMARY => "Summary",
         _ => "unknown",
     }
 }

@@ -26,9 +26,14 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// fixed-size records, and new record types. Readers of an older minor skip and ignore those.
 ///
 /// 1.1 added two loss counters (`timewait_hook_missed`, `port_filter_forgot`) to Loss and End.
-pub const FORMAT_MINOR: u16 = 1;
+/// 1.2 added Summary records (behind the [`FLAG_SUMMARIES`] must-understand flag) and four loss
+/// counters (`followed`, `repaired`, `storage_failed`, `summary_ring_full`).
+pub const FORMAT_MINOR: u16 = 2;
+/// Header flag: the file holds Summary records (a session in summary mode). A reader that does
+/// not know them must refuse the file: skipping them would drop every close.
+pub const FLAG_SUMMARIES: u32 = 1 << 0;
 /// Flag bits this build understands. A file that sets any other bit is rejected.
-pub const KNOWN_FLAGS: u32 = 0;
+pub const KNOWN_FLAGS: u32 = FLAG_SUMMARIES;
 /// Bytes before the metadata.
 pub const FIXED_LEN: usize = 24;
 /// The metadata is a few hundred bytes; the cap keeps a corrupt length from costing memory.
@@ -77,6 +82,9 @@ pub struct Header {
     pub tcp_fin_timeout_s: Option<u32>,
     /// The tcptrace command line that made the recording, one argument per string.
     pub command_line: Vec<String>,
+    /// The file holds Summary records: the header's `FLAG_SUMMARIES`, not a metadata key.
+    #[serde(skip)]
+    pub summaries: bool,
 }
 
 impl Default for Header {
@@ -92,6 +100,7 @@ impl Default for Header {
             ip_local_port_range: None,
             tcp_fin_timeout_s: None,
             command_line: Vec::new(),
+            summaries: false,
         }
     }
 }
@@ -121,7 +130,8 @@ impl Header {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
         out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        let flags = if self.summaries { FLAG_SUMMARIES } else { 0 };
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&meta);
         Ok(out)
@@ -183,11 +193,12 @@ impl Header {
         if got < meta.len() {
             return Err(truncated(FIXED_LEN + got));
         }
-        let header: Header =
+        let mut header: Header =
             serde_json::from_slice(&meta).map_err(|e| RecordError::CorruptHeader {
                 offset: FIXED_LEN as u64,
                 what: format!("metadata: {e}"),
             })?;
+        header.summaries = flags & FLAG_SUMMARIES != 0;
         Ok((header, version, (FIXED_LEN + meta.len()) as u64))
     }
 }

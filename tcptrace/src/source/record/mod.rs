@@ -21,7 +21,7 @@ mod tests;
 use std::collections::HashMap;
 
 pub use error::{Corruption, RecordError, TruncatedAt};
-pub use header::{FORMAT_MAJOR, FORMAT_MINOR, FormatVersion, Header, MAGIC};
+pub use header::{FLAG_SUMMARIES, FORMAT_MAJOR, FORMAT_MINOR, FormatVersion, Header, MAGIC};
 pub use reader::RecordReader;
 pub use writer::RecordWriter;
 
@@ -39,6 +39,8 @@ pub mod tag {
     pub const LOSS: u8 = 4;
     pub const MARK: u8 = 5;
     pub const END: u8 = 6;
+    /// A [`tcptrace_common::SockSummary`] verbatim (format 1.2, files with `FLAG_SUMMARIES`).
+    pub const SUMMARY: u8 = 7;
 }
 
 /// Type tag (u8) and payload length (u32 LE) in front of every payload.

@@ -30,9 +30,13 @@ pub(super) const MARK_LEN: usize = 8;
 
 /// The payload length of Loss and End records in a file of format `1.minor` (this build's or
 /// older; a newer minor may only be longer): 1.0 had eight loss counters, 1.1 added
-/// `timewait_hook_missed` and `port_filter_forgot`.
+/// `timewait_hook_missed` and `port_filter_forgot`, 1.2 the four of summary mode.
 pub(super) const fn loss_and_end_len(minor: u16) -> (usize, usize) {
-    let counters = if minor == 0 { 8 } else { 10 };
+    let counters = match minor {
+        0 => 8,
+        1 => 10,
+        _ => 14,
+    };
     (8 + 8 * counters, 24 + 8 * counters)
 }
 
@@ -200,6 +204,10 @@ fn put_loss(out: &mut [u8], l: &LossReport) {
         l.reset_ring_full,
         l.timewait_hook_missed,
         l.port_filter_forgot,
+        l.followed,
+        l.repaired,
+        l.storage_failed,
+        l.summary_ring_full,
     ];
     for (dst, v) in out.chunks_exact_mut(8).zip(fields) {
         dst.copy_from_slice(&v.to_le_bytes());
@@ -376,6 +384,12 @@ pub(super) fn read_loss(c: &mut Cursor<'_>, minor: u16) -> Result<LossReport, Ma
     if minor >= 1 {
         l.timewait_hook_missed = c.u64()?;
         l.port_filter_forgot = c.u64()?;
+    }
+    if minor >= 2 {
+        l.followed = c.u64()?;
+        l.repaired = c.u64()?;
+        l.storage_failed = c.u64()?;
+        l.summary_ring_full = c.u64()?;
     }
     Ok(l)
 }

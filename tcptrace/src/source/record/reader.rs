@@ -5,7 +5,7 @@ use std::io::{BufReader, Read};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
-use tcptrace_common::event::RAW_EVENT_SIZE;
+use tcptrace_common::event::{RAW_EVENT_SIZE, SUMMARY_SIZE};
 
 use crate::event::decode;
 use crate::source::snapshot::Snapshot;
@@ -154,6 +154,12 @@ impl<R: Read> RecordReader<R> {
         let record = match frame.tag {
             tag::EVENT => {
                 let ev = decode(&self.payload[..RAW_EVENT_SIZE])
+                    .map_err(|e| self.corrupt(start, Corruption::Event(e)))?;
+                self.events += 1;
+                Record::Event(ev)
+            }
+            tag::SUMMARY => {
+                let ev = decode(&self.payload[..SUMMARY_SIZE])
                     .map_err(|e| self.corrupt(start, Corruption::Event(e)))?;
                 self.events += 1;
                 Record::Event(ev)
@@ -315,6 +321,7 @@ impl<R: Read> RecordReader<R> {
         };
         Some(match tag {
             tag::EVENT => fixed(RAW_EVENT_SIZE),
+            tag::SUMMARY if self.header.summaries => fixed(SUMMARY_SIZE),
             tag::LOSS => fixed(loss_len),
             tag::MARK => fixed(MARK_LEN),
             tag::END => fixed(end_len),
@@ -369,6 +376,12 @@ impl<R: Read> RecordReader<R> {
 fn is_known(t: u8) -> bool {
     matches!(
         t,
-        tag::EVENT | tag::SNAPSHOT | tag::FD_OWNERS | tag::LOSS | tag::MARK | tag::END
+        tag::EVENT
+            | tag::SNAPSHOT
+            | tag::FD_OWNERS
+            | tag::LOSS
+            | tag::MARK
+            | tag::END
+            | tag::SUMMARY
     )
 }

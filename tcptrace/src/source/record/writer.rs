@@ -6,10 +6,10 @@ use std::io::{self, BufWriter, Write};
 use std::mem::offset_of;
 use std::path::Path;
 
-use tcptrace_common::event::{AF_INET, AF_INET6, RAW_EVENT_SIZE};
+use tcptrace_common::event::{AF_INET, AF_INET6, RAW_EVENT_SIZE, SUMMARY_SIZE, SockSummary};
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
-use crate::event::{Event, encode, raw_bytes};
+use crate::event::{Event, encode, encode_summary, raw_bytes, summary_bytes};
 use crate::owner::process::ProcessRef;
 use crate::probe::LossReport;
 use crate::source::snapshot::Snapshot;
@@ -84,7 +84,23 @@ impl<W: Write> RecordWriter<W> {
     }
 
     pub fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        self.write_raw(raw_bytes(&encode(ev)))
+        match encode_summary(ev) {
+            Some(summary) => self.write_summary(&summary),
+            None => self.write_raw(raw_bytes(&encode(ev))),
+        }
+    }
+
+    /// Writes a summary record (the file's header must say it holds them: `Header::summaries`).
+    pub fn write_summary(&mut self, s: &SockSummary) -> io::Result<()> {
+        self.check_usable()?;
+        let mut rec = [0u8; FRAME_LEN + SUMMARY_SIZE];
+        rec[0] = tag::SUMMARY;
+        rec[1..FRAME_LEN].copy_from_slice(&(SUMMARY_SIZE as u32).to_le_bytes());
+        rec[FRAME_LEN..].copy_from_slice(summary_bytes(s));
+        self.put(&rec)?;
+        self.events += 1;
+        self.records += 1;
+        Ok(())
     }
 
     /// Writes a ring buffer record as it came from the kernel, without decoding it.

@@ -139,6 +139,10 @@ fn loss() -> LossReport {
         reset_ring_full: 8,
         timewait_hook_missed: 9,
         port_filter_forgot: 10,
+        followed: 11,
+        repaired: 12,
+        storage_failed: 13,
+        summary_ring_full: 14,
     }
 }
 

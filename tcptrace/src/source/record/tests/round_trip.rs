@@ -263,3 +263,60 @@ fn million_events_write_and_read_in_constant_memory() {
         "reading {size} bytes grew the peak RSS by {grew_kib} KiB"
     );
 }
+
+/// A session in summary mode: its file says so in the header's must-understand flags, and its
+/// summaries read back whole. A summary in a file without the flag is corruption.
+#[test]
+fn summaries_round_trip_in_files_that_say_they_hold_them() {
+    use crate::event::Stays;
+    let mut ev = event(3, true);
+    let mut dwell_ns = [0; tcptrace_common::event::STATE_SLOTS];
+    dwell_ns[TcpState::Established as usize] = 5_000_000;
+    ev.what = What::Summary {
+        old: TcpState::Established,
+        new: TcpState::CloseWait,
+        stays: Stays {
+            dwell_ns,
+            visited: 1 << 1,
+            known: 1 << 1,
+            born_ns: Some(1_000),
+            closer: false,
+            reset: false,
+            repaired: false,
+            passive: true,
+            err: 0,
+            timewait: None,
+        },
+    };
+    let mut h = header();
+    h.summaries = true;
+    let mut w = RecordWriter::new(Vec::new(), &h).unwrap();
+    let at = w.position() as usize;
+    w.write_event(&ev).unwrap();
+    w.write_event(&event(4, false)).unwrap();
+    let bytes = w.finish(&loss(), 9).unwrap();
+    assert_eq!(&bytes[16..20], &FLAG_SUMMARIES.to_le_bytes());
+    assert_eq!(bytes[at], tag::SUMMARY);
+    let recs = read_all_from_bytes(&bytes).unwrap();
+    let Record::Event(back) = &recs[0] else {
+        panic!("{recs:?}")
+    };
+    // The summary's task is its owner, which has no thread of its own.
+    assert_eq!(back.what, ev.what);
+    assert_eq!((back.local, back.remote), (ev.local, ev.remote));
+    assert!(matches!(&recs[1], Record::Event(e) if e.what == event(4, false).what));
+
+    let mut unflagged = bytes.clone();
+    unflagged[16..20].copy_from_slice(&0u32.to_le_bytes());
+    let err = read_all_from_bytes(&unflagged).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecordError::Corrupt {
+                what: Corruption::UnknownType(t),
+                ..
+            } if t == tag::SUMMARY
+        ),
+        "{err:?}"
+    );
+}

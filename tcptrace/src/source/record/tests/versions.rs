@@ -172,16 +172,18 @@ fn newer_minor_version_additions_are_skipped_but_not_in_our_own() {
     assert!(matches!(what, Corruption::UnknownType(0x40)));
 }
 
-/// Rewrites a file of this build as format 1.0 wrote it: minor version 0, and Loss and End
-/// without the two loss counters 1.1 appended. `loss_at` is where the one Loss record starts.
-fn as_format_1_0(bytes: &[u8], loss_at: usize) -> Vec<u8> {
+/// Rewrites a file of this build as format `1.minor` wrote it: that minor version, and Loss and
+/// End without the loss counters later versions appended. `loss_at` is where the one Loss record
+/// starts.
+fn as_format(bytes: &[u8], loss_at: usize, minor: u16) -> Vec<u8> {
     let mut old = bytes.to_vec();
-    old[14..16].copy_from_slice(&0u16.to_le_bytes());
+    old[14..16].copy_from_slice(&minor.to_le_bytes());
+    let extra = payload::LOSS_LEN - payload::loss_and_end_len(minor).0;
     let end_at = old.len() - FRAME_LEN - payload::END_LEN;
     let shorten = |old: &mut Vec<u8>, at: usize, len: usize| {
-        let cut = at + FRAME_LEN + len - 16;
-        old.drain(cut..cut + 16);
-        old[at + 1..at + 5].copy_from_slice(&(len as u32 - 16).to_le_bytes());
+        let cut = at + FRAME_LEN + len - extra;
+        old.drain(cut..cut + extra);
+        old[at + 1..at + 5].copy_from_slice(&((len - extra) as u32).to_le_bytes());
     };
     // The later record first, so the earlier offset stays valid.
     shorten(&mut old, end_at, payload::END_LEN);
@@ -189,36 +191,43 @@ fn as_format_1_0(bytes: &[u8], loss_at: usize) -> Vec<u8> {
     old
 }
 
-/// Files from format 1.0 still read: their Loss and End records are 16 bytes shorter, and the
-/// counters 1.1 added read as 0. The 1.1 lengths in a 1.0 file are corruption, as are the 1.0
-/// lengths in a 1.1 file.
+/// Files from formats 1.0 and 1.1 still read: their Loss and End records are shorter, and the
+/// counters later versions added read as 0. Another version's lengths are corruption.
 #[test]
-fn format_1_0_files_read_with_the_newer_loss_counters_at_zero() {
+fn older_files_read_with_the_newer_loss_counters_at_zero() {
     let mut w = RecordWriter::new(Vec::new(), &header()).unwrap();
     w.write_event(&event(1, false)).unwrap();
     let loss_at = w.position() as usize;
     w.write_loss(&loss(), 5).unwrap();
     let bytes = w.finish(&loss(), 6).unwrap();
-    let old = as_format_1_0(&bytes, loss_at);
-    assert_eq!(old.len(), bytes.len() - 32);
-
-    let mut r = RecordReader::from_reader(old.as_slice()).unwrap();
-    assert_eq!(r.version(), FormatVersion { major: 1, minor: 0 });
-    let then = LossReport {
-        timewait_hook_missed: 0,
-        port_filter_forgot: 0,
-        ..loss()
-    };
-    assert!(matches!(r.next().unwrap(), Some(Record::Event(_))));
-    assert_eq!(
-        r.next().unwrap(),
-        Some(Record::Loss {
-            ts_ns: 5,
-            loss: then
-        })
-    );
-    assert!(matches!(r.next().unwrap(), Some(Record::End(End { loss, .. })) if loss == then));
-
+    for minor in [0, 1] {
+        let old = as_format(&bytes, loss_at, minor);
+        let counters_then = if minor == 0 { 8 } else { 10 };
+        assert_eq!(old.len(), bytes.len() - 2 * 8 * (14 - counters_then));
+        let mut r = RecordReader::from_reader(old.as_slice()).unwrap();
+        assert_eq!(r.version(), FormatVersion { major: 1, minor });
+        let mut then = LossReport {
+            followed: 0,
+            repaired: 0,
+            storage_failed: 0,
+            summary_ring_full: 0,
+            ..loss()
+        };
+        if minor == 0 {
+            then.timewait_hook_missed = 0;
+            then.port_filter_forgot = 0;
+        }
+        assert!(matches!(r.next().unwrap(), Some(Record::Event(_))));
+        assert_eq!(
+            r.next().unwrap(),
+            Some(Record::Loss {
+                ts_ns: 5,
+                loss: then
+            })
+        );
+        assert!(matches!(r.next().unwrap(), Some(Record::End(End { loss, .. })) if loss == then));
+    }
+    let old = as_format(&bytes, loss_at, 0);
     let mut mixed = bytes.clone();
     mixed[14..16].copy_from_slice(&0u16.to_le_bytes());
     let (offset, _, what) = corrupt_at(&mixed);

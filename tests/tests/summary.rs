@@ -1,0 +1,158 @@
+//! Summary mode (every command but `trace`): the kernel follows each socket in socket-local
+//! storage and sends one record per CLOSE_WAIT entry and per close. It must report what a tracer
+//! sent every transition reports, and its books must balance: transitions seen plus those counted
+//! lost equal what a storm of exactly N connections generated.
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tcptrace_tests::*;
+
+/// The storm floods loopback; these tests run one at a time.
+static STORM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `tcpstorm` to completion against 127.0.77.1.. on `port` with `targets` listeners; its
+/// result line.
+fn storm(port: u16, conns: u64, threads: u32, targets: u32) -> Value {
+    let out = Command::new(storm_bin())
+        .args(["--conns", &conns.to_string(), "--seconds", "600"])
+        .args(["--threads", &threads.to_string()])
+        .args(["--targets", &targets.to_string()])
+        .args(["--addr", &format!("127.0.77.1:{port}")])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run tcpstorm");
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("tcpstorm's result");
+    assert_eq!(v["conns"].as_u64(), Some(conns), "{v}");
+    assert_eq!(v["addr_not_avail"], 0, "{v}");
+    assert_eq!(v["other_errors"], 0, "{v}");
+    v
+}
+
+fn dwell_counts(doc: &Value) -> BTreeMap<String, u64> {
+    doc["dwell_ms"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["count"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The same storm watched by a tracer in summary mode and one sent every transition: the same
+/// totals, the same dwell distributions (counts exact, quantiles within a tenth of a ms: the
+/// two read the kernel's clock at the same transition, but each in its own program), the same
+/// rows per process, and what the summary tracer says it saw adds up.
+#[test]
+fn summaries_report_what_every_transition_reports() {
+    let _alone = STORM.lock().unwrap_or_else(|e| e.into_inner());
+    let port = free_port("127.0.77.1".parse().unwrap());
+    let p = port.to_string();
+    let summary = Tracer::start(&["report", "--json", "--port", &p]);
+    let every = Tracer::start(&["report", "--json", "--port", &p, "--every-transition"]);
+    assert!(
+        summary
+            .started
+            .contains("a summary per CLOSE_WAIT entry and close")
+    );
+    assert!(every.started.contains("every transition"));
+    let conns = 2000;
+    storm(port, conns, 2, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let (s, e) = (summary.stop(), every.stop());
+    assert_eq!(s.code, Some(0), "{}", s.stderr);
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+    let (s, e) = (s.json(), e.json());
+    assert_eq!(s["lost_events"], 0);
+    assert_eq!(e["lost_events"], 0);
+    assert_eq!(s["totals"], e["totals"]);
+    assert_eq!(dwell_counts(&s), dwell_counts(&e));
+    for (state, d) in e["dwell_ms"].as_object().unwrap() {
+        for q in ["p50", "max"] {
+            let (a, b) = (
+                d[q].as_f64().unwrap(),
+                s["dwell_ms"][state][q].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= 0.1 + a * 0.05,
+                "{state} {q}: every transition {a} ms, summaries {b} ms"
+            );
+        }
+    }
+    assert_eq!(s["lifetime_ms"]["count"], e["lifetime_ms"]["count"]);
+    let rows = |d: &Value| -> Vec<(u64, u64, u64, u64)> {
+        let mut v: Vec<_> = d["by_pid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let n = |k: &str| r[k].as_u64().unwrap();
+                (
+                    n("pid"),
+                    n("time_wait"),
+                    n("time_wait_entries"),
+                    n("close_wait_entries"),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rows(&s), rows(&e));
+    // 10 transitions per connection, 2 per listener: the summary tracer followed them in the
+    // kernel, the other received them one by one.
+    let generated = 10 * conns + 2 * 4;
+    assert_eq!(s["transitions_seen"], generated, "{s:#}");
+    assert_eq!(e["transitions_seen"], generated);
+}
+
+/// Delivered (followed in the kernel, or received) plus counted lost equals generated, under
+/// `report` (summary mode) and `trace` (every transition), for a storm of exactly N
+/// connections. Storms run on every kernel of the matrix.
+#[test]
+fn the_books_balance_for_a_storm_of_exactly_n_connections() {
+    let _alone = STORM.lock().unwrap_or_else(|e| e.into_inner());
+    let port = free_port("127.0.77.1".parse().unwrap());
+    let p = port.to_string();
+    let report = Tracer::start(&["report", "--json", "--port", &p]);
+    let trace = Tracer::start(&["trace", "--json", "--port", &p]);
+    let (conns, targets) = (5000u64, 4u64);
+    storm(port, conns, 2, targets as u32);
+    std::thread::sleep(Duration::from_millis(500));
+    let (r, t) = (report.stop(), trace.stop());
+    let generated = 10 * conns + 2 * targets;
+    let doc = r.json();
+    let (seen, lost) = (
+        doc["transitions_seen"].as_u64().unwrap(),
+        doc["transitions_lost"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        seen + lost,
+        generated,
+        "report: seen {seen} + lost {lost}\n{}",
+        r.stderr
+    );
+    let lines = t.json_lines().len() as u64;
+    let closing = t
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("; lost "))
+        .expect("trace's closing line");
+    let lost: u64 = closing
+        .split(" events (")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("lost transitions");
+    assert_eq!(
+        lines + lost,
+        generated,
+        "trace: {lines} lines + lost {lost}\n{}",
+        t.stderr
+    );
+}

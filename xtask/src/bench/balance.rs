@@ -1,0 +1,156 @@
+//! Loss counted independently: storms of exactly N connections on one port, whose transitions
+//! are known (10 per connection, 2 per listener), under `report` and `trace`. What tcptrace saw
+//! plus what it counted lost must equal them, in every storm.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::{BenchOptions, Bins, TracerChild, child::flush_storm_timewait, storm};
+
+pub struct Storm {
+    pub mode: &'static str,
+    pub conns: u64,
+    pub listeners: u64,
+    /// What the tracer says it saw (report: `transitions_seen`; trace: lines printed).
+    pub seen: u64,
+    /// What it says it lost (transitions).
+    pub lost: u64,
+}
+
+impl Storm {
+    pub fn generated(&self) -> u64 {
+        10 * self.conns + 2 * self.listeners
+    }
+
+    pub fn balanced(&self) -> bool {
+        self.seen + self.lost == self.generated()
+    }
+}
+
+/// Storms per mode.
+const STORMS: usize = 5;
+
+pub fn measure(opts: &BenchOptions, bins: &Bins) -> Result<Vec<Storm>> {
+    let mut out = Vec::new();
+    for i in 0..STORMS {
+        for trace in [false, true] {
+            let s = one(opts, bins, trace).with_context(|| format!("balance storm {}", i + 1))?;
+            eprintln!(
+                "xtask: balance {} {}: generated {}, seen {}, lost {}",
+                s.mode,
+                i + 1,
+                s.generated(),
+                s.seen,
+                s.lost
+            );
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<Storm> {
+    flush_storm_timewait();
+    let port = free_port()?;
+    let p = port.to_string();
+    let args: Vec<&str> = if trace {
+        vec!["trace", "--json", "--port", &p]
+    } else {
+        vec!["report", "--json", "--duration", "10m", "--port", &p]
+    };
+    let t = TracerChild::start(&bins.tracer, &args, true)?;
+    thread::sleep(Duration::from_millis(300));
+    let r = storm(
+        &bins.storm,
+        opts.balance_conns,
+        3600.0,
+        opts.threads,
+        opts.targets,
+        port,
+    )?;
+    if r["addr_not_avail"].as_u64() != Some(0) || r["other_errors"].as_u64() != Some(0) {
+        bail!("the storm had failed connects, so its transitions are not known: {r}");
+    }
+    // Every listener closed with the storm; let the reader drain.
+    thread::sleep(Duration::from_millis(500));
+    let (stdout, lines) = t.stop()?;
+    let conns = r["conns"].as_u64().unwrap_or(0);
+    let listeners = r["targets"].as_u64().unwrap_or(0);
+    let (seen, lost) = if trace {
+        let seen = stdout.lines().filter(|l| l.starts_with('{')).count() as u64;
+        (
+            seen,
+            lost_transitions(&lines).context("trace's closing line")?,
+        )
+    } else {
+        let doc: serde_json::Value = serde_json::from_str(&stdout).context("report --json")?;
+        (
+            doc["transitions_seen"].as_u64().unwrap_or(0),
+            doc["transitions_lost"].as_u64().unwrap_or(0),
+        )
+    };
+    Ok(Storm {
+        mode: if trace { "trace" } else { "report" },
+        conns,
+        listeners,
+        seen,
+        lost,
+    })
+}
+
+/// `(N transitions,` from the closing line's `lost M events (N transitions, ...`.
+fn lost_transitions(lines: &[String]) -> Option<u64> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.split(" events (").nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A port no listener uses, outside the ephemeral range.
+fn free_port() -> Result<u16> {
+    for port in 20_000u16..30_000 {
+        if TcpListener::bind(("127.0.77.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000-29999")
+}
+
+pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
+    if storms.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "### Loss, counted independently\n");
+    let _ = writeln!(
+        w,
+        "Storms of exactly {} connections (`--threads {} --targets {}`) on a port of their \
+         own, each watched by a tracer filtered to that port. A connection makes 10 transitions \
+         and a listener 2 (it opens and closes), so the storm generated \
+         `10 × connections + 2 × listeners`; the tracer's own count of what it saw \
+         (`report --json`'s `transitions_seen`, or the lines `trace --json` printed) plus the \
+         transitions it counted lost must equal that.\n",
+        opts.balance_conns, opts.threads, opts.targets
+    );
+    let _ = writeln!(
+        w,
+        "| tracer | connections | listeners | generated | seen | lost | seen + lost = generated |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for s in storms {
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} | {} | {} |",
+            s.mode,
+            s.conns,
+            s.listeners,
+            s.generated(),
+            s.seen,
+            s.lost,
+            if s.balanced() { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(w);
+}

@@ -1,0 +1,386 @@
+//! `cargo xtask bench`: what tcptrace costs the host, measured against what attaching anything
+//! to the same hook costs, and whether its loss accounting balances.
+//!
+//! - Rates: rounds of loopback connection storms (`tcpstorm`) with nothing attached, with an
+//!   empty program on `sock:inet_sock_set_state` (bpftrace: the floor any tracer pays), with
+//!   bpftrace's counting and printing one-liners (peers), and under tcptrace's modes, the order
+//!   rotated each round. `kernel.bpf_stats_enabled` stays off: it adds cost of its own.
+//! - Run time per program (`breakdown`): a separate pass with `bpf_stats` on, and what each
+//!   helper costs on this hook, from bpftrace one-liners that differ by one helper.
+//! - Loss (`balance`): storms of exactly N connections; what tcptrace saw plus what it counted
+//!   lost must equal the 10 transitions per connection plus the listeners'.
+//! - Aggregator throughput: the kernel-free `replay` example at 1k, 100k and 1M sockets.
+//!
+//! The results replace the bench section of BENCHMARKS.md.
+
+mod balance;
+mod breakdown;
+mod child;
+mod modes;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+pub use child::{TracerChild, flush_storm_timewait, lost_events, storm};
+use modes::{Mode, Running};
+
+use crate::measure::{self, median};
+use crate::{cmd, workspace};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub rounds: usize,
+    pub seconds: f64,
+    pub conns: u64,
+    pub threads: usize,
+    pub targets: u32,
+    /// Connections per loss-balance storm (0: skip that part).
+    pub balance_conns: u64,
+    pub skip_replay: bool,
+    pub output: PathBuf,
+}
+
+/// One storm under one mode.
+#[derive(Clone, Debug)]
+struct Run {
+    mode: Mode,
+    conns: u64,
+    conns_per_s: f64,
+    elapsed_s: f64,
+    /// Tracer CPU seconds during the storm.
+    cpu_s: f64,
+    lost: Option<u64>,
+}
+
+pub fn run(opts: &BenchOptions) -> Result<()> {
+    build()?;
+    let target = workspace::target_dir()?.join("release");
+    let bins = Bins {
+        tracer: target.join("tcptrace"),
+        storm: target.join("tcpstorm"),
+    };
+    let runs = host_runs(opts, &bins)?;
+    let costs = breakdown::measure(opts, &bins)?;
+    let balance = if opts.balance_conns > 0 {
+        balance::measure(opts, &bins)?
+    } else {
+        Vec::new()
+    };
+    let replay = if opts.skip_replay {
+        Vec::new()
+    } else {
+        [1_000u64, 100_000, 1_000_000]
+            .iter()
+            .map(|&n| replay(&target.join("examples").join("replay"), n))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let md = render(opts, &runs, &costs, &balance, &replay);
+    print!("{md}");
+    measure::write_section(&opts.output, "bench", &md)?;
+    eprintln!("xtask: wrote {}", opts.output.display());
+    Ok(())
+}
+
+/// The release binaries a bench runs.
+pub struct Bins {
+    pub tracer: PathBuf,
+    pub storm: PathBuf,
+}
+
+fn build() -> Result<()> {
+    cmd::run(workspace::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tcptrace",
+        "--bin",
+        "tcptrace",
+        "--example",
+        "replay",
+    ]))?;
+    cmd::run(workspace::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        workspace::TESTS_PACKAGE,
+        "--bin",
+        "tcpstorm",
+    ]))
+}
+
+fn host_runs(opts: &BenchOptions, bins: &Bins) -> Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for round in 0..opts.rounds {
+        // Rotate the order so no mode always runs first (after the longest idle gap).
+        for k in 0..Mode::ALL.len() {
+            let mode = Mode::ALL[(round + k) % Mode::ALL.len()];
+            let r = one_run(mode, opts, bins)
+                .with_context(|| format!("round {}, {}", round + 1, mode.label()))?;
+            eprintln!(
+                "xtask: round {} {:<44} {:>9.0} conn/s  cpu {:.2} s  lost {:?}",
+                round + 1,
+                mode.label(),
+                r.conns_per_s,
+                r.cpu_s,
+                r.lost
+            );
+            runs.push(r);
+        }
+    }
+    Ok(runs)
+}
+
+fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins) -> Result<Run> {
+    flush_storm_timewait();
+    let t = Running::start(mode, &bins.tracer)?;
+    // Let the start-up table dump finish before measuring.
+    thread::sleep(Duration::from_millis(500));
+    let cpu0 = t.as_ref().and_then(|t| measure::cpu_seconds(t.pid()));
+    let result = storm(
+        &bins.storm,
+        opts.conns,
+        opts.seconds,
+        opts.threads,
+        opts.targets,
+        0,
+    )?;
+    let cpu1 = t.as_ref().and_then(|t| measure::cpu_seconds(t.pid()));
+    // The reader polls every few ms: give it time to drain what the storm left in the ring.
+    thread::sleep(Duration::from_millis(300));
+    let lost = match t {
+        Some(t) => t.stop()?,
+        None => None,
+    };
+    Ok(Run {
+        mode,
+        conns: result["conns"].as_u64().unwrap_or(0),
+        conns_per_s: result["conns_per_s"].as_f64().unwrap_or(0.0),
+        elapsed_s: result["elapsed_s"].as_f64().unwrap_or(0.0),
+        cpu_s: match (cpu0, cpu1) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        },
+        lost,
+    })
+}
+
+fn replay(bin: &Path, live: u64) -> Result<serde_json::Value> {
+    let out = cmd::stdout_of(Command::new(bin).args(["--live", &live.to_string()]))?;
+    serde_json::from_str(out.trim()).with_context(|| format!("replay output {out:?}"))
+}
+
+/// Per mode: the median over rounds of each run's rate relative to the same round's runs with
+/// nothing attached and with the empty program, and the median CPU.
+struct ModeSummary {
+    conns_per_s: f64,
+    vs_none: f64,
+    vs_floor: f64,
+    cpu_pct: f64,
+    cpu_us_per_conn: f64,
+    lost: Vec<u64>,
+}
+
+fn summarise(runs: &[Run], rounds: usize, mode: Mode) -> ModeSummary {
+    let per_round = |m: Mode| -> Vec<Option<&Run>> {
+        let of: Vec<&Run> = runs.iter().filter(|r| r.mode == m).collect();
+        (0..rounds).map(|i| of.get(i).copied()).collect()
+    };
+    let (mine, none, floor) = (
+        per_round(mode),
+        per_round(Mode::NoTracer),
+        per_round(Mode::Floor),
+    );
+    let ratio = |base: &[Option<&Run>]| {
+        median(
+            &mine
+                .iter()
+                .zip(base)
+                .filter_map(|(a, b)| Some(a.as_ref()?.conns_per_s / b.as_ref()?.conns_per_s))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let of: Vec<&Run> = mine.iter().flatten().copied().collect();
+    ModeSummary {
+        conns_per_s: median(&of.iter().map(|r| r.conns_per_s).collect::<Vec<_>>()),
+        vs_none: ratio(&none),
+        vs_floor: ratio(&floor),
+        cpu_pct: median(
+            &of.iter()
+                .filter(|r| r.elapsed_s > 0.0)
+                .map(|r| 100.0 * r.cpu_s / r.elapsed_s)
+                .collect::<Vec<_>>(),
+        ),
+        cpu_us_per_conn: median(
+            &of.iter()
+                .filter(|r| r.conns > 0)
+                .map(|r| 1e6 * r.cpu_s / r.conns as f64)
+                .collect::<Vec<_>>(),
+        ),
+        lost: of.iter().filter_map(|r| r.lost).collect(),
+    }
+}
+
+fn num(x: f64, p: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.p$}")
+    } else {
+        "–".into()
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+fn render(
+    opts: &BenchOptions,
+    runs: &[Run],
+    costs: &breakdown::Costs,
+    balance: &[balance::Storm],
+    replay: &[serde_json::Value],
+) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "## Benchmarks (`cargo xtask bench`)\n");
+    let _ = writeln!(w, "{}", measure::machine());
+    let _ = writeln!(
+        w,
+        "Storm: `tcpstorm --threads {} --targets {} --conns {} --seconds {}` (client closes \
+         first, 10 transitions per connection, destinations {}; their TIME_WAIT sockets are \
+         flushed with `ss -K` before each run). {} rounds, every mode once per round, the order \
+         rotated each round. Ratios are per round, against that round's runs with nothing \
+         attached and with the empty program; the tables give their medians. \
+         `kernel.bpf_stats_enabled` is off during these runs.\n",
+        opts.threads,
+        opts.targets,
+        opts.conns,
+        opts.seconds,
+        child::STORM_NET,
+        opts.rounds
+    );
+    let _ = writeln!(
+        w,
+        "| attached | conn/s (median) | vs nothing | vs the floor | tracer CPU (% of one core) | tracer CPU µs per connection | lost events per run |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for mode in Mode::ALL {
+        let m = summarise(runs, opts.rounds, mode);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            mode.label(),
+            num(m.conns_per_s, 0),
+            num(m.vs_none, 3),
+            num(m.vs_floor, 3),
+            if mode.is_tracer() {
+                num(m.cpu_pct, 1)
+            } else {
+                "–".into()
+            },
+            if mode.is_tracer() {
+                num(m.cpu_us_per_conn, 2)
+            } else {
+                "–".into()
+            },
+            if m.lost.is_empty() {
+                mode.loss_note().into()
+            } else {
+                format!("{:?}", m.lost)
+            }
+        );
+    }
+    let _ = writeln!(w, "\nEvery run, in order:\n");
+    let _ = writeln!(
+        w,
+        "| attached | connections | conn/s | tracer CPU s | lost |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    for r in runs {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.0} | {:.2} | {} |",
+            r.mode.label(),
+            r.conns,
+            r.conns_per_s,
+            r.cpu_s,
+            r.lost.map_or("–".into(), |v| v.to_string())
+        );
+    }
+    let _ = writeln!(w);
+    breakdown::render(w, costs);
+    balance::render(w, opts, balance);
+    render_replay(w, replay);
+
+    let _ = writeln!(w, "### Goals (issue 13)\n");
+    let get = |m: Mode| summarise(runs, opts.rounds, m);
+    let (report, trace, serve) = (get(Mode::Report), get(Mode::Trace), get(Mode::Serve));
+    let vm = measure::machine().contains("virtual machine");
+    let per_transition = costs.ns_per_transition(Mode::Report);
+    let balanced = !balance.is_empty() && balance.iter().all(|b| b.balanced());
+    let _ = writeln!(
+        w,
+        "| goal | measured | status |\n| --- | --- | --- |\n\
+         | `report` ≥ 0.97 of the empty program's rate | {} | {} |\n\
+         | `trace > /dev/null` ≥ 0.90 of the empty program's rate | {} | {} |\n\
+         | userspace ≤ 3% of one core at 40k conn/s (`report`, `serve`) | {} µs/conn = {}% and {} µs/conn = {}% at 40k/s | {} |\n\
+         | BPF ≤ 150 ns per transition in this VM (stats on, separate pass) | {} ns | {} |\n\
+         | loss balanced: seen + lost = generated, in every storm | {} storms | {} |",
+        num(report.vs_floor, 3),
+        met(report.vs_floor >= 0.97),
+        num(trace.vs_floor, 3),
+        met(trace.vs_floor >= 0.90),
+        num(report.cpu_us_per_conn, 2),
+        num(report.cpu_us_per_conn * 4.0, 1),
+        num(serve.cpu_us_per_conn, 2),
+        num(serve.cpu_us_per_conn * 4.0, 1),
+        met(report.cpu_us_per_conn * 4.0 <= 3.0 && serve.cpu_us_per_conn * 4.0 <= 3.0),
+        num(per_transition, 0),
+        if vm {
+            met(per_transition <= 150.0)
+        } else {
+            met(per_transition <= 50.0)
+        },
+        balance.len(),
+        met(balanced && balance.len() >= 5),
+    );
+    let _ = writeln!(w);
+    s
+}
+
+fn render_replay(w: &mut String, replay: &[serde_json::Value]) {
+    if replay.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "### Aggregator throughput (kernel-free replay)\n");
+    let _ = writeln!(
+        w,
+        "`cargo run --release -p tcptrace --example replay -- --live N`: N established sockets \
+         loaded, then 200k storm connections (2M events) replayed through `event::decode` -> \
+         `SocketTable::apply` -> `Aggregates::observe_applied`, one thread. The expiry scan \
+         (linear in the table) is timed apart.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| live sockets | events/s per core | decode alone, events/s | expiry scan ms | table bytes per socket | RSS growth per socket | VmHWM MiB |"
+    );
+    let _ = writeln!(w, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in replay {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            w,
+            "| {} | {:.2} M | {:.1} M | {:.2} | {:.0} | {:.0} | {:.0} |",
+            r["live_sockets"],
+            f("events_per_s") / 1e6,
+            f("decode_only_events_per_s") / 1e6,
+            f("expire_scan_ms"),
+            f("table_bytes_per_socket"),
+            f("rss_growth_bytes_per_socket"),
+            f("vm_hwm_kib") / 1024.0
+        );
+    }
+    let _ = writeln!(w);
+}

@@ -1,0 +1,178 @@
+//! What a bench run attaches: nothing, an empty program (the floor), bpftrace's one-liners
+//! (peers), or one of tcptrace's commands.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::child::{Ready, TracerChild, lost_events};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    NoTracer,
+    /// bpftrace, an empty program on `tracepoint:sock:inet_sock_set_state`.
+    Floor,
+    /// bpftrace counting transitions by (old, new) in a map.
+    BpftraceCount,
+    /// bpftrace printing a line per transition (what `tcpstates` does), to /dev/null.
+    BpftracePrint,
+    /// `tcptrace report`: summary records.
+    Report,
+    /// `tcptrace report --every-transition`: every transition sent, as before summary mode.
+    ReportEvery,
+    /// `tcptrace trace > /dev/null`.
+    Trace,
+    /// `tcptrace serve`, scraped once a second.
+    Serve,
+}
+
+/// The empty program and the peers, as bpftrace one-liners.
+pub const FLOOR: &str = "tracepoint:sock:inet_sock_set_state { }";
+const COUNT: &str =
+    "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }";
+const PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%d %d %d %d\\n\", pid, args->sport, args->oldstate, args->newstate); }";
+
+impl Mode {
+    pub const ALL: [Mode; 8] = [
+        Mode::NoTracer,
+        Mode::Floor,
+        Mode::BpftraceCount,
+        Mode::BpftracePrint,
+        Mode::Report,
+        Mode::ReportEvery,
+        Mode::Trace,
+        Mode::Serve,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::NoTracer => "nothing",
+            Mode::Floor => "empty program (bpftrace `{ }`): the floor",
+            Mode::BpftraceCount => "bpftrace counting (old, new) in a map",
+            Mode::BpftracePrint => "bpftrace printing a line per transition",
+            Mode::Report => "`tcptrace report`",
+            Mode::ReportEvery => "`tcptrace report --every-transition`",
+            Mode::Trace => "`tcptrace trace > /dev/null`",
+            Mode::Serve => "`tcptrace serve`, scraped every second",
+        }
+    }
+
+    /// A tracer whose own CPU is measured.
+    pub fn is_tracer(self) -> bool {
+        self != Mode::NoTracer
+    }
+
+    /// What the table says when a mode reports no loss figure.
+    pub fn loss_note(self) -> &'static str {
+        match self {
+            Mode::NoTracer | Mode::Floor => "–",
+            _ => "not counted",
+        }
+    }
+
+    fn tcptrace_args(self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            // SIGINT ends the observation early and prints the report; the duration is a bound.
+            Mode::Report => &["report", "--duration", "10m"],
+            Mode::ReportEvery => &["report", "--duration", "10m", "--every-transition"],
+            Mode::Trace => &["trace"],
+            Mode::Serve => &["serve", "--listen", "127.0.0.1:0"],
+            _ => return None,
+        })
+    }
+
+    fn bpftrace_program(self) -> Option<&'static str> {
+        match self {
+            Mode::Floor => Some(FLOOR),
+            Mode::BpftraceCount => Some(COUNT),
+            Mode::BpftracePrint => Some(PRINT),
+            _ => None,
+        }
+    }
+}
+
+/// bpftrace with `program`, its output to /dev/null.
+pub fn bpftrace(program: &str) -> Result<TracerChild> {
+    let mut cmd = Command::new("bpftrace");
+    cmd.args(["-o", "/dev/null", "-e", program]);
+    TracerChild::start_command(&mut cmd, false, Ready::HoldsPrograms)
+        .context("starting bpftrace (`cargo xtask setup` installs it)")
+}
+
+/// An attached tracer, and for `serve` the scraper.
+pub struct Running {
+    mode: Mode,
+    child: TracerChild,
+    scraper: Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>,
+}
+
+impl Running {
+    /// Starts what `mode` attaches; None for nothing.
+    pub fn start(mode: Mode, tracer: &Path) -> Result<Option<Running>> {
+        let child = if let Some(args) = mode.tcptrace_args() {
+            TracerChild::start(tracer, args, false)?
+        } else if let Some(p) = mode.bpftrace_program() {
+            bpftrace(p)?
+        } else {
+            return Ok(None);
+        };
+        let scraper = if mode == Mode::Serve {
+            let addr = child
+                .lines
+                .iter()
+                .find_map(|l| l.split("serving http://").nth(1)?.split('/').next())
+                .context("serve did not say where it listens")?
+                .to_string();
+            let stop = Arc::new(AtomicBool::new(false));
+            let s = stop.clone();
+            let h = thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let _ = scrape(&addr);
+                    thread::sleep(Duration::from_secs(1));
+                }
+            });
+            Some((stop, h))
+        } else {
+            None
+        };
+        Ok(Some(Running {
+            mode,
+            child,
+            scraper,
+        }))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Stops it; tcptrace's lost events from its closing line.
+    pub fn stop(self) -> Result<Option<u64>> {
+        if let Some((stop, h)) = self.scraper {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+        let (_, lines) = self.child.stop()?;
+        Ok(self.mode.tcptrace_args().and_then(|_| lost_events(&lines)))
+    }
+}
+
+/// One GET /metrics, read to the end.
+fn scrape(addr: &str) -> std::io::Result<usize> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)?;
+    Ok(body.len())
+}
