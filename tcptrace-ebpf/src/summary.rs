@@ -29,8 +29,8 @@ use tcptrace_common::{
     config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
     event::{
         AF_INET, AF_INET6, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
-        SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET,
-        SUMMARY_TUPLE, SockSummary,
+        SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE,
+        SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_TUPLE, SockSummary,
     },
     state::runs_in_owner_context,
 };
@@ -203,6 +203,9 @@ pub fn on_transition(
     }
     if new == ESTABLISHED || (s.flags & SUMMARY_TUPLE == 0 && new != CLOSE && new != SYN_SENT) {
         tuple(s, sk, cfg);
+    } else if old == SYN_SENT && new == CLOSE {
+        // A connect that failed: where to, and whether it ever had a local port.
+        connect_tuple(s, sk, cfg);
     }
     s.undecided = s.undecided.saturating_add(1);
     if s.flags & ST_ADMITTED == 0 && !admit(s, sk, new, cfg) {
@@ -296,6 +299,22 @@ fn tuple(s: &mut SockState, sk: u64, cfg: &ProbeConfig) {
     }
 }
 
+/// The 4-tuple of a connect that ends in SYN_SENT -> CLOSE (refused, timed out, or no local
+/// port left). `skc_num` is already 0 here (`tcp_set_state` releases the port before the
+/// tracepoint); `inet_sport`, set when `inet_hash_connect` picked a port, is not cleared.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L295>
+#[inline(always)]
+fn connect_tuple(s: &mut SockState, sk: u64, cfg: &ProbeConfig) {
+    tuple(s, sk, cfg);
+    let o = &cfg.offsets;
+    if o.inet_sport != 0 {
+        s.sport = u16::from_be(sock::read(sk, o.inet_sport));
+        if s.sport == 0 {
+            s.flags |= SUMMARY_NO_LOCAL_PORT;
+        }
+    }
+}
+
 /// The port filter, decided once per socket: by its remote port as soon as it is known (a
 /// connect's), by its local port once it has one. True when admitted.
 #[inline(always)]
@@ -369,7 +388,13 @@ fn send(
         (*r).visited = s.visited;
         (*r).known = s.known;
         let mut flags = (s.flags & RECORD_FLAGS) | SUMMARY_HAS_COOKIE;
-        if runs_in_owner_context(old, new) {
+        if runs_in_owner_context(old, new)
+            || (old == SYN_SENT
+                && new == CLOSE
+                && s.flags & SUMMARY_OWNER != 0
+                && (bpf_get_current_pid_tgid() >> 32) as u32 == s.pid)
+        {
+            // A failed connect ends in the caller's connect() only when no port was left.
             flags |= SUMMARY_OWNER_CONTEXT;
         }
         (*r).flags = flags;
