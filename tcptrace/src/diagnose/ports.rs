@@ -121,7 +121,8 @@ pub fn exhaustion(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                 )
             };
             match eta_s {
-                _ if d.time_wait == 0 => {}
+                // Failing already: the failures below say more than a projection.
+                _ if d.time_wait == 0 || failures > 0 => {}
                 Some(e) => {
                     numbers.insert("eta_s", e);
                     what.push_str(&format!(
@@ -145,7 +146,8 @@ pub fn exhaustion(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                     })
                     .collect();
                 what.push_str(&format!(
-                    " connect() to {} already failed {failures} times with EADDRNOTAVAIL                      (\"Cannot assign requested address\"): {}.",
+                    " connect() to {} already failed {failures} times with EADDRNOTAVAIL \
+                     (\"Cannot assign requested address\"): {}.",
                     d.peer,
                     by.join(", ")
                 ));
