@@ -92,25 +92,52 @@ pub enum SockDiagError {
 /// IPv4-mapped IPv6 sockets (a dual-stack listener's accepted IPv4 peers) come back as IPv6
 /// addresses `::ffff:a.b.c.d`, as `ss` shows them and as the tracepoint reports them.
 pub fn dump_tcp(netns_inode: u32) -> Result<Vec<KernelSocket>, SockDiagError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(SockDiagError::Open)?;
-    socket.bind_auto().map_err(SockDiagError::Open)?;
-    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(SockDiagError::Open)?;
-    let mut buf = vec![0u8; RECV_BUF_LEN];
-    let mut out = Vec::new();
-    for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = dump_request(family, seq, ALL_STATES, 0);
-        dump_family(&socket, &req, seq, netns_inode, &mut buf, &mut out)?;
-    }
+    let mut d = Dumper::new()?;
+    let mut out = d.table(netns_inode)?;
     // CLOSE_WAIT sockets again, with tcp_info, matched by cookie. A socket that entered
     // CLOSE_WAIT between the two dumps is not in the first as such and keeps no clock; one that
     // left it keeps the first dump's row.
-    let mut infos = Vec::new();
-    for (seq, family) in [(3, libc::AF_INET as u8), (4, libc::AF_INET6 as u8)] {
-        let req = dump_request(family, seq, CLOSE_WAIT_ONLY, 1 << (INET_DIAG_INFO - 1));
-        dump_family(&socket, &req, seq, netns_inode, &mut buf, &mut infos)?;
-    }
+    let infos = d.close_wait_clocks(netns_inode)?;
     merge_receive_clocks(&mut out, &infos);
     Ok(out)
+}
+
+/// A NETLINK_SOCK_DIAG socket and its receive buffer, for the dumps of one namespace.
+pub struct Dumper {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl Dumper {
+    pub fn new() -> Result<Dumper, SockDiagError> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(SockDiagError::Open)?;
+        socket.bind_auto().map_err(SockDiagError::Open)?;
+        set_recv_timeout(&socket, RECV_TIMEOUT).map_err(SockDiagError::Open)?;
+        Ok(Dumper {
+            socket,
+            buf: vec![0u8; RECV_BUF_LEN],
+        })
+    }
+
+    /// Every TCP socket, both families, every state, no extensions.
+    pub fn table(&mut self, netns: u32) -> Result<Vec<KernelSocket>, SockDiagError> {
+        let mut out = Vec::new();
+        for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+            let req = dump_request(family, seq, ALL_STATES, 0);
+            dump_family(&self.socket, &req, seq, netns, &mut self.buf, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// CLOSE_WAIT sockets only, with `tcp_info`: their receive clocks (`last_recv_ms`).
+    pub fn close_wait_clocks(&mut self, netns: u32) -> Result<Vec<KernelSocket>, SockDiagError> {
+        let mut out = Vec::new();
+        for (seq, family) in [(3, libc::AF_INET as u8), (4, libc::AF_INET6 as u8)] {
+            let req = dump_request(family, seq, CLOSE_WAIT_ONLY, 1 << (INET_DIAG_INFO - 1));
+            dump_family(&self.socket, &req, seq, netns, &mut self.buf, &mut out)?;
+        }
+        Ok(out)
+    }
 }
 
 /// Copies the receive clocks (and the fresher receive queue) of `infos` into the CLOSE_WAIT rows
