@@ -42,6 +42,9 @@ pub struct SockOffsets {
     pub sk_protocol_size: u32,
     /// `sock.sk_err` (int): why a connect failed. 0 when unknown (not read).
     pub sk_err: u32,
+    /// `inet_sock.inet_sport` (u16, network order): the local port `connect()` picked, which
+    /// unlike `skc_num` survives the release of the port at ->CLOSE. 0 when unknown (not read).
+    pub inet_sport: u32,
 }
 
 /// Where the classic `sock:inet_sock_set_state` tracepoint puts each field of its record, read
@@ -141,7 +144,7 @@ pub struct TwTimerConfig {
 const _: () = assert!(core::mem::size_of::<SetStateTpLayout>() == 28);
 const _: () = assert!(core::mem::size_of::<ResetTpLayout>() == 24);
 const _: () = assert!(core::mem::size_of::<TwTimerConfig>() == 24);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 160);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 168);
 
 /// Everything the kernel programs are configured with at load.
 #[repr(C)]
@@ -167,7 +170,7 @@ pub struct ProbeConfig {
     /// [`SockSummary`]: crate::event::SockSummary
     pub summary: u8,
     /// Explicit padding: `tw_timer` is 8-byte aligned, and `Pod` wants no implicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
     /// The `timer:timer_expire_entry` hook (fentry refused): see [`TwTimerConfig`].
     pub tw_timer: TwTimerConfig,
 }

@@ -40,6 +40,9 @@ pub const FLAG_OWNER_CONTEXT: u8 = 1 << 0;
 pub const FLAG_FROM_BACKUP: u8 = 1 << 1;
 /// `cookie` is the kernel's socket cookie (tp_btf path). Without it, `skaddr` is the identity.
 pub const FLAG_HAS_COOKIE: u8 = 1 << 2;
+/// SYN_SENT -> CLOSE of a socket that never had a local port (`inet_sport` 0): `connect()` could
+/// not pick one (EADDRNOTAVAIL). Set only where the kernel offsets name `inet_sport`.
+pub const FLAG_NO_LOCAL_PORT: u8 = 1 << 3;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -80,7 +83,9 @@ pub struct RawEvent {
     pub newstate: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// `sk_err` at SYN_SENT -> CLOSE (why a connect failed: ECONNREFUSED, ETIMEDOUT, ...), 0
+    /// otherwise or when the offset is unknown. Was padding before format 1.3 (always 0).
+    pub err: u16,
 }
 
 pub const RAW_EVENT_SIZE: usize = 104;
@@ -107,7 +112,7 @@ impl RawEvent {
             oldstate: 0,
             newstate: 0,
             flags: 0,
-            _pad: [0; 2],
+            err: 0,
         }
     }
 }
@@ -149,6 +154,9 @@ pub const SUMMARY_TW_HOOKED: u16 = 1 << 9;
 /// With [`SUMMARY_TW_HOOKED`]: the timewait socket's substate is FIN_WAIT2 (an orphan whose peer
 /// has not sent its FIN yet).
 pub const SUMMARY_TW_FIN_WAIT2: u16 = 1 << 10;
+/// SYN_SENT -> CLOSE of a socket that never had a local port (`inet_sport` 0): `connect()`
+/// could not pick one (EADDRNOTAVAIL). Set only where the kernel offsets name `inet_sport`.
+pub const SUMMARY_NO_LOCAL_PORT: u16 = 1 << 11;
 
 /// What a socket did since its last record, sent when it enters CLOSE_WAIT and when it closes:
 /// one record where a trace needs five. Kept by the kernel in socket-local storage

@@ -11,14 +11,14 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     EventKind, TcpState,
-    event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RawEvent},
+    event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT, RawEvent},
     state::runs_in_owner_context,
 };
 
 use crate::{
     config::{Counter, config, count},
     emit, record,
-    sock::{self, Addr, Typed},
+    sock::{self, Addr, Sock, Typed},
     summary,
 };
 
@@ -126,8 +126,25 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
         ev.flags |= FLAG_FROM_BACKUP;
         count(Counter::BackupEmitted);
     }
+    connect_end(Typed(sk_btf), &cfg.offsets, &mut ev);
     emit::submit(&ev, cfg);
     0
+}
+
+/// SYN_SENT -> CLOSE: why the connect failed (`sk_err`, set before `tcp_done`) and whether it
+/// ever had a local port (`inet_sport`; `skc_num` is already released here).
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4363>
+#[inline(always)]
+fn connect_end(sk: impl Sock, o: &tcptrace_common::config::SockOffsets, ev: &mut RawEvent) {
+    if ev.oldstate != TcpState::SynSent as u8 || ev.newstate != TcpState::Close as u8 || sk.is_null() {
+        return;
+    }
+    if o.sk_err != 0 {
+        ev.err = sk.at::<i32>(o.sk_err) as u16;
+    }
+    if o.inet_sport != 0 && sk.at::<u16>(o.inet_sport) == 0 {
+        ev.flags |= FLAG_NO_LOCAL_PORT;
+    }
 }
 
 /// The classic tracepoint: no typed socket, so no cookie; the socket is named by `skaddr`.
@@ -163,6 +180,7 @@ pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
     if runs_in_owner_context(ev.oldstate, ev.newstate) {
         ev.flags |= FLAG_OWNER_CONTEXT;
     }
+    connect_end(Addr(ev.skaddr), &cfg.offsets, &mut ev);
     emit::submit(&ev, cfg);
     0
 }

@@ -29,8 +29,9 @@ use tcptrace_common::{
     config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
     event::{
         AF_INET, AF_INET6, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
-        SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET,
-        SUMMARY_TUPLE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SockSummary,
+        SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE,
+        SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_TUPLE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED,
+        SockSummary,
     },
     state::runs_in_owner_context,
 };
@@ -204,6 +205,9 @@ pub fn on_transition(
     }
     if new == ESTABLISHED || (s.flags & SUMMARY_TUPLE == 0 && new != CLOSE && new != SYN_SENT) {
         tuple(s, Typed(sk_btf), cfg);
+    } else if old == SYN_SENT && new == CLOSE {
+        // A connect that failed: where to, and whether it ever had a local port.
+        connect_tuple(s, Typed(sk_btf), cfg);
     }
     s.undecided = s.undecided.saturating_add(1);
     if s.flags & ST_ADMITTED == 0 && !admit(s, Typed(sk_btf), new, cfg) {
@@ -301,6 +305,22 @@ fn tuple(s: &mut SockState, sk: Typed, cfg: &ProbeConfig) {
     }
 }
 
+/// The 4-tuple of a connect that ends in SYN_SENT -> CLOSE (refused, timed out, or no local
+/// port left). `skc_num` is already 0 here (`tcp_set_state` releases the port before the
+/// tracepoint); `inet_sport`, set when `inet_hash_connect` picked a port, is not cleared.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L295>
+#[inline(always)]
+fn connect_tuple(s: &mut SockState, sk: Typed, cfg: &ProbeConfig) {
+    tuple(s, sk, cfg);
+    let o = &cfg.offsets;
+    if o.inet_sport != 0 {
+        s.sport = u16::from_be(sk.at(o.inet_sport));
+        if s.sport == 0 {
+            s.flags |= SUMMARY_NO_LOCAL_PORT;
+        }
+    }
+}
+
 /// The port filter, decided once per socket: by its remote port as soon as it is known (a
 /// connect's), by its local port once it has one. True when admitted.
 #[inline(always)]
@@ -374,7 +394,13 @@ fn send(
         (*r).visited = s.visited;
         (*r).known = s.known;
         let mut flags = (s.flags & RECORD_FLAGS) | SUMMARY_HAS_COOKIE;
-        if runs_in_owner_context(old, new) {
+        if runs_in_owner_context(old, new)
+            || (old == SYN_SENT
+                && new == CLOSE
+                && s.flags & SUMMARY_OWNER != 0
+                && (bpf_get_current_pid_tgid() >> 32) as u32 == s.pid)
+        {
+            // A failed connect ends in the caller's connect() only when no port was left.
             flags |= SUMMARY_OWNER_CONTEXT;
         }
         (*r).flags = flags;

@@ -116,6 +116,7 @@ impl Gen {
             },
             owner_context,
             from_backup: false,
+            connect_end: None,
         }
     }
 }

@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use compact_str::CompactString;
 use tcptrace_common::event::{
-    AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_OWNER_CONTEXT, RAW_EVENT_SIZE,
-    STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE, SUMMARY_OWNER,
-    SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_SIZE,
-    SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SockSummary,
+    AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT,
+    RAW_EVENT_SIZE, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
+    SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED,
+    SUMMARY_RESET, SUMMARY_SIZE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SockSummary,
 };
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
@@ -129,6 +129,20 @@ impl Stays {
     }
 }
 
+/// How a connect ended that went SYN_SENT -> CLOSE, as the kernel saw it at that transition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEnd {
+    /// `sk_err` (ECONNREFUSED after a RST to the SYN, ETIMEDOUT, EHOSTUNREACH, ...), 0 when none
+    /// or not read.
+    pub err: u16,
+    /// The socket never had a local port: `connect()` could not pick one (EADDRNOTAVAIL).
+    /// False also where the kernel offsets do not name `inet_sport`.
+    pub no_local_port: bool,
+    /// The transition ran in the connecting process's own `connect()` (summary records say so;
+    /// for events, the event's task is compared with the socket's owner).
+    pub in_caller: Option<bool>,
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -148,6 +162,8 @@ pub struct Event {
     pub owner_context: bool,
     /// Recovered by the backup program after the primary one was skipped by the kernel.
     pub from_backup: bool,
+    /// SYN_SENT -> CLOSE only: why the connect ended.
+    pub connect_end: Option<ConnectEnd>,
 }
 
 impl Event {
@@ -271,6 +287,11 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
         },
         owner_context: f & SUMMARY_OWNER != 0,
         from_backup: false,
+        connect_end: (old == TcpState::SynSent && new == TcpState::Close).then_some(ConnectEnd {
+            err: raw.err,
+            no_local_port: f & SUMMARY_NO_LOCAL_PORT != 0,
+            in_caller: Some(f & SUMMARY_OWNER_CONTEXT != 0),
+        }),
     })
 }
 
@@ -331,7 +352,17 @@ pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
         | bit(
             ev.local.port() != 0 && ev.remote.port() != 0,
             tcptrace_common::event::SUMMARY_TUPLE,
+        )
+        | bit(
+            ev.connect_end.is_some_and(|c| c.no_local_port),
+            SUMMARY_NO_LOCAL_PORT,
         );
+    if let Some(c) = ev.connect_end {
+        r.err = c.err;
+        if c.in_caller == Some(true) {
+            r.flags |= SUMMARY_OWNER_CONTEXT;
+        }
+    }
     Some(r)
 }
 
@@ -381,6 +412,16 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         },
         owner_context: raw.flags & FLAG_OWNER_CONTEXT != 0,
         from_backup: raw.flags & FLAG_FROM_BACKUP != 0,
+        connect_end: (what
+            == What::Transition {
+                old: TcpState::SynSent,
+                new: TcpState::Close,
+            })
+        .then_some(ConnectEnd {
+            err: raw.err,
+            no_local_port: raw.flags & FLAG_NO_LOCAL_PORT != 0,
+            in_caller: None,
+        }),
     })
 }
 
@@ -437,6 +478,12 @@ pub fn encode(ev: &Event) -> RawEvent {
         } else {
             0
         };
+    if let Some(c) = ev.connect_end {
+        raw.err = c.err;
+        if c.no_local_port {
+            raw.flags |= FLAG_NO_LOCAL_PORT;
+        }
+    }
     raw
 }
 
@@ -477,6 +524,7 @@ mod tests {
             },
             owner_context: true,
             from_backup: false,
+            connect_end: None,
         }
     }
 

@@ -170,6 +170,13 @@ impl Proc {
             .collect()
     }
 
+    /// Collects the lines printed so far (waiting up to `quiet` for each next one).
+    pub fn drain(&mut self, quiet: Duration) {
+        while let Ok(l) = self.lines.recv_timeout(quiet) {
+            self.seen.push(l);
+        }
+    }
+
     /// Waits for `done`, collecting everything before it.
     pub fn wait_done(&mut self, timeout: Duration) {
         self.expect("done", timeout);

@@ -294,7 +294,11 @@ fn refused(ip: &str, extra: &[&str]) {
     assert_eq!(s.len(), 1, "{lines:?}");
     assert_seq(&s[0], &["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
     assert_eq!(s[0].pids(), vec![pid]);
-    assert_eq!(s[0].line("SYN_SENT", "CLOSE")["note"], "reset");
+    // The RST to the SYN: a refused connect, noted as the failure connect() returned.
+    assert_eq!(
+        s[0].line("SYN_SENT", "CLOSE")["note"],
+        "connect_failed:ECONNREFUSED"
+    );
 }
 
 #[test]

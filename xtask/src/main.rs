@@ -87,23 +87,27 @@ enum Task {
         #[command(flatten)]
         vm: VmArgs,
     },
-    /// Host cost under a loopback connection storm, and kernel-free aggregator throughput;
-    /// writes BENCHMARKS.md. Needs root.
+    /// Host cost under a loopback connection storm against the floor (an empty program on the
+    /// same hook) and bpftrace's peers, BPF run time per transition, loss counted
+    /// independently, and kernel-free aggregator throughput; writes BENCHMARKS.md. Needs root.
     Bench {
-        /// Rounds of (no tracer, report, trace).
-        #[arg(long, default_value_t = 5)]
+        /// Rounds of every mode (nothing, the floor, the peers, tcptrace's commands).
+        #[arg(long, default_value_t = 4)]
         rounds: usize,
         /// Time bound of each storm.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 8.0)]
         seconds: f64,
-        /// Connection bound of each storm (keep it under net.ipv4.tcp_max_tw_buckets).
-        #[arg(long, default_value_t = 100_000)]
+        /// Connection bound of each storm.
+        #[arg(long, default_value_t = 1_000_000)]
         conns: u64,
+        /// Connections of each storm of the loss balance (0: skip it).
+        #[arg(long, default_value_t = 20_000)]
+        balance_conns: u64,
         /// Storm client threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Storm destinations (127.0.77.1 upwards): more of them, fewer port collisions.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 16)]
         targets: u32,
         /// Skip the kernel-free replay.
         #[arg(long)]
@@ -238,6 +242,7 @@ fn run(task: Task) -> Result<ExitCode> {
             rounds,
             seconds,
             conns,
+            balance_conns,
             threads,
             targets,
             skip_replay,
@@ -248,6 +253,7 @@ fn run(task: Task) -> Result<ExitCode> {
                 rounds,
                 seconds,
                 conns,
+                balance_conns,
                 threads,
                 targets,
                 skip_replay,

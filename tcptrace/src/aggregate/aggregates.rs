@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use tcptrace_common::TcpState;
 
+use super::connects::ConnectFailures;
 use super::dwell::{Dwell, GLOBAL_SIGFIG};
 use super::group::{GroupStats, GroupTable};
 use crate::lifecycle::{Applied, Change, Owner, SockChange, SockInfo};
@@ -58,6 +59,8 @@ pub struct Aggregates {
     pub(super) by_peer_addr: GroupTable<IpAddr>,
     pub(super) by_peer: GroupTable<Peer>,
     pub(super) by_pid_peer: GroupTable<(Owner, IpAddr)>,
+    /// Connects that failed, by process, destination and errno.
+    pub connect_failures: ConnectFailures,
 }
 
 impl Aggregates {
@@ -73,6 +76,7 @@ impl Aggregates {
             by_peer_addr: GroupTable::new(m),
             by_peer: GroupTable::new(m),
             by_pid_peer: GroupTable::new(m),
+            connect_failures: ConnectFailures::new(m),
         }
     }
 
@@ -118,6 +122,9 @@ impl Aggregates {
                 if matches!(state, TcpState::TimeWait | TcpState::CloseWait) {
                     self.each_group(sock, ts_ns, |g| g.left(state, d));
                 }
+            }
+            Change::ConnectFailed { errno } => {
+                self.connect_failures.record(sock.owner, sock.remote, errno);
             }
             Change::Closed {
                 lifetime_ns: Some(l),
@@ -187,6 +194,7 @@ impl Aggregates {
             + self.by_peer_addr.evictions()
             + self.by_peer.evictions()
             + self.by_pid_peer.evictions()
+            + self.connect_failures.dropped
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -202,5 +210,6 @@ impl Aggregates {
                 .map(Dwell::heap_bytes)
                 .sum::<usize>()
             + self.lifetime.heap_bytes()
+            + self.connect_failures.heap_bytes()
     }
 }

@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 use tcptrace_common::TcpState;
 
 use super::aggregates::Peer;
-use crate::lifecycle::{Attribution, Owner, SocketTable, SocketView};
+use crate::lifecycle::{Attribution, CauseCounts, Owner, SocketTable, SocketView};
 
 fn is_tw_or_cw(s: TcpState) -> bool {
     matches!(s, TcpState::TimeWait | TcpState::CloseWait)
@@ -19,9 +19,14 @@ fn is_tw_or_cw(s: TcpState) -> bool {
 pub struct Current {
     pub time_wait: u64,
     pub close_wait: u64,
-    /// Earliest CLOSE_WAIT entry time among its sockets (known ones).
+    /// Earliest CLOSE_WAIT entry time among its sockets (seen or estimated).
     pub close_wait_oldest_since: Option<u64>,
+    /// CLOSE_WAIT sockets older than tracing dated by the kernel's receive clocks.
+    pub close_wait_age_estimated: u64,
+    /// CLOSE_WAIT sockets with no entry time at all.
     pub close_wait_age_unknown: u64,
+    /// CLOSE_WAIT sockets by why they are stuck.
+    pub close_wait_causes: CauseCounts,
     /// Current TIME_WAIT + CLOSE_WAIT sockets by how their owner was learned.
     pub attribution: [u64; 4],
 }
@@ -32,7 +37,11 @@ impl Current {
             TcpState::TimeWait => self.time_wait += 1,
             TcpState::CloseWait => {
                 self.close_wait += 1;
-                match v.since_ns {
+                self.close_wait_causes.add(v.leak_cause);
+                if v.since_ns.is_none() && v.estimated_since_ns.is_some() {
+                    self.close_wait_age_estimated += 1;
+                }
+                match v.since_ns.or(v.estimated_since_ns) {
                     Some(s) => {
                         let o = self.close_wait_oldest_since.get_or_insert(s);
                         *o = (*o).min(s);
@@ -116,9 +125,10 @@ impl CurrentGroups {
     }
 }
 
-/// Ages of current CLOSE_WAIT sockets, gathered only for the groups that made the report.
+/// Ages of current CLOSE_WAIT sockets, each with whether it is an estimate, gathered only for
+/// the groups that made the report.
 pub(super) struct Ages<K> {
-    ages: HashMap<K, Vec<u64>>,
+    ages: HashMap<K, Vec<(u64, bool)>>,
 }
 
 impl<K: Hash + Eq + Clone> Ages<K> {
@@ -131,14 +141,14 @@ impl<K: Hash + Eq + Clone> Ages<K> {
         }
     }
 
-    fn offer(&mut self, k: Option<K>, age: u64) {
+    fn offer(&mut self, k: Option<K>, age: (u64, bool)) {
         if let Some(v) = k.and_then(|k| self.ages.get_mut(&k)) {
             v.push(age);
         }
     }
 
     /// Sorted ages of one group.
-    pub fn take(&mut self, k: &K) -> Vec<u64> {
+    pub fn take(&mut self, k: &K) -> Vec<(u64, bool)> {
         let mut v = self.ages.remove(k).unwrap_or_default();
         v.sort_unstable();
         v
@@ -157,8 +167,12 @@ pub(super) struct SelectedAges {
 impl SelectedAges {
     pub fn collect(&mut self, table: &SocketTable, now_ns: u64) {
         for v in table.iter_where(|s| s == TcpState::CloseWait) {
-            let Some(since) = v.since_ns else { continue };
-            let age = now_ns.saturating_sub(since);
+            let (since, estimated) = match (v.since_ns, v.estimated_since_ns) {
+                (Some(s), _) => (s, false),
+                (None, Some(s)) => (s, true),
+                (None, None) => continue,
+            };
+            let age = (now_ns.saturating_sub(since), estimated);
             let k = Keys::of(&v);
             self.by_pid.offer(k.pid, age);
             self.by_local_port.offer(k.local_port, age);

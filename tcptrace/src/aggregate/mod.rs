@@ -12,9 +12,11 @@
 //! [`summary`] joins both into [`Summary`], the `report --json` document.
 
 mod aggregates;
+mod connects;
 mod current;
 mod dwell;
 mod group;
+mod history;
 mod pressure;
 mod summary;
 mod transitions;
@@ -23,9 +25,13 @@ mod transitions;
 mod tests;
 
 pub use aggregates::{AggLimits, Aggregates, IDLE_BEFORE_FOLD_NS, Peer};
+pub use connects::{
+    ConnectFailureKey, ConnectFailureRow, ConnectFailures, connect_note, errno_name,
+};
 pub use current::{Current, CurrentGroups};
 pub use dwell::{Dwell, DwellMs};
 pub use group::{GroupStats, GroupTable};
+pub use history::{LeakHistory, history};
 pub use pressure::{PortPressure, port_pressure};
 pub use summary::{
     Attributions, Evictions, GroupCounts, NetnsRow, PeerAddrRow, PeerRow, PidPeerRow, PidRow,

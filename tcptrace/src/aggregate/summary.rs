@@ -10,8 +10,9 @@ use super::aggregates::Aggregates;
 use super::current::{Ages, Current, CurrentGroups, SelectedAges};
 use super::dwell::{DwellMs, ms};
 use super::group::{GroupStats, GroupTable};
+use super::history::{LeakHistory, history};
 use super::pressure::{PortPressure, port_pressure};
-use crate::lifecycle::{Comm, ReconcileStats, SocketTable, StateCounts, TableStats};
+use crate::lifecycle::{CauseCounts, Comm, ReconcileStats, SocketTable, StateCounts, TableStats};
 
 /// What the caller knows that the engine does not.
 #[derive(Clone, Copy, Debug)]
@@ -104,6 +105,10 @@ pub struct Summary {
     /// Per network namespace (its inode, as in `/proc/PID/ns/net`): the same 4-tuple in two
     /// namespaces is two sockets, and a leak belongs to one of them.
     pub by_netns: Vec<NetnsRow>,
+    /// Connects that failed, by process, destination and errno (`connect()`'s result: EADDRNOTAVAIL
+    /// when no local port was left, ECONNREFUSED, ETIMEDOUT, ...), most first. The total is
+    /// `table.connect_failures`.
+    pub connect_failures: Vec<super::ConnectFailureRow>,
     /// Every socket-table counter.
     pub table: TableStats,
 }
@@ -140,12 +145,27 @@ pub struct GroupCounts {
     pub time_wait_per_s: f64,
     /// `close_wait_entries` per second.
     pub close_wait_per_s: f64,
-    /// Age of the oldest current CLOSE_WAIT socket with a known entry time, ms.
+    /// Age of the oldest current CLOSE_WAIT socket with a known or estimated entry time, ms.
     pub close_wait_oldest_ms: Option<f64>,
-    /// Ages of the current CLOSE_WAIT sockets with a known entry time (exact quantiles).
+    /// Ages of the current CLOSE_WAIT sockets with a known or estimated entry time (exact
+    /// quantiles of those ages).
     pub close_wait_age_ms: Option<DwellMs>,
-    /// Current CLOSE_WAIT sockets that entered it before tracing began (age unknown).
+    /// Of the current CLOSE_WAIT sockets, those older than tracing whose age is estimated from
+    /// the kernel's receive clocks (`tcp_info`: time since the peer's last segment, a lower
+    /// bound). Included in `close_wait_age_ms` and `close_wait_oldest_ms`.
+    pub close_wait_age_estimated: u64,
+    /// Current CLOSE_WAIT sockets that entered it before tracing began and could not be dated.
     pub close_wait_age_unknown: u64,
+    /// Current CLOSE_WAIT sockets by why they are stuck, from their receive queues (present
+    /// when `close_wait` > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_wait_causes: Option<CauseCounts>,
+    /// The leak's past, from the ages of the CLOSE_WAIT sockets still held (at least two):
+    /// `per_s` is sockets leaked and still held per second over `span_s`, the age of the
+    /// oldest, which may be much longer than `window_s`. Unlike `close_wait_per_s` (entries
+    /// during the window), it counts sockets older than tracing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_wait_history: Option<LeakHistory>,
     /// Completed TIME_WAIT and CLOSE_WAIT stays ("TIME_WAIT", "CLOSE_WAIT"; only those with
     /// samples). Per-group histograms are coarse: quantiles within about 3 %, max exact.
     pub dwell_ms: BTreeMap<&'static str, DwellMs>,
@@ -353,6 +373,7 @@ pub fn summary(table: &SocketTable, agg: &Aggregates, input: &SummaryInput) -> S
         state_mismatches: st.state_mismatches,
         port_pressure: port_pressure(table, input.port_range, top),
         by_netns: by_netns(table),
+        connect_failures: agg.connect_failures.rows(top),
         table: *st,
     }
 }
@@ -441,7 +462,7 @@ fn rank<K: Hash + Eq + Ord + Clone>(
 fn counts(
     c: Option<&Current>,
     g: Option<&GroupStats>,
-    ages: Vec<u64>,
+    ages: Vec<(u64, bool)>,
     window_s: f64,
 ) -> GroupCounts {
     let rate = |n: u64| {
@@ -456,10 +477,14 @@ fn counts(
         out.time_wait = c.time_wait;
         out.close_wait = c.close_wait;
         out.close_wait_age_unknown = c.close_wait_age_unknown;
+        out.close_wait_age_estimated = c.close_wait_age_estimated;
+        out.close_wait_causes = (c.close_wait > 0).then_some(c.close_wait_causes);
     }
     if !ages.is_empty() {
-        out.close_wait_oldest_ms = ages.last().map(|&a| ms(a));
-        out.close_wait_age_ms = Some(exact(&ages));
+        out.close_wait_oldest_ms = ages.last().map(|&a| ms(a.0));
+        let plain: Vec<u64> = ages.iter().map(|a| a.0).collect();
+        out.close_wait_age_ms = Some(exact(&plain));
+        out.close_wait_history = history(&ages);
     }
     if let Some(g) = g {
         out.time_wait_entries = g.time_wait_entries;

@@ -11,8 +11,8 @@ use tcptrace_common::TcpState;
 
 use super::thresholds::{CLOSE_WAIT_OLD_MS, CLOSE_WAIT_STUCK_MS};
 use super::timeline::Timeline;
-use crate::aggregate::{DwellMs, Summary};
-use crate::lifecycle::SocketTable;
+use crate::aggregate::{ConnectFailureRow, DwellMs, LeakHistory, Summary};
+use crate::lifecycle::{CauseCounts, SocketTable};
 
 /// A process, as findings name it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -33,12 +33,22 @@ pub struct ProcEvidence {
     pub close_wait_growth_per_s: Option<f64>,
     /// CLOSE_WAIT count at the first sample.
     pub close_wait_at_start: Option<u64>,
-    /// Ages of the current CLOSE_WAIT sockets whose entry was seen.
+    /// Ages of the current CLOSE_WAIT sockets whose entry was seen or estimated.
     pub close_wait_age_ms: Option<DwellMs>,
-    /// Current CLOSE_WAIT sockets older than tracing (age unknown, at least the window).
+    /// Current CLOSE_WAIT sockets older than tracing dated by the kernel's receive clocks.
+    pub close_wait_age_estimated: u64,
+    /// Current CLOSE_WAIT sockets older than tracing that could not be dated (at least the
+    /// window).
     pub close_wait_age_unknown: u64,
-    /// Current CLOSE_WAIT sockets older than [`CLOSE_WAIT_OLD_MS`] (known ages only).
+    /// Current CLOSE_WAIT sockets older than [`CLOSE_WAIT_OLD_MS`] (known or estimated ages).
     pub close_wait_old: u64,
+    /// Current CLOSE_WAIT sockets seen entering it during the window: the most the count can
+    /// have grown by (sockets older than tracing are never growth).
+    pub close_wait_new_held: u64,
+    /// The leak's past from the ages of the sockets held.
+    pub close_wait_history: Option<LeakHistory>,
+    /// Current CLOSE_WAIT sockets by why they are stuck.
+    pub close_wait_causes: CauseCounts,
     /// Current CLOSE_WAIT sockets that entered it during the window and are still open
     /// [`CLOSE_WAIT_STUCK_MS`] later: new leaks, whatever the count was at the start.
     pub close_wait_stuck_new: u64,
@@ -95,6 +105,8 @@ pub struct Evidence {
     /// Orphaned FIN_WAIT2 timewait sockets (closed locally, peer has not sent its FIN), by peer.
     pub fin_wait2_orphans: u64,
     pub fin_wait2_peers: Vec<(String, u64)>,
+    /// Connects that failed, by process, destination and errno, most first.
+    pub connect_failures: Vec<ConnectFailureRow>,
 }
 
 fn top_counts<K: Ord + Clone>(m: BTreeMap<K, u64>, n: usize) -> Vec<(K, u64)> {
@@ -115,6 +127,7 @@ fn peer_string(a: &SocketAddr) -> String {
 struct ProcScan {
     old: u64,
     stuck_new: u64,
+    new_held: u64,
     ports: BTreeMap<u16, u64>,
     peers: BTreeMap<String, u64>,
 }
@@ -162,8 +175,15 @@ impl Evidence {
                     if let Some(o) = &owner {
                         let p = procs.entry(o.pid).or_default();
                         let age = v.since_ns.map(|s| now_ns.saturating_sub(s));
-                        if age.is_some_and(|a| a >= CLOSE_WAIT_OLD_MS * 1_000_000) {
+                        let any_age = v
+                            .since_ns
+                            .or(v.estimated_since_ns)
+                            .map(|s| now_ns.saturating_sub(s));
+                        if any_age.is_some_and(|a| a >= CLOSE_WAIT_OLD_MS * 1_000_000) {
                             p.old += 1;
+                        }
+                        if v.since_ns.is_some_and(|s| s >= start_ns) {
+                            p.new_held += 1;
                         }
                         if v.since_ns.is_some_and(|s| s >= start_ns)
                             && age.is_some_and(|a| a >= CLOSE_WAIT_STUCK_MS * 1_000_000)
@@ -224,8 +244,12 @@ impl Evidence {
                     close_wait_growth_per_s: change.map(|(a, b, dt)| (b as f64 - a as f64) / dt),
                     close_wait_at_start: change.map(|c| c.0),
                     close_wait_age_ms: r.counts.close_wait_age_ms,
+                    close_wait_age_estimated: r.counts.close_wait_age_estimated,
                     close_wait_age_unknown: r.counts.close_wait_age_unknown,
                     close_wait_old: scan.old,
+                    close_wait_new_held: scan.new_held,
+                    close_wait_history: r.counts.close_wait_history,
+                    close_wait_causes: r.counts.close_wait_causes.unwrap_or_default(),
                     close_wait_stuck_new: scan.stuck_new,
                     close_wait_local_ports: top_counts(scan.ports, LIST),
                     close_wait_peers: top_counts(scan.peers, LIST),
@@ -306,6 +330,7 @@ impl Evidence {
             peers,
             fin_wait2_orphans: orphans,
             fin_wait2_peers: top_counts(orphan_peers, LIST),
+            connect_failures: summary.connect_failures.clone(),
         }
     }
 }

@@ -69,6 +69,7 @@ pub fn tw_buckets(ev: &Evidence, host: &HostFacts) -> Option<Finding> {
             peers: dests.iter().take(5).map(|d| d.peer.to_string()).collect(),
         },
         since_unix: None,
+        since_estimated: false,
         growth_per_s: None,
         eta_s: None,
         why: "Beyond tcp_max_tw_buckets the kernel skips TIME_WAIT and frees the connection at \
@@ -89,6 +90,8 @@ pub fn tw_buckets(ev: &Evidence, host: &HostFacts) -> Option<Finding> {
                 .into(),
         }],
         numbers,
+        causes: None,
+        cause: None,
     })
 }
 
@@ -141,6 +144,7 @@ pub fn fin_wait2_orphans(ev: &Evidence, host: &HostFacts) -> Option<Finding> {
             peers: ev.fin_wait2_peers.iter().map(|p| p.0.clone()).collect(),
         },
         since_unix: None,
+        since_estimated: false,
         growth_per_s: None,
         eta_s: None,
         why: "After close() with the peer's FIN still missing, the socket is orphaned in \
@@ -155,6 +159,8 @@ pub fn fin_wait2_orphans(ev: &Evidence, host: &HostFacts) -> Option<Finding> {
                 .into(),
         }],
         numbers,
+        causes: None,
+        cause: None,
     })
 }
 
@@ -167,6 +173,7 @@ pub fn tw_recycle(host: &HostFacts) -> Option<Finding> {
         what: "net.ipv4.tcp_tw_recycle = 1.".into(),
         who: Who::default(),
         since_unix: None,
+        since_estimated: false,
         growth_per_s: None,
         eta_s: None,
         why: "It drops SYNs whose timestamps are older than the last seen from the same address, \
@@ -182,5 +189,7 @@ pub fn tw_recycle(host: &HostFacts) -> Option<Finding> {
                 .into(),
         }],
         numbers: BTreeMap::new(),
+        causes: None,
+        cause: None,
     })
 }

@@ -22,6 +22,8 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+use crate::lifecycle::{CauseCounts, LeakCause};
+
 pub use evidence::{
     DestEvidence, Evidence, ListenPortEvidence, PeerLifetimes, ProcEvidence, ProcId,
 };
@@ -115,6 +117,8 @@ pub struct Finding {
     pub who: Who,
     /// When it started, seconds since the epoch (the oldest socket's entry), if known.
     pub since_unix: Option<f64>,
+    /// `since_unix` is estimated from the kernel's clocks (sockets older than tracing), not seen.
+    pub since_estimated: bool,
     /// Net growth per second of the count the finding is about.
     pub growth_per_s: Option<f64>,
     /// Projected seconds until the limit is hit at the current rate.
@@ -127,6 +131,12 @@ pub struct Finding {
     pub knobs: Vec<Knob>,
     /// The measurements behind the finding, by name (machine-readable).
     pub numbers: BTreeMap<&'static str, f64>,
+    /// CLOSE_WAIT leaks: the sockets by why they are stuck (from their receive queues).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causes: Option<CauseCounts>,
+    /// CLOSE_WAIT leaks: the most common cause, which `why` and `fix` are about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<LeakCause>,
 }
 
 /// Every finding the evidence supports, most severe first.

@@ -51,6 +51,7 @@ fn leaker(cw: u64, at_start: u64) -> ProcEvidence {
             p99: 25_000.0,
             max: 29_000.0,
         }),
+        close_wait_new_held: cw - at_start,
         close_wait_local_ports: vec![(8080, cw)],
         close_wait_peers: vec![("10.0.0.9:5432".into(), cw)],
         ..ProcEvidence::default()
@@ -382,6 +383,7 @@ fn new_sockets_stuck_in_close_wait_are_growth_even_if_the_first_sample_had_them(
     let mut ev = evidence();
     let mut p = leaker(20, 20);
     p.close_wait_stuck_new = 20;
+    p.close_wait_new_held = 20;
     ev.processes.push(p);
     let f = diagnose(&ev, &host());
     assert_eq!(kinds(&f), vec![Kind::CloseWaitLeak]);
@@ -409,4 +411,185 @@ fn the_bucket_limit_caps_the_port_exhaustion_projection() {
     h.sysctls.tcp_max_tw_buckets = Some(10);
     h.time_wait_now = Some(10);
     assert_eq!(kinds(&diagnose(&ev, &h)), vec![Kind::TimeWaitBuckets]);
+}
+
+/// A process that has leaked 2 sockets a second for five minutes, looked at for one second.
+fn old_leak() -> ProcEvidence {
+    let ages: Vec<(u64, bool)> = (0..600u64)
+        .map(|i| ((i * 500 + 250) * 1_000_000, i >= 2))
+        .collect();
+    let history = crate::aggregate::history(&ages);
+    ProcEvidence {
+        proc: proc_id(42),
+        close_wait: 600,
+        close_wait_entries: 2,
+        close_wait_at_start: Some(598),
+        close_wait_new_held: 2,
+        close_wait_age_estimated: 598,
+        close_wait_age_ms: Some(DwellMs {
+            count: 600,
+            p50: 150_000.0,
+            p90: 270_000.0,
+            p99: 297_000.0,
+            max: 299_750.0,
+        }),
+        close_wait_history: history,
+        ..ProcEvidence::default()
+    }
+}
+
+#[test]
+fn a_one_second_look_at_an_old_leak_gets_its_rate_start_and_fd_projection() {
+    let mut ev = evidence();
+    ev.window_s = 1.0;
+    ev.processes.push(old_leak());
+    let mut h = host();
+    h.processes.insert(
+        42,
+        ProcFacts {
+            open_fds: Some(700),
+            nofile_limit: Some(1024),
+            container: None,
+        },
+    );
+    let f = diagnose(&ev, &h);
+    assert_eq!(kinds(&f), vec![Kind::CloseWaitLeak]);
+    let f = &f[0];
+    assert!(f.title.contains("growing"), "{}", f.title);
+    let rate = f.growth_per_s.unwrap();
+    assert!((rate - 2.0).abs() < 0.1, "{rate}");
+    // (1024 - 700) / 2 per s.
+    assert!((f.eta_s.unwrap() - 162.0).abs() < 10.0, "{:?}", f.eta_s);
+    let since = f.since_unix.unwrap();
+    assert!((since - (1_800_000_000.0 - 300.0)).abs() < 1.0, "{since}");
+    assert!(f.since_estimated);
+    assert!(f.what.contains("598 older than tracing"), "{}", f.what);
+}
+
+#[test]
+fn sockets_older_than_tracing_never_count_as_growth() {
+    // The first sample saw none of them as the process's (their owner was found later): 77
+    // at the end, 0 at the start, but only 31 entered CLOSE_WAIT during the window.
+    let mut ev = evidence();
+    ev.window_s = 15.0;
+    let mut p = leaker(77, 0);
+    p.close_wait_new_held = 31;
+    p.close_wait_age_unknown = 46;
+    ev.processes.push(p);
+    let f = diagnose(&ev, &host());
+    assert_eq!(f[0].numbers["close_wait_growth"], 31.0);
+    assert!((f[0].growth_per_s.unwrap() - 31.0 / 15.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_long_window_without_growth_overrides_the_history() {
+    // Sockets that churn: ages spread over a minute, but the count did not grow in 2 minutes.
+    let mut ev = evidence();
+    ev.window_s = 120.0;
+    let mut p = old_leak();
+    p.close_wait_at_start = Some(600);
+    p.close_wait_new_held = 0;
+    p.close_wait_age_ms = Some(DwellMs {
+        count: 600,
+        p50: 20_000.0,
+        p90: 40_000.0,
+        p99: 50_000.0,
+        max: 59_000.0,
+    });
+    ev.processes.push(p);
+    let f = diagnose(&ev, &host());
+    assert!(f.is_empty() || !f[0].title.contains("growing"), "{:?}", f);
+}
+
+fn with_causes(never: u64, read_eof: u64, stopped: u64) -> Evidence {
+    let mut ev = evidence();
+    let mut p = leaker(130, 10);
+    p.close_wait_causes = crate::lifecycle::CauseCounts {
+        never_read_eof: never,
+        read_eof_not_closed: read_eof,
+        stopped_reading: stopped,
+        unknown: 130 - never - read_eof - stopped,
+    };
+    ev.processes.push(p);
+    ev
+}
+
+#[test]
+fn each_cause_gets_its_own_why_and_fix() {
+    use crate::lifecycle::LeakCause;
+    let f = diagnose(&with_causes(120, 0, 0), &host());
+    assert_eq!(f[0].cause, Some(LeakCause::NeverReadEof));
+    assert!(f[0].why.contains("Recv-Q 1"), "{}", f[0].why);
+    assert!(f[0].fix[0].contains("pool"), "{:?}", f[0].fix);
+    assert_eq!(f[0].numbers["never_read_eof"], 120.0);
+
+    let f = diagnose(&with_causes(0, 100, 0), &host());
+    assert_eq!(f[0].cause, Some(LeakCause::ReadEofNotClosed));
+    assert!(f[0].why.contains("read() returned 0"), "{}", f[0].why);
+    assert!(f[0].fix[0].contains("every error"), "{:?}", f[0].fix);
+
+    let f = diagnose(&with_causes(10, 0, 100), &host());
+    assert_eq!(f[0].cause, Some(LeakCause::StoppedReading));
+    assert!(f[0].fix[0].contains("thread dump"), "{:?}", f[0].fix);
+    assert_eq!(f[0].causes.unwrap().stopped_reading, 100);
+    // A second cause with a fifth or more of the known ones gets its fix too; 10 of 110 not.
+    assert!(
+        !f[0].fix.iter().any(|x| x.starts_with("Also")),
+        "{:?}",
+        f[0].fix
+    );
+    let f = diagnose(&with_causes(40, 0, 80), &host());
+    assert!(
+        f[0].fix.iter().any(|x| x.starts_with("Also 40")),
+        "{:?}",
+        f[0].fix
+    );
+    // No sysctl advice stays last.
+    assert!(f[0].fix.last().unwrap().contains("No sysctl"));
+}
+
+fn failure(errno: &str, count: u64, peer: &str) -> crate::aggregate::ConnectFailureRow {
+    let peer: SocketAddr = peer.parse().unwrap();
+    crate::aggregate::ConnectFailureRow {
+        pid: 7,
+        comm: Some(crate::lifecycle::Comm::new("client")),
+        addr: peer.ip().to_string(),
+        port: peer.port(),
+        errno: errno.into(),
+        count,
+    }
+}
+
+#[test]
+fn failed_connects_with_no_port_left_make_the_exhaustion_finding_under_its_threshold() {
+    let mut ev = evidence();
+    // 3 TIME_WAIT of 28232 ports: far under the risk ratio, yet connect() failed.
+    ev.destinations.push(dest(3, 0.1, "10.0.0.2:443"));
+    ev.connect_failures
+        .push(failure("EADDRNOTAVAIL", 12, "10.0.0.2:443"));
+    ev.connect_failures
+        .push(failure("ECONNREFUSED", 5, "10.0.0.2:443"));
+    let f = diagnose(&ev, &host());
+    assert_eq!(kinds(&f), vec![Kind::PortExhaustion]);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].numbers["connect_eaddrnotavail"], 12.0);
+    assert!(f[0].what.contains("client (pid 7) 12"), "{}", f[0].what);
+    assert_eq!(f[0].who.processes[0].pid, 7);
+
+    // Failures towards a destination with no TIME_WAIT at all still make one.
+    let mut ev = evidence();
+    ev.connect_failures
+        .push(failure("EADDRNOTAVAIL", 4, "10.0.0.3:80"));
+    let f = diagnose(&ev, &host());
+    assert_eq!(kinds(&f), vec![Kind::PortExhaustion]);
+    assert!(
+        f[0].what.starts_with("No TIME_WAIT socket"),
+        "{}",
+        f[0].what
+    );
+    // Refused connects alone are not port exhaustion.
+    let mut ev = evidence();
+    ev.connect_failures
+        .push(failure("ECONNREFUSED", 50, "10.0.0.3:80"));
+    assert!(diagnose(&ev, &host()).is_empty());
 }

@@ -15,6 +15,10 @@ pub const CLOSE_WAIT_STUCK_MS: u64 = 1_000;
 /// at the start, with none of them closing, is a trend.
 pub const CLOSE_WAIT_MIN_GROWTH: u64 = 5;
 
+/// A window this long that saw a process's CLOSE_WAIT count not grow overrides the history read
+/// from its sockets' ages (they churn, or the leak stopped): what is seen live wins.
+pub const CLOSE_WAIT_TRUST_LIVE_S: f64 = 60.0;
+
 /// Projected time to `Too many open files` under which a CLOSE_WAIT leak is critical: someone
 /// must act within the hour.
 pub const FD_EXHAUSTION_CRITICAL_S: f64 = 3600.0;

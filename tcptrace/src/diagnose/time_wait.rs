@@ -56,6 +56,7 @@ pub fn server_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                     peers: Vec::new(),
                 },
                 since_unix: None,
+                since_estimated: false,
                 growth_per_s: Some(l.time_wait_per_s),
                 eta_s: None,
                 why: "The side that closes first keeps TIME_WAIT for 60 s. Here the server closes \
@@ -76,6 +77,8 @@ pub fn server_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                 ],
                 knobs: Vec::new(),
                 numbers,
+                causes: None,
+                cause: None,
             }
         })
         .collect()
@@ -118,6 +121,7 @@ pub fn client_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                     peers: vec![d.peer.to_string()],
                 },
                 since_unix: None,
+                since_estimated: false,
                 growth_per_s: Some(d.time_wait_per_s),
                 eta_s: None,
                 why: "This host opens a connection to the peer, uses it briefly and closes it \
@@ -127,6 +131,8 @@ pub fn client_close(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                 fix: client_fixes(),
                 knobs: Vec::new(),
                 numbers,
+                causes: None,
+                cause: None,
             }
         })
         .collect()
@@ -186,6 +192,7 @@ pub fn short_lived(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                     peers: vec![p.peer.to_string()],
                 },
                 since_unix: None,
+                since_estimated: false,
                 growth_per_s: None,
                 eta_s: None,
                 why: "Each connection pays a handshake (and TLS, if any) and leaves a TIME_WAIT \
@@ -194,6 +201,8 @@ pub fn short_lived(ev: &Evidence, host: &HostFacts) -> Vec<Finding> {
                 fix: client_fixes(),
                 knobs: Vec::new(),
                 numbers,
+                causes: None,
+                cause: None,
             }
         })
         .collect()

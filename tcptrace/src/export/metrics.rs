@@ -11,7 +11,7 @@ use super::current::{Cardinality, Counts, CurrentSockets, Folded};
 use super::exposition::{Exposition, Kind};
 use super::process::ProcessStats;
 use crate::aggregate::{Aggregates, Dwell, TransitionCounts, port_pressure};
-use crate::lifecycle::{SocketTable, StateCounts};
+use crate::lifecycle::{CauseCounts, LeakCause, SocketTable, StateCounts};
 use crate::owner::cgroup::Container;
 use crate::probe::LossReport;
 
@@ -60,6 +60,8 @@ pub fn render(
     by_peer(&mut e, &cur.by_peer);
     folded(&mut e, &cur);
     ports(&mut e, s);
+    close_wait_causes(&mut e, s.table);
+    connect_failures(&mut e, s);
     transitions(&mut e, s.counters);
     dwell(&mut e, s.agg);
     health(&mut e, s);
@@ -277,6 +279,83 @@ fn ports(e: &mut Exposition, s: &Scrape<'_>) {
                 e.sample(name, &labels, p.time_wait);
             }
         }
+    }
+}
+
+fn close_wait_causes(e: &mut Exposition, table: &SocketTable) {
+    let name = "tcptrace_close_wait_cause_sockets";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Sockets in CLOSE_WAIT now by why they are stuck, from their receive queue at the last \
+         kernel table dump: never_read_eof (Recv-Q 1: only the peer's FIN, nobody reads), \
+         read_eof_not_closed (Recv-Q 0: EOF read, close() missing), stopped_reading (data unread \
+         before the FIN), unknown (not in a dump yet).",
+    );
+    let mut c = CauseCounts::default();
+    for v in table.iter_where(|st| st == TcpState::CloseWait) {
+        c.add(v.leak_cause);
+    }
+    for k in LeakCause::ALL {
+        e.sample(name, &[("cause", k.name())], c.get(k));
+    }
+    e.sample(name, &[("cause", UNKNOWN)], c.unknown);
+}
+
+/// Failed connects: the busiest --top-peers (process, destination, errno) series, and the rest
+/// summed per errno under pid, comm, peer and peer_port "other" (errno names are few).
+fn connect_failures(e: &mut Exposition, s: &Scrape<'_>) {
+    let name = "tcptrace_connect_failures_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Connects that failed since start, by process, destination and errno (what connect() \
+         returned: EADDRNOTAVAIL when no local port was free, ECONNREFUSED, ETIMEDOUT, ...). The \
+         busiest --top-peers series have their own labels; the rest are summed per errno with \
+         pid, comm, peer and peer_port \"other\" (that series can drop when a key gets its own).",
+    );
+    let rows = s.agg.connect_failures.rows(0);
+    let mut other: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if i < s.limits.top_peers {
+            let pid = if r.pid == 0 {
+                UNKNOWN.to_string()
+            } else {
+                r.pid.to_string()
+            };
+            let comm = r.comm.as_ref().map_or(UNKNOWN, |c| c.as_str());
+            let port = r.port.to_string();
+            e.sample(
+                name,
+                &[
+                    ("pid", &pid),
+                    ("comm", comm),
+                    ("peer", &r.addr),
+                    ("peer_port", &port),
+                    ("errno", &r.errno),
+                ],
+                r.count,
+            );
+        } else {
+            *other.entry(r.errno.as_str()).or_default() += r.count;
+        }
+    }
+    if s.agg.connect_failures.dropped > 0 {
+        // Keys past the table's bound: counted, errno unknown.
+        *other.entry(UNKNOWN).or_default() += s.agg.connect_failures.dropped;
+    }
+    for (errno, n) in other {
+        e.sample(
+            name,
+            &[
+                ("pid", OTHER),
+                ("comm", OTHER),
+                ("peer", OTHER),
+                ("peer_port", OTHER),
+                ("errno", errno),
+            ],
+            n,
+        );
     }
 }
 

@@ -416,6 +416,12 @@ impl SocketTable {
                 reset,
             },
         );
+        if old == SynSent
+            && let Some(errno) = self.connect_error(slot, ev, reset)
+        {
+            self.stats.connect_failures += 1;
+            a.push(Subject::This, Change::ConnectFailed { errno });
+        }
         let e = &mut self.slab[slot as usize];
         e.last_old = old as u8;
         e.last_new = Close as u8;
@@ -464,6 +470,30 @@ impl SocketTable {
             return;
         }
         a.sock = Some(self.info(slot));
+    }
+
+    /// Why a connect that went SYN_SENT -> CLOSE failed, as `connect()` returned it; None for a
+    /// connect the application gave up on itself (closed while SYN_SENT), which is no failure.
+    /// - a RST answered the SYN (`tcp_reset` sets ECONNREFUSED in SYN_SENT);
+    /// - `sk_err` set by the kernel before `tcp_done` (ETIMEDOUT, EHOSTUNREACH, ...);
+    /// - no local port was ever picked, in the caller's `connect()`: `inet_hash_connect` found
+    ///   none free and `tcp_v4_connect` went back to CLOSE with EADDRNOTAVAIL, setting no
+    ///   `sk_err` (<https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L295>).
+    fn connect_error(&self, slot: u32, ev: &Event, reset: bool) -> Option<u16> {
+        let c = ev.connect_end?;
+        if reset || c.err == libc::ECONNREFUSED as u16 {
+            return Some(libc::ECONNREFUSED as u16);
+        }
+        if c.err != 0 {
+            return Some(c.err);
+        }
+        // Events do not say whether they ran in the caller: their task is compared with the
+        // owner its connect() named.
+        let in_caller = c.in_caller.unwrap_or_else(|| {
+            let owner = self.owners.get(self.slab[slot as usize].owner);
+            owner.is_none_or(|o| o.pid == ev.task.pid)
+        });
+        (c.no_local_port && in_caller).then_some(libc::EADDRNOTAVAIL as u16)
     }
 
     fn apply_reset(&mut self, ev: &Event, a: &mut Applied) {

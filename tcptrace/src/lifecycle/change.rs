@@ -60,6 +60,9 @@ pub enum Change {
         lifetime_ns: Option<u64>,
         reset: bool,
     },
+    /// A connect failed (SYN_SENT -> CLOSE): `errno` is what `connect()` (or the first use of a
+    /// non-blocking socket) got: ECONNREFUSED, EADDRNOTAVAIL, ETIMEDOUT, ...
+    ConnectFailed { errno: u16 },
 }
 
 /// Which socket of an [`Applied`] a change is about.

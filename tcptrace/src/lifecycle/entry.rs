@@ -37,6 +37,16 @@ pub(super) mod flag {
     pub const TW_HOOKED: u16 = 1 << 10;
     /// With `TW_HOOKED`: the substate is FIN_WAIT2 (else TIME_WAIT).
     pub const TW_FIN_WAIT2: u16 = 1 << 11;
+    /// `since_ns` is an estimate from the kernel's clocks, not a transition seen: a CLOSE_WAIT
+    /// socket older than tracing, dated by the time since the peer's last segment (a lower
+    /// bound of its age). Shown as an age, never used as a dwell time.
+    pub const SINCE_ESTIMATED: u16 = 1 << 12;
+    /// Two bits: the [`super::LeakCause`] of a CLOSE_WAIT socket from its receive queue at the
+    /// last snapshot (0: not seen in one since it entered CLOSE_WAIT).
+    pub const CAUSE_SHIFT: u16 = 13;
+    pub const CAUSE: u16 = 3 << CAUSE_SHIFT;
+    /// Cleared by every change of state.
+    pub const PER_STATE: u16 = SINCE_ESTIMATED | CAUSE;
 }
 
 #[derive(Clone, Debug)]
@@ -114,8 +124,18 @@ impl Entry {
         self.has(flag::LISTENER)
     }
 
+    /// When the socket entered its state, if that was seen (or inferred from an exact timer).
     pub fn since(&self) -> Option<u64> {
-        (self.since_ns != UNKNOWN_NS).then_some(self.since_ns)
+        (self.since_ns != UNKNOWN_NS && !self.has(flag::SINCE_ESTIMATED)).then_some(self.since_ns)
+    }
+
+    /// An estimate of when the socket entered its state, where only the kernel's clocks date it.
+    pub fn estimated_since(&self) -> Option<u64> {
+        (self.since_ns != UNKNOWN_NS && self.has(flag::SINCE_ESTIMATED)).then_some(self.since_ns)
+    }
+
+    pub fn leak_cause(&self) -> Option<super::LeakCause> {
+        super::LeakCause::from_bits((self.flags & flag::CAUSE) >> flag::CAUSE_SHIFT)
     }
 
     pub fn created(&self) -> Option<u64> {

@@ -117,6 +117,7 @@ impl Fx {
             },
             owner_context,
             from_backup: false,
+            connect_end: None,
         }
     }
 
@@ -232,6 +233,7 @@ pub fn ks(state: TcpState, local: &str, remote: &str, cookie: u64, inode: u64) -
         timer_ms: None,
         rqueue: 0,
         wqueue: 0,
+        last_recv_ms: None,
         cgroup_id: 0,
     }
 }

@@ -20,6 +20,7 @@
 
 mod addr;
 mod apply;
+mod cause;
 mod change;
 mod entry;
 mod evict;
@@ -38,6 +39,7 @@ pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 
+pub use cause::{CauseCounts, LeakCause};
 pub use change::{Applied, Change, LeaveReason, Outcome, SockChange, SockInfo, Subject};
 pub use owner::{Attribution, Comm, Owner};
 pub use reconcile::FdHolders;

@@ -68,6 +68,7 @@ impl SocketTable {
             {
                 if let Some(s) = self.match_kernel(ks, &loose) {
                     self.correct(s, ks, taken, &mut st);
+                    self.close_wait_clues(s, ks, taken, &mut st);
                     continue;
                 }
                 if matches!(ks.state, TcpState::SynRecv | TcpState::NewSynRecv) {
@@ -82,6 +83,7 @@ impl SocketTable {
                     continue;
                 }
                 let s = self.add_kernel(ks, taken);
+                self.close_wait_clues(s, ks, taken, &mut st);
                 if let Some(fd) = fd_owners {
                     // Now, so that sockets accepted from this listener can inherit its owner.
                     self.attribute_by_fd(s, fd, Attribution::Snapshot);
@@ -307,6 +309,36 @@ impl SocketTable {
         let d = self.mini_deadline(slot);
         if self.slab[slot as usize].is_mini() {
             self.next_expiry_ns = self.next_expiry_ns.min(d);
+        }
+    }
+
+    /// What the kernel's table tells about a CLOSE_WAIT socket that no event can: why it is
+    /// stuck (its receive queue, every snapshot) and, when its entry was not seen, about when
+    /// it entered CLOSE_WAIT (the time since the peer's last segment, its FIN).
+    fn close_wait_clues(
+        &mut self,
+        slot: u32,
+        ks: &KernelSocket,
+        taken: u64,
+        st: &mut ReconcileStats,
+    ) {
+        let e = &mut self.slab[slot as usize];
+        if ks.state != TcpState::CloseWait || e.state() != TcpState::CloseWait || e.is_mini() {
+            return;
+        }
+        let cause = super::LeakCause::of_rqueue(ks.rqueue).to_bits();
+        e.flags = (e.flags & !flag::CAUSE) | (cause << flag::CAUSE_SHIFT);
+        let Some(ms) = ks.last_recv_ms else {
+            return;
+        };
+        let estimate = taken.saturating_sub(u64::from(ms) * 1_000_000);
+        if e.since_ns == UNKNOWN_NS {
+            e.since_ns = estimate;
+            e.flags |= flag::SINCE_ESTIMATED;
+            st.close_wait_dated += 1;
+        } else if e.has(flag::SINCE_ESTIMATED) {
+            // A later segment from the peer (a keepalive's ACK) only makes the clock younger.
+            e.since_ns = e.since_ns.min(estimate);
         }
     }
 

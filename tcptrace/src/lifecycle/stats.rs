@@ -85,6 +85,10 @@ pub struct ReconcileStats {
     /// SYN_SENT, FIN_WAIT1, ...), added or moved to the state the dump showed. Not corrections.
     #[serde(skip_serializing_if = "is_zero")]
     pub learned: u64,
+    /// CLOSE_WAIT sockets older than tracing dated from the kernel's receive clocks
+    /// (`tcp_info`): their ages are estimates (lower bounds). Not corrections.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub close_wait_dated: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -104,6 +108,7 @@ impl ReconcileStats {
         self.inode_learned += o.inode_learned;
         self.cookie_learned += o.cookie_learned;
         self.learned += o.learned;
+        self.close_wait_dated += o.close_wait_dated;
     }
 }
 
@@ -155,4 +160,7 @@ pub struct TableStats {
     pub corrections: ReconcileStats,
     /// Sum of every fd scan.
     pub fd_scans: FdScanStats,
+    /// Connects that failed (SYN_SENT -> CLOSE with an error: refused, no local port, timed
+    /// out, ...); by process, destination and errno in the report's `connect_failures`.
+    pub connect_failures: u64,
 }

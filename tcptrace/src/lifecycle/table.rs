@@ -82,7 +82,13 @@ pub struct SocketView {
     pub state: TcpState,
     /// The full socket is gone; this is the kernel's timewait mini-socket.
     pub timewait_socket: bool,
+    /// When the socket entered `state`, when seen.
     pub since_ns: Option<u64>,
+    /// When `since_ns` is unknown: an estimate from the kernel's clocks (CLOSE_WAIT sockets
+    /// older than tracing; a lower bound of the age).
+    pub estimated_since_ns: Option<u64>,
+    /// CLOSE_WAIT: why it is stuck, from its receive queue at the last snapshot.
+    pub leak_cause: Option<super::LeakCause>,
     pub created_ns: Option<u64>,
     pub last_event_ns: u64,
     pub owner: Option<Owner>,
@@ -216,6 +222,8 @@ impl SocketTable {
             state: e.state(),
             timewait_socket: e.is_mini(),
             since_ns: e.since(),
+            estimated_since_ns: e.estimated_since(),
+            leak_cause: e.leak_cause(),
             created_ns: e.created(),
             last_event_ns: e.last_ns,
             owner: self.owners.get(e.owner),
@@ -494,6 +502,9 @@ impl SocketTable {
     pub(super) fn set_state(&mut self, slot: u32, s: TcpState) {
         let e = &mut self.slab[slot as usize];
         self.counts[e.state as usize] -= 1;
+        if e.state != s as u8 {
+            e.flags &= !flag::PER_STATE;
+        }
         e.state = s as u8;
         self.counts[s as usize] += 1;
     }

@@ -132,6 +132,12 @@ fn sock_offsets_in(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
             .field("sock", &["sk_err"])
             .and_then(|f| exact(f, 4))
             .unwrap_or(0),
+        // Whether a failed connect had a local port; optional like `sk_err`. `struct inet_sock`
+        // starts with its `struct sock`, so the offset is from the socket's address.
+        inet_sport: btf
+            .field("inet_sock", &["inet_sport"])
+            .and_then(|f| exact(f, 2))
+            .unwrap_or(0),
     })
 }
 
@@ -908,6 +914,7 @@ mod tests {
             sk_protocol: protocol,
             sk_protocol_size: size,
             sk_err: 0,
+            inet_sport: 0,
         }
     }
 
@@ -1291,6 +1298,7 @@ mod tests {
             sk_protocol: proto_bits / 8,
             sk_protocol_size: proto_size,
             sk_err: byte("sock", &["sk_err"]),
+            inet_sport: byte("inet_sock", &["inet_sport"]),
         };
         assert_eq!(ours, theirs);
         // Fields that share a word are distinct: the lookup did not stop at the union itself.

@@ -180,6 +180,7 @@ mod tests {
             },
             owner_context: false,
             from_backup: backup,
+            connect_end: None,
         }
     }
 

@@ -262,6 +262,9 @@ fn trace_line(
             } => note = Some("time_wait"),
             Change::HeldInFinWait2 { .. } => note = Some("fin_wait2_orphan"),
             Change::Closed { reset: true, .. } => note = Some("reset"),
+            Change::ConnectFailed { errno } => {
+                note = Some(crate::aggregate::connect_note(*errno));
+            }
             _ => {}
         }
     }
@@ -356,6 +359,7 @@ mod tests {
                 },
                 owner_context: true,
                 from_backup: false,
+                connect_end: None,
             },
             old: TcpState::Established,
             new: TcpState::Close,

@@ -25,9 +25,16 @@ pub struct KernelSocket {
     pub cgroup_id: u64,
     /// Milliseconds left on the socket's timer (for TIME_WAIT: until it is destroyed), if armed.
     pub timer_ms: Option<u32>,
-    /// Bytes queued to receive / to send (for LISTEN: accept queue length / backlog).
+    /// Bytes queued to receive / to send (for LISTEN: accept queue length / backlog). For
+    /// CLOSE_WAIT, `rcv_nxt - copied_seq`, where the peer's FIN counts as one byte: 1 = the FIN
+    /// was never read, 0 = EOF was read, more = data left unread before the FIN.
     pub rqueue: u32,
     pub wqueue: u32,
+    /// CLOSE_WAIT only: milliseconds since the last segment from the peer (the smaller of
+    /// `tcp_info`'s `tcpi_last_ack_recv` and `tcpi_last_data_recv`, what `ss -ti` shows as
+    /// `lastack` / `lastrcv`). The peer's FIN started CLOSE_WAIT, so this is a lower bound on the
+    /// time spent in it. None when not asked for or not reported.
+    pub last_recv_ms: Option<u32>,
 }
 
 /// A whole dump: every TCP socket in one or more namespaces at one moment.

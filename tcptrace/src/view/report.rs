@@ -38,11 +38,57 @@ pub const SCHEMA: u32 = 1;
 /// Rows kept per group-by list in the document.
 pub const REPORT_TOP: usize = 50;
 
+/// The oldest CLOSE_WAIT socket's age; `>` when some ages were read from the kernel's clocks,
+/// which are lower bounds.
+pub fn oldest_close_wait(c: &GroupCounts) -> Option<String> {
+    let at_least = if c.close_wait_age_estimated > 0 {
+        ">"
+    } else {
+        ""
+    };
+    c.close_wait_oldest_ms
+        .map(|m| format!("{at_least}{}", human_ms(m)))
+}
+
+/// `addr:port`, with brackets for IPv6.
+pub fn endpoint(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Rows of failed connects: count, errno, pid, comm, destination.
+pub fn failure_cells(r: &crate::aggregate::ConnectFailureRow) -> [String; 5] {
+    [
+        r.count.to_string(),
+        r.errno.clone(),
+        if r.pid == 0 {
+            "-".into()
+        } else {
+            r.pid.to_string()
+        },
+        r.comm
+            .as_ref()
+            .map_or_else(|| "?".into(), |c| printable(c.as_str())),
+        endpoint(&r.addr, r.port),
+    ]
+}
+
+pub const FAILURE_HEADERS: [(&str, Align); 5] = [
+    ("FAILED", Align::Right),
+    ("ERRNO", Align::Left),
+    ("PID", Align::Right),
+    ("COMM", Align::Left),
+    ("DESTINATION", Align::Left),
+];
+
 fn counts_cells(c: &GroupCounts) -> Vec<String> {
     vec![
         c.close_wait.to_string(),
         rate(c.close_wait_per_s),
-        c.close_wait_oldest_ms.map(human_ms).unwrap_or_else(|| {
+        oldest_close_wait(c).unwrap_or_else(|| {
             if c.close_wait_age_unknown > 0 {
                 "before start".into()
             } else {
@@ -142,6 +188,8 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         t.row(cells);
     }
     section(&mut out, "By process", &t);
+    leaks(&mut out, rows_shown);
+    connect_failures(&mut out, s, rows);
 
     let mut t = Table::new(&with_counts(&[("LOCAL_PORT", Align::Right)]));
     for r in s.by_local_port.iter().take(rows) {
@@ -234,6 +282,63 @@ pub fn text(doc: &ReportDoc<'_>, rows: usize) -> String {
         &t,
     );
     out
+}
+
+/// CLOSE_WAIT per process: the leak's history from its sockets' ages, and why they are stuck.
+fn leaks(out: &mut String, rows: &[crate::aggregate::PidRow]) {
+    let mut t = Table::new(&[
+        ("PID", Align::Right),
+        ("COMM", Align::Left),
+        ("CLOSE_WAIT", Align::Right),
+        ("HELD/s", Align::Right),
+        ("OVER", Align::Right),
+        ("NEVER_READ", Align::Right),
+        ("READ_EOF", Align::Right),
+        ("STOPPED", Align::Right),
+        ("UNKNOWN", Align::Right),
+    ]);
+    for r in rows.iter().filter(|r| r.counts.close_wait > 0) {
+        let c = &r.counts;
+        let (per_s, over) = match &c.close_wait_history {
+            Some(h) => (
+                rate(h.per_s),
+                format!(
+                    "{}{}",
+                    if h.since_estimated { ">" } else { "" },
+                    human_ms(h.span_s * 1000.0)
+                ),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let causes = c.close_wait_causes.unwrap_or_default();
+        let mut cells = process_cells(r.pid, r.comm.as_str(), r.ended_processes).to_vec();
+        cells.extend([
+            c.close_wait.to_string(),
+            per_s,
+            over,
+            causes.never_read_eof.to_string(),
+            causes.read_eof_not_closed.to_string(),
+            causes.stopped_reading.to_string(),
+            causes.unknown.to_string(),
+        ]);
+        t.row(cells);
+    }
+    section(
+        out,
+        "CLOSE_WAIT by process: held per second over the age of the oldest (> when aged by the \
+         kernel's clocks), and why (Recv-Q 1: never read the EOF, 0: read EOF and did not close, \
+         more: stopped reading)",
+        &t,
+    );
+}
+
+/// Failed connects by process, destination and errno.
+fn connect_failures(out: &mut String, s: &Summary, rows: usize) {
+    let mut t = Table::new(&FAILURE_HEADERS);
+    for r in s.connect_failures.iter().take(rows) {
+        t.row(failure_cells(r).to_vec());
+    }
+    section(out, "Failed connects", &t);
 }
 
 /// The 12-digit id `docker ps` and `crictl ps` show, or `-` outside containers.

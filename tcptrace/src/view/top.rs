@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::report::{container_cell, process_cells};
+use super::report::{
+    FAILURE_HEADERS, container_cell, failure_cells, oldest_close_wait, process_cells,
+};
 use super::table::{Align, Table, rate};
 use crate::aggregate::{GroupCounts, Summary};
 use crate::clock::human_ms;
@@ -88,7 +90,9 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
     let heads = [
         ("CLOSE_WAIT", Align::Right),
         ("CW/s", Align::Right),
+        ("HELD/s", Align::Right),
         ("OLDEST_CW", Align::Right),
+        ("CW_CAUSE", Align::Left),
         ("TIME_WAIT", Align::Right),
         ("TW/s", Align::Right),
         ("TW_P50", Align::Right),
@@ -97,9 +101,13 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
         vec![
             c.close_wait.to_string(),
             rate(c.close_wait_per_s),
-            c.close_wait_oldest_ms
-                .map(human_ms)
-                .unwrap_or_else(|| "-".into()),
+            // The leak's rate from its sockets' ages: right from the first screen.
+            c.close_wait_history
+                .map_or_else(|| "-".into(), |h| rate(h.per_s)),
+            oldest_close_wait(c).unwrap_or_else(|| "-".into()),
+            c.close_wait_causes
+                .and_then(|k| k.dominant())
+                .map_or_else(|| "-".into(), |k| k.name().to_string()),
             c.time_wait.to_string(),
             rate(c.time_wait_per_s),
             c.dwell_ms
@@ -167,8 +175,19 @@ pub fn screen(s: &Summary, st: &TopState, lost: u64, clock: &str, interactive: b
     if t.is_empty() {
         out.push_str("(no sockets in TIME_WAIT or CLOSE_WAIT)\n");
     }
+    if !s.connect_failures.is_empty() {
+        let mut t = Table::new(&FAILURE_HEADERS);
+        for r in s.connect_failures.iter().take(FAILED_ROWS) {
+            t.row(failure_cells(r).to_vec());
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
     out
 }
+
+/// Failed-connect rows under the main table.
+const FAILED_ROWS: usize = 5;
 
 #[cfg(test)]
 mod tests {

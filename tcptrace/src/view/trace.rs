@@ -354,6 +354,7 @@ mod tests {
             },
             owner_context: false,
             from_backup: false,
+            connect_end: None,
         }
     }
 

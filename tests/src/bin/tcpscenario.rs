@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! tcpscenario server --bind ADDR:PORT [--conns N] [--on-eof close|leak] [--close-delay-ms X]
-//!                    [--close-first-ms X] [--linger0]
+//!                    [--close-first-ms X] [--linger0] [--stop-after BYTES] [--nofile N]
 //! tcpscenario client --connect ADDR:PORT [--conns N] [--bind-ip IP] [--hold-ms X]
-//!                    [--wait-eof] [--close-delay-ms X] [--linger0] [--leak]
+//!                    [--wait-eof] [--close-delay-ms X] [--linger0] [--leak] [--send BYTES]
+//!                    [--interval-ms X] [--nofile N]
 //! tcpscenario simclose --bind ADDR:PORT
 //! tcpscenario free-port --bind IP:0 [--conns N]
 //! ```
@@ -19,6 +20,11 @@
 //! network namespace of its own: it takes `lo` down so that both FINs are sent before either
 //! is delivered, then brings it back up and lets the retransmissions cross (FIN_WAIT1 ->
 //! CLOSING on both sides).
+//! The three ways a server leaks CLOSE_WAIT sockets, on purpose: `--on-eof leak` reads to EOF
+//! and never closes (Recv-Q 0), `--stop-after 0` never reads (Recv-Q 1: the FIN), and
+//! `--stop-after K` reads K bytes and stops while the client `--send`s more (Recv-Q: the rest
+//! plus the FIN). `--interval-ms` paces a client's connections (a leak at a known rate);
+//! `--nofile` sets RLIMIT_NOFILE, so the EMFILE projection has a known limit.
 //! It prints `listening PORT`, `accepted LOCAL PEER`, `connected LOCAL PEER`, `refused ERR`, and
 //! `done` on stdout, then keeps every socket it did not close until stdin is closed.
 //! It also prints, on CLOCK_MONOTONIC (the kernel's `ktime_get_ns`, the clock of the tracer's
@@ -47,6 +53,12 @@ struct Opts {
     wait_eof: bool,
     leak: bool,
     bind_ip: Option<std::net::IpAddr>,
+    /// Server: read this many bytes, then stop reading and keep the socket.
+    stop_after: Option<usize>,
+    /// Client: bytes written after connecting.
+    send: usize,
+    /// Client: pause between connections.
+    interval: Duration,
 }
 
 fn main() {
@@ -63,6 +75,9 @@ fn main() {
         wait_eof: false,
         leak: false,
         bind_ip: None,
+        stop_after: None,
+        send: 0,
+        interval: Duration::ZERO,
     };
     let mut it = args.iter().skip(1);
     if args.get(1).map(String::as_str) == Some("--comm") {
@@ -84,6 +99,10 @@ fn main() {
             "--wait-eof" => o.wait_eof = true,
             "--leak" => o.leak = true,
             "--bind-ip" => o.bind_ip = Some(it.next().expect("ip").parse().expect("ip")),
+            "--stop-after" => o.stop_after = Some(it.next().expect("n").parse().expect("n")),
+            "--send" => o.send = it.next().expect("n").parse().expect("n"),
+            "--interval-ms" => o.interval = ms(it.next()),
+            "--nofile" => set_nofile(it.next().expect("n").parse().expect("n")),
             other => panic!("tcpscenario: unknown argument {other}"),
         }
     }
@@ -128,6 +147,14 @@ fn server(o: &Opts) -> Vec<TcpStream> {
         println!("accepted {} {}", s.local_addr().unwrap(), peer);
         let (leak, delay, first, linger0) =
             (o.on_eof_leak, o.close_delay, o.close_first, o.linger0);
+        if let Some(n) = o.stop_after {
+            // Read n bytes (none: never read), then keep the socket unread.
+            let mut s = s;
+            let mut buf = vec![0u8; n];
+            s.read_exact(&mut buf).expect("read the bytes asked for");
+            handles.push(thread::spawn(move || Some(s)));
+            continue;
+        }
         handles.push(thread::spawn(move || {
             serve_one(s, peer, leak, delay, first, linger0)
         }));
@@ -246,9 +273,23 @@ fn tcp_state(s: &TcpStream) -> u8 {
     info.tcpi_state
 }
 
+/// RLIMIT_NOFILE, soft and hard.
+fn set_nofile(n: u64) {
+    let l = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads one rlimit we own.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
 fn client(o: &Opts) -> Vec<TcpStream> {
     let mut kept = Vec::new();
-    for _ in 0..o.conns {
+    for i in 0..o.conns {
+        if i > 0 {
+            thread::sleep(o.interval);
+        }
         let connect = monotonic_ns();
         let s = match o.bind_ip {
             Some(ip) => connect_from(ip, o.addr),
@@ -265,6 +306,9 @@ fn client(o: &Opts) -> Vec<TcpStream> {
         // Named now: after the server's RST, the socket no longer has a peer.
         let local = s.local_addr().unwrap();
         println!("connected {local} {}", s.peer_addr().unwrap());
+        if o.send > 0 {
+            std::io::Write::write_all(&mut s, &vec![b'x'; o.send]).expect("send");
+        }
         thread::sleep(o.hold);
         if o.wait_eof {
             let mut buf = [0u8; 512];

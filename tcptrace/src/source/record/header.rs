@@ -28,7 +28,10 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// 1.1 added two loss counters (`timewait_hook_missed`, `port_filter_forgot`) to Loss and End.
 /// 1.2 added Summary records (behind the [`FLAG_SUMMARIES`] must-understand flag) and four loss
 /// counters (`followed`, `repaired`, `storage_failed`, `summary_ring_full`).
-pub const FORMAT_MINOR: u16 = 2;
+/// 1.3 added Receive-clock parts after every snapshot (the `tcp_info` receive clocks of its
+/// CLOSE_WAIT sockets), and gave two bytes of the Event record's padding to `err` and bit 3 of
+/// its flags to "no local port" (SYN_SENT -> CLOSE only; 0 in older files, as padding was).
+pub const FORMAT_MINOR: u16 = 3;
 /// Header flag: the file holds Summary records (a session in summary mode). A reader that does
 /// not know them must refuse the file: skipping them would drop every close.
 pub const FLAG_SUMMARIES: u32 = 1 << 0;

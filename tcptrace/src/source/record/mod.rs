@@ -41,6 +41,9 @@ pub mod tag {
     pub const END: u8 = 6;
     /// A [`tcptrace_common::SockSummary`] verbatim (format 1.2, files with `FLAG_SUMMARIES`).
     pub const SUMMARY: u8 = 7;
+    /// The receive clocks of a snapshot's CLOSE_WAIT sockets (format 1.3): written in one or
+    /// more parts right after every snapshot, joined into it by the reader.
+    pub const RECEIVE_CLOCKS: u8 = 8;
 }
 
 /// Type tag (u8) and payload length (u32 LE) in front of every payload.

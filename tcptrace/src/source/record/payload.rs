@@ -94,6 +94,62 @@ pub(super) fn snapshot_parts(
     }
 }
 
+/// One receive-clock item: `cookie` (8), `last_recv_ms` (4).
+const CLOCK_LEN: usize = 12;
+
+/// Encodes the receive clocks of a snapshot's sockets (those that have one) as one or more
+/// parts, at least one (an empty one when no socket has a clock), so a reader of 1.3 can expect
+/// them after every snapshot.
+pub(super) fn receive_clock_parts(
+    taken_ns: u64,
+    sockets: &[KernelSocket],
+    buf: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut rest = sockets
+        .iter()
+        .filter_map(|s| Some((s.cookie, s.last_recv_ms?)))
+        .peekable();
+    let mut parts = 0;
+    loop {
+        begin_part(buf, taken_ns);
+        let mut count = 0u32;
+        while buf.len() + CLOCK_LEN <= CHUNK_TARGET {
+            let Some((cookie, ms)) = rest.next() else {
+                break;
+            };
+            buf.extend_from_slice(&cookie.to_le_bytes());
+            buf.extend_from_slice(&ms.to_le_bytes());
+            count += 1;
+        }
+        let more = rest.peek().is_some();
+        finish_part(buf, more, count);
+        emit(buf)?;
+        parts += 1;
+        if !more {
+            return Ok(parts);
+        }
+    }
+}
+
+/// Reads the `count` clocks of one receive-clock part into `out` (cookie -> ms); the payload
+/// must hold exactly those.
+pub(super) fn read_receive_clocks(
+    c: &mut Cursor<'_>,
+    count: u32,
+    out: &mut HashMap<u64, u32>,
+) -> Result<(), Malformed> {
+    for _ in 0..count {
+        let cookie = c.u64()?;
+        let ms = c.u32()?;
+        out.insert(cookie, ms);
+    }
+    if !c.is_empty() {
+        return Err("it has bytes after its last clock");
+    }
+    Ok(())
+}
+
 fn put_socket(buf: &mut Vec<u8>, s: &KernelSocket) {
     let flags = if s.local.is_ipv6() { SOCK_LOCAL_V6 } else { 0 }
         | if s.remote.is_ipv6() {
@@ -337,6 +393,8 @@ fn read_socket(c: &mut Cursor<'_>) -> Result<KernelSocket, Malformed> {
         timer_ms: (flags & SOCK_TIMER != 0).then_some(timer),
         rqueue,
         wqueue,
+        // From the receive-clock parts that follow the snapshot (1.3).
+        last_recv_ms: None,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct RecordReader<R: Read> {
     events: u64,
     /// Records of unknown type skipped (only in files of a newer minor version).
     skipped: u64,
+    /// Receive-clock parts read with their snapshots: in End's `records`, not in `records`.
+    clock_parts: u64,
     state: State,
     payload: Vec<u8>,
 }
@@ -80,6 +82,7 @@ impl<R: Read> RecordReader<R> {
             records: 0,
             events: 0,
             skipped: 0,
+            clock_parts: 0,
             state: State::Reading,
             payload: Vec::new(),
         })
@@ -202,10 +205,39 @@ impl<R: Read> RecordReader<R> {
             payload::read_sockets(&mut c, head.count, &mut snap.sockets)
                 .map_err(|d| self.malformed(part_at, "snapshot", d))?;
             if !head.more {
-                return Ok(snap);
+                break;
             }
             part_at = self.continuation(start, tag::SNAPSHOT, "snapshot")?;
         }
+        if self.version.minor >= 3 {
+            self.read_receive_clocks(start, &mut snap)?;
+        }
+        Ok(snap)
+    }
+
+    /// The receive-clock parts every snapshot of a 1.3 file is followed by.
+    fn read_receive_clocks(&mut self, start: u64, snap: &mut Snapshot) -> Result<(), RecordError> {
+        const WHAT: &str = "snapshot receive clocks";
+        let mut clocks = std::collections::HashMap::new();
+        loop {
+            let part_at = self.continuation(start, tag::RECEIVE_CLOCKS, WHAT)?;
+            let mut c = Cursor::new(&self.payload);
+            let head = payload::part_head(&mut c).map_err(|d| self.malformed(part_at, WHAT, d))?;
+            if head.taken_ns != snap.taken_ns {
+                return Err(self.broken_continuation(part_at, WHAT, start));
+            }
+            payload::read_receive_clocks(&mut c, head.count, &mut clocks)
+                .map_err(|d| self.malformed(part_at, WHAT, d))?;
+            // In End's count one by one, as a reader that skips them counts them.
+            self.clock_parts += 1;
+            if !head.more {
+                break;
+            }
+        }
+        for s in &mut snap.sockets {
+            s.last_recv_ms = clocks.get(&s.cookie).copied();
+        }
+        Ok(())
     }
 
     fn read_fd_owners(&mut self, start: u64) -> Result<FdOwners, RecordError> {
@@ -256,7 +288,7 @@ impl<R: Read> RecordReader<R> {
         })();
         let end = parsed.map_err(|d| self.malformed(start, "End record", d))?;
         // Records of types skipped here were counted by the (newer) writer that knew them.
-        let records = self.records + self.skipped;
+        let records = self.records + self.skipped + self.clock_parts;
         for (what, claimed, found) in [
             ("events", end.events, self.events),
             ("records", end.records, records),
@@ -326,6 +358,9 @@ impl<R: Read> RecordReader<R> {
             tag::MARK => fixed(MARK_LEN),
             tag::END => fixed(end_len),
             tag::SNAPSHOT | tag::FD_OWNERS => PART_HEAD_LEN as u32..=MAX_PAYLOAD_LEN,
+            tag::RECEIVE_CLOCKS if self.version.minor >= 3 => {
+                PART_HEAD_LEN as u32..=MAX_PAYLOAD_LEN
+            }
             // A type added by a newer minor version: skipped. Tag 0 is never a record.
             t if self.newer_minor && t != 0 => 0..=MAX_PAYLOAD_LEN,
             _ => return None,
@@ -383,5 +418,7 @@ fn is_known(t: u8) -> bool {
             | tag::MARK
             | tag::END
             | tag::SUMMARY
+            // Known, but only as the tail of a snapshot: alone it is corruption.
+            | tag::RECEIVE_CLOCKS
     )
 }

@@ -128,10 +128,16 @@ impl<W: Write> RecordWriter<W> {
         let mut buf = std::mem::take(&mut self.scratch);
         let res = payload::snapshot_parts(snap.taken_ns, &snap.sockets, &mut buf, |part| {
             self.put_record(tag::SNAPSHOT, part)
+        })
+        .and_then(|()| {
+            payload::receive_clock_parts(snap.taken_ns, &snap.sockets, &mut buf, |part| {
+                self.put_record(tag::RECEIVE_CLOCKS, part)
+            })
         });
         self.scratch = buf;
-        res?;
-        self.records += 1;
+        // Each receive-clock part counts as a record: a 1.2 reader skips each as one.
+        let clock_parts = res?;
+        self.records += 1 + clock_parts;
         Ok(())
     }
 

@@ -1,6 +1,9 @@
 //! The kernel's TCP socket table through NETLINK_SOCK_DIAG (inet_diag): what `ss -tan` reads.
 //!
-//! One `SOCK_DIAG_BY_FAMILY` dump per address family, every state, no extensions. The request and
+//! One `SOCK_DIAG_BY_FAMILY` dump per address family, every state, no extensions; then one of
+//! CLOSE_WAIT sockets only with `INET_DIAG_INFO` (`struct tcp_info`), whose receive clocks date
+//! sockets older than tracing. Asking for `tcp_info` on every socket would make the kernel lock
+//! each one (`tcp_get_info` takes the socket lock) and quadruple the dump. The request and
 //! the reply are parsed by hand: the `netlink-packet-sock-diag` crate drops `idiag_expires` for
 //! timewait sockets (the one timer we need) and allocates per socket, so only the socket itself
 //! comes from `netlink-sys`.
@@ -35,6 +38,13 @@ const INET_DIAG_REQ_V2_LEN: usize = 56;
 const INET_DIAG_MSG_LEN: usize = 72;
 /// Reply attribute carrying the socket's cgroup v2 id (u64), added in 5.7 and sent unasked.
 const INET_DIAG_CGROUP_ID: u16 = 21;
+/// Reply attribute carrying `struct tcp_info`, sent when `idiag_ext` has bit `INET_DIAG_INFO - 1`.
+const INET_DIAG_INFO: u16 = 2;
+/// Where `tcp_info`'s receive clocks are (ms since the last data / ACK from the peer).
+const TCPI_LAST_DATA_RECV: usize = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv);
+const TCPI_LAST_ACK_RECV: usize = std::mem::offset_of!(libc::tcp_info, tcpi_last_ack_recv);
+/// The CLOSE_WAIT bit of `idiag_states`.
+const CLOSE_WAIT_ONLY: u32 = 1 << TcpState::CloseWait as u32;
 /// Every state bit: inet_diag matches `idiag_states & (1 << state)`; asking for SYN_RECV also
 /// returns request sockets (NEW_SYN_RECV), which it reports as SYN_RECV.
 const ALL_STATES: u32 = u32::MAX;
@@ -82,15 +92,71 @@ pub enum SockDiagError {
 /// IPv4-mapped IPv6 sockets (a dual-stack listener's accepted IPv4 peers) come back as IPv6
 /// addresses `::ffff:a.b.c.d`, as `ss` shows them and as the tracepoint reports them.
 pub fn dump_tcp(netns_inode: u32) -> Result<Vec<KernelSocket>, SockDiagError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(SockDiagError::Open)?;
-    socket.bind_auto().map_err(SockDiagError::Open)?;
-    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(SockDiagError::Open)?;
-    let mut buf = vec![0u8; RECV_BUF_LEN];
-    let mut out = Vec::new();
-    for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        dump_family(&socket, family, seq, netns_inode, &mut buf, &mut out)?;
-    }
+    let mut d = Dumper::new()?;
+    let mut out = d.table(netns_inode)?;
+    // CLOSE_WAIT sockets again, with tcp_info, matched by cookie. A socket that entered
+    // CLOSE_WAIT between the two dumps is not in the first as such and keeps no clock; one that
+    // left it keeps the first dump's row.
+    let infos = d.close_wait_clocks(netns_inode)?;
+    merge_receive_clocks(&mut out, &infos);
     Ok(out)
+}
+
+/// A NETLINK_SOCK_DIAG socket and its receive buffer, for the dumps of one namespace.
+pub struct Dumper {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl Dumper {
+    pub fn new() -> Result<Dumper, SockDiagError> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(SockDiagError::Open)?;
+        socket.bind_auto().map_err(SockDiagError::Open)?;
+        set_recv_timeout(&socket, RECV_TIMEOUT).map_err(SockDiagError::Open)?;
+        Ok(Dumper {
+            socket,
+            buf: vec![0u8; RECV_BUF_LEN],
+        })
+    }
+
+    /// Every TCP socket, both families, every state, no extensions.
+    pub fn table(&mut self, netns: u32) -> Result<Vec<KernelSocket>, SockDiagError> {
+        let mut out = Vec::new();
+        for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+            let req = dump_request(family, seq, ALL_STATES, 0);
+            dump_family(&self.socket, &req, seq, netns, &mut self.buf, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// CLOSE_WAIT sockets only, with `tcp_info`: their receive clocks (`last_recv_ms`).
+    pub fn close_wait_clocks(&mut self, netns: u32) -> Result<Vec<KernelSocket>, SockDiagError> {
+        let mut out = Vec::new();
+        for (seq, family) in [(3, libc::AF_INET as u8), (4, libc::AF_INET6 as u8)] {
+            let req = dump_request(family, seq, CLOSE_WAIT_ONLY, 1 << (INET_DIAG_INFO - 1));
+            dump_family(&self.socket, &req, seq, netns, &mut self.buf, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Copies the receive clocks (and the fresher receive queue) of `infos` into the CLOSE_WAIT rows
+/// of `out` with the same cookie.
+fn merge_receive_clocks(out: &mut [KernelSocket], infos: &[KernelSocket]) {
+    if infos.is_empty() {
+        return;
+    }
+    let by_cookie: std::collections::HashMap<u64, &KernelSocket> = infos
+        .iter()
+        .filter(|k| k.cookie != 0 && k.last_recv_ms.is_some())
+        .map(|k| (k.cookie, k))
+        .collect();
+    for s in out.iter_mut().filter(|s| s.state == TcpState::CloseWait) {
+        if let Some(k) = by_cookie.get(&s.cookie) {
+            s.last_recv_ms = k.last_recv_ms;
+            s.rqueue = k.rqueue;
+        }
+    }
 }
 
 /// A dump of the caller's network namespace, timed by CLOCK_MONOTONIC before it starts.
@@ -106,15 +172,14 @@ pub fn snapshot() -> Result<Snapshot, SockDiagError> {
 
 fn dump_family(
     socket: &Socket,
-    family: u8,
+    request: &[u8],
     seq: u32,
     netns: u32,
     buf: &mut [u8],
     out: &mut Vec<KernelSocket>,
 ) -> Result<(), SockDiagError> {
-    let request = dump_request(family, seq);
     loop {
-        match socket.send(&request, 0) {
+        match socket.send(request, 0) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(SockDiagError::Send(e)),
@@ -162,8 +227,14 @@ fn set_recv_timeout(socket: &Socket, timeout: std::time::Duration) -> io::Result
     }
 }
 
-/// A netlink header plus `inet_diag_req_v2` asking for every TCP socket of `family`.
-fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN] {
+/// A netlink header plus `inet_diag_req_v2` asking for the TCP sockets of `family` in `states`
+/// (a bit per state), with the extensions `ext` (a bit per `INET_DIAG_*` attribute, minus one).
+fn dump_request(
+    family: u8,
+    seq: u32,
+    states: u32,
+    ext: u8,
+) -> [u8; NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN] {
     let mut req = [0u8; NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN];
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -174,8 +245,9 @@ fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + INET_DIAG_REQ_V2_LE
     let body = &mut req[NLMSG_HDRLEN..];
     body[0] = family;
     body[1] = libc::IPPROTO_TCP as u8;
-    // body[2] idiag_ext = 0: no extensions; body[3] pad.
-    body[4..8].copy_from_slice(&ALL_STATES.to_ne_bytes());
+    body[2] = ext;
+    // body[3] pad.
+    body[4..8].copy_from_slice(&states.to_ne_bytes());
     // The sockid stays zero: a dump ignores it.
     req
 }
@@ -295,6 +367,7 @@ fn parse_inet_diag_msg(p: &[u8], netns: u32) -> Result<Option<KernelSocket>, Soc
     let wqueue = ne_u32(p, 60);
     let uid = ne_u32(p, 64);
     let inode = u64::from(ne_u32(p, 68));
+    let attrs = Attrs::find(&p[INET_DIAG_MSG_LEN..]);
     Ok(Some(KernelSocket {
         netns,
         state,
@@ -303,30 +376,49 @@ fn parse_inet_diag_msg(p: &[u8], netns: u32) -> Result<Option<KernelSocket>, Soc
         cookie,
         inode,
         uid,
-        cgroup_id: find_cgroup_id(&p[INET_DIAG_MSG_LEN..]),
+        cgroup_id: attrs.cgroup_id,
         // idiag_timer 0 means no timer; 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window
         // probe. The kernel clamps an overdue timer's expires to 0.
         timer_ms: (timer != 0).then_some(expires),
         rqueue,
         wqueue,
+        // Only a CLOSE_WAIT socket's clocks date it (its last segment from the peer was the FIN).
+        last_recv_ms: attrs.last_recv_ms.filter(|_| state == TcpState::CloseWait),
     }))
 }
 
-/// Walks the reply attributes (`struct nlattr`, 4-byte aligned) for INET_DIAG_CGROUP_ID.
-fn find_cgroup_id(mut attrs: &[u8]) -> u64 {
-    while attrs.len() >= 4 {
-        let len = usize::from(ne_u16(attrs, 0));
-        // The top two bits of nla_type are the nested / byte-order flags.
-        let kind = ne_u16(attrs, 2) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return 0;
+/// What the reply attributes tell.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Attrs {
+    cgroup_id: u64,
+    last_recv_ms: Option<u32>,
+}
+
+impl Attrs {
+    /// Walks the reply attributes (`struct nlattr`, 4-byte aligned) for INET_DIAG_CGROUP_ID and
+    /// INET_DIAG_INFO. A `tcp_info` too short for its receive clocks (kernels cut it to what
+    /// they know; these fields are older than 2.6) is ignored.
+    fn find(mut attrs: &[u8]) -> Attrs {
+        let mut out = Attrs::default();
+        while attrs.len() >= 4 {
+            let len = usize::from(ne_u16(attrs, 0));
+            // The top two bits of nla_type are the nested / byte-order flags.
+            let kind = ne_u16(attrs, 2) & 0x3fff;
+            if len < 4 || len > attrs.len() {
+                break;
+            }
+            let body = &attrs[4..len];
+            if kind == INET_DIAG_CGROUP_ID && body.len() >= 8 {
+                out.cgroup_id = u64::from_ne_bytes(body[..8].try_into().unwrap_or_default());
+            } else if kind == INET_DIAG_INFO && body.len() >= TCPI_LAST_ACK_RECV + 4 {
+                let data = ne_u32(body, TCPI_LAST_DATA_RECV);
+                let ack = ne_u32(body, TCPI_LAST_ACK_RECV);
+                out.last_recv_ms = Some(data.min(ack));
+            }
+            attrs = &attrs[align4(len).min(attrs.len())..];
         }
-        if kind == INET_DIAG_CGROUP_ID && len >= 12 {
-            return u64::from_ne_bytes(attrs[4..12].try_into().unwrap_or_default());
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
+        out
     }
-    0
 }
 
 fn align4(n: usize) -> usize {

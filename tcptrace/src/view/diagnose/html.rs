@@ -68,7 +68,15 @@ pub fn html(doc: &DiagnoseDoc<'_>) -> String {
             }
         }
         if let Some(s) = f.since_unix {
-            let _ = write!(o, "<dt>Since</dt><dd>{}</dd>", utc(s));
+            let _ = write!(
+                o,
+                "<dt>Since</dt><dd>{}{}</dd>",
+                utc(s),
+                esc(super::text::estimated(f))
+            );
+        }
+        if let Some(c) = f.cause {
+            let _ = write!(o, "<dt>Cause</dt><dd>{}</dd>", c.name());
         }
         if let Some(g) = f.growth_per_s.filter(|g| *g > 0.0) {
             let eta = f

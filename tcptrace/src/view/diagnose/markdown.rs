@@ -43,7 +43,10 @@ pub fn markdown(doc: &DiagnoseDoc<'_>) -> String {
             let _ = writeln!(out, "- **Peers:** {}", peers.join(", "));
         }
         if let Some(s) = f.since_unix {
-            let _ = writeln!(out, "- **Since:** {}", utc(s));
+            let _ = writeln!(out, "- **Since:** {}{}", utc(s), super::text::estimated(f));
+        }
+        if let Some(c) = f.cause {
+            let _ = writeln!(out, "- **Cause:** {}", c.name());
         }
         if let Some(g) = f.growth_per_s.filter(|g| *g > 0.0) {
             let eta = f

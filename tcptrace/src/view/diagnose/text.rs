@@ -52,6 +52,15 @@ pub fn text(doc: &DiagnoseDoc<'_>, use_colour: bool) -> String {
     out
 }
 
+/// The mark of a start read from the kernel's clocks rather than seen.
+pub(super) fn estimated(f: &Finding) -> &'static str {
+    if f.since_estimated {
+        " (estimated from the kernel's clocks: at least this long ago)"
+    } else {
+        ""
+    }
+}
+
 fn finding(out: &mut String, n: usize, f: &Finding, use_colour: bool) {
     let sev = f.severity.name().to_uppercase();
     let (on, off) = if use_colour {
@@ -72,7 +81,10 @@ fn finding(out: &mut String, n: usize, f: &Finding, use_colour: bool) {
         let _ = writeln!(out, "   Peers: {}", printable(&f.who.peers.join(", ")));
     }
     if let Some(s) = f.since_unix {
-        let _ = writeln!(out, "   Since: {}", utc(s));
+        let _ = writeln!(out, "   Since: {}{}", utc(s), estimated(f));
+    }
+    if let Some(c) = f.cause {
+        let _ = writeln!(out, "   Cause: {}", c.name());
     }
     if let Some(g) = f.growth_per_s.filter(|g| *g > 0.0) {
         let _ = write!(out, "   Growth: {g:.2}/s");

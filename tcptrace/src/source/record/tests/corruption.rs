@@ -203,7 +203,10 @@ fn malformed_snapshot_payload_is_corrupt() {
     let mut b = bytes.clone();
     b[body + 8] = 1;
     let (offset, _, what) = corrupt_at(&b);
-    assert_eq!(offset, starts[3]);
+    // The frame after the snapshot's only part: its receive clocks (format 1.3).
+    let len = u32::from_le_bytes(bytes[starts[2] as usize + 1..body].try_into().unwrap());
+    assert_eq!(offset, starts[2] + (FRAME_LEN as u64) + u64::from(len));
+    assert_eq!(bytes[offset as usize], super::super::tag::RECEIVE_CLOCKS);
     assert!(matches!(what, Corruption::BrokenContinuation { started, .. } if started == starts[2]));
 }
 

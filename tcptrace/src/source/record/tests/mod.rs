@@ -71,6 +71,7 @@ fn event(i: u64, v6: bool) -> Event {
         },
         owner_context: false,
         from_backup: i % 7 == 3,
+        connect_end: None,
     }
 }
 
@@ -99,6 +100,7 @@ fn socket(i: u32, state: TcpState, v6: bool) -> KernelSocket {
         timer_ms: timewait.then_some(59_000 - i % 1000),
         rqueue: i % 3,
         wqueue: i % 5,
+        last_recv_ms: (state == TcpState::CloseWait).then_some(1000 + i),
     }
 }
 
@@ -191,7 +193,8 @@ fn small_file() -> (Vec<u8>, Vec<u64>, Vec<Record>) {
     expect.push(Record::End(End {
         ts_ns: 5_000_003_000,
         events: 2,
-        records: 6,
+        // Six records and the snapshot's receive-clock part.
+        records: 7,
         loss: final_loss,
     }));
     (bytes, starts, expect)

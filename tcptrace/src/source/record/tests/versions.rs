@@ -245,3 +245,54 @@ fn older_files_read_with_the_newer_loss_counters_at_zero() {
         "{what:?}"
     );
 }
+
+/// Format 1.3 follows every snapshot with its receive clocks (parts of their own tag, counted
+/// in End's records one by one, as a 1.2 reader that skips them counts them). A 1.2 file has
+/// none, and its sockets read without a clock; a 1.3 snapshot without them is corrupt.
+#[test]
+fn receive_clocks_follow_snapshots_from_1_3_and_older_files_read_without() {
+    let mut w = RecordWriter::new(Vec::new(), &header()).unwrap();
+    let snap_at = w.position() as usize;
+    w.write_snapshot(&snapshot()).unwrap();
+    let after = w.position() as usize;
+    let bytes = w.finish(&loss(), 6).unwrap();
+    let got = read_all_from_bytes(&bytes).unwrap();
+    let Record::Snapshot(s) = &got[0] else {
+        panic!("{got:?}")
+    };
+    let clocked: Vec<_> = s.sockets.iter().filter_map(|k| k.last_recv_ms).collect();
+    assert_eq!(clocked, vec![1005]);
+    assert!(matches!(got[1], Record::End(End { records: 2, .. })));
+
+    // The same file as 1.2 wrote it: no clock part, one record fewer in End.
+    let snap_len = u32::from_le_bytes(bytes[snap_at + 1..snap_at + 5].try_into().unwrap());
+    let clocks_at = snap_at + FRAME_LEN + snap_len as usize;
+    assert_eq!(bytes[clocks_at], tag::RECEIVE_CLOCKS);
+    let mut old = bytes.clone();
+    old.drain(clocks_at..after);
+    old[14..16].copy_from_slice(&2u16.to_le_bytes());
+    let end_records = old.len() - payload::END_LEN + 16;
+    old[end_records..end_records + 8].copy_from_slice(&1u64.to_le_bytes());
+    let got = read_all_from_bytes(&old).unwrap();
+    let Record::Snapshot(s) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert!(s.sockets.iter().all(|k| k.last_recv_ms.is_none()));
+    assert_eq!(s.sockets.len(), snapshot().sockets.len());
+
+    // A 1.3 file whose snapshot lacks its clocks is corrupt at the frame that follows.
+    let mut cut = old.clone();
+    cut[14..16].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
+    let (offset, _, what) = corrupt_at(&cut);
+    assert_eq!(offset, clocks_at as u64);
+    assert!(
+        matches!(what, Corruption::BrokenContinuation { .. }),
+        "{what:?}"
+    );
+    // And in a 1.2 file the tag is not known at all.
+    let mut stray = bytes.clone();
+    stray[14..16].copy_from_slice(&2u16.to_le_bytes());
+    let (offset, _, what) = corrupt_at(&stray);
+    assert_eq!(offset, clocks_at as u64);
+    assert!(matches!(what, Corruption::UnknownType(8)), "{what:?}");
+}

@@ -233,3 +233,59 @@ fn malformed_replies_never_panic() {
         let _ = parse(&data);
     }
 }
+
+/// A `tcp_info` whose receive clocks say `data` and `ack` ms.
+fn tcp_info(data: u32, ack: u32) -> Vec<u8> {
+    let mut info = vec![0u8; std::mem::size_of::<libc::tcp_info>()];
+    info[TCPI_LAST_DATA_RECV..TCPI_LAST_DATA_RECV + 4].copy_from_slice(&data.to_ne_bytes());
+    info[TCPI_LAST_ACK_RECV..TCPI_LAST_ACK_RECV + 4].copy_from_slice(&ack.to_ne_bytes());
+    info
+}
+
+#[test]
+fn close_wait_age_is_the_younger_receive_clock() {
+    // An idle pooled connection: its last data came long ago, the FIN (an ACK) just now.
+    let mut row = Row::v4(TcpState::CloseWait);
+    row.attrs = nlattr(INET_DIAG_INFO, &tcp_info(3_600_000, 1_872));
+    let (_, out) = parse(&nlmsg(SOCK_DIAG_BY_FAMILY, 1, &row.bytes()));
+    assert_eq!(out[0].last_recv_ms, Some(1_872));
+}
+
+#[test]
+fn receive_clocks_date_only_close_wait_and_need_the_whole_field() {
+    let mut row = Row::v4(TcpState::Established);
+    row.attrs = nlattr(INET_DIAG_INFO, &tcp_info(5, 5));
+    let (_, out) = parse(&nlmsg(SOCK_DIAG_BY_FAMILY, 1, &row.bytes()));
+    assert_eq!(out[0].last_recv_ms, None);
+    // Cut short before tcpi_last_ack_recv: not read.
+    let mut row = Row::v4(TcpState::CloseWait);
+    row.attrs = nlattr(INET_DIAG_INFO, &tcp_info(5, 5)[..TCPI_LAST_ACK_RECV]);
+    let (_, out) = parse(&nlmsg(SOCK_DIAG_BY_FAMILY, 1, &row.bytes()));
+    assert_eq!(out[0].last_recv_ms, None);
+}
+
+#[test]
+fn the_close_wait_dump_dates_the_rows_of_the_full_one_by_cookie() {
+    let (_, mut all) = parse(
+        &[
+            nlmsg(
+                SOCK_DIAG_BY_FAMILY,
+                1,
+                &Row::v4(TcpState::CloseWait).bytes(),
+            ),
+            nlmsg(SOCK_DIAG_BY_FAMILY, 1, &{
+                let mut r = Row::v4(TcpState::CloseWait);
+                r.cookie = [8, 0];
+                r.bytes()
+            }),
+        ]
+        .concat(),
+    );
+    let mut dated = Row::v4(TcpState::CloseWait);
+    dated.attrs = nlattr(INET_DIAG_INFO, &tcp_info(900, 900));
+    let (_, infos) = parse(&nlmsg(SOCK_DIAG_BY_FAMILY, 1, &dated.bytes()));
+    merge_receive_clocks(&mut all, &infos);
+    assert_eq!(all[0].last_recv_ms, Some(900));
+    // Cookie 8 was not in the second dump (it left CLOSE_WAIT, or was not there yet).
+    assert_eq!(all[1].last_recv_ms, None);
+}
