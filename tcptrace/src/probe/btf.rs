@@ -8,7 +8,9 @@
 //!
 //! aya-obj 0.3 (what aya 0.14 uses) parses BTF too, but keeps member offsets `pub(crate)`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tcptrace_common::filter::SockOffsets;
 
@@ -51,12 +53,31 @@ pub enum BtfError {
 
 /// Offsets of the fields tcptrace reads, from the running kernel's BTF.
 pub fn sock_offsets() -> Result<SockOffsets, BtfError> {
-    sock_offsets_from_file(Path::new(VMLINUX_BTF))
+    sock_offsets_in(vmlinux()?)
 }
 
-/// Offsets of the fields tcptrace reads, from the raw BTF file at `path`.
-pub fn sock_offsets_from_file(path: &Path) -> Result<SockOffsets, BtfError> {
-    let bytes = std::fs::read(path).map_err(|source| {
+/// The running kernel's BTF, read and parsed once per process. Start-up asks it several
+/// questions; parsing the 5 MB file for each cost seconds per start in the emulated test
+/// guests (and a debug build), where the integration tests start tcptrace about a hundred times.
+fn vmlinux() -> Result<&'static Btf<'static>, BtfError> {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    static PARSED: OnceLock<Btf<'static>> = OnceLock::new();
+    if let Some(btf) = PARSED.get() {
+        return Ok(btf);
+    }
+    let bytes = match BYTES.get() {
+        Some(b) => b,
+        None => {
+            let read = read_file(Path::new(VMLINUX_BTF))?;
+            BYTES.get_or_init(|| read)
+        }
+    };
+    let btf = Btf::parse(bytes)?;
+    Ok(PARSED.get_or_init(|| btf))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, BtfError> {
+    std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             BtfError::Absent {
                 path: path.to_owned(),
@@ -67,18 +88,25 @@ pub fn sock_offsets_from_file(path: &Path) -> Result<SockOffsets, BtfError> {
                 source,
             }
         }
-    })?;
-    sock_offsets_from_bytes(&bytes)
+    })
+}
+
+/// Offsets of the fields tcptrace reads, from the raw BTF file at `path`.
+pub fn sock_offsets_from_file(path: &Path) -> Result<SockOffsets, BtfError> {
+    sock_offsets_from_bytes(&read_file(path)?)
 }
 
 /// Offsets of the fields tcptrace reads, from raw BTF bytes.
 pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
-    let btf = Btf::parse(bytes)?;
+    sock_offsets_in(&Btf::parse(bytes)?)
+}
+
+fn sock_offsets_in(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
     // Paths start at `struct sock`, so `sock_common` fields include the offset of `__sk_common`
     // (its first member today, but nothing here assumes that).
     let common = |name: &str| btf.field("sock", &["__sk_common", name]);
     let exact = |f: Field, bytes: u32| f.plain_bytes(bytes);
-    let (sk_protocol, sk_protocol_size) = sk_protocol(&btf)?;
+    let (sk_protocol, sk_protocol_size) = sk_protocol(btf)?;
     Ok(SockOffsets {
         skc_daddr: exact(common("skc_daddr")?, 4)?,
         skc_rcv_saddr: exact(common("skc_rcv_saddr")?, 4)?,
@@ -102,15 +130,10 @@ pub fn sock_offsets_from_bytes(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
 /// `inet_timewait_sock.__tw_common` both start at byte 0, as they do on every kernel so far
 /// (<https://github.com/torvalds/linux/blob/v6.1/include/net/inet_timewait_sock.h#L33>).
 pub fn timewait_shares_sock_common() -> Result<bool, BtfError> {
-    let bytes = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
-        path: PathBuf::from(VMLINUX_BTF),
-        source,
-    })?;
-    timewait_shares_sock_common_in(&bytes)
+    timewait_shares_sock_common_in(vmlinux()?)
 }
 
-fn timewait_shares_sock_common_in(bytes: &[u8]) -> Result<bool, BtfError> {
-    let btf = Btf::parse(bytes)?;
+fn timewait_shares_sock_common_in(btf: &Btf<'_>) -> Result<bool, BtfError> {
     let sk = btf.field("sock", &["__sk_common"])?;
     let tw = btf.field("inet_timewait_sock", &["__tw_common"])?;
     Ok(sk.bit_offset == 0 && tw.bit_offset == 0)
@@ -122,15 +145,10 @@ fn timewait_shares_sock_common_in(bytes: &[u8]) -> Result<bool, BtfError> {
 /// `tw_timer` must be a whole `struct timer_list` and the cookie 8 bytes; anything else is an
 /// error, so a changed layout turns the hook off instead of reading the wrong memory.
 pub fn timewait_timer_offsets() -> Result<(u32, u32), BtfError> {
-    let bytes = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
-        path: PathBuf::from(VMLINUX_BTF),
-        source,
-    })?;
-    timewait_timer_offsets_in(&bytes)
+    timewait_timer_offsets_in(vmlinux()?)
 }
 
-fn timewait_timer_offsets_in(bytes: &[u8]) -> Result<(u32, u32), BtfError> {
-    let btf = Btf::parse(bytes)?;
+fn timewait_timer_offsets_in(btf: &Btf<'_>) -> Result<(u32, u32), BtfError> {
     let timer_list = btf
         .structs_named("timer_list")?
         .first()
@@ -286,6 +304,8 @@ struct Btf<'a> {
     strings: &'a [u8],
     /// Index is the type id; entry 0 stands for `void`.
     entries: Vec<Type>,
+    /// Ids of the structs of each name, in id order (usually one; the format allows several).
+    structs: HashMap<&'a str, Vec<u32>>,
 }
 
 fn malformed(msg: impl Into<String>) -> BtfError {
@@ -332,8 +352,10 @@ impl<'a> Btf<'a> {
                 size_or_type: 0,
                 data: 0,
             }],
+            structs: HashMap::new(),
         };
         btf.scan_types()?;
+        btf.index_structs()?;
         Ok(btf)
     }
 
@@ -376,6 +398,22 @@ impl<'a> Btf<'a> {
             });
             pos = end;
         }
+        Ok(())
+    }
+
+    /// Names every struct once, so lookups by name do not rescan the types (and a malformed
+    /// struct name is an error whatever is looked up, as a full scan per lookup made it).
+    fn index_structs(&mut self) -> Result<(), BtfError> {
+        let mut structs: HashMap<&'a str, Vec<u32>> = HashMap::new();
+        for (id, t) in self.entries.iter().enumerate().skip(1) {
+            if t.kind == KIND_STRUCT {
+                structs
+                    .entry(self.name(t.name_off)?)
+                    .or_default()
+                    .push(id as u32);
+            }
+        }
+        self.structs = structs;
         Ok(())
     }
 
@@ -468,13 +506,7 @@ impl<'a> Btf<'a> {
 
     /// Ids of the structs named `name` (usually one; the format allows several).
     fn structs_named(&self, name: &str) -> Result<Vec<u32>, BtfError> {
-        let mut ids = Vec::new();
-        for (id, t) in self.entries.iter().enumerate().skip(1) {
-            if t.kind == KIND_STRUCT && self.name(t.name_off)? == name {
-                ids.push(id as u32);
-            }
-        }
-        Ok(ids)
+        Ok(self.structs.get(name).cloned().unwrap_or_default())
     }
 
     /// Finds `name` among the members of struct/union `id`, looking through anonymous members
@@ -1081,11 +1113,11 @@ mod tests {
 
     #[test]
     fn real_vmlinux_timewait_socket_starts_with_sock_common() {
-        let full = std::fs::read(VMLINUX_BTF).expect("the test machine's kernel BTF");
-        assert!(timewait_shares_sock_common_in(&full).unwrap());
+        assert!(timewait_shares_sock_common().unwrap());
         // A BTF without `inet_timewait_sock` says so instead of guessing.
+        let minimal = kernel(Kernel::default());
         assert!(matches!(
-            timewait_shares_sock_common_in(&kernel(Kernel::default())),
+            timewait_shares_sock_common_in(&Btf::parse(&minimal).unwrap()),
             Err(BtfError::MissingType(t)) if t == "inet_timewait_sock"
         ));
     }
@@ -1093,7 +1125,7 @@ mod tests {
     #[test]
     fn real_vmlinux_timewait_timer_offsets() {
         let full = std::fs::read(VMLINUX_BTF).expect("the test machine's kernel BTF");
-        let (tw_timer, cookie) = timewait_timer_offsets_in(&full).unwrap();
+        let (tw_timer, cookie) = timewait_timer_offsets().unwrap();
         // `tw_timer` follows the 0-based `__tw_common` and the tw_* fields; the cookie is
         // inside `__tw_common`, whose size bounds it.
         let common = Btf::parse(&full)
@@ -1107,8 +1139,9 @@ mod tests {
         );
         assert!(cookie + 8 <= common, "cookie at {cookie}");
         assert_eq!(cookie % 8, 0);
+        let minimal = kernel(Kernel::default());
         assert!(matches!(
-            timewait_timer_offsets_in(&kernel(Kernel::default())),
+            timewait_timer_offsets_in(&Btf::parse(&minimal).unwrap()),
             Err(BtfError::MissingType(_))
         ));
     }

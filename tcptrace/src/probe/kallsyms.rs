@@ -36,10 +36,27 @@ pub fn kernel_symbol(name: &str) -> Result<u64, KallsymsError> {
 /// Looks `name` up in kallsyms text. Only text symbols (`t`/`T`) of the kernel proper count;
 /// two different addresses for one name (two static functions of that name) are an error rather
 /// than a guess.
-pub fn find_symbol(text: impl BufRead, name: &str) -> Result<u64, KallsymsError> {
+pub fn find_symbol(mut text: impl BufRead, name: &str) -> Result<u64, KallsymsError> {
     let mut found: Vec<u64> = Vec::new();
-    for line in text.lines() {
-        let line = line.map_err(|e: io::Error| KallsymsError::Read(e.to_string()))?;
+    // A line is read into one reused buffer and skipped unless it ends with the name: the file
+    // has ~150,000 lines, and a String and a split per line cost a second in a debug build
+    // under emulation (the VM tests start tcptrace a hundred times).
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let n = text
+            .read_until(b'\n', &mut raw)
+            .map_err(|e: io::Error| KallsymsError::Read(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        let trimmed = raw.trim_ascii_end();
+        if !trimmed.ends_with(name.as_bytes()) {
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(trimmed) else {
+            continue;
+        };
         let mut parts = line.split_ascii_whitespace();
         let (Some(addr), Some(kind), Some(sym)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
