@@ -7,7 +7,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    helpers::bpf_probe_read_kernel,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
@@ -16,7 +16,7 @@ use tcptrace_common::{
     filter::{RESET_TP_HAS_FAMILY, RESET_TP_SOCKADDR},
 };
 
-use crate::{config::config, emit, record, sock};
+use crate::{config::config, emit, record, sock, state_change::SockKey};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -34,7 +34,7 @@ impl Direction {
 }
 
 #[inline(always)]
-pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
+pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction, key: SockKey) -> i32 {
     let sk_btf: *const c_void = ctx.arg(0);
     if sk_btf.is_null() {
         // A RST for a segment that matched no socket: nothing of ours changes state.
@@ -51,12 +51,13 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
     let mut ev = RawEvent::zeroed();
     sock::fill_endpoints(sk, &cfg.offsets, &mut ev);
     emit::fill_task(&mut ev);
-    // SAFETY: `sk` is the tracepoint's typed socket pointer. tcp_send_reset may pass a timewait
-    // or request socket; the helper takes any `sock_common`.
-    ev.cookie = unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
+    // tcp_send_reset may pass a timewait or request socket; the helper takes any `sock_common`.
+    ev.cookie = key.cookie_of(sk_btf);
     ev.skaddr = sk;
     ev.kind = dir.kind() as u8;
-    ev.flags = FLAG_HAS_COOKIE;
+    if ev.cookie != 0 {
+        ev.flags = FLAG_HAS_COOKIE;
+    }
     emit::submit(&ev, &cfg);
     0
 }

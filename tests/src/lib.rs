@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod exporter;
+pub mod kernel;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -373,11 +374,15 @@ impl Tracer {
 /// Runs tcptrace to completion with the given args (for commands that exit by themselves or
 /// fail), returning its output.
 pub fn run_tcptrace(args: &[&str]) -> TracerOutput {
-    let out = Command::new(tcptrace_bin())
-        .args(args)
+    run_to_end(Command::new(tcptrace_bin()).args(args))
+}
+
+/// Runs a command that starts tcptrace (e.g. through `setpriv`) to completion.
+pub fn run_to_end(cmd: &mut Command) -> TracerOutput {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .expect("run tcptrace");
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     TracerOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

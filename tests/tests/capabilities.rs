@@ -1,6 +1,7 @@
 //! tcptrace runs with exactly the documented capabilities and no root: CAP_BPF and CAP_PERFMON
 //! for the kernel programs, CAP_NET_ADMIN for the socket table, CAP_SYS_PTRACE and
-//! CAP_DAC_READ_SEARCH to read other processes' fds and tracefs.
+//! CAP_DAC_READ_SEARCH to read other processes' fds and tracefs. Before Linux 5.11 also
+//! CAP_SYS_RESOURCE, to raise RLIMIT_MEMLOCK (see memlock.rs).
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -13,11 +14,16 @@ fn traces_as_nobody_with_only_the_documented_capabilities() {
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
+    let caps = if tcptrace_tests::kernel::charges_memlock() {
+        format!("{CAPS},+sys_resource")
+    } else {
+        CAPS.to_string()
+    };
     let tracer = Tracer::start_command(
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(format!("--inh-caps={CAPS}"))
-            .arg(format!("--ambient-caps={CAPS}"))
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
             .arg(tcptrace_bin())
             .args(["trace", "--json", "--port", &port.to_string()]),
     );

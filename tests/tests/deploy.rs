@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use tcptrace_tests::{deploy, exporter, *};
+use tcptrace_tests::{deploy, exporter, kernel, *};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -39,20 +39,31 @@ fn serve_runs_as_nobody_with_only_the_units_capabilities() {
     let set = deploy::setpriv_caps(&caps);
     let ip = "127.0.0.1".parse().unwrap();
     let listen = SocketAddr::new(ip, free_port(ip));
-    let tracer = Tracer::start_command(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--no-new-privs",
-            ])
-            .arg(format!("--inh-caps=-all,{set}"))
-            .arg(format!("--ambient-caps={set}"))
-            .arg(format!("--bounding-set=-all,{set}"))
-            .arg(tcptrace_bin())
-            .args(["serve", "--listen", &listen.to_string()]),
+    // systemd sets the unit's limits before it drops privileges; before Linux 5.11 the BPF maps
+    // are charged to LimitMEMLOCK, which the capabilities alone could not raise.
+    let memlock = deploy::unit_values("LimitMEMLOCK");
+    assert_eq!(
+        memlock,
+        ["infinity"],
+        "the unit lifts the locked-memory limit"
     );
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ])
+        .arg(format!("--inh-caps=-all,{set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set=-all,{set}"))
+        .arg(tcptrace_bin())
+        .args(["serve", "--listen", &listen.to_string()]);
+    if kernel::charges_memlock() {
+        kernel::with_memlock(&mut setpriv, None);
+    }
+    let tracer = Tracer::start_command(&mut setpriv);
     let want: u64 = caps.iter().map(|c| cap_bit(c)).sum();
     assert_eq!(effective_caps(tracer.pid()), want, "exactly the unit's set");
     let uid = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();

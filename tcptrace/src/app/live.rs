@@ -137,8 +137,14 @@ impl Live {
             },
         };
         let (probe, reader) = Probe::load(&opts)?;
+        if let Some(notice) = probe.memlock.notice() {
+            eprintln!("tcptrace: {notice}");
+        }
         if let Some(why) = &probe.fallback_reason {
             eprintln!("tcptrace: kernel BTF unavailable ({why}); using the classic tracepoint");
+        }
+        if let Some(why) = &probe.socket_key_fallback {
+            eprintln!("tcptrace: no socket cookies ({why}); sockets are keyed by address");
         }
         let exact_end = probe.timewait_method().exact_end();
         if let Some(why) = &probe.timewait_fallback {
@@ -187,7 +193,7 @@ impl Live {
             eprintln!(
                 "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
                  tcp:tcp_send_reset (ring {} KiB; TIME_WAIT {}); {} existing sockets loaded",
-                probe.path(),
+                probe.hook_description(),
                 probe.ring_bytes / 1024,
                 timewait_method(probe),
                 found,
@@ -316,6 +322,12 @@ impl Live {
             Source::Kernel { probe, .. } => probe.path().to_string(),
             Source::File(f) => f.header.hook.clone(),
         }
+    }
+
+    /// How the kernel programs named sockets ("cookie", or "address" where tp_btf programs
+    /// cannot ask for cookies); not known for a replay.
+    pub fn socket_key(&self) -> Option<&'static str> {
+        self.probe().map(|p| p.socket_key().as_str())
     }
 
     pub fn kernel(&self) -> String {

@@ -19,6 +19,7 @@ pub fn document<'a>(live: &Live, summary: &'a Summary) -> ReportDoc<'a> {
         host: live.host(),
         kernel: live.kernel(),
         hook: live.hook(),
+        socket_key: live.socket_key(),
         overload: live.overload(),
         summary,
     }
