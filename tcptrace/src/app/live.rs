@@ -283,6 +283,7 @@ impl Live {
             start_mono_ns: self.started_ns,
             hook: probe.path().to_string(),
             timewait_method: timewait_method(probe).to_string(),
+            socket_key: Some(probe.socket_key().as_str().to_string()),
             ip_local_port_range: Some([lo, hi]),
             tcp_fin_timeout_s: Some((fin_timeout_ns() / 1_000_000_000) as u32),
             command_line: std::env::args().collect(),
@@ -325,9 +326,12 @@ impl Live {
     }
 
     /// How the kernel programs named sockets ("cookie", or "address" where tp_btf programs
-    /// cannot ask for cookies); not known for a replay.
-    pub fn socket_key(&self) -> Option<&'static str> {
-        self.probe().map(|p| p.socket_key().as_str())
+    /// cannot ask for cookies); unknown for a recording older than format 1.2.
+    pub fn socket_key(&self) -> Option<String> {
+        match &self.source {
+            Source::Kernel { probe, .. } => Some(probe.socket_key().as_str().to_string()),
+            Source::File(f) => f.header.socket_key.clone(),
+        }
     }
 
     pub fn kernel(&self) -> String {

@@ -25,8 +25,9 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// A newer minor version of the same major only adds: metadata keys, bytes at the end of
 /// fixed-size records, and new record types. Readers of an older minor skip and ignore those.
 ///
-/// 1.1 added two loss counters (`timewait_hook_missed`, `port_filter_forgot`) to Loss and End.
-pub const FORMAT_MINOR: u16 = 1;
+/// 1.1 added two loss counters (`timewait_hook_missed`, `port_filter_forgot`) to Loss and End;
+/// 1.2 the `socket_key` metadata key.
+pub const FORMAT_MINOR: u16 = 2;
 /// Flag bits this build understands. A file that sets any other bit is rejected.
 pub const KNOWN_FLAGS: u32 = 0;
 /// Bytes before the metadata.
@@ -69,6 +70,9 @@ pub struct Header {
     pub hook: String,
     /// How TIME_WAIT entries were learned (e.g. "inferred").
     pub timewait_method: String,
+    /// How the kernel programs named sockets: "cookie" or "address" (1.2; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_key: Option<String>,
     /// `net.ipv4.ip_local_port_range` of the host: `[low, high]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_local_port_range: Option<[u16; 2]>,
@@ -89,6 +93,7 @@ impl Default for Header {
             start_mono_ns: 0,
             hook: String::new(),
             timewait_method: String::new(),
+            socket_key: None,
             ip_local_port_range: None,
             tcp_fin_timeout_s: None,
             command_line: Vec::new(),
