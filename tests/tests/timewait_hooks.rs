@@ -205,8 +205,11 @@ fn timer_hook_ends_time_wait_when_the_kernel_drops_it() {
         );
     }
     // Poll until the kernel drops them all; the last drop happened in (last_seen, first_gone].
+    // A dump is taken somewhere between the times around the `ss` calls, which take a while in
+    // a loaded emulated guest: the earlier time bounds what ss saw, the later one what it missed.
     let mut last_seen = t1;
     let first_gone = loop {
+        let asked = std::time::Instant::now();
         let left: usize = sides
             .iter()
             .map(|s| ss_count("time-wait", &filter(s.port)))
@@ -215,7 +218,7 @@ fn timer_hook_ends_time_wait_when_the_kernel_drops_it() {
         if left == 0 {
             break now;
         }
-        last_seen = now;
+        last_seen = asked;
         assert!(
             now < t1 + Duration::from_secs(70),
             "{left} TIME_WAIT sockets still in ss after 70 s"
