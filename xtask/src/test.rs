@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::libtest::Tally;
 use crate::vm::{self, Matrix, VmOptions};
 use crate::{cmd, tracer, workspace};
@@ -76,7 +77,7 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
             failed_steps.push("cargo clippy".to_string());
         }
         // The integration tests start this binary; a build failure ends the run here.
-        tracer::build(false)?;
+        tracer::build(false, Arch::Amd64)?;
         summary.host = Some(host_tests(&opts.vm.libtest_args)?);
     }
 
@@ -95,7 +96,7 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
 /// `cargo test` over the host-side crates, on the running kernel. Libtest's stdout is echoed
 /// and its summary lines are counted.
 fn host_tests(libtest_args: &[String]) -> Result<Tally> {
-    let tracer = workspace::tracer_binary(false)?;
+    let tracer = workspace::tracer_binary(false, Arch::Amd64)?;
     let mut cargo = workspace::cargo();
     cargo
         .args([
