@@ -489,6 +489,13 @@ pub fn socket_lives(lines: &[serde_json::Value]) -> Vec<SocketTrace> {
         let Some(id) = l["sock"].as_u64() else {
             continue;
         };
+        // A birth starts a new life even when the id is still open: an address-keyed stream
+        // (the classic tracepoint, tp_btf before 5.12) reuses a freed socket's address, and a
+        // close lost to a full ring leaves its life open.
+        let birth = l["old"] == "CLOSE" || (l["old"] == "LISTEN" && l["new"] == "SYN_RECV");
+        if birth {
+            open.remove(&id);
+        }
         let idx = *open.entry(id).or_insert_with(|| {
             lives.push(SocketTrace {
                 cookie: id,
