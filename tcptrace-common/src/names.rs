@@ -28,11 +28,18 @@ pub mod program {
     /// tp_btf on `inet_sock_set_state`, primary and backup.
     pub const SET_STATE_BTF: &str = "set_state_btf";
     pub const SET_STATE_BTF_BACKUP: &str = "set_state_btf_backup";
+    /// The same pair keyed by address, for kernels whose tracing programs may not ask for the
+    /// socket cookie (before 5.12).
+    pub const SET_STATE_BTF_ADDR: &str = "set_state_btf_addr";
+    pub const SET_STATE_BTF_ADDR_BACKUP: &str = "set_state_btf_addr_backup";
     /// The classic tracepoint `sock:inet_sock_set_state`.
     pub const SET_STATE_TP: &str = "set_state_tp";
     /// tp_btf on `tcp_receive_reset` / `tcp_send_reset`.
     pub const RESET_RX_BTF: &str = "reset_rx_btf";
     pub const RESET_TX_BTF: &str = "reset_tx_btf";
+    /// And keyed by address.
+    pub const RESET_RX_BTF_ADDR: &str = "reset_rx_btf_addr";
+    pub const RESET_TX_BTF_ADDR: &str = "reset_tx_btf_addr";
     /// Classic tracepoints `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`.
     pub const RESET_RX_TP: &str = "reset_rx_tp";
     pub const RESET_TX_TP: &str = "reset_tx_tp";
@@ -41,12 +48,16 @@ pub mod program {
     pub const TIMEWAIT_END: &str = "timewait_end";
     /// `timer:timer_expire_entry`, where fentry is refused.
     pub const TIMEWAIT_TIMER: &str = "timewait_timer";
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 14] = [
         SET_STATE_BTF,
         SET_STATE_BTF_BACKUP,
+        SET_STATE_BTF_ADDR,
+        SET_STATE_BTF_ADDR_BACKUP,
         SET_STATE_TP,
         RESET_RX_BTF,
         RESET_TX_BTF,
+        RESET_RX_BTF_ADDR,
+        RESET_TX_BTF_ADDR,
         RESET_RX_TP,
         RESET_TX_TP,
         TIMEWAIT_ENTER,

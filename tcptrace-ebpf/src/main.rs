@@ -1,7 +1,9 @@
 //! tcptrace's kernel programs.
 //!
 //! One file per hook family; the entry points here are thin and the work lives in those files:
-//! - `state_change`: `sock:inet_sock_set_state`, the TCP state machine itself.
+//! - `state_change`: `sock:inet_sock_set_state`, the TCP state machine itself. The tp_btf
+//!   programs come in two variants: with socket cookies, and keyed by address for kernels
+//!   whose tracing programs may not ask for cookies (before 5.12).
 //! - `reset`: `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`, which tell a RST close apart from a
 //!   close that leaves a TIME_WAIT socket behind.
 //! - `timewait`: fentry on `tcp_time_wait` / `inet_twsk_free`, the exact start and end of a
@@ -32,11 +34,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fentry, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
+use reset::Direction;
+use state_change::{Role, SockKey};
 
 /// Primary tp_btf program on `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    state_change::on_btf(&ctx, state_change::Role::Primary)
+    state_change::on_btf(&ctx, Role::Primary, SockKey::Cookie)
 }
 
 /// Backup tp_btf program on the same hook. The kernel skips a nested run of a program that is
@@ -46,7 +50,20 @@ pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
 /// <https://github.com/torvalds/linux/blob/v6.1/kernel/trace/bpf_trace.c#L2241>
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_btf_backup(ctx: BtfTracePointContext) -> i32 {
-    state_change::on_btf(&ctx, state_change::Role::Backup)
+    state_change::on_btf(&ctx, Role::Backup, SockKey::Cookie)
+}
+
+/// The same pair for kernels whose tracing programs may not call `bpf_get_socket_cookie`
+/// (before 5.12): sockets are named by address. Userspace loads these only when the cookie
+/// variant is refused.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf_addr(ctx: BtfTracePointContext) -> i32 {
+    state_change::on_btf(&ctx, Role::Primary, SockKey::Address)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf_addr_backup(ctx: BtfTracePointContext) -> i32 {
+    state_change::on_btf(&ctx, Role::Backup, SockKey::Address)
 }
 
 /// Classic tracepoint fallback for kernels without BTF: fields come from the tracepoint record at
@@ -59,24 +76,35 @@ pub fn set_state_tp(ctx: TracePointContext) -> u32 {
 /// `tcp_receive_reset(const struct sock *sk)`.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn reset_rx_btf(ctx: BtfTracePointContext) -> i32 {
-    reset::on_btf(&ctx, reset::Direction::Received)
+    reset::on_btf(&ctx, Direction::Received, SockKey::Cookie)
 }
 
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...)`: `sk` is first on every
 /// kernel version and may be NULL (a RST answering a segment that matched no socket).
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn reset_tx_btf(ctx: BtfTracePointContext) -> i32 {
-    reset::on_btf(&ctx, reset::Direction::Sent)
+    reset::on_btf(&ctx, Direction::Sent, SockKey::Cookie)
+}
+
+/// The reset programs without the cookie, beside `set_state_btf_addr`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn reset_rx_btf_addr(ctx: BtfTracePointContext) -> i32 {
+    reset::on_btf(&ctx, Direction::Received, SockKey::Address)
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn reset_tx_btf_addr(ctx: BtfTracePointContext) -> i32 {
+    reset::on_btf(&ctx, Direction::Sent, SockKey::Address)
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn reset_rx_tp(ctx: TracePointContext) -> u32 {
-    reset::on_tracepoint(&ctx, reset::Direction::Received)
+    reset::on_tracepoint(&ctx, Direction::Received)
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn reset_tx_tp(ctx: TracePointContext) -> u32 {
-    reset::on_tracepoint(&ctx, reset::Direction::Sent)
+    reset::on_tracepoint(&ctx, Direction::Sent)
 }
 
 /// `tcp_time_wait(struct sock *sk, int state, int timeo)`.

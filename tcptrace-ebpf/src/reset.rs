@@ -7,7 +7,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    helpers::bpf_probe_read_kernel,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
@@ -20,6 +20,7 @@ use crate::{
     config::config,
     emit, record,
     sock::{self, Addr, Sock, Typed},
+    state_change::SockKey,
     summary,
 };
 
@@ -39,7 +40,7 @@ impl Direction {
 }
 
 #[inline(always)]
-pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
+pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction, key: SockKey) -> i32 {
     let sk_btf: *const c_void = ctx.arg(0);
     if sk_btf.is_null() {
         // A RST for a segment that matched no socket: nothing of ours changes state.
@@ -50,19 +51,22 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction) -> i32 {
     if sock::protocol(Typed(sk_btf), &cfg.offsets) != sock::IPPROTO_TCP {
         return 0;
     }
-    if cfg.summary != 0 && dir == Direction::Received {
+    // The address-keyed variant is for kernels without socket storage in tracing programs
+    // (before 5.11): it must not name the helper at all, or the verifier refuses it.
+    if key == SockKey::Cookie && cfg.summary != 0 && dir == Direction::Received {
         // The socket's close record will say it was a RST (`tcp_reset` calls `tcp_done` next).
         summary::reset_received(sk_btf);
     }
     let mut ev = RawEvent::zeroed();
     sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
     emit::fill_task(&mut ev);
-    // SAFETY: `sk` is the tracepoint's typed socket pointer. tcp_send_reset may pass a timewait
-    // or request socket; the helper takes any `sock_common`.
-    ev.cookie = unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
+    // tcp_send_reset may pass a timewait or request socket; the helper takes any `sock_common`.
+    ev.cookie = key.cookie_of(sk_btf);
     ev.skaddr = sk;
     ev.kind = dir.kind() as u8;
-    ev.flags = FLAG_HAS_COOKIE;
+    if ev.cookie != 0 {
+        ev.flags = FLAG_HAS_COOKIE;
+    }
     emit::submit(&ev, cfg);
     0
 }

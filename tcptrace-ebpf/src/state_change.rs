@@ -28,6 +28,32 @@ pub enum Role {
     Backup,
 }
 
+/// How the tp_btf programs name a socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SockKey {
+    /// `bpf_get_socket_cookie(sk)`: unique for the kernel's life. Tracing programs may call it
+    /// since Linux 5.12 (`bpf_get_socket_ptr_cookie_proto`); the verifier of older kernels
+    /// rejects the whole program ("unknown func bpf_get_socket_cookie#46", seen on 5.10).
+    /// <https://github.com/torvalds/linux/blob/v5.12/net/core/filter.c> (`bpf_get_socket_ptr_cookie`)
+    Cookie,
+    /// The socket's address alone (cookie 0), as on the classic tracepoint path: userspace
+    /// retires an address-keyed socket at its CLOSE, since the allocator reuses the address.
+    Address,
+}
+
+impl SockKey {
+    /// The cookie of `sk_btf`, or 0 when this variant may not ask for it.
+    #[inline(always)]
+    pub fn cookie_of(self, sk_btf: *const c_void) -> u64 {
+        match self {
+            // SAFETY: sk_btf is the hook's typed socket pointer (any `sock_common`), which this
+            // helper accepts.
+            SockKey::Cookie => unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) },
+            SockKey::Address => 0,
+        }
+    }
+}
+
 /// The transition the primary program started on, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -44,7 +70,7 @@ pub struct LastSeen {
 static LAST: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
+pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     let sk_btf: *const c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -53,7 +79,9 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     // grants), so no helper call is needed to read the argument.
     let sk = sk_btf as u64;
     let cfg = config();
-    if cfg.summary != 0 && summary::follows(old as u8, new as u8) {
+    // Summaries live in socket storage, which the address-keyed variant (for kernels before
+    // 5.11/5.12) must not even name: the constant `key` removes this path from it.
+    if key == SockKey::Cookie && cfg.summary != 0 && summary::follows(old as u8, new as u8) {
         // Keyed on the socket's address alone: no cookie helper per transition.
         let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
         let Some(last) = LAST.get_ptr_mut(0) else {
@@ -79,12 +107,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role) -> i32 {
     // the next event carries.
     // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_connection_sock.c#L1000>
     let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
-    let cookie = if clone {
-        0
-    } else {
-        // SAFETY: sk is the tracepoint's typed `struct sock *`, which this helper accepts.
-        unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) }
-    };
+    let cookie = if clone { 0 } else { key.cookie_of(sk_btf) };
     let id = if cookie != 0 { cookie } else { sk };
     let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
     let Some(last) = LAST.get_ptr_mut(0) else {

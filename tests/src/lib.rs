@@ -7,6 +7,7 @@
 pub mod cgroups;
 pub mod deploy;
 pub mod exporter;
+pub mod kernel;
 pub mod netns;
 pub mod podman;
 pub mod tls;
@@ -384,11 +385,15 @@ impl Tracer {
 /// Runs tcptrace to completion with the given args (for commands that exit by themselves or
 /// fail), returning its output.
 pub fn run_tcptrace(args: &[&str]) -> TracerOutput {
-    let out = Command::new(tcptrace_bin())
-        .args(args)
+    run_to_end(Command::new(tcptrace_bin()).args(args))
+}
+
+/// Runs a command that starts tcptrace (e.g. through `setpriv`) to completion.
+pub fn run_to_end(cmd: &mut Command) -> TracerOutput {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .expect("run tcptrace");
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     TracerOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -500,6 +505,13 @@ pub fn socket_lives(lines: &[serde_json::Value]) -> Vec<SocketTrace> {
         let Some(id) = l["sock"].as_u64() else {
             continue;
         };
+        // A birth starts a new life even when the id is still open: an address-keyed stream
+        // (the classic tracepoint, tp_btf before 5.12) reuses a freed socket's address, and a
+        // close lost to a full ring leaves its life open.
+        let birth = l["old"] == "CLOSE" || (l["old"] == "LISTEN" && l["new"] == "SYN_RECV");
+        if birth {
+            open.remove(&id);
+        }
         let idx = *open.entry(id).or_insert_with(|| {
             lives.push(SocketTrace {
                 cookie: id,

@@ -2,7 +2,8 @@
 //! for the kernel programs, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other processes' fds
 //! and tracefs (the set deploy/tcptrace.service grants). uid 0 alone is not enough: a root
 //! process without CAP_BPF and CAP_PERFMON (a container, a reduced bounding set) is told which
-//! capabilities it lacks instead of failing with the kernel's bare EPERM.
+//! capabilities it lacks instead of failing with the kernel's bare EPERM. Before Linux 5.11 also
+//! CAP_SYS_RESOURCE, to raise RLIMIT_MEMLOCK (see memlock.rs).
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -14,6 +15,11 @@ fn traces_as_nobody_with_only_the_documented_capabilities() {
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
+    let caps = if tcptrace_tests::kernel::charges_memlock() {
+        format!("{CAPS},+sys_resource")
+    } else {
+        CAPS.to_string()
+    };
     let tracer = Tracer::start_command(
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, process::Command};
 
-use tcptrace_tests::{deploy, exporter, tls, *};
+use tcptrace_tests::{deploy, exporter, kernel, tls, *};
 
 /// `tcptrace ARGS` as uid 65534 with exactly the unit's capabilities, no-new-privs and a
 /// matching bounding set, as systemd starts it.
@@ -13,25 +13,35 @@ fn as_the_unit(args: &[String]) -> Tracer {
     let caps = deploy::unit_capabilities();
     assert!(!caps.is_empty());
     let set = deploy::setpriv_caps(&caps);
-    Tracer::start_command(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--no-new-privs",
-            ])
-            .arg(format!("--inh-caps=-all,{set}"))
-            .arg(format!("--ambient-caps={set}"))
-            .arg(format!("--bounding-set=-all,{set}"))
-            .arg(tcptrace_bin())
-            .args(args),
-    )
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ])
+        .arg(format!("--inh-caps=-all,{set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set=-all,{set}"))
+        .arg(tcptrace_bin())
+        .args(args);
+    // systemd sets the unit's limits before it drops privileges; before Linux 5.11 the BPF maps
+    // are charged to LimitMEMLOCK, which the capabilities alone could not raise.
+    if kernel::charges_memlock() {
+        kernel::with_memlock(&mut setpriv, None);
+    }
+    Tracer::start_command(&mut setpriv)
 }
 
 #[test]
 fn serve_runs_as_nobody_with_only_the_units_capabilities() {
     let caps = deploy::unit_capabilities();
+    assert_eq!(
+        deploy::unit_values("LimitMEMLOCK"),
+        ["infinity"],
+        "the unit lifts the locked-memory limit"
+    );
     let ip = "127.0.0.1".parse().unwrap();
     let listen = SocketAddr::new(ip, free_port(ip));
     let tracer = as_the_unit(&["serve".into(), "--listen".into(), listen.to_string()]);

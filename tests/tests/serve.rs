@@ -31,7 +31,14 @@ fn prometheus_scrapes_the_close_wait_count_of_a_leaking_process() {
 
     let q = format!("tcptrace_close_wait_sockets{{job=\"tcptrace\",pid=\"{pid}\"}}");
     let r = prom.wait_for(&q, 5.0, T);
-    assert_eq!(r.len(), 1, "{q} -> {r:?}\n{}", prom.log());
+    assert_eq!(
+        r.len(),
+        1,
+        "{q} -> {r:?}\nup {:?}, scrape_duration_seconds {:?}\n{}",
+        prom.query("up"),
+        prom.query("scrape_duration_seconds"),
+        prom.log()
+    );
     assert_eq!(r[0].1, 5.0, "{q} -> {r:?}");
     assert_eq!(r[0].0["comm"], "tcpscenario");
     // Per local port too, and Prometheus sees the target up.

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::libs::{owning_package, shared_libraries};
 use crate::{cmd, tracer, workspace};
 
@@ -75,8 +76,8 @@ pub fn build(release: bool) -> Result<Image> {
     if archive.exists() {
         fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))?;
     }
-    tracer::build(release)?;
-    let binary = workspace::tracer_binary(release)?;
+    tracer::build(release, Arch::Amd64)?;
+    let binary = workspace::tracer_binary(release, Arch::Amd64)?;
     let tag = tag(release);
     let reference = format!("{REPOSITORY}:{tag}");
     let context = archive

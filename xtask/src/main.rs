@@ -3,6 +3,7 @@
 //! Orchestration only: every step is another program (apt-get, cargo, qemu) started with
 //! `std::process::Command`. `cargo xtask` is an alias in .cargo/config.toml.
 
+mod arch;
 mod bench;
 mod cmd;
 mod fuzz;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::arch::Arch;
 use crate::setup::{Mode, Scope};
 use crate::test::TestOptions;
 use crate::vm::VmOptions;
@@ -59,6 +61,10 @@ enum Task {
     Build {
         #[arg(long)]
         release: bool,
+        /// Cross-build for another architecture: `aarch64` (aarch64-unknown-linux-gnu, with
+        /// Debian's cross linker and arm64 Rust standard library, which setup installs).
+        #[arg(long, value_enum)]
+        target: Option<BuildTarget>,
     },
     /// Set up, build the release binary, and run it: `cargo xtask run -- trace`.
     Run {
@@ -139,7 +145,7 @@ enum Task {
         output: PathBuf,
     },
     /// Set up, then run the integration tests under QEMU on each kernel of the matrix (the
-    /// newest Debian 6.1 and 6.12 cloud kernels).
+    /// newest Debian 5.10, 6.1 and 6.12 cloud kernels).
     Vm {
         #[command(flatten)]
         vm: VmArgs,
@@ -149,16 +155,31 @@ enum Task {
     },
 }
 
+/// Targets `cargo xtask build --target` cross-builds for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BuildTarget {
+    /// aarch64-unknown-linux-gnu.
+    Aarch64,
+}
+
 #[derive(Debug, clap::Args)]
 struct VmArgs {
     /// Guest kernel: a Debian package name or a .deb file; repeat for several, booted in turn
-    /// [default: the newest linux-image-6.1.0-*-cloud-amd64 and the newest
-    /// linux-image-6.12.*-cloud-amd64].
+    /// [default: the newest linux-image-5.10.0-*-cloud-amd64 (Debian 11), the newest
+    /// linux-image-6.1.0-*-cloud-amd64 and the newest linux-image-6.12.*-cloud-amd64].
     #[arg(long = "kernel", value_name = "PKG")]
     kernels: Vec<String>,
     /// Kill each guest after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
     vm_timeout: u64,
+    /// The guests' architecture: arm64 cross-builds the tracer and the tests for
+    /// aarch64-unknown-linux-gnu and boots Debian 12's arm64 cloud kernel under
+    /// qemu-system-aarch64 (emulated; setup installs what that needs).
+    #[arg(long, value_enum, default_value_t = Arch::Amd64)]
+    arch: Arch,
+    /// How many guests run at once.
+    #[arg(long, value_name = "N", default_value_t = vm::DEFAULT_JOBS)]
+    vm_jobs: usize,
     /// Arguments for the test binaries: a name filter, `--exact`, `--ignored`, ...
     #[arg(last = true, value_name = "FILTER")]
     libtest_args: Vec<String>,
@@ -171,6 +192,8 @@ impl VmArgs {
             libtest_args: self.libtest_args,
             timeout: Duration::from_secs(self.vm_timeout),
             test_binaries,
+            arch: self.arch,
+            jobs: self.vm_jobs,
         }
     }
 }
@@ -202,13 +225,20 @@ fn run(task: Task) -> Result<ExitCode> {
                 },
             )?;
         }
-        Task::Build { release } => {
+        Task::Build { release, target } => {
             setup::ensure(Mode::Install, Scope::Run)?;
-            tracer::build(release)?;
+            let arch = match target {
+                None => Arch::Amd64,
+                Some(BuildTarget::Aarch64) => {
+                    setup::ensure_cross(Mode::Install, Arch::Arm64, false)?;
+                    Arch::Arm64
+                }
+            };
+            tracer::build(release, arch)?;
         }
         Task::Run { debug, args } => {
             setup::ensure(Mode::Install, Scope::Run)?;
-            tracer::build(!debug)?;
+            tracer::build(!debug, Arch::Amd64)?;
             tracer::exec(!debug, &args)?;
         }
         Task::Image { debug } => {
@@ -224,6 +254,9 @@ fn run(task: Task) -> Result<ExitCode> {
                 Scope::TestWithImage
             };
             setup::ensure(Mode::Install, scope)?;
+            if !no_vm && vm.arch != Arch::Amd64 {
+                setup::ensure_cross(Mode::Install, vm.arch, true)?;
+            }
             let opts = TestOptions {
                 no_vm,
                 vm_only,
@@ -281,6 +314,9 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Vm { vm, test_binaries } => {
             setup::ensure(Mode::Install, Scope::Test)?;
+            if vm.arch != Arch::Amd64 {
+                setup::ensure_cross(Mode::Install, vm.arch, true)?;
+            }
             let matrix = vm::run(&vm.into_options(test_binaries))?;
             println!("{matrix}");
             if !matrix.ok() {

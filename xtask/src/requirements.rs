@@ -87,7 +87,7 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         name: "qemu-system-x86",
         need: Need::Always,
         purpose: Purpose::Test,
-        why: "boots the Debian 6.1 and 6.12 kernels that the VM tests run on",
+        why: "boots the Debian 5.10, 6.1 and 6.12 kernels that the VM tests run on",
     },
     AptPackage {
         name: "busybox-static",
@@ -145,6 +145,51 @@ pub const APT_PACKAGES: &[AptPackage] = &[
               and it handles hybrid cgroup v1/v2 hosts, which crun 1.8 refuses",
     },
 ];
+
+/// What cross-building for arm64 needs (`cargo xtask build --target aarch64`, and the arm64 VM
+/// tests); installed by those commands only, after `dpkg --add-architecture arm64`. rustup here
+/// cannot download other targets' standard libraries, so Debian's rustc (rustc-web 1.96) builds
+/// with its arm64 standard library through multiarch.
+pub const ARM64_BUILD_PACKAGES: &[AptPackage] = &[
+    AptPackage {
+        name: "rustc-web",
+        need: Need::Always,
+        purpose: Purpose::Run,
+        why: "rustc 1.96, whose arm64 standard library Debian packages",
+    },
+    AptPackage {
+        name: "libstd-rust-web-dev:arm64",
+        need: Need::Always,
+        purpose: Purpose::Run,
+        why: "the arm64 Rust standard library matching rustc-web (multiarch)",
+    },
+    AptPackage {
+        name: "gcc-aarch64-linux-gnu",
+        need: Need::Always,
+        purpose: Purpose::Run,
+        why: "the cross linker for aarch64-unknown-linux-gnu",
+    },
+    AptPackage {
+        name: "libc6-dev-arm64-cross",
+        need: Need::Always,
+        purpose: Purpose::Run,
+        why: "the arm64 C library the cross linker links against (crti.o, libc.so)",
+    },
+    AptPackage {
+        name: "binutils-aarch64-linux-gnu",
+        need: Need::Always,
+        purpose: Purpose::Run,
+        why: "aarch64-linux-gnu-strip: the arm64 guest's binaries without debug sections",
+    },
+];
+
+/// What the arm64 VM tests (`cargo xtask vm --arch arm64`) need besides the cross build.
+pub const ARM64_VM_PACKAGES: &[AptPackage] = &[AptPackage {
+    name: "qemu-system-arm",
+    need: Need::Always,
+    purpose: Purpose::Test,
+    why: "qemu-system-aarch64, which emulates the arm64 guest",
+}];
 
 /// The linker that turns the kernel crate's bitcode into a BPF object.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -6,10 +6,11 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
+use crate::arch::Arch;
 use crate::cmd;
 use crate::requirements::{
-    APT_PACKAGES, AptPackage, BPF_LINKER_LLVM_FEATURE, BPF_LINKER_LLVM_PREFIX, BPF_LINKER_VERSION,
-    CARGO_DENY_VERSION, DEBIAN_RUST_SRC, Need, Purpose,
+    APT_PACKAGES, ARM64_BUILD_PACKAGES, ARM64_VM_PACKAGES, AptPackage, BPF_LINKER_LLVM_FEATURE,
+    BPF_LINKER_LLVM_PREFIX, BPF_LINKER_VERSION, CARGO_DENY_VERSION, DEBIAN_RUST_SRC, Need, Purpose,
 };
 
 /// Whether setup may change the machine or only reports.
@@ -240,6 +241,50 @@ fn install_packages(plan: &Plan) -> Result<bool> {
             .args(&install),
     )?;
     Ok(true)
+}
+
+/// What cross-building for `arch` needs (and, with `vm`, booting it): the architecture enabled in
+/// dpkg (multiarch), and the packages of `ARM64_BUILD_PACKAGES` / `ARM64_VM_PACKAGES`.
+pub fn ensure_cross(mode: Mode, arch: Arch, vm: bool) -> Result<()> {
+    if arch == Arch::Amd64 {
+        return Ok(());
+    }
+    let foreign = cmd::probe_stdout(Command::new("dpkg").arg("--print-foreign-architectures"))
+        .is_some_and(|out| out.split_whitespace().any(|a| a == "arm64"));
+    let vm_packages: &[AptPackage] = if vm { ARM64_VM_PACKAGES } else { &[] };
+    let missing: Vec<&AptPackage> = ARM64_BUILD_PACKAGES
+        .iter()
+        .chain(vm_packages)
+        .filter(|p| !dpkg_installed(p.name))
+        .collect();
+    if !foreign {
+        eprintln!(
+            "setup: dpkg does not have the arm64 architecture (multiarch), which the arm64 Rust standard library needs"
+        );
+    }
+    for p in &missing {
+        eprintln!("setup: missing Debian package {}: {}", p.name, p.why);
+    }
+    if foreign && missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+    if mode == Mode::CheckOnly || !cmd::is_root() {
+        bail!(
+            "setup: cross-building for {arch} needs root to install: sudo dpkg --add-architecture \
+             arm64 && sudo apt-get update && sudo apt-get install --no-install-recommends {}",
+            names.join(" ")
+        );
+    }
+    if !foreign {
+        cmd::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    }
+    cmd::run(apt_get().arg("update"))?;
+    cmd::run(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&names),
+    )
 }
 
 /// The `core` source of rustup's nightly, when that toolchain and its rust-src are installed.

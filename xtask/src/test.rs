@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::libtest::Tally;
 use crate::vm::{self, Matrix, VmOptions};
 use crate::{cmd, image, tracer, workspace};
@@ -82,7 +83,7 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
             failed_steps.push("cargo clippy".to_string());
         }
         // The integration tests start this binary; a build failure ends the run here.
-        tracer::build(false)?;
+        tracer::build(false, Arch::Amd64)?;
         // The container tests run an image of this debug binary: a release build for it alone
         // would add minutes to the run (see deploy/README.md). A failed image build leaves no
         // archive, so those tests fail too, saying so.
@@ -108,7 +109,7 @@ pub fn run(opts: &TestOptions) -> Result<(Summary, Vec<String>)> {
 /// `cargo test` over the host-side crates, on the running kernel. Libtest's stdout is echoed
 /// and its summary lines are counted.
 fn host_tests(libtest_args: &[String]) -> Result<Tally> {
-    let tracer = workspace::tracer_binary(false)?;
+    let tracer = workspace::tracer_binary(false, Arch::Amd64)?;
     let image = image::archive_path(false)?;
     let mut cargo = workspace::cargo();
     cargo

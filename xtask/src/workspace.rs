@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
 use crate::cmd;
 
 /// The package that holds the integration tests (`tests/`).
@@ -27,6 +28,36 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// Debian's rustc (package rustc-web), whose standard library for other architectures comes
+/// from multiarch packages (`libstd-rust-web-dev:arm64`): rustup's stable here has only its own.
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
+/// `cargo ARGS` for `arch`: natively, or cross-compiling for arm64 with Debian's rustc and
+/// linker (gcc-aarch64-linux-gnu). Build scripts and proc macros are then also built by that
+/// rustc, so the two builds never share artifacts.
+pub fn cargo_for(arch: Arch, args: &[&str]) -> Command {
+    let mut cmd = cargo();
+    cmd.args(args);
+    if let Some(target) = arch.rust_target() {
+        cmd.args(["--target", target])
+            .env("RUSTC", DEBIAN_RUSTC)
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                "aarch64-linux-gnu-gcc",
+            );
+    }
+    cmd
+}
+
+/// Where cargo puts `arch`'s outputs of `profile` (`debug`, `release`).
+pub fn profile_dir(arch: Arch, profile: &str) -> Result<PathBuf> {
+    let mut dir = target_dir()?;
+    if let Some(target) = arch.rust_target() {
+        dir.push(target);
+    }
+    Ok(dir.join(profile))
+}
+
 /// The target directory, honouring `CARGO_TARGET_DIR` and `.cargo/config.toml`.
 pub fn target_dir() -> Result<PathBuf> {
     let json = cmd::stdout_of(cargo().args([
@@ -43,11 +74,9 @@ pub fn target_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-/// `target/<profile>/tcptrace`.
-pub fn tracer_binary(release: bool) -> Result<PathBuf> {
-    Ok(target_dir()?
-        .join(if release { "release" } else { "debug" })
-        .join("tcptrace"))
+/// `target/[<triple>/]<profile>/tcptrace`.
+pub fn tracer_binary(release: bool, arch: Arch) -> Result<PathBuf> {
+    Ok(profile_dir(arch, if release { "release" } else { "debug" })?.join("tcptrace"))
 }
 
 /// One integration test executable, as cargo built it.
@@ -62,15 +91,17 @@ pub struct TestBinary {
 ///
 /// Only targets of kind `test` count: the VM is slow, so the library's unit tests stay on the
 /// host.
-pub fn build_integration_tests() -> Result<Vec<TestBinary>> {
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "-p",
-        TESTS_PACKAGE,
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ]);
+pub fn build_integration_tests(arch: Arch) -> Result<Vec<TestBinary>> {
+    let mut cmd = cargo_for(
+        arch,
+        &[
+            "test",
+            "-p",
+            TESTS_PACKAGE,
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ],
+    );
     eprintln!("xtask: $ {}", cmd::describe(&cmd));
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -56,9 +56,14 @@ impl SocketTable {
         let mut found = self.find_event_socket(ev, old, new);
         if let Some(s) = found {
             let e = &self.slab[s as usize];
-            if is_birth(old, new) && !(e.last_old == old as u8 && e.last_new == new as u8) {
-                // The identity was reused (skaddr on the classic path): the socket we held under
-                // it closed without us seeing it.
+            let repeated = e.last_old == old as u8 && e.last_new == new as u8;
+            // A birth repeated under an address is a new socket at a freed socket's address
+            // whose close was lost (e.g. to a full ring: two listeners' CLOSE->LISTEN in a row),
+            // unless the backup program sent it: only its copies repeat an event.
+            let reborn = repeated && event_id(ev).0 == IdKind::Skaddr && !ev.from_backup;
+            if is_birth(old, new) && (!repeated || reborn) {
+                // The identity was reused (skaddr where events carry no cookie): the socket we
+                // held under it closed without us seeing it.
                 self.stats.superseded += 1;
                 self.free(s);
                 found = None;

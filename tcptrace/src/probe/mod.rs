@@ -6,6 +6,7 @@ pub mod counting;
 pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
+pub mod memlock;
 pub mod privilege;
 pub mod reader;
 mod ring_fill;
@@ -50,6 +51,26 @@ impl fmt::Display for HookPath {
             HookPath::TpBtf => "tp_btf",
             HookPath::Tracepoint => "tracepoint",
         })
+    }
+}
+
+/// How the kernel programs name a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKey {
+    /// The socket cookie (`bpf_get_socket_cookie`), unique for the kernel's life.
+    Cookie,
+    /// The socket's kernel address: the classic tracepoint, and tp_btf on kernels whose
+    /// tracing programs may not ask for cookies (before 5.12). The allocator reuses addresses,
+    /// so the socket table retires such a socket at its CLOSE.
+    Address,
+}
+
+impl SocketKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketKey::Cookie => "cookie",
+            SocketKey::Address => "address",
+        }
     }
 }
 
@@ -140,6 +161,14 @@ pub enum ProbeError {
          tcptrace cannot trace TCP state changes here"
     )]
     NoTracepoint,
+    #[error(
+        "this kernel ({0}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8), which \
+         tcptrace needs to deliver events; it runs on Linux 5.8 and newer (see the kernel table \
+         in the README)"
+    )]
+    NoRingBuffer(String),
+    #[error("{0}")]
+    Memlock(String),
     #[error("ring size {0} is invalid: use a power of two of at least {1} bytes, e.g. 8M")]
     RingSize(u32, u32),
     #[error("at most {MAX_FILTER_PORTS} ports can be filtered, {0} given")]
@@ -166,8 +195,14 @@ pub struct Probe {
     counters: PerCpuArray<MapData, u64>,
     /// Why the preferred path was not taken, if it was not.
     pub fallback_reason: Option<String>,
+    /// How sockets are named in the events.
+    socket_key: SocketKey,
+    /// Why the tp_btf programs name sockets by address, when they do.
+    pub socket_key_fallback: Option<String>,
     /// How TIME_WAIT is learned.
     timewait: TimewaitMethod,
+    /// What start-up did about `RLIMIT_MEMLOCK` (kernels before 5.11 charge BPF memory to it).
+    pub memlock: memlock::Memlock,
     /// Why the fentry timewait hooks are not attached, when they were tried.
     pub timewait_fallback: Option<String>,
     /// Why the `timer:timer_expire_entry` hook is not attached either, when it was tried.
@@ -227,6 +262,9 @@ impl Probe {
         if opts.ports.len() > MAX_FILTER_PORTS as usize {
             return Err(ProbeError::TooManyPorts(opts.ports.len()));
         }
+        // Before anything is created: kernels before 5.11 count it against this limit.
+        let memlock = memlock::Memlock::raise_if_charged(&kernel::kernel_release());
+        require_ring_buffer()?;
         // Classic tracepoints need tracefs; it is also how we tell "no such tracepoint".
         let tracefs = tracefs::tracefs_root().ok();
         if let Some(root) = &tracefs
@@ -242,9 +280,9 @@ impl Probe {
             },
         };
         let mut summary_fallback = None;
-        let mut probe = match path {
+        let loaded = match path {
             HookPath::TpBtf if opts.summary => match load_tp_btf(opts) {
-                Ok(p) => p,
+                Ok(p) => Ok(p),
                 Err(e) => {
                     // Socket-local storage from tp_btf needs Linux 5.11; follow every transition
                     // in userspace instead.
@@ -252,14 +290,21 @@ impl Probe {
                     load_tp_btf(&ProbeOptions {
                         summary: false,
                         ..opts.clone()
-                    })?
+                    })
                 }
             },
-            HookPath::TpBtf => load_tp_btf(opts)?,
-            HookPath::Tracepoint => load_tracepoint(opts)?,
+            HookPath::TpBtf => load_tp_btf(opts),
+            HookPath::Tracepoint => load_tracepoint(opts),
         };
+        let mut probe = loaded.map_err(|e| match (&e, memlock.explain_refusal()) {
+            (ProbeError::Aya { source, .. }, Some(why)) if memlock::is_eperm(source) => {
+                ProbeError::Memlock(why)
+            }
+            _ => e,
+        })?;
         probe.summary_fallback = summary_fallback;
         probe.fallback_reason = fallback_reason;
+        probe.memlock = memlock;
         let ring = probe
             .ebpf
             .take_map(map::EVENTS)
@@ -271,6 +316,22 @@ impl Probe {
 
     pub fn path(&self) -> HookPath {
         self.path
+    }
+
+    /// How the events name sockets.
+    pub fn socket_key(&self) -> SocketKey {
+        self.socket_key
+    }
+
+    /// The hook path with what this kernel made it give up, for the start-up line: `tp_btf`,
+    /// or `tp_btf (sockets keyed by address)`.
+    pub fn hook_description(&self) -> String {
+        match (self.path, self.socket_key) {
+            (HookPath::TpBtf, SocketKey::Address) => {
+                format!("{} (sockets keyed by address)", self.path)
+            }
+            _ => self.path.to_string(),
+        }
     }
 
     /// How TIME_WAIT is learned: exactly from the fentry hooks, inferred from
@@ -464,37 +525,35 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         .load(BPF_OBJECT)
         .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
-    let mut programs = vec![(program::SET_STATE_BTF, ProgRole::Primary)];
-    if opts.backup {
-        programs.push((program::SET_STATE_BTF_BACKUP, ProgRole::Backup));
+    let (set, socket_key_fallback) = attach_primary(&mut ebpf, &btf)?;
+    if opts.summary && set.key == SocketKey::Address {
+        // The address-keyed programs leave out the storage path: a kernel that may not ask
+        // for cookies from tracing programs (before 5.12) has no socket storage for them
+        // either (5.11), so this load is tried again without summaries.
+        return Err(aya_err("summary mode")(anyhow::anyhow!(
+            "socket storage from tracing programs needs Linux 5.11 and the socket cookie 5.12"
+        )));
     }
-    programs.push((program::RESET_RX_BTF, ProgRole::Reset));
-    programs.push((program::RESET_TX_BTF, ProgRole::Reset));
-    let hooks = [
-        (program::SET_STATE_BTF, "inet_sock_set_state"),
-        (program::SET_STATE_BTF_BACKUP, "inet_sock_set_state"),
-        (program::RESET_RX_BTF, "tcp_receive_reset"),
-        (program::RESET_TX_BTF, "tcp_send_reset"),
-    ];
+    let mut programs = vec![(set.primary, ProgRole::Primary)];
+    if opts.backup {
+        programs.push((set.backup, ProgRole::Backup));
+    }
+    programs.push((set.reset_rx, ProgRole::Reset));
+    programs.push((set.reset_tx, ProgRole::Reset));
     // Attach order matters: the primary must run first for each event so the backup can tell
-    // whether it ran. Programs on one hook run in attach order.
-    for (name, _) in &programs {
-        let hook = hooks
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, h)| *h)
-            .unwrap_or_default();
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| aya_err(*name)(anyhow::anyhow!("missing from the object")))?
-            .try_into()
-            .map_err(aya_err(*name))?;
-        prog.load(hook, &btf)
-            .map_err(aya_err(format!("loading {name} on {hook}")))?;
-        prog.attach()
-            .map_err(aya_err(format!("attaching {name} to {hook}")))?;
+    // whether it ran. Programs on one hook run in attach order; the primary is attached.
+    for (name, _) in &programs[1..] {
+        attach_btf(&mut ebpf, &btf, name, set.hook_of(name))?;
     }
     let (mut timewait, timewait_fallback) = match opts.timewait_hooks {
+        // The fentry programs ask for the cookie too, and the verifier would refuse them for
+        // the same reason; their events name timewait sockets by cookie.
+        TimewaitHooks::Auto if set.key == SocketKey::Address => (
+            TimewaitMethod::Inferred,
+            Some(format!(
+                "they need bpf_get_socket_cookie, {NO_COOKIE_HELPER}"
+            )),
+        ),
         TimewaitHooks::Auto => match attach_timewait_hooks(&mut ebpf, &btf) {
             Ok(()) => {
                 programs.extend(TIMEWAIT_HOOKS.iter().map(|(n, _)| (*n, ProgRole::TimeWait)));
@@ -523,6 +582,9 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         programs,
         counters,
         fallback_reason: None,
+        memlock: memlock::Memlock::NotCharged,
+        socket_key: set.key,
+        socket_key_fallback,
         timewait,
         timewait_fallback,
         timewait_timer_fallback,
@@ -530,6 +592,87 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         summary: opts.summary,
         summary_fallback: None,
     })
+}
+
+/// The tp_btf programs of one socket-key variant, and the hooks they attach to.
+struct TpBtfSet {
+    key: SocketKey,
+    primary: &'static str,
+    backup: &'static str,
+    reset_rx: &'static str,
+    reset_tx: &'static str,
+}
+
+impl TpBtfSet {
+    fn hook_of(&self, name: &str) -> &'static str {
+        if name == self.reset_rx {
+            "tcp_receive_reset"
+        } else if name == self.reset_tx {
+            "tcp_send_reset"
+        } else {
+            "inet_sock_set_state"
+        }
+    }
+}
+
+const WITH_COOKIE: TpBtfSet = TpBtfSet {
+    key: SocketKey::Cookie,
+    primary: program::SET_STATE_BTF,
+    backup: program::SET_STATE_BTF_BACKUP,
+    reset_rx: program::RESET_RX_BTF,
+    reset_tx: program::RESET_TX_BTF,
+};
+
+const BY_ADDRESS: TpBtfSet = TpBtfSet {
+    key: SocketKey::Address,
+    primary: program::SET_STATE_BTF_ADDR,
+    backup: program::SET_STATE_BTF_ADDR_BACKUP,
+    reset_rx: program::RESET_RX_BTF_ADDR,
+    reset_tx: program::RESET_TX_BTF_ADDR,
+};
+
+/// Why tracing programs cannot name sockets by cookie on such a kernel.
+const NO_COOKIE_HELPER: &str = "which tracing programs cannot call before Linux 5.12";
+
+/// Loads and attaches the primary state-change program, with socket cookies where the kernel
+/// lets tracing programs ask for them, else the variant keyed by address. The two differ only
+/// in that helper call, so when the second loads where the first did not, the helper is why;
+/// then the reason is returned with the variant. When neither loads, the first one's error.
+fn attach_primary(ebpf: &mut Ebpf, btf: &Btf) -> Result<(TpBtfSet, Option<String>), ProbeError> {
+    let hook = "inet_sock_set_state";
+    let refused = match attach_btf(ebpf, btf, WITH_COOKIE.primary, hook) {
+        Ok(()) => return Ok((WITH_COOKIE, None)),
+        Err(e) => e,
+    };
+    if attach_btf(ebpf, btf, BY_ADDRESS.primary, hook).is_err() {
+        return Err(refused);
+    }
+    log::debug!("{refused}");
+    Ok((
+        BY_ADDRESS,
+        Some(format!(
+            "the socket cookie needs bpf_get_socket_cookie, {NO_COOKIE_HELPER}"
+        )),
+    ))
+}
+
+/// Loads the tp_btf program `name` for `hook` and attaches it.
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    hook: &str,
+) -> Result<(), ProbeError> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| aya_err(name)(anyhow::anyhow!("missing from the object")))?
+        .try_into()
+        .map_err(aya_err(name))?;
+    prog.load(hook, btf)
+        .map_err(aya_err(format!("loading {name} on {hook}")))?;
+    prog.attach()
+        .map_err(aya_err(format!("attaching {name} to {hook}")))?;
+    Ok(())
 }
 
 pub const TIMEWAIT_HOOKED: &str = "fentry:tcp_time_wait+inet_twsk_free";
@@ -688,6 +831,9 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         programs: programs.into_iter().map(|(n, r, _, _)| (n, r)).collect(),
         counters,
         fallback_reason: None,
+        memlock: memlock::Memlock::NotCharged,
+        socket_key: SocketKey::Address,
+        socket_key_fallback: None,
         timewait: TimewaitMethod::Inferred,
         timewait_fallback: None,
         timewait_timer_fallback: None,
@@ -720,6 +866,17 @@ fn take_counters(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, ProbeErro
         .take_map(map::COUNTERS)
         .ok_or_else(|| aya_err("COUNTERS map")(anyhow::anyhow!("missing from the object")))?;
     PerCpuArray::try_from(map).map_err(aya_err("COUNTERS map"))
+}
+
+/// Both hook paths deliver events through a BPF ring buffer (Linux 5.8); older kernels are
+/// refused up front, by a probe map, rather than with a map-creation error.
+fn require_ring_buffer() -> Result<(), ProbeError> {
+    use aya::{maps::MapType, sys::is_map_supported};
+    match is_map_supported(MapType::RingBuf) {
+        Ok(false) => Err(ProbeError::NoRingBuffer(kernel::kernel_release())),
+        // A probe that fails for another reason (privileges) leaves the load to say why.
+        Ok(true) | Err(_) => Ok(()),
+    }
 }
 
 fn page_size() -> u32 {

@@ -83,6 +83,10 @@ pub struct Origin {
     pub hook: String,
     /// How TIME_WAIT is known (see `TimewaitMethod::as_str`).
     pub timewait_method: String,
+    /// How the kernel programs named sockets: "cookie", or "address" where tp_btf programs
+    /// cannot ask for cookies (before 5.12) and on the classic tracepoint. Unknown for a
+    /// recording older than format 1.3.
+    pub socket_key: Option<String>,
     /// `net.ipv4.ip_local_port_range` of the observed host.
     pub port_range: (u16, u16),
     /// `net.ipv4.tcp_fin_timeout` of the observed host, ns.
@@ -152,6 +156,7 @@ impl Session {
             kernel: kernel_release(),
             hook: k.probe.path().to_string(),
             timewait_method: method.as_str().to_string(),
+            socket_key: Some(k.probe.socket_key().as_str().to_string()),
             port_range: sysctls.ip_local_port_range,
             fin_timeout_ns: sysctls.fin_timeout_ns(),
         };
@@ -233,6 +238,7 @@ impl Session {
             kernel: h.kernel_release.clone(),
             hook: h.hook.clone(),
             timewait_method: h.timewait_method.clone(),
+            socket_key: h.socket_key.clone(),
             port_range: h
                 .ip_local_port_range
                 .map(|[a, b]| (a, b))
@@ -260,6 +266,7 @@ impl Session {
             start_mono_ns: self.started_ns,
             hook: o.hook.clone(),
             timewait_method: o.timewait_method.clone(),
+            socket_key: o.socket_key.clone(),
             ip_local_port_range: Some([o.port_range.0, o.port_range.1]),
             tcp_fin_timeout_s: Some((o.fin_timeout_ns / 1_000_000_000) as u32),
             command_line: std::env::args().collect(),

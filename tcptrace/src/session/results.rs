@@ -92,6 +92,7 @@ impl Session {
             host: self.origin.host.clone(),
             kernel: self.origin.kernel.clone(),
             hook: self.origin.hook.clone(),
+            socket_key: self.origin.socket_key.clone(),
             overload: self.overload(),
             recording_truncated: self.truncation().is_some(),
             summary,

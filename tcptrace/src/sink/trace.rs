@@ -66,10 +66,14 @@ impl<W: Write> Sink for TraceLines<W> {
             What::Transition { old, new } | What::Summary { old, new, .. } => {
                 let (netns, sock) = (ev.netns, ev.sock);
                 let line = trace_line(ev.clone(), old, new, applied, &mut pending.spare);
-                if old == TcpState::SynRecv && sock.cookie != 0 {
+                // Where events carry no cookie (the classic tracepoint, tp_btf before 5.12),
+                // the first line still lacks the peer and the owner.
+                if old == TcpState::SynRecv {
                     let first = pending.clones.remove(&(netns, sock.skaddr));
                     if let Some(l) = pending.get_mut(first) {
-                        l.event.sock.cookie = sock.cookie;
+                        if sock.cookie != 0 {
+                            l.event.sock.cookie = sock.cookie;
+                        }
                         if l.remote.port() == 0 {
                             l.remote = line.remote;
                         }

@@ -31,8 +31,14 @@ impl KernelSource {
     /// kernel allowed, and why a preferred one was refused.
     pub fn open(opts: &ProbeOptions) -> anyhow::Result<KernelSource> {
         let (probe, reader) = Probe::load(opts)?;
+        if let Some(notice) = probe.memlock.notice() {
+            eprintln!("tcptrace: {notice}");
+        }
         if let Some(why) = &probe.fallback_reason {
             eprintln!("tcptrace: kernel BTF unavailable ({why}); using the classic tracepoint");
+        }
+        if let Some(why) = &probe.socket_key_fallback {
+            eprintln!("tcptrace: no socket cookies ({why}); sockets are keyed by address");
         }
         if let Some(why) = &probe.timewait_fallback {
             let then = if probe.timewait_method().exact_end() {
@@ -63,7 +69,7 @@ impl KernelSource {
         eprintln!(
             "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
              tcp:tcp_send_reset (ring {} KiB, {}; TIME_WAIT {}); {existing} existing sockets loaded",
-            p.path(),
+            p.hook_description(),
             p.ring_bytes / 1024,
             if p.summary {
                 "a summary per CLOSE_WAIT entry and close"

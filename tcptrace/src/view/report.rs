@@ -21,6 +21,11 @@ pub struct ReportDoc<'a> {
     pub kernel: String,
     /// Kernel hook that delivered the events: "tp_btf" or "tracepoint".
     pub hook: String,
+    /// How the kernel programs named sockets: "cookie", or "address" (the classic tracepoint,
+    /// and tp_btf on kernels before 5.12, whose tracing programs cannot ask for the cookie).
+    /// Absent when replaying a recording older than format 1.3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_key: Option<String>,
     /// What the overload guard did, when it acted (see `--max-event-rate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overload: Option<crate::probe::Overload>,

@@ -10,9 +10,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
 use crate::cmd;
-use crate::libs::shared_libraries;
 use crate::vm::console as markers;
+use crate::vm::userland::{Userland, host_busybox};
 use crate::workspace::TestBinary;
 
 /// Where things live inside the guest.
@@ -35,6 +36,10 @@ pub struct Payload<'a> {
     /// The test binaries' working directory, as `cargo test` would set it (the package root).
     /// It is recreated at the same path in the guest with the package's files.
     pub package_dir: &'a Path,
+    /// The guest's architecture: every binary above is built for it.
+    pub arch: Arch,
+    /// Where the guest's tools and the binaries' libraries come from.
+    pub userland: &'a Userland,
 }
 
 /// Stages the part of the root filesystem every guest kernel shares under `staging`; `pack`
@@ -68,15 +73,16 @@ pub fn stage(staging: &Path, payload: &Payload) -> Result<()> {
         GUEST_SCENARIO.to_string(),
         GUEST_STORM.to_string(),
     ];
-    install_binary(payload.tracer, staging, GUEST_TRACER)?;
+    let strip = payload.arch.strip();
+    install_binary(payload.tracer, staging, GUEST_TRACER, strip)?;
     dynamic.push(payload.tracer.to_path_buf());
-    install_binary(payload.scenario, staging, GUEST_SCENARIO)?;
-    install_binary(payload.storm, staging, GUEST_STORM)?;
+    install_binary(payload.scenario, staging, GUEST_SCENARIO, strip)?;
+    install_binary(payload.storm, staging, GUEST_STORM, strip)?;
     dynamic.push(payload.storm.to_path_buf());
     dynamic.push(payload.scenario.to_path_buf());
     for test in payload.tests {
         let guest = format!("{GUEST_TESTS_DIR}/{}", test.name);
-        install_binary(&test.path, staging, &guest)?;
+        install_binary(&test.path, staging, &guest, strip)?;
         dynamic.push(test.path.clone());
     }
     for (tool, guest, required) in [
@@ -89,24 +95,24 @@ pub fn stage(staging: &Path, payload: &Payload) -> Result<()> {
         ("prometheus", "/usr/bin/prometheus", false),
         ("promtool", "/usr/bin/promtool", false),
     ] {
-        match find_on_path(tool) {
+        match payload.userland.tool(tool) {
             Some(host) => {
-                install_binary(&host, staging, guest)?;
+                install_binary(&host, staging, guest, strip)?;
                 dynamic.push(host);
                 provided.push(guest.to_string());
             }
-            None if required => bail!("vm: `{tool}` not found on the host (package iproute2)"),
-            None => eprintln!("vm: `{tool}` not found on the host; the guest will lack it"),
+            None if required => bail!("vm: `{tool}` not found for the guest (package iproute2)"),
+            None => eprintln!("vm: `{tool}` not found; the guest will lack it"),
         }
     }
-    for lib in shared_libraries(&dynamic)? {
-        let dest = staging.join(lib.strip_prefix("/").unwrap_or(&lib));
+    for (lib, guest) in payload.userland.libraries(&dynamic)? {
+        let dest = staging.join(rel(&guest));
         if !dest.exists() {
             fs::create_dir_all(dest.parent().expect("library path has a parent"))?;
             fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
         }
     }
-    install_busybox(staging, &provided)?;
+    install_busybox(staging, &provided, payload.userland)?;
     copy_package_dir(payload.package_dir, &staging.join(rel(payload.package_dir)))?;
     write_etc(staging)?;
     Ok(())
@@ -138,13 +144,14 @@ fn rel(path: &Path) -> &Path {
     path.strip_prefix("/").unwrap_or(path)
 }
 
-/// Copies a binary without its debug sections when `strip` exists: a debug test binary is mostly
-/// DWARF, and the guest unpacks every byte of it in emulated RAM. Symbols stay for backtraces.
-fn install_binary(host: &Path, staging: &Path, guest: &str) -> Result<()> {
+/// Copies a binary without its debug sections when `strip` (for the guest's architecture)
+/// exists: a debug test binary is mostly DWARF, and the guest unpacks every byte of it in
+/// emulated RAM. Symbols stay for backtraces.
+fn install_binary(host: &Path, staging: &Path, guest: &str, strip: &str) -> Result<()> {
     let dest = staging.join(guest.trim_start_matches('/'));
     fs::create_dir_all(dest.parent().expect("guest path has a parent"))?;
     let stripped = cmd::succeeds(
-        Command::new("strip")
+        Command::new(strip)
             .arg("--strip-debug")
             .arg("-o")
             .arg(&dest)
@@ -157,19 +164,12 @@ fn install_binary(host: &Path, staging: &Path, guest: &str) -> Result<()> {
     Ok(())
 }
 
-fn find_on_path(tool: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
-
-/// busybox-static and a link per applet, except where a real tool was installed.
-fn install_busybox(staging: &Path, provided: &[String]) -> Result<()> {
-    let busybox = busybox()?;
-    fs::copy(&busybox, staging.join("bin/busybox"))?;
-    let applets = cmd::stdout_of(Command::new(&busybox).arg("--list-full"))?;
+/// busybox-static and a link per applet, except where a real tool was installed. The applets
+/// are listed by the machine's busybox, which runs here whatever the guest's architecture
+/// (both come from the same Debian release).
+fn install_busybox(staging: &Path, provided: &[String], userland: &Userland) -> Result<()> {
+    fs::copy(userland.busybox()?, staging.join("bin/busybox"))?;
+    let applets = cmd::stdout_of(Command::new(host_busybox()?).arg("--list-full"))?;
     for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
         let guest = format!("/{applet}");
         let name = applet.rsplit('/').next().unwrap_or(applet);
@@ -184,15 +184,6 @@ fn install_busybox(staging: &Path, provided: &[String]) -> Result<()> {
         symlink("/bin/busybox", &link)?;
     }
     Ok(())
-}
-
-/// The host's busybox (package busybox-static).
-pub fn busybox() -> Result<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .map(PathBuf::from)
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("vm: busybox not found (package busybox-static)")
 }
 
 /// The package's own files (fixtures a test may read), without build output.

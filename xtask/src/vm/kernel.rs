@@ -1,8 +1,8 @@
 //! The guest kernels: Debian cloud kernel packages, each downloaded once and unpacked in the
 //! cache.
 //!
-//! The matrix is one kernel per series in `SERIES`: the newest package of that series the apt
-//! lists offer (or, offline, the newest one already unpacked).
+//! The matrix is one kernel per series in `SERIES`: the newest package of that series its apt
+//! archive offers (or, offline, the newest one already unpacked).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use super::apt::{Apt, Archive};
+use crate::arch::Arch;
 use crate::cmd;
 
 /// A kernel line the VM tests cover. Debian's cloud flavour: small, BTF built in, loopback and
@@ -20,27 +22,60 @@ pub struct Series {
     pub name: &'static str,
     /// Package names start with this, followed by the ABI or patch number.
     prefix: &'static str,
+    /// And end with this.
+    flavour: &'static str,
+    /// Where the packages are.
+    pub archive: Archive,
 }
 
-/// Debian 12's own kernel (6.1, `linux-image-6.1.0-<abi>-cloud-amd64`) and its backports-style
-/// 6.12 line (`linux-image-6.12.<patch>+deb12-cloud-amd64`). 6.12 is past the `tcp_send_reset`
-/// record change (6.10) and the timewait rework (6.9/6.10) that 6.1 predates.
+/// The x86-64 matrix. Debian 11's kernel (5.10, `linux-image-5.10.0-<abi>-cloud-amd64` from
+/// bullseye and bullseye-security, through a private apt configuration) is where fleets on
+/// Debian 11 and Amazon Linux 2 are: no socket cookies, sk_storage or recursion guard for
+/// tracing programs, and BPF memory charged to RLIMIT_MEMLOCK. Debian 12's own kernel (6.1)
+/// and its 6.12 line (`linux-image-6.12.<patch>+deb12-cloud-amd64`) from the machine's own
+/// sources: 6.12 is past the `tcp_send_reset` record change (6.10) and the timewait rework
+/// (6.9/6.10) that 6.1 predates.
 pub const SERIES: &[Series] = &[
+    Series {
+        name: "5.10",
+        prefix: "linux-image-5.10.0-",
+        flavour: "-cloud-amd64",
+        archive: Archive::Bullseye,
+    },
     Series {
         name: "6.1",
         prefix: "linux-image-6.1.0-",
+        flavour: "-cloud-amd64",
+        archive: Archive::Host,
     },
     Series {
         name: "6.12",
         prefix: "linux-image-6.12.",
+        flavour: "-cloud-amd64",
+        archive: Archive::Host,
     },
 ];
 
-const FLAVOUR_SUFFIX: &str = "-cloud-amd64";
+/// The arm64 matrix: Debian 12's own arm64 cloud kernel (`linux-image-6.1.0-<abi>-cloud-arm64`),
+/// from the private arm64 apt configuration.
+pub const SERIES_ARM64: &[Series] = &[Series {
+    name: "6.1 arm64",
+    prefix: "linux-image-6.1.0-",
+    flavour: "-cloud-arm64",
+    archive: Archive::BookwormArm64,
+}];
+
+/// The matrix of `arch`.
+pub fn series(arch: Arch) -> &'static [Series] {
+    match arch {
+        Arch::Amd64 => SERIES,
+        Arch::Arm64 => SERIES_ARM64,
+    }
+}
 
 /// What `apt-cache search --names-only` is asked for: every cloud kernel image; `newest` then
 /// picks per series.
-const APT_SEARCH_PATTERN: &str = r"^linux-image-6\..*-cloud-amd64$";
+const APT_SEARCH_PATTERN: &str = r"^linux-image-.*-cloud-(amd|arm)64$";
 
 /// One entry of the kernel matrix, before it is resolved to a package.
 #[derive(Debug)]
@@ -53,8 +88,8 @@ pub enum Request {
 
 impl Request {
     /// The matrix when `--kernel` is not given: one kernel per series.
-    pub fn default_matrix() -> Vec<Request> {
-        SERIES.iter().map(Request::Newest).collect()
+    pub fn default_matrix(arch: Arch) -> Vec<Request> {
+        series(arch).iter().map(Request::Newest).collect()
     }
 
     /// How to name this entry before it is resolved (when resolving fails).
@@ -85,53 +120,56 @@ impl GuestKernel {
 }
 
 fn short_release(release: &str) -> String {
-    let r = release.strip_suffix(FLAVOUR_SUFFIX).unwrap_or(release);
+    let r = ["-cloud-amd64", "-cloud-arm64"]
+        .iter()
+        .find_map(|f| release.strip_suffix(f))
+        .unwrap_or(release);
     let r = r.split_once("+deb").map_or(r, |(head, _)| head);
     r.to_string()
 }
 
-/// The cloud kernel packages the apt lists offer, queried once per run.
-#[derive(Debug, Default)]
+/// The cloud kernel packages each archive offers, queried once per run.
+#[derive(Debug)]
 pub struct AptKernels {
-    names: Option<Vec<String>>,
+    cache: PathBuf,
+    names: Vec<(Archive, Vec<String>)>,
 }
 
 impl AptKernels {
-    /// Every cloud kernel image name apt knows. The lists are updated once (as root) when a
-    /// series has none.
-    fn names(&mut self) -> Result<&[String]> {
-        if self.names.is_none() {
-            let search = || -> Vec<String> {
-                cmd::probe_stdout(Command::new("apt-cache").args([
-                    "search",
-                    "--names-only",
-                    APT_SEARCH_PATTERN,
-                ]))
-                .map(|out| {
-                    out.lines()
-                        .filter_map(|l| l.split_whitespace().next())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-            };
-            let mut names = search();
+    pub fn new(cache: &Path) -> AptKernels {
+        AptKernels {
+            cache: cache.to_path_buf(),
+            names: Vec::new(),
+        }
+    }
+
+    /// Every cloud kernel image name `series`'s archive knows. Its lists are updated once
+    /// (a private archive's always may be; the machine's as root) when the series has none.
+    fn names(&mut self, series: &Series) -> Result<&[String]> {
+        let archive = series.archive;
+        if !self.names.iter().any(|(a, _)| *a == archive) {
+            let apt = Apt::new(&self.cache, archive);
+            apt.update(false)?;
+            let mut names = apt.search(APT_SEARCH_PATTERN);
             let complete = |names: &[String]| {
                 SERIES
                     .iter()
+                    .chain(SERIES_ARM64)
+                    .filter(|s| s.archive == archive)
                     .all(|s| newest(s, names.iter().map(String::as_str)).is_some())
             };
-            if !complete(&names) && cmd::is_root() {
-                cmd::run(
-                    Command::new("apt-get")
-                        .env("DEBIAN_FRONTEND", "noninteractive")
-                        .arg("update"),
-                )?;
-                names = search();
+            if !complete(&names) {
+                apt.update(true)?;
+                names = apt.search(APT_SEARCH_PATTERN);
             }
-            self.names = Some(names);
+            self.names.push((archive, names));
         }
-        Ok(self.names.as_deref().unwrap_or_default())
+        Ok(self
+            .names
+            .iter()
+            .find(|(a, _)| *a == archive)
+            .map(|(_, n)| n.as_slice())
+            .unwrap_or_default())
     }
 }
 
@@ -151,29 +189,26 @@ pub fn prepare(cache: &Path, request: &Request, apt: &mut AptKernels) -> Result<
             }
             return loaded(name.into_owned(), &dir);
         }
-        Request::Given(name) => name.clone(),
-        Request::Newest(series) => match newest(series, apt.names()?.iter().map(String::as_str)) {
-            Some(name) => name,
-            None => return newest_cached(series, &kernels),
-        },
+        Request::Given(name) => (name.clone(), archive_of(name)),
+        Request::Newest(series) => {
+            let names = match apt.names(series) {
+                Ok(names) => names,
+                Err(err) => {
+                    eprintln!("vm: {} kernels: {err:#}", series.name);
+                    &[]
+                }
+            };
+            match newest(series, names.iter().map(String::as_str)) {
+                Some(name) => (name, series.archive),
+                None => return newest_cached(series, &kernels),
+            }
+        }
     };
+    let (package, archive) = package;
     let dir = kernels.join(&package);
     if find_vmlinuz(&dir).is_none() {
-        let downloads = cache.join("downloads");
-        fs::create_dir_all(&downloads)?;
         eprintln!("vm: downloading {package} (guest kernel for the VM tests)");
-        cmd::run(
-            Command::new("apt-get")
-                .args(["download", &package])
-                .current_dir(&downloads),
-        )?;
-        let deb = fs::read_dir(&downloads)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-            })
-            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+        let deb = Apt::new(cache, archive).download(&package, &cache.join("downloads"))?;
         unpack(&deb, &dir)?;
         fs::remove_file(&deb)?;
     }
@@ -194,6 +229,15 @@ fn loaded(package: String, dir: &Path) -> Result<GuestKernel> {
         vmlinuz,
         release,
     })
+}
+
+/// The archive of a kernel named with `--kernel`: its series', else the machine's own.
+fn archive_of(package: &str) -> Archive {
+    SERIES
+        .iter()
+        .chain(SERIES_ARM64)
+        .find(|s| version_in(s, package).is_some())
+        .map_or(Archive::Host, |s| s.archive)
 }
 
 /// `dpkg-deb -x` into a temporary directory, renamed into place only when complete.
@@ -236,9 +280,10 @@ fn newest_cached(series: &Series, kernels: &Path) -> Result<GuestKernel> {
         .unwrap_or_default();
     let Some(name) = newest(series, names.iter().map(String::as_str)) else {
         bail!(
-            "vm: apt knows no {}*{FLAVOUR_SUFFIX} package and none is cached in {} \
+            "vm: apt knows no {}*{} package and none is cached in {} \
              (run `apt-get update` as root, or pass --kernel)",
             series.prefix,
+            series.flavour,
             kernels.display()
         );
     };
@@ -256,7 +301,7 @@ fn newest_cached(series: &Series, kernels: &Path) -> Result<GuestKernel> {
 fn version_in(series: &Series, name: &str) -> Option<(u32, u32)> {
     let rest = name
         .strip_prefix(series.prefix)?
-        .strip_suffix(FLAVOUR_SUFFIX)?;
+        .strip_suffix(series.flavour)?;
     let (number, deb) = match rest.split_once("+deb") {
         Some((number, deb)) => (number, Some(deb)),
         None => (rest, None),
@@ -318,7 +363,7 @@ pub fn diag_modules(guest: &GuestKernel) -> Result<Vec<PathBuf>> {
 
 /// `xz -dc` with busybox's applet (busybox-static is required anyway; xz-utils is not).
 fn decompress_xz(from: &Path, to: &Path) -> Result<()> {
-    let busybox = super::initramfs::busybox()?;
+    let busybox = super::userland::host_busybox()?;
     let partial = with_suffix(to, ".partial");
     let out = fs::File::create(&partial)?;
     let status = Command::new(&busybox)
@@ -397,7 +442,7 @@ mod tests {
         for a in SERIES {
             for b in SERIES {
                 if a.name != b.name {
-                    let sample = format!("{}1{FLAVOUR_SUFFIX}", a.prefix);
+                    let sample = format!("{}1{}", a.prefix, a.flavour);
                     assert_eq!(version_in(b, &sample), None, "{sample} in {}", b.name);
                 }
             }
@@ -406,6 +451,7 @@ mod tests {
 
     #[test]
     fn labels_drop_flavour_and_debian_suffix() {
+        assert_eq!(short_release("5.10.0-46-cloud-amd64"), "5.10.0-46");
         assert_eq!(short_release("6.1.0-56-cloud-amd64"), "6.1.0-56");
         assert_eq!(short_release("6.12.117+deb12-cloud-amd64"), "6.12.117");
         assert_eq!(short_release("6.18.44-fc"), "6.18.44-fc");

@@ -1,26 +1,33 @@
 //! `cargo xtask vm`: the integration tests on a matrix of Debian kernels under QEMU (the newest
-//! 6.1 and the newest 6.12 cloud kernels by default).
+//! 5.10, 6.1 and 6.12 cloud kernels by default).
 //!
-//! The host kernel is one kernel; the programs must also load where fentry works, where the
-//! tracepoint layouts are older (6.1) and where they changed since (6.12). Each guest boots
+//! The host kernel is one kernel; the programs must also load where tracing programs get no
+//! socket cookies and BPF memory is charged to RLIMIT_MEMLOCK (5.10), where fentry works, where
+//! the tracepoint layouts are older (6.1) and where they changed since (6.12). Each guest boots
 //! straight into a busybox initramfs that holds the test binaries, runs them one after another,
 //! and powers off; the kernels run one after another, each with its own console log.
 
+mod apt;
 mod console;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod userland;
 
 use kernel::{AptKernels, Request};
 use qemu::Accel;
+use userland::Userland;
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::libtest::Tally;
 use crate::tracer;
 use crate::workspace::{self, TESTS_PACKAGE, TestBinary};
@@ -37,6 +44,10 @@ pub struct VmOptions {
     pub timeout: Duration,
     /// Run these libtest binaries instead of building the integration tests.
     pub test_binaries: Vec<PathBuf>,
+    /// The guests' architecture (arm64: cross-built binaries under qemu-system-aarch64).
+    pub arch: Arch,
+    /// How many guests run at once.
+    pub jobs: usize,
 }
 
 /// What one guest kernel of the matrix did.
@@ -98,10 +109,11 @@ const HOST_ONLY_BINARIES: &[&str] = &["daemonset"];
 /// Builds what the guests need, then boots each kernel of the matrix in turn and returns their
 /// tallies. A kernel that fails (to download, to boot, or a test) does not stop the others.
 pub fn run(opts: &VmOptions) -> Result<Matrix> {
-    tracer::build(false)?;
-    let tracer = workspace::tracer_binary(false)?;
+    let arch = opts.arch;
+    tracer::build(false, arch)?;
+    let tracer = workspace::tracer_binary(false, arch)?;
     let tests = if opts.test_binaries.is_empty() {
-        let mut built = workspace::build_integration_tests()?;
+        let mut built = workspace::build_integration_tests(arch)?;
         built.retain(|t| !HOST_ONLY_BINARIES.contains(&t.name.as_str()));
         built
     } else {
@@ -118,18 +130,20 @@ pub fn run(opts: &VmOptions) -> Result<Matrix> {
     let cache = workspace::target_dir()?.join("vm");
     fs::create_dir_all(&cache)?;
     let package_dir = workspace::root().join("tests");
-    let scenario = workspace::target_dir()?.join("debug").join("tcpscenario");
+    let bins = workspace::profile_dir(arch, "debug")?;
+    let scenario = bins.join("tcpscenario");
     anyhow::ensure!(
         scenario.exists(),
         "{} is missing: the integration tests build it",
         scenario.display()
     );
-    let storm = workspace::target_dir()?.join("debug").join("tcpstorm");
+    let storm = bins.join("tcpstorm");
     anyhow::ensure!(
         storm.exists(),
         "{} is missing: the integration tests build it",
         storm.display()
     );
+    let userland = Userland::prepare(&cache, arch)?;
     let payload = initramfs::Payload {
         tracer: &tracer,
         scenario: &scenario,
@@ -137,22 +151,30 @@ pub fn run(opts: &VmOptions) -> Result<Matrix> {
         tests: &tests,
         libtest_args: &opts.libtest_args,
         package_dir: &package_dir,
+        arch,
+        userland: &userland,
     };
-    let staging = cache.join("rootfs");
+    // One staging tree per architecture, so an arm64 run does not disturb an x86-64 one.
+    let staging = cache.join(match arch {
+        Arch::Amd64 => "rootfs".to_string(),
+        other => format!("rootfs-{other}"),
+    });
     initramfs::stage(&staging, &payload)?;
 
     let requests = if opts.kernels.is_empty() {
-        Request::default_matrix()
+        Request::default_matrix(arch)
     } else {
         opts.kernels.iter().cloned().map(Request::Given).collect()
     };
-    let mut apt = AptKernels::default();
-    let mut matrix = Matrix::default();
+    // Kernels are prepared (downloaded, initramfs packed) one after another, then booted up to
+    // `jobs` at a time: a guest spends much of its run waiting on test timers, so emulated
+    // guests can share the machine's cores.
+    let mut apt = AptKernels::new(&cache);
+    let mut slots: Vec<Result<Prepared, KernelRun>> = Vec::new();
     for request in &requests {
         let started = Instant::now();
-        let run = match boot_one(&cache, &staging, &payload, request, &mut apt, opts) {
-            Ok(run) => run,
-            Err(err) => {
+        slots.push(
+            prepare_one(&cache, &staging, &payload, request, &mut apt).map_err(|err| {
                 eprintln!("vm: {}: {err:#}", request.describe());
                 KernelRun {
                     label: request.describe(),
@@ -163,23 +185,75 @@ pub fn run(opts: &VmOptions) -> Result<Matrix> {
                     elapsed: started.elapsed(),
                     error: Some(format!("{err:#}")),
                 }
-            }
-        };
-        eprintln!("{run}");
-        matrix.0.push(run);
+            }),
+        );
     }
-    Ok(matrix)
+    let jobs = opts.jobs.max(1);
+    let queue: Mutex<Vec<(usize, Prepared)>> = Mutex::new(Vec::new());
+    let mut runs: Vec<Option<KernelRun>> = Vec::new();
+    for (i, slot) in slots.into_iter().enumerate() {
+        match slot {
+            Ok(prepared) => {
+                queue.lock().expect("queue").push((i, prepared));
+                runs.push(None);
+            }
+            Err(run) => runs.push(Some(run)),
+        }
+    }
+    queue.lock().expect("queue").reverse();
+    let concurrent = jobs > 1 && queue.lock().expect("queue").len() > 1;
+    let done: Mutex<Vec<(usize, KernelRun)>> = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let Some((i, prepared)) = queue.lock().expect("queue").pop() else {
+                        break;
+                    };
+                    let started = Instant::now();
+                    let label = prepared.label.clone();
+                    let run = boot_prepared(prepared, opts, concurrent).unwrap_or_else(|err| {
+                        eprintln!("vm: {label}: {err:#}");
+                        KernelRun {
+                            label,
+                            tally: Tally {
+                                passed: 0,
+                                failed: 1,
+                            },
+                            elapsed: started.elapsed(),
+                            error: Some(format!("{err:#}")),
+                        }
+                    });
+                    eprintln!("{run}");
+                    done.lock().expect("results").push((i, run));
+                }
+            });
+        }
+    });
+    for (i, run) in done.into_inner().expect("results") {
+        runs[i] = Some(run);
+    }
+    Ok(Matrix(runs.into_iter().flatten().collect()))
 }
 
-/// Prepares one kernel, packs its initramfs, boots it and reads the tally off its console.
-fn boot_one(
+/// A kernel ready to boot: unpacked, with its initramfs.
+#[derive(Debug)]
+struct Prepared {
+    label: String,
+    vmlinuz: PathBuf,
+    initramfs: PathBuf,
+    console_log: PathBuf,
+    arch: Arch,
+}
+
+/// Finds and unpacks one kernel and packs its initramfs.
+fn prepare_one(
     cache: &Path,
     staging: &Path,
     payload: &initramfs::Payload,
     request: &Request,
     apt: &mut AptKernels,
-    opts: &VmOptions,
-) -> Result<KernelRun> {
+) -> Result<Prepared> {
     let guest = kernel::prepare(cache, request, apt)?;
     eprintln!(
         "vm: guest kernel {} ({})",
@@ -187,18 +261,34 @@ fn boot_one(
         guest.vmlinuz.display()
     );
     let modules = kernel::diag_modules(&guest)?;
-    let initramfs = cache.join("initramfs.cpio");
+    let initramfs = cache.join(format!("initramfs-{}.cpio", guest.release));
     initramfs::pack(staging, &initramfs, payload, &modules)?;
     let size = fs::metadata(&initramfs)?.len();
     eprintln!("vm: initramfs {} ({} MiB)", initramfs.display(), size >> 20);
+    let label = match payload.arch {
+        Arch::Amd64 => guest.label(),
+        other => format!("{} {other}", guest.label()),
+    };
+    Ok(Prepared {
+        label,
+        console_log: cache.join(format!("console-{}.log", guest.release)),
+        vmlinuz: guest.vmlinuz,
+        initramfs,
+        arch: payload.arch,
+    })
+}
 
-    let console_log = cache.join(format!("console-{}.log", guest.release));
+/// Boots a prepared kernel and reads the tally off its console. `concurrent`: other guests
+/// run beside it, so its console lines on stdout carry its label.
+fn boot_prepared(p: Prepared, opts: &VmOptions, concurrent: bool) -> Result<KernelRun> {
     let mut boot = qemu::Boot {
-        vmlinuz: &guest.vmlinuz,
-        initramfs: &initramfs,
-        console_log: console_log.clone(),
+        vmlinuz: &p.vmlinuz,
+        initramfs: &p.initramfs,
+        console_log: p.console_log.clone(),
         timeout: opts.timeout,
-        accel: Accel::detect(),
+        accel: Accel::detect(p.arch),
+        arch: p.arch,
+        prefix: concurrent.then(|| format!("[{}]", p.label)),
     };
     let mut report = qemu::boot(&boot)?;
     if boot.accel == Accel::Kvm && report.to_init.is_none() && !report.timed_out {
@@ -216,19 +306,24 @@ fn boot_one(
             report.total.as_secs_f64()
         ),
         None => eprintln!(
-            "vm: guest never reached /init ({:.1} s)",
+            "vm: guest {} never reached /init ({:.1} s)",
+            p.label,
             report.total.as_secs_f64()
         ),
     }
     if report.timed_out {
-        eprintln!("vm: timed out after {} s", opts.timeout.as_secs());
+        eprintln!(
+            "vm: {} timed out after {} s",
+            p.label,
+            opts.timeout.as_secs()
+        );
     }
     for problem in report.console.problems() {
-        eprintln!("vm: {problem}");
+        eprintln!("vm: {}: {problem}", p.label);
     }
-    eprintln!("vm: console log {}", console_log.display());
+    eprintln!("vm: console log {}", p.console_log.display());
     Ok(KernelRun {
-        label: guest.label(),
+        label: p.label,
         tally,
         elapsed: report.total,
         error: None,
@@ -251,5 +346,11 @@ fn prebuilt(path: &Path) -> Result<TestBinary> {
     Ok(TestBinary { name, path })
 }
 
-/// Long enough for every integration test under TCG on two slow cores; a hung guest ends here.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// Guests booted at once by default: the whole matrix. On two cores, three emulated guests side
+/// by side took 20 minutes where one after another took 43 (the same busy host): each spends
+/// most of its run waiting on test timers.
+pub const DEFAULT_JOBS: usize = 3;
+
+/// Long enough for every integration test under TCG on two slow cores with the other guests of
+/// the matrix beside it (16 to 17 minutes on a busy host); a hung guest ends here.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25 * 60);

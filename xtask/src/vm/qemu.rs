@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::cmd;
 use crate::vm::console::{self, Console};
 
@@ -22,9 +23,13 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// KVM when the CPU advertises virtualisation and /dev/kvm opens. Both are needed: on the
-    /// project's machines /dev/kvm exists but the CPU has no vmx/svm, and QEMU aborts on it.
-    pub fn detect() -> Accel {
+    /// KVM when the guest is the machine's own architecture, the CPU advertises virtualisation
+    /// and /dev/kvm opens. Both are needed: on the project's machines /dev/kvm exists but the
+    /// CPU has no vmx/svm, and QEMU aborts on it. An arm64 guest on x86-64 is always emulated.
+    pub fn detect(arch: Arch) -> Accel {
+        if arch != Arch::Amd64 {
+            return Accel::Tcg;
+        }
         let cpu_virt = fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
             info.lines()
                 .filter(|l| l.starts_with("flags"))
@@ -53,6 +58,10 @@ pub struct Boot<'a> {
     /// The whole boot, tests included, is killed after this.
     pub timeout: Duration,
     pub accel: Accel,
+    pub arch: Arch,
+    /// Put before each console line on stdout (guests running side by side); the log file gets
+    /// the lines as they are.
+    pub prefix: Option<String>,
 }
 
 /// What the console showed, and how long the guest took to reach /init.
@@ -67,7 +76,9 @@ pub struct BootReport {
 /// Boots, streams the console to stdout and the log, and returns when QEMU exits or the deadline
 /// passes (QEMU is killed then).
 pub fn boot(boot: &Boot) -> Result<BootReport> {
-    let mut qemu = Command::new("qemu-system-x86_64");
+    let (program, machine) = boot.arch.qemu();
+    let mut qemu = Command::new(program);
+    qemu.args(machine);
     match boot.accel {
         Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => qemu.args(["-accel", "tcg"]),
@@ -87,7 +98,8 @@ pub fn boot(boot: &Boot) -> Result<BootReport> {
     .arg("-initrd")
     .arg(boot.initramfs)
     // panic=-1 reboots at once on a panic, and -no-reboot turns that into QEMU exiting.
-    .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    .arg("-append")
+    .arg(format!("console={} panic=-1 quiet", boot.arch.console()));
     eprintln!("vm: $ {}", cmd::describe(&qemu));
     let started = Instant::now();
     let mut child = qemu
@@ -95,7 +107,9 @@ pub fn boot(boot: &Boot) -> Result<BootReport> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("cannot start qemu-system-x86_64 (package qemu-system-x86)")?;
+        .with_context(|| {
+            format!("cannot start {program} (package qemu-system-x86 or qemu-system-arm)")
+        })?;
 
     let stdout = child.stdout.take().expect("piped stdout");
     let (lines, received) = mpsc::channel::<String>();
@@ -122,7 +136,10 @@ pub fn boot(boot: &Boot) -> Result<BootReport> {
         let wait = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(wait) {
             Ok(line) => {
-                println!("{line}");
+                match &boot.prefix {
+                    Some(prefix) => println!("{prefix} {line}"),
+                    None => println!("{line}"),
+                }
                 writeln!(log, "{line}")?;
                 console.feed(&line);
                 if to_init.is_none() && console.kernel_release.is_some() {

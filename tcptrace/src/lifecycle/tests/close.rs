@@ -239,3 +239,27 @@ fn classic_path_missed_close_is_superseded_by_reuse_of_the_address() {
     );
     assert_eq!(t.stats().superseded, 1);
 }
+
+#[test]
+fn address_keyed_repeated_birth_is_a_new_socket_unless_the_backup_sent_it() {
+    let mut fx = Fx::classic();
+    let mut t = SocketTable::new(Limits::default());
+    let a = fx.sock("127.0.0.1:8080", "0.0.0.0:0");
+    t.apply(
+        &fx.step(MS)
+            .tr(&a, Close, Listen, &Ctx::Owner(100, "server")),
+    );
+    // Its LISTEN->CLOSE was lost; a new listener gets the same address and does the same.
+    let b = fx.same_skaddr(&a, "127.0.0.1:8080", "0.0.0.0:0");
+    let second = fx
+        .step(MS)
+        .tr(&b, Close, Listen, &Ctx::Owner(101, "server"));
+    assert!(!t.apply(&second).is_duplicate(), "a new listener");
+    assert_eq!(t.stats().superseded, 1);
+    assert_eq!(t.len(), 1);
+    // A copy from the backup program is still a duplicate.
+    let mut copy = second.clone();
+    copy.from_backup = true;
+    assert!(t.apply(&copy).is_duplicate());
+    assert_eq!(t.stats().superseded, 1);
+}

@@ -30,7 +30,8 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// counters (`followed`, `repaired`, `storage_failed`, `summary_ring_full`).
 /// 1.3 added Receive-clock parts after every snapshot (the `tcp_info` receive clocks of its
 /// CLOSE_WAIT sockets), and gave two bytes of the Event record's padding to `err` and bit 3 of
-/// its flags to "no local port" (SYN_SENT -> CLOSE only; 0 in older files, as padding was).
+/// its flags to "no local port" (SYN_SENT -> CLOSE only; 0 in older files, as padding was),
+/// and the `socket_key` metadata key.
 pub const FORMAT_MINOR: u16 = 3;
 /// Header flag: the file holds Summary records (a session in summary mode). A reader that does
 /// not know them must refuse the file: skipping them would drop every close.
@@ -77,6 +78,9 @@ pub struct Header {
     pub hook: String,
     /// How TIME_WAIT entries were learned (e.g. "inferred").
     pub timewait_method: String,
+    /// How the kernel programs named sockets: "cookie" or "address" (1.2; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_key: Option<String>,
     /// `net.ipv4.ip_local_port_range` of the host: `[low, high]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_local_port_range: Option<[u16; 2]>,
@@ -100,6 +104,7 @@ impl Default for Header {
             start_mono_ns: 0,
             hook: String::new(),
             timewait_method: String::new(),
+            socket_key: None,
             ip_local_port_range: None,
             tcp_fin_timeout_s: None,
             command_line: Vec::new(),
