@@ -98,42 +98,53 @@ pub struct Plan {
 }
 
 /// Fits `columns`, whose widest cells (heads included) are `natural`, into `width` cells:
-/// columns that can be cut shrink to their minimum first, then columns that can be hidden go,
-/// lowest rank first, until the rest fits; the cut columns then get back what is left, in
-/// order. Columns that never give way are kept whole even when they overflow (a terminal
-/// narrower than those shows their left part: the table is clipped, never wrapped).
+/// columns give way by rank, lowest first (hidden, or cut down to their minimum), until the
+/// rest fits; cut columns then get back what is left, in order. Columns that never give way
+/// are kept whole even when they overflow (a terminal narrower than those shows their left
+/// part: the table is clipped, never wrapped).
 pub fn plan(columns: &[Column], natural: &[u16], width: u16) -> Plan {
     let least = |i: usize| match columns[i].give {
         Give::Cut { min, .. } => natural[i].min(min.max(head_width(&columns[i]))),
         _ => natural[i],
     };
     let mut shown: Vec<usize> = (0..columns.len()).collect();
-    let total = |shown: &[usize], w: &dyn Fn(usize) -> u16| -> u32 {
-        shown.iter().map(|&i| u32::from(w(i))).sum::<u32>()
+    let mut cut = vec![false; columns.len()];
+    let total = |shown: &[usize], cut: &[bool]| -> u32 {
+        shown
+            .iter()
+            .map(|&i| u32::from(if cut[i] { least(i) } else { natural[i] }))
+            .sum::<u32>()
             + u32::from(GAP) * shown.len().saturating_sub(1) as u32
     };
     let mut hidden = Vec::new();
-    while total(&shown, &least) > u32::from(width) {
+    while total(&shown, &cut) > u32::from(width) {
         let next = shown
             .iter()
             .enumerate()
             .filter_map(|(at, &i)| match columns[i].give {
                 Give::Hide(rank) => Some((rank, at)),
+                Give::Cut { rank, .. } if !cut[i] => Some((rank, at)),
                 _ => None,
             })
             .min();
         let Some((_, at)) = next else { break };
-        hidden.push(columns[shown.remove(at)].head);
+        let i = shown[at];
+        if matches!(columns[i].give, Give::Hide(_)) {
+            hidden.push(columns[shown.remove(at)].head);
+        } else {
+            cut[i] = true;
+        }
     }
-    let mut spare = u32::from(width).saturating_sub(total(&shown, &least));
+    let mut spare = u32::from(width).saturating_sub(total(&shown, &cut));
     let shown = shown
         .into_iter()
         .map(|i| {
-            let mut w = least(i);
-            let grow = u32::from(natural[i] - w).min(spare);
-            w += grow as u16;
+            if !cut[i] {
+                return (i, natural[i]);
+            }
+            let grow = u32::from(natural[i] - least(i)).min(spare);
             spare -= grow;
-            (i, w)
+            (i, least(i) + grow as u16)
         })
         .collect();
     Plan {
@@ -188,7 +199,7 @@ mod tests {
             PID,
             COMM,
             col("CLOSE_WAIT", Align::Right, Give::Never),
-            col("CW/s", Align::Right, Give::Hide(2)),
+            col("CW/s", Align::Right, Give::Hide(3)),
             col("TW_P50", Align::Right, Give::Hide(1)),
         ]
     }
@@ -202,19 +213,20 @@ mod tests {
     }
 
     #[test]
-    fn names_are_cut_before_columns_are_hidden_and_hidden_lowest_rank_first() {
-        // 5+15+10+4+6 + 8 gaps = 48: at 42 the name gives 6 cells and nothing is hidden.
-        let p = plan(&cols(), &[5, 15, 10, 4, 6], 42);
-        assert_eq!(p.shown, [(0, 5), (1, 9), (2, 10), (3, 4), (4, 6)]);
-        assert!(p.hidden.is_empty());
-        // At 38 the name's minimum does not fit either: TW_P50 goes, the name gets room back.
-        let p = plan(&cols(), &[5, 15, 10, 4, 6], 38);
-        assert_eq!(p.hidden, ["TW_P50"]);
-        assert_eq!(p.shown, [(0, 5), (1, 13), (2, 10), (3, 4)]);
-        assert_eq!(p.spare, 0);
+    fn columns_give_way_by_rank_and_cut_names_get_back_what_is_left() {
+        let p = |w| plan(&cols(), &[5, 15, 10, 4, 6], w);
+        // 5+15+10+4+6 + 8 gaps = 48. At 42 TW_P50 (rank 1) goes and the rest fits.
+        assert_eq!(p(42).hidden, ["TW_P50"]);
+        assert_eq!(p(42).shown, [(0, 5), (1, 15), (2, 10), (3, 4)]);
+        assert_eq!(p(42).spare, 2);
+        // At 38 CW/s (rank 3) goes too, before the name is cut (rank 4).
+        assert_eq!(p(38).hidden, ["TW_P50", "CW/s"]);
+        assert_eq!(p(38).shown, [(0, 5), (1, 15), (2, 10)]);
+        // At 30 the name is cut to its minimum (8), then gets back the 3 cells left.
+        assert_eq!(p(30).shown, [(0, 5), (1, 11), (2, 10)]);
+        assert_eq!(p(30).spare, 0);
         // Columns that never give way stay whole even past the width.
-        let p = plan(&cols(), &[5, 15, 10, 4, 6], 10);
-        assert_eq!(p.hidden, ["TW_P50", "CW/s"]);
-        assert_eq!(p.shown, [(0, 5), (1, 8), (2, 10)]);
+        assert_eq!(p(10).hidden, ["TW_P50", "CW/s"]);
+        assert_eq!(p(10).shown, [(0, 5), (1, 8), (2, 10)]);
     }
 }

@@ -55,14 +55,15 @@ impl TopState {
 }
 
 /// How a column gives way on a narrow terminal (the plain snapshot shows every column whole).
+/// Columns give way by rank, lowest first, until the rest fits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Give {
     /// Always shown whole: ids and the counts the rows are sorted by.
     Never,
-    /// Hidden when the rest does not fit; rank 1 goes first.
+    /// Hidden.
     Hide(u8),
-    /// Cut with an ellipsis down to `min` cells before any column is hidden.
-    Cut { min: u16, keep_end: bool },
+    /// Cut with an ellipsis down to `min` cells (in the middle when `keep_end`).
+    Cut { rank: u8, min: u16, keep_end: bool },
 }
 
 #[derive(Clone, Copy)]
@@ -102,10 +103,14 @@ const fn col(head: &'static str, align: Align, give: Give) -> Column {
 }
 
 const PID: Column = col("PID", Align::Right, Give::Never);
+/// Names are cut after the rates and the TIME_WAIT median are hidden, before anything else is.
+const NAME_RANK: u8 = 4;
+
 const COMM: Column = col(
     "COMM",
     Align::Left,
     Give::Cut {
+        rank: NAME_RANK,
         min: 8,
         keep_end: false,
     },
@@ -117,7 +122,7 @@ const COMM: Column = col(
 const COUNTS: [Column; 6] = [
     col("CLOSE_WAIT", Align::Right, Give::Never),
     col("CW/s", Align::Right, Give::Hide(3)),
-    col("OLDEST_CW", Align::Right, Give::Hide(5)),
+    col("OLDEST_CW", Align::Right, Give::Hide(6)),
     col("TIME_WAIT", Align::Right, Give::Never),
     col("TW/s", Align::Right, Give::Hide(2)),
     col("TW_P50", Align::Right, Give::Hide(1)),
@@ -204,7 +209,7 @@ impl Content {
             GroupBy::Pid => {
                 let mut h = vec![PID, COMM];
                 if containers {
-                    h.push(col("CONTAINER", Align::Left, Give::Hide(4)));
+                    h.push(col("CONTAINER", Align::Left, Give::Hide(5)));
                 }
                 let rows = busiest(&s.by_pid, st, |r| &r.counts)
                     .map(|r| {
@@ -241,6 +246,7 @@ impl Content {
                     "PEER",
                     Align::Left,
                     Give::Cut {
+                        rank: NAME_RANK,
                         min: 16,
                         keep_end: true,
                     },
