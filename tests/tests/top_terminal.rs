@@ -315,7 +315,7 @@ fn top_on_a_sixty_column_terminal_fits_every_line_and_quits_on_q() {
         "{header}"
     );
     assert!(has(&lines, "lost events 0"), "{lines:#?}");
-    assert!(has(&lines, "(too narrow for"), "{lines:#?}");
+    assert!(has(&lines, "(hidden, too narrow:"), "{lines:#?}");
     assert!(
         !has(&lines, "COMMAND"),
         "no room for command lines at 60 columns"
@@ -353,14 +353,14 @@ fn top_redraws_for_a_new_terminal_size_and_shows_command_lines_where_they_fit() 
         has(s, "COMMAND") && has(s, "--bind 127.0.0.1:") && has(s, &format!("--bind [{LONG_V6}]"))
     });
     assert!(line(&lines, "PID").contains("TW_P50"), "{lines:#?}");
-    assert!(!has(&lines, "(too narrow for"), "{lines:#?}");
+    assert!(!has(&lines, "(hidden, too narrow:"), "{lines:#?}");
     assert_eq!(pty.wrapped(), Vec::<u16>::new(), "{lines:#?}");
     assert!(pty.clears() >= 1, "a new size starts from a clear screen");
 
     // Narrow again: the command lines go, nothing wraps.
     pty.resize(24, 60);
     let lines = pty.wait_for("narrow screen", |s| {
-        has(s, "(too narrow for") && !has(s, "COMMAND")
+        has(s, "(hidden, too narrow:") && !has(s, "COMMAND")
     });
     assert!(lines.iter().all(|l| l.chars().count() <= 60));
     assert_eq!(pty.wrapped(), Vec::<u16>::new(), "{lines:#?}");

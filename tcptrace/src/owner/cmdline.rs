@@ -8,11 +8,11 @@
 //! The event loop must keep draining the ring meanwhile, so it only asks and later collects.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::process::cmdline;
-use crate::lifecycle::Comm;
 
 /// How long a command line read is trusted: a pid reused by a process of the same name, or a
 /// process that rewrote its arguments, shows the new line after this.
@@ -23,9 +23,9 @@ const FRESH: Duration = Duration::from_secs(10);
 /// again soon; a kernel thread never has one, and costs one read a second while on screen.
 const FRESH_NONE: Duration = Duration::from_secs(1);
 
-/// A process as the tables name it: pid and task name (a reused pid usually has another name,
-/// and is then another entry).
-type Key = (u32, Comm);
+/// A process as the caller names it: its pid and a tag of the caller's (the tables use the
+/// task name: a reused pid usually has another, and is then another entry).
+type Key<T> = (u32, T);
 
 /// A process's arguments, joined by spaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,17 +68,17 @@ struct Known {
     asking: bool,
 }
 
-pub struct Cmdlines {
-    known: HashMap<Key, Known>,
-    ask: Sender<Key>,
-    answers: Receiver<(Key, Option<CommandLine>)>,
+pub struct Cmdlines<T> {
+    known: HashMap<Key<T>, Known>,
+    ask: Sender<Key<T>>,
+    answers: Receiver<(Key<T>, Option<CommandLine>)>,
 }
 
-impl Cmdlines {
+impl<T: Copy + Eq + Hash + Send + 'static> Cmdlines<T> {
     /// Starts the reading thread. It ends when this is dropped (or, stuck in a read, with the
     /// program).
-    pub fn new() -> std::io::Result<Cmdlines> {
-        let (ask, questions) = channel::<Key>();
+    pub fn new() -> std::io::Result<Cmdlines<T>> {
+        let (ask, questions) = channel::<Key<T>>();
         let (tell, answers) = channel();
         std::thread::Builder::new()
             .name("cmdline".into())
@@ -99,7 +99,7 @@ impl Cmdlines {
 
     /// Asks for the command line of each process not known (or known for too long); keeps
     /// only these processes, so the cache is as large as the screen.
-    pub fn want(&mut self, processes: impl IntoIterator<Item = Key>) {
+    pub fn want(&mut self, processes: impl IntoIterator<Item = Key<T>>) {
         let mut keep = HashMap::with_capacity(self.known.len());
         for key in processes {
             let mut known = self.known.remove(&key).unwrap_or_default();
@@ -135,8 +135,8 @@ impl Cmdlines {
     }
 
     /// The command line of a process, when read and not empty.
-    pub fn get(&self, pid: u32, comm: Comm) -> Option<&CommandLine> {
-        self.known.get(&(pid, comm))?.line.as_ref()
+    pub fn get(&self, pid: u32, tag: T) -> Option<&CommandLine> {
+        self.known.get(&(pid, tag))?.line.as_ref()
     }
 }
 
@@ -146,8 +146,11 @@ mod tests {
 
     use super::*;
 
+    /// Tags: the task names, as the tables give them.
+    type Cmd = Cmdlines<&'static str>;
+
     /// Collects until `done` says so, for at most 5 s.
-    fn until(c: &mut Cmdlines, done: impl Fn(&Cmdlines) -> bool) {
+    fn until(c: &mut Cmd, done: impl Fn(&Cmd) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !done(c) {
             assert!(Instant::now() < deadline, "no answer within 5 s");
@@ -172,25 +175,25 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let gone = u32::try_from(i32::MAX).unwrap();
-        let mut c = Cmdlines::new().unwrap();
-        c.want([(pid, Comm::new("sleep")), (gone, Comm::new("python3"))]);
+        let mut c = Cmd::new().unwrap();
+        c.want([(pid, "sleep"), (gone, "python3")]);
         // Answers are taken only by `collect`.
-        assert_eq!(c.get(pid, Comm::new("sleep")), None);
-        until(&mut c, |c| c.get(pid, Comm::new("sleep")).is_some());
-        let line = c.get(pid, Comm::new("sleep")).unwrap();
+        assert_eq!(c.get(pid, "sleep"), None);
+        until(&mut c, |c| c.get(pid, "sleep").is_some());
+        let line = c.get(pid, "sleep").unwrap();
         assert_eq!(line.full(), "sleep 30 1");
         until(&mut c, |c| {
             c.known
-                .get(&(gone, Comm::new("python3")))
+                .get(&(gone, "python3"))
                 .is_some_and(|k| k.read.is_some())
         });
-        assert_eq!(c.get(gone, Comm::new("python3")), None);
+        assert_eq!(c.get(gone, "python3"), None);
         // Asked again after FRESH_NONE, not after FRESH.
-        let again = |c: &Cmdlines| c.known[&(gone, Comm::new("python3"))].asking;
-        c.want([(gone, Comm::new("python3"))]);
+        let again = |c: &Cmd| c.known[&(gone, "python3")].asking;
+        c.want([(gone, "python3")]);
         assert!(!again(&c));
         std::thread::sleep(FRESH_NONE);
-        c.want([(gone, Comm::new("python3"))]);
+        c.want([(gone, "python3")]);
         assert!(again(&c));
         let _ = child.kill();
         let _ = child.wait();
@@ -211,8 +214,8 @@ mod tests {
     #[test]
     fn keeps_only_the_processes_still_wanted_and_asks_once() {
         let me = std::process::id();
-        let mut c = Cmdlines::new().unwrap();
-        let key = (me, Comm::new("tcptrace"));
+        let mut c = Cmd::new().unwrap();
+        let key = (me, "tcptrace");
         c.want([key]);
         c.want([key]);
         until(&mut c, |c| c.get(me, key.1).is_some());

@@ -19,7 +19,7 @@ use crate::{
     session::{Flow, Session, Sink},
     view::top::{
         Content, TopState,
-        terminal::{Commands, draw},
+        terminal::{Commands, draw, fitting},
     },
 };
 
@@ -37,8 +37,8 @@ pub struct Top {
 /// The interactive screen.
 struct Tty {
     terminal: Terminal<CrosstermBackend<Stdout>>,
-    /// Command lines of the processes on screen.
-    cmdlines: Cmdlines,
+    /// Command lines of the processes on screen, by pid and name.
+    cmdlines: Cmdlines<Comm>,
     /// The last screen, drawn again when the terminal is resized or a command line arrives
     /// between two refreshes.
     last: Option<Content>,
@@ -47,7 +47,7 @@ struct Tty {
     _raw: RawMode,
 }
 
-impl Commands for Cmdlines {
+impl Commands for Cmdlines<Comm> {
     fn command(&self, pid: u32, comm: Comm) -> Option<&CommandLine> {
         self.get(pid, comm)
     }
@@ -115,15 +115,11 @@ impl Top {
     fn render(&mut self, s: &mut Session) -> anyhow::Result<()> {
         let summary = s.summary_named(usize::MAX, s.now_ns());
         let overload = s.overload();
-        let content = Content::new(
-            &summary,
-            &self.state,
-            s.loss().lost(),
-            &time_of_day(),
-            overload.as_ref(),
-        );
+        let (lost, clock) = (s.loss().lost(), time_of_day());
         match &mut self.tty {
             Some(t) => {
+                let st = fitting(&self.state, t.terminal.size()?.height);
+                let content = Content::new(&summary, &st, lost, &clock, overload.as_ref());
                 t.cmdlines
                     .want(content.rows.iter().filter_map(|r| r.process));
                 t.cmdlines.collect();
@@ -131,6 +127,7 @@ impl Top {
                 t.draw()?;
             }
             None => {
+                let content = Content::new(&summary, &self.state, lost, &clock, overload.as_ref());
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{}", content.plain())?;
                 out.flush()?;

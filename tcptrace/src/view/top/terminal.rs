@@ -12,7 +12,7 @@ use ratatui::{
 };
 
 use super::fit::{GAP, cut, flow, plan, width};
-use super::{Content, EMPTY, Give};
+use super::{Content, EMPTY, Give, TopState};
 use crate::lifecycle::Comm;
 use crate::owner::cmdline::CommandLine;
 use crate::view::table::{Align, printable};
@@ -28,6 +28,15 @@ pub trait Commands {
     /// The arguments of `pid`; `None` while unknown, or when the process has none to read (it
     /// exited, or is a kernel thread): its row then shows its name.
     fn command(&self, pid: u32, comm: Comm) -> Option<&CommandLine>;
+}
+
+/// `st` with no more rows than a terminal `height` lines tall can show: the rows below would
+/// be formatted for nothing (a host with thousands of processes, `--rows` as large).
+pub fn fitting(st: &TopState, height: u16) -> TopState {
+    TopState {
+        rows: st.rows.min(usize::from(height)),
+        ..*st
+    }
 }
 
 /// Draws `c` on the whole frame.
@@ -50,7 +59,7 @@ pub fn draw(frame: &mut Frame, c: &Content, commands: &dyn Commands) {
     let mut title = vec![c.title.clone()];
     if !table.plan.hidden.is_empty() {
         title.push(format!(
-            "(too narrow for {}: widen the terminal)",
+            "(hidden, too narrow: {})",
             table.plan.hidden.join(" ")
         ));
     }

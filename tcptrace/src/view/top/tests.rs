@@ -255,7 +255,7 @@ mod on_a_terminal {
     use ratatui::{Terminal, backend::TestBackend};
 
     use super::super::fit::width;
-    use super::super::terminal::{Commands, KEYS, draw};
+    use super::super::terminal::{Commands, KEYS, draw, fitting};
     use super::*;
     use crate::owner::cmdline::CommandLine;
 
@@ -353,7 +353,7 @@ mod on_a_terminal {
         assert!(find(&lines, "lost events").contains("lost events 7"));
         assert!(lines[0].starts_with("tcptrace top  12:34:56"), "{lines:?}");
         // The columns that give way are said, the others are whole.
-        find(&lines, "(too narrow for TW_P50: widen the terminal)");
+        find(&lines, "(hidden, too narrow: TW_P50)");
         let header = find(&lines, "PID");
         assert_eq!(
             header.split_whitespace().collect::<Vec<_>>(),
@@ -445,6 +445,9 @@ mod on_a_terminal {
         let lines = screen(&c, 100, 7, &commands());
         assert!(!lines.iter().any(|l| l.contains("31337")), "{lines:?}");
         assert_eq!(lines.last().unwrap(), KEYS);
+        // Rows a terminal cannot show are not even formatted.
+        assert_eq!(fitting(&state(GroupBy::Pid), 7).rows, 7);
+        assert_eq!(fitting(&state(GroupBy::Pid), 100).rows, 20);
 
         let empty = host::Host::new().summary(0);
         let c = Content::new(&empty, &state(GroupBy::Peer), 0, "12:34:56", None);
