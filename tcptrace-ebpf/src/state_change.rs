@@ -159,7 +159,10 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
 /// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4363>
 #[inline(always)]
 fn connect_end(sk: impl Sock, o: &tcptrace_common::config::SockOffsets, ev: &mut RawEvent) {
-    if ev.oldstate != TcpState::SynSent as u8 || ev.newstate != TcpState::Close as u8 || sk.is_null() {
+    if ev.oldstate != TcpState::SynSent as u8
+        || ev.newstate != TcpState::Close as u8
+        || sk.is_null()
+    {
         return;
     }
     if o.sk_err != 0 {

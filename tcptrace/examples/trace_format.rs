@@ -67,6 +67,7 @@ fn lines() -> Vec<TraceLine> {
                     },
                     owner_context: true,
                     from_backup: false,
+                    connect_end: None,
                 },
                 old: TcpState::Established,
                 new: TcpState::FinWait1,

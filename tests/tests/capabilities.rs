@@ -11,14 +11,15 @@ use tcptrace_tests::{deploy, *};
 
 #[test]
 fn traces_as_nobody_with_only_the_documented_capabilities() {
-    let caps = deploy::setpriv_caps(&deploy::unit_capabilities());
+    let unit = deploy::setpriv_caps(&deploy::unit_capabilities());
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
+    // systemd raises LimitMEMLOCK for the unit; here the process raises it itself.
     let caps = if tcptrace_tests::kernel::charges_memlock() {
-        format!("{CAPS},+sys_resource")
+        format!("{unit},+sys_resource")
     } else {
-        CAPS.to_string()
+        unit
     };
     let tracer = Tracer::start_command(
         Command::new("setpriv")

@@ -1,19 +1,26 @@
-//! The top screen: a refreshing table in a terminal; plain snapshots when stdout is not one.
+//! The top screen: a refreshing table on a terminal (ratatui on crossterm: raw mode, the
+//! alternate screen, keys and resizes); plain snapshots when stdout is not one.
 
 use std::{
-    io::Write,
+    io::{Stdout, Write},
     time::{Duration, Instant},
 };
 
 use crossterm::{
     cursor,
-    event::{self, Event as TermEvent, KeyCode, KeyModifiers},
+    event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers},
     execute, terminal,
 };
+use ratatui::{Terminal, backend::CrosstermBackend};
 
 use crate::{
+    lifecycle::Comm,
+    owner::cmdline::{Cmdlines, CommandLine},
     session::{Flow, Session, Sink},
-    view::top::{TopState, screen},
+    view::top::{
+        Content, TopState,
+        terminal::{Commands, draw, fitting},
+    },
 };
 
 pub struct Top {
@@ -21,10 +28,29 @@ pub struct Top {
     pub interval: Duration,
     /// Stop after this many screens.
     pub iterations: Option<u64>,
-    /// A terminal on both ends: raw mode, keys, and the alternate screen.
-    interactive: Option<RawMode>,
+    /// A terminal on both ends: raw mode, keys, the alternate screen.
+    tty: Option<Tty>,
     next_refresh: Instant,
     shown: u64,
+}
+
+/// The interactive screen.
+struct Tty {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+    /// Command lines of the processes on screen, by pid and name.
+    cmdlines: Cmdlines<Comm>,
+    /// The last screen, drawn again when the terminal is resized or a command line arrives
+    /// between two refreshes.
+    last: Option<Content>,
+    redraw: bool,
+    /// Declared last: dropped after the terminal, it leaves the alternate screen last.
+    _raw: RawMode,
+}
+
+impl Commands for Cmdlines<Comm> {
+    fn command(&self, pid: u32, comm: Comm) -> Option<&CommandLine> {
+        self.get(pid, comm)
+    }
 }
 
 impl Top {
@@ -34,77 +60,97 @@ impl Top {
         iterations: Option<u64>,
         interactive: bool,
     ) -> anyhow::Result<Top> {
+        let tty = if interactive {
+            let raw = RawMode::enter()?;
+            Some(Tty {
+                terminal: Terminal::new(CrosstermBackend::new(std::io::stdout()))?,
+                cmdlines: Cmdlines::new()?,
+                last: None,
+                redraw: false,
+                _raw: raw,
+            })
+        } else {
+            None
+        };
         Ok(Top {
             state,
             interval,
             iterations,
-            interactive: if interactive {
-                Some(RawMode::enter()?)
-            } else {
-                None
-            },
+            tty,
             next_refresh: Instant::now(),
             shown: 0,
         })
     }
 
-    /// Reads the keys pressed; false when the user quits.
+    /// Reads the keys pressed and the resizes; false when the user quits.
     fn keys(&mut self) -> anyhow::Result<bool> {
         while event::poll(Duration::ZERO)? {
-            if let TermEvent::Key(k) = event::read()? {
-                let quit = matches!(k.code, KeyCode::Char('c'))
-                    && k.modifiers.contains(KeyModifiers::CONTROL);
-                let c = match k.code {
-                    KeyCode::Char(c) => c,
-                    KeyCode::Esc => 'q',
-                    _ => continue,
-                };
-                if quit || !self.state.key(c) {
-                    return Ok(false);
+            match event::read()? {
+                TermEvent::Key(k) if k.kind != KeyEventKind::Release => {
+                    let quit = matches!(k.code, KeyCode::Char('c'))
+                        && k.modifiers.contains(KeyModifiers::CONTROL);
+                    let c = match k.code {
+                        KeyCode::Char(c) => c,
+                        KeyCode::Esc => 'q',
+                        _ => continue,
+                    };
+                    if quit || !self.state.key(c) {
+                        return Ok(false);
+                    }
+                    self.next_refresh = Instant::now();
                 }
-                self.next_refresh = Instant::now();
+                // Drawn again at once for the new size (ratatui resizes its buffers and
+                // clears the screen when the size it reads has changed).
+                TermEvent::Resize(..) => {
+                    if let Some(t) = &mut self.tty {
+                        t.redraw = true;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(true)
     }
 
     fn render(&mut self, s: &mut Session) -> anyhow::Result<()> {
-        let interactive = self.interactive.is_some();
         let summary = s.summary_named(usize::MAX, s.now_ns());
-        let mut text = screen(
-            &summary,
-            &self.state,
-            s.loss().lost(),
-            &time_of_day(),
-            interactive,
-        );
-        if let Some(o) = s.overload().filter(|o| o.counting) {
-            text = format!(
-                "OVERLOAD: over {} events/s, the kernel counts transitions ({} so far); \
-                 counts come from the kernel table\n{text}",
-                o.budget_per_s, o.counted_events
-            );
+        let overload = s.overload();
+        let (lost, clock) = (s.loss().lost(), time_of_day());
+        match &mut self.tty {
+            Some(t) => {
+                let st = fitting(&self.state, t.terminal.size()?.height);
+                let content = Content::new(&summary, &st, lost, &clock, overload.as_ref());
+                t.cmdlines
+                    .want(content.rows.iter().filter_map(|r| r.process));
+                t.cmdlines.collect();
+                t.last = Some(content);
+                t.draw()?;
+            }
+            None => {
+                let content = Content::new(&summary, &self.state, lost, &clock, overload.as_ref());
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", content.plain())?;
+                out.flush()?;
+            }
         }
-        let mut out = std::io::stdout().lock();
-        if interactive {
-            execute!(
-                out,
-                cursor::MoveTo(0, 0),
-                terminal::Clear(terminal::ClearType::All)
-            )?;
-            // Raw mode: lines need an explicit carriage return.
-            out.write_all(text.replace('\n', "\r\n").as_bytes())?;
-        } else {
-            writeln!(out, "{text}")?;
+        Ok(())
+    }
+}
+
+impl Tty {
+    fn draw(&mut self) -> anyhow::Result<()> {
+        self.redraw = false;
+        if let Some(c) = &self.last {
+            let cmdlines = &self.cmdlines;
+            self.terminal.draw(|f| draw(f, c, cmdlines))?;
         }
-        out.flush()?;
         Ok(())
     }
 }
 
 impl Sink for Top {
     fn batch(&mut self, s: &mut Session, ended: bool) -> anyhow::Result<Flow> {
-        if self.interactive.is_some() && !self.keys()? {
+        if self.tty.is_some() && !self.keys()? {
             return Ok(Flow::Stop);
         }
         let replay_over = s.is_done();
@@ -119,13 +165,17 @@ impl Sink for Top {
             if self.iterations.is_some_and(|n| self.shown >= n) || replay_over {
                 return Ok(Flow::Stop);
             }
+        } else if let Some(t) = &mut self.tty
+            && (t.cmdlines.collect() || t.redraw)
+        {
+            t.draw()?;
         }
         Ok(Flow::Continue)
     }
 
     /// Leaves the alternate screen before the closing line is printed.
     fn finish(&mut self, _s: &mut Session, _end_ns: u64) -> anyhow::Result<()> {
-        self.interactive = None;
+        self.tty = None;
         Ok(())
     }
 }
@@ -146,6 +196,13 @@ struct RawMode;
 
 impl RawMode {
     fn enter() -> anyhow::Result<RawMode> {
+        // A panic's message is printed before unwinding drops this: restore the terminal
+        // first, or the message goes to the alternate screen and is lost with it.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
         terminal::enable_raw_mode()?;
         execute!(
             std::io::stdout(),
@@ -158,11 +215,15 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = execute!(
-            std::io::stdout(),
-            cursor::Show,
-            terminal::LeaveAlternateScreen
-        );
-        let _ = terminal::disable_raw_mode();
+        restore();
     }
+}
+
+fn restore() {
+    let _ = execute!(
+        std::io::stdout(),
+        cursor::Show,
+        terminal::LeaveAlternateScreen
+    );
+    let _ = terminal::disable_raw_mode();
 }
