@@ -24,7 +24,7 @@ fn findings<'a>(doc: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn pid_row<'a>(doc: &'a Value, pid: u32) -> &'a Value {
+fn pid_row(doc: &Value, pid: u32) -> &Value {
     doc["by_pid"]
         .as_array()
         .unwrap()

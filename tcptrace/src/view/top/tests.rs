@@ -163,7 +163,7 @@ pub(super) mod host {
 }
 
 /// The plain snapshot, byte for byte as scripts and tests read it (taken from the
-/// renderer this one replaced, on the same fixture).
+/// renderer this one replaced, on the same fixture, with the root-cause columns).
 #[test]
 fn plain_snapshot_is_unchanged() {
     let s = host::busy();
@@ -175,10 +175,10 @@ fn plain_snapshot_is_unchanged() {
 tcptrace top  12:34:56  up 2s  sockets 17  ESTABLISHED 0  CLOSE_WAIT 9  TIME_WAIT 5  lost events 7
 by process, sorted by CLOSE_WAIT
 
-  PID  COMM     CLOSE_WAIT  CW/s  OLDEST_CW  TIME_WAIT  TW/s  TW_P50
- 4243  python3           4   1.9       2.1s          0     -       -
- 4242  python3           3   1.5       2.1s          0     -       -
-31337  nginx             2   1.5       2.0s          0     -       -
+  PID  COMM     CLOSE_WAIT  CW/s  HELD/s  OLDEST_CW  CW_CAUSE  TIME_WAIT  TW/s  TW_P50
+ 4243  python3           4   1.9     2.0       2.1s  -                 0     -       -
+ 4242  python3           3   1.5     1.5       2.1s  -                 0     -       -
+31337  nginx             2   1.5     1.0       2.0s  -                 0     -       -
 "
     );
     assert_eq!(
@@ -187,16 +187,16 @@ by process, sorted by CLOSE_WAIT
 tcptrace top  12:34:56  up 2s  sockets 17  ESTABLISHED 0  CLOSE_WAIT 9  TIME_WAIT 5  lost events 7
 by peer, sorted by TIME_WAIT
 
-PEER                                           CLOSE_WAIT  CW/s  OLDEST_CW  TIME_WAIT  TW/s  TW_P50
-127.0.0.1:80                                            0     -          -          5   2.4       -
-[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:8443           3   1.5       2.1s          0     -       -
-127.0.0.1 (inbound)                                     2   1.0       2.0s          0     -       -
+PEER                                           CLOSE_WAIT  CW/s  HELD/s  OLDEST_CW  CW_CAUSE  TIME_WAIT  TW/s  TW_P50
+127.0.0.1:80                                            0     -       -          -  -                 5   2.4       -
+[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:8443           3   1.5     1.5       2.1s  -                 0     -       -
+127.0.0.1 (inbound)                                     2   1.0     1.0       2.0s  -                 0     -       -
 "
     );
     assert!(plain(GroupBy::Port, SortBy::CloseWait).ends_with(
         "\
-LOCAL_PORT  CLOSE_WAIT  CW/s  OLDEST_CW  TIME_WAIT  TW/s  TW_P50
-      8080           2   1.0       2.0s          0     -       -
+LOCAL_PORT  CLOSE_WAIT  CW/s  HELD/s  OLDEST_CW  CW_CAUSE  TIME_WAIT  TW/s  TW_P50
+      8080           2   1.0     1.0       2.0s  -                 0     -       -
 "
     ));
     let empty = host::Host::new().summary(0);
@@ -221,7 +221,7 @@ OVERLOAD: over 500000 events/s, the kernel counts transitions (42 so far); count
 tcptrace top  12:34:56  up 0s  sockets 0  ESTABLISHED 0  CLOSE_WAIT 0  TIME_WAIT 0  lost events 0
 by process, sorted by CLOSE_WAIT
 
-PID  COMM  CLOSE_WAIT  CW/s  OLDEST_CW  TIME_WAIT  TW/s  TW_P50
+PID  COMM  CLOSE_WAIT  CW/s  HELD/s  OLDEST_CW  CW_CAUSE  TIME_WAIT  TW/s  TW_P50
 (no sockets in TIME_WAIT or CLOSE_WAIT)
 "
     );
@@ -355,7 +355,7 @@ mod on_a_terminal {
         assert!(find(&lines, "lost events").contains("lost events 7"));
         assert!(lines[0].starts_with("tcptrace top  12:34:56"), "{lines:?}");
         // The columns that give way are said, the others are whole.
-        find(&lines, "(hidden, too narrow: TW_P50)");
+        find(&lines, "(hidden, too narrow: TW_P50 TW/s CW/s HELD/s)");
         let header = find(&lines, "PID");
         assert_eq!(
             header.split_whitespace().collect::<Vec<_>>(),
@@ -363,10 +363,9 @@ mod on_a_terminal {
                 "PID",
                 "COMM",
                 "CLOSE_WAIT",
-                "CW/s",
                 "OLDEST_CW",
-                "TIME_WAIT",
-                "TW/s"
+                "CW_CAUSE",
+                "TIME_WAIT"
             ],
             "{lines:?}"
         );
@@ -391,12 +390,13 @@ mod on_a_terminal {
         let header = find(&lines, "PEER");
         let row = find(&lines, "]:8443");
         let peer = row.split("  ").next().unwrap();
-        assert!(peer.starts_with("[2001:db8") && peer.contains('…'), "{row}");
+        assert!(peer.starts_with("[2001:d") && peer.contains('…'), "{row}");
         assert!(width(peer) < "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:8443".len());
         assert_eq!(under(header, row, "CLOSE_WAIT"), "3");
         assert_eq!(under(header, row, "TIME_WAIT"), "0");
-        // The short peers are whole.
-        find(&lines, "127.0.0.1 (inbound)");
+        // The short peers are whole; a longer one keeps its end.
+        find(&lines, "10.1.2.0:5432 ");
+        find(&lines, "…inbound)");
     }
 
     #[test]
@@ -405,7 +405,7 @@ mod on_a_terminal {
         let c = Content::new(&s, &state(GroupBy::Pid), 0, "12:34:56", None);
         let cmds = commands();
 
-        let wide = screen(&c, 140, 20, &cmds);
+        let wide = screen(&c, 158, 20, &cmds);
         let header = find(&wide, "PID");
         assert!(header.ends_with("COMMAND"), "{header}");
         let payments = find(&wide, "4242");
@@ -416,20 +416,20 @@ mod on_a_terminal {
         assert!(find(&wide, "31337").ends_with("nginx"));
 
         // Less room: the program's directory goes first...
-        let less = screen(&c, 120, 20, &cmds);
+        let less = screen(&c, 138, 20, &cmds);
         assert!(find(&less, "4242").ends_with("  python3 /srv/app/worker.py --queue payments"));
         // ...then the line is cut in the middle, the distinguishing end kept.
-        let mid = screen(&c, 100, 20, &cmds);
+        let mid = screen(&c, 118, 20, &cmds);
         let payments = find(&mid, "4242");
         assert!(
             payments.contains('…') && payments.ends_with("queue payments"),
             "{payments}"
         );
         assert!(find(&mid, "4243").ends_with("queue refunds"));
-        assert!(mid.iter().all(|l| width(l) <= 100));
+        assert!(mid.iter().all(|l| width(l) <= 118));
 
         // Too little room for a useful column: none.
-        let narrow = screen(&c, 80, 20, &cmds);
+        let narrow = screen(&c, 98, 20, &cmds);
         assert!(!narrow.iter().any(|l| l.contains("COMMAND")), "{narrow:?}");
         // Hidden columns come back before the command line shows.
         let header = find(&narrow, "PID");
