@@ -157,6 +157,11 @@ pub const SUMMARY_TW_FIN_WAIT2: u16 = 1 << 10;
 /// SYN_SENT -> CLOSE of a socket that never had a local port (`inet_sport` 0): `connect()`
 /// could not pick one (EADDRNOTAVAIL). Set only where the kernel offsets name `inet_sport`.
 pub const SUMMARY_NO_LOCAL_PORT: u16 = 1 << 11;
+/// A FIN_WAIT2 -> CLOSE without the fentry hook: the substate of the timewait socket it made
+/// was read from `sk_shutdown` (TIME_WAIT when the peer's FIN had arrived, else FIN_WAIT2 with
+/// [`SUMMARY_TW_FIN_WAIT2`]: an orphan handed over before its peer closed). Exact, where
+/// userspace otherwise infers it from the peer's state, which a summary reports late.
+pub const SUMMARY_TW_SUBSTATE: u16 = 1 << 15;
 
 /// What a socket did since its last record, sent when it enters CLOSE_WAIT and when it closes:
 /// one record where a trace needs five. Kept by the kernel in socket-local storage

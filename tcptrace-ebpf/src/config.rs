@@ -28,6 +28,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
         sk_protocol_size: 0,
         sk_err: 0,
         inet_sport: 0,
+        sk_shutdown: 0,
     },
     family: 0,
     port_filter: 0,
@@ -52,7 +53,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     tp_reset_rx: EMPTY_RESET_LAYOUT,
     tp_reset_tx: EMPTY_RESET_LAYOUT,
     summary: 0,
-    _pad: [0; 7],
+    _pad: [0; 3],
     tw_timer: TwTimerConfig {
         handler: 0,
         tw_timer: 0,

@@ -27,6 +27,16 @@ pub trait Sock: Copy {
     /// The pointer at byte `off`, read the same way.
     fn follow(self, off: u32) -> Self;
     fn is_null(self) -> bool;
+    /// The socket's address.
+    fn raw(self) -> u64;
+
+    /// A `T` at byte `off` of a struct that begins with `struct sock` (`inet_sock`, `tcp_sock`)
+    /// and lies past its end. The verifier bounds a typed load by the pointer's own type ("access
+    /// beyond struct sock"), so this one goes through `bpf_probe_read_kernel` on either kind.
+    #[inline(always)]
+    fn outer<T: Copy + Default>(self, off: u32) -> T {
+        Addr(self.raw()).at(off)
+    }
 
     /// An IPv6 address (`struct in6_addr`).
     #[inline(always)]
@@ -62,6 +72,11 @@ impl Sock for Typed {
     fn is_null(self) -> bool {
         self.0.is_null()
     }
+
+    #[inline(always)]
+    fn raw(self) -> u64 {
+        self.0 as u64
+    }
 }
 
 /// A bare kernel address.
@@ -84,6 +99,11 @@ impl Sock for Addr {
     #[inline(always)]
     fn is_null(self) -> bool {
         self.0 == 0
+    }
+
+    #[inline(always)]
+    fn raw(self) -> u64 {
+        self.0
     }
 
     /// One helper call rather than two.

@@ -168,7 +168,7 @@ fn connect_end(sk: impl Sock, o: &tcptrace_common::config::SockOffsets, ev: &mut
     if o.sk_err != 0 {
         ev.err = sk.at::<i32>(o.sk_err) as u16;
     }
-    if o.inet_sport != 0 && sk.at::<u16>(o.inet_sport) == 0 {
+    if o.inet_sport != 0 && sk.outer::<u16>(o.inet_sport) == 0 {
         ev.flags |= FLAG_NO_LOCAL_PORT;
     }
 }

@@ -31,7 +31,7 @@ use tcptrace_common::{
         AF_INET, AF_INET6, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
         SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE,
         SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_TUPLE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED,
-        SockSummary,
+        SUMMARY_TW_SUBSTATE, SockSummary,
     },
     state::runs_in_owner_context,
 };
@@ -76,8 +76,11 @@ const ST_INIT: u16 = 1 << 12;
 const ST_ADMITTED: u16 = 1 << 13;
 /// Filtered out (family or ports): nothing is followed or sent for it.
 const ST_IGNORED: u16 = 1 << 14;
-/// The bits of `flags` that records carry.
-const RECORD_FLAGS: u16 = 0x0fff;
+/// The bits of `flags` that records carry: all but the `ST_*` ones.
+const RECORD_FLAGS: u16 = !(ST_INIT | ST_ADMITTED | ST_IGNORED);
+/// `sk_shutdown`: the peer's FIN arrived.
+/// <https://github.com/torvalds/linux/blob/v6.1/include/net/sock.h> (`RCV_SHUTDOWN`)
+const RCV_SHUTDOWN: u8 = 1;
 
 #[btf_map]
 pub static SOCKS: SkStorage<SockState> = SkStorage::new();
@@ -192,6 +195,15 @@ pub fn on_transition(
     }
     s.state = new;
     s.entered_ns = now;
+    if new == FIN_WAIT1 {
+        // The active close: the socket gets its cookie now, before tcp_time_wait() copies it
+        // into the timewait socket. A socket without one hands over 0, and the timewait socket
+        // gets a cookie of its own when first asked (a dump, the timer hook), matching no
+        // record. Only closers pay the call.
+        // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_timewait_sock.c#L185>
+        // SAFETY: `sk_btf` is the tracepoint's typed socket pointer, which this helper accepts.
+        unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
+    }
     if old == CLOSE {
         // connect() again on a socket whose earlier attempt failed: a new life.
         s.born_ns = now;
@@ -221,6 +233,22 @@ pub fn on_transition(
     if s.flags & ST_ADMITTED != 0 {
         add(Counter::Handled, s.undecided as u64);
         s.undecided = 0;
+    }
+    if new == CLOSE
+        && old == FIN_WAIT2
+        && s.flags & (SUMMARY_RESET | SUMMARY_TW_HOOKED) == 0
+        && cfg.offsets.sk_shutdown != 0
+    {
+        // Which timewait socket this close made. tcp_fin() sets RCV_SHUTDOWN before it calls
+        // tcp_time_wait(TCP_TIME_WAIT); an orphan handed over when its own FIN was acked
+        // (tcp_rcv_state_process, or its FIN_WAIT2 timer) never had the peer's FIN.
+        // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4400>
+        s.flags |= SUMMARY_TW_SUBSTATE;
+        if Typed(sk_btf).at::<u8>(cfg.offsets.sk_shutdown) & RCV_SHUTDOWN == 0 {
+            s.flags |= SUMMARY_TW_FIN_WAIT2;
+        } else {
+            s.flags &= !SUMMARY_TW_FIN_WAIT2;
+        }
     }
     if new == CLOSE_WAIT || new == CLOSE {
         if s.flags & (ST_ADMITTED | ST_IGNORED) != 0 || cfg.port_filter & PORT_FILTER_ON == 0 {
@@ -314,7 +342,7 @@ fn connect_tuple(s: &mut SockState, sk: Typed, cfg: &ProbeConfig) {
     tuple(s, sk, cfg);
     let o = &cfg.offsets;
     if o.inet_sport != 0 {
-        s.sport = u16::from_be(sk.at(o.inet_sport));
+        s.sport = u16::from_be(sk.outer(o.inet_sport));
         if s.sport == 0 {
             s.flags |= SUMMARY_NO_LOCAL_PORT;
         }

@@ -10,7 +10,8 @@ use tcptrace_common::event::{
     AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT,
     RAW_EVENT_SIZE, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
     SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED,
-    SUMMARY_RESET, SUMMARY_SIZE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SockSummary,
+    SUMMARY_RESET, SUMMARY_SIZE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SUMMARY_TW_SUBSTATE,
+    SockSummary,
 };
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
@@ -104,6 +105,10 @@ pub struct Stays {
     /// The substate of the timewait socket `tcp_time_wait` made at this close (TIME_WAIT or
     /// FIN_WAIT2), where its fentry hook runs; `None` leaves userspace to infer it.
     pub timewait: Option<TcpState>,
+    /// The same substate where no hook runs, read by the kernel from `sk_shutdown` at a
+    /// FIN_WAIT2 -> CLOSE (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2); `None` when
+    /// not read. Unlike `timewait`, it promises no exact end.
+    pub timewait_read: Option<TcpState>,
 }
 
 impl Stays {
@@ -251,6 +256,12 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
     let (old, new) = (state(raw.oldstate)?, state(raw.newstate)?);
     let (lip, rip) = addresses(raw.family, &raw.saddr, &raw.daddr)?;
     let f = raw.flags;
+    // The timewait substate, where the hook or `sk_shutdown` told it.
+    let substate = if f & SUMMARY_TW_FIN_WAIT2 != 0 {
+        TcpState::FinWait2
+    } else {
+        TcpState::TimeWait
+    };
     Ok(Event {
         ts_ns: raw.ts_ns,
         sock: SockId::of(raw.cookie, f & SUMMARY_HAS_COOKIE != 0, raw.skaddr),
@@ -270,13 +281,8 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
                 repaired: f & SUMMARY_REPAIRED != 0,
                 passive: f & SUMMARY_PASSIVE != 0,
                 err: raw.err,
-                timewait: (f & SUMMARY_TW_HOOKED != 0).then_some(
-                    if f & SUMMARY_TW_FIN_WAIT2 != 0 {
-                        TcpState::FinWait2
-                    } else {
-                        TcpState::TimeWait
-                    },
-                ),
+                timewait: (f & SUMMARY_TW_HOOKED != 0).then_some(substate),
+                timewait_read: (f & SUMMARY_TW_SUBSTATE != 0).then_some(substate),
             },
         },
         task: Task {
@@ -339,8 +345,9 @@ pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
         | bit(stays.repaired, SUMMARY_REPAIRED)
         | bit(stays.passive, SUMMARY_PASSIVE)
         | bit(stays.timewait.is_some(), SUMMARY_TW_HOOKED)
+        | bit(stays.timewait_read.is_some(), SUMMARY_TW_SUBSTATE)
         | bit(
-            stays.timewait == Some(TcpState::FinWait2),
+            stays.timewait.or(stays.timewait_read) == Some(TcpState::FinWait2),
             SUMMARY_TW_FIN_WAIT2,
         )
         | bit(stays.born_ns.is_none(), SUMMARY_BORN_UNSEEN)
@@ -557,6 +564,7 @@ mod tests {
                 passive: false,
                 err: 0,
                 timewait: Some(TcpState::FinWait2),
+                timewait_read: None,
             },
         };
         let raw = encode_summary(&ev).unwrap();
@@ -585,6 +593,16 @@ mod tests {
             ]
         );
         assert!(encode_summary(&sample(false)).is_none());
+        // The substate the kernel read without the hook round-trips apart from the hooked one.
+        for read in [TcpState::FinWait2, TcpState::TimeWait] {
+            let mut ev = ev.clone();
+            if let What::Summary { stays, .. } = &mut ev.what {
+                stays.timewait = None;
+                stays.timewait_read = Some(read);
+            }
+            let back = decode(summary_bytes(&encode_summary(&ev).unwrap())).unwrap();
+            assert_eq!(back.what, ev.what);
+        }
     }
 
     #[test]

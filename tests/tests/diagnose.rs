@@ -160,18 +160,14 @@ fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
     let addr = SocketAddr::new(ip, port);
     let (mut srv, _) = server(addr, &["--conns", "200"]);
     let p = port.to_string();
-    // 200 connections and two tracers take several seconds under TCG emulation (the VM run).
-    let dur = if std::env::var_os("TCPTRACE_TEST_SLOW_CPU").is_some() {
-        "20s"
-    } else {
-        "5s"
-    };
-    let json = diagnose(&["--json", "--duration", dur, "--port", &p]);
-    let md = diagnose(&["--markdown", "--duration", dur, "--port", &p]);
+    // Both stopped after the scenario: under TCG emulation (the VM run) 200 connections and two
+    // tracers' start-up outlasted a 20 s window (the first tracer saw 0 events).
+    let json = diagnose(&["--json", "--duration", "300s", "--port", &p]);
+    let md = diagnose(&["--markdown", "--duration", "300s", "--port", &p]);
     let mut cl = client(addr, &["--conns", "200"]);
     cl.wait_done(T);
     srv.wait_done(T);
-    let out = json.wait();
+    let out = json.stop_after(Duration::from_secs(3));
     let doc = out.json();
     assert_shape(&doc);
     let tw = findings(&doc, "time_wait_client_close");
@@ -195,7 +191,7 @@ fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
         out.stderr
     );
 
-    let md = md.wait().stdout;
+    let md = md.stop_after(Duration::from_secs(3)).stdout;
     assert!(md.starts_with("## tcptrace diagnose"), "{md}");
     assert!(md.contains("pooling opportunity"), "{md}");
     assert!(
@@ -374,11 +370,12 @@ fn port_exhaustion_risk_is_found_against_the_namespace_port_range() {
     let ns = Netns::new("ports", &["net.ipv4.ip_local_port_range=40000 40099"]);
     let addr: SocketAddr = "127.0.0.1:20100".parse().unwrap();
     let mut srv = ns.server(addr, &["--conns", "80"]);
-    let tracer = ns.diagnose(&["--json", "--duration", "4s", "--port", "20100"]);
+    // Stopped after the scenario, not by a timer a slow guest's connections can outlast.
+    let tracer = ns.diagnose(&["--json", "--duration", "300s", "--port", "20100"]);
     let mut cl = ns.client(addr, &["--conns", "80"]);
     cl.wait_done(T);
     srv.wait_done(T);
-    let out = tracer.wait();
+    let out = tracer.stop_after(Duration::from_secs(2));
     let doc = out.json();
     assert_shape(&doc);
     assert_eq!(
@@ -414,11 +411,12 @@ fn time_wait_bucket_overflow_is_found_in_a_namespace_with_a_low_limit() {
     let ns = Netns::new("buckets", &["net.ipv4.tcp_max_tw_buckets=10"]);
     let addr: SocketAddr = "127.0.0.1:20200".parse().unwrap();
     let mut srv = ns.server(addr, &["--conns", "100"]);
-    let tracer = ns.diagnose(&["--json", "--duration", "4s", "--port", "20200"]);
+    // Stopped after the scenario, not by a timer a slow guest's connections can outlast.
+    let tracer = ns.diagnose(&["--json", "--duration", "300s", "--port", "20200"]);
     let mut cl = ns.client(addr, &["--conns", "100"]);
     cl.wait_done(T);
     srv.wait_done(T);
-    let out = tracer.wait();
+    let out = tracer.stop_after(Duration::from_secs(2));
     let doc = out.json();
     assert_shape(&doc);
     let f = findings(&doc, "time_wait_buckets");

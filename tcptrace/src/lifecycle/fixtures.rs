@@ -339,6 +339,7 @@ impl<T: Sink> Sink for KernelModel<T> {
             passive: f.passive,
             err: 0,
             timewait: f.timewait.take(),
+            timewait_read: None,
         };
         let mut out = ev.clone();
         out.what = What::Summary { old, new, stays };

@@ -108,8 +108,9 @@ const fn col(head: &'static str, align: Align, give: Give) -> Column {
 }
 
 const PID: Column = col("PID", Align::Right, Give::Never);
-/// Names are cut after the rates and the TIME_WAIT median are hidden, before anything else is.
-const NAME_RANK: u8 = 4;
+/// Names are cut after the rates, the TIME_WAIT median and the CLOSE_WAIT cause are hidden,
+/// before anything else is.
+const NAME_RANK: u8 = 5;
 
 const COMM: Column = col(
     "COMM",
@@ -122,14 +123,14 @@ const COMM: Column = col(
 );
 
 /// The counts every row ends with.
-/// On a narrow terminal the CLOSE_WAIT age and cause, evidence of a leak, stay longest after the
-/// current counts; the TIME_WAIT dwell median goes first.
+/// On a narrow terminal the CLOSE_WAIT age, evidence of a leak, stays longest after the current
+/// counts; the TIME_WAIT dwell median goes first, the CLOSE_WAIT cause before names are cut.
 const COUNTS: [Column; 8] = [
     col("CLOSE_WAIT", Align::Right, Give::Never),
     col("CW/s", Align::Right, Give::Hide(3)),
     col("HELD/s", Align::Right, Give::Hide(3)),
-    col("OLDEST_CW", Align::Right, Give::Hide(6)),
-    col("CW_CAUSE", Align::Left, Give::Hide(6)),
+    col("OLDEST_CW", Align::Right, Give::Hide(7)),
+    col("CW_CAUSE", Align::Left, Give::Hide(4)),
     col("TIME_WAIT", Align::Right, Give::Never),
     col("TW/s", Align::Right, Give::Hide(2)),
     col("TW_P50", Align::Right, Give::Hide(1)),
@@ -223,7 +224,7 @@ impl Content {
             GroupBy::Pid => {
                 let mut h = vec![PID, COMM];
                 if containers {
-                    h.push(col("CONTAINER", Align::Left, Give::Hide(5)));
+                    h.push(col("CONTAINER", Align::Left, Give::Hide(6)));
                 }
                 let rows = busiest(&s.by_pid, st, |r| &r.counts)
                     .map(|r| {
