@@ -43,6 +43,12 @@ pub const FLAG_HAS_COOKIE: u8 = 1 << 2;
 /// SYN_SENT -> CLOSE of a socket that never had a local port (`inet_sport` 0): `connect()` could
 /// not pick one (EADDRNOTAVAIL). Set only where the kernel offsets name `inet_sport`.
 pub const FLAG_NO_LOCAL_PORT: u8 = 1 << 3;
+/// FIN_WAIT2 -> CLOSE: the substate of the timewait socket it made was read from `sk_shutdown`
+/// (TIME_WAIT when the peer's FIN had arrived, else FIN_WAIT2 with [`FLAG_TW_FIN_WAIT2`]).
+/// Set only where the kernel offsets name `sk_shutdown`.
+pub const FLAG_TW_SUBSTATE: u8 = 1 << 4;
+/// With [`FLAG_TW_SUBSTATE`]: the substate is FIN_WAIT2 (an orphan whose peer has not closed).
+pub const FLAG_TW_FIN_WAIT2: u8 = 1 << 5;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

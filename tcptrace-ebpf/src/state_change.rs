@@ -11,7 +11,10 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     EventKind, TcpState,
-    event::{FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT, RawEvent},
+    event::{
+        FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT,
+        FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE, RawEvent,
+    },
     state::runs_in_owner_context,
 };
 
@@ -150,9 +153,32 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         count(Counter::BackupEmitted);
     }
     connect_end(Typed(sk_btf), &cfg.offsets, &mut ev);
+    timewait_substate(Typed(sk_btf), &cfg.offsets, &mut ev);
     emit::submit(&ev, cfg);
     0
 }
+
+/// FIN_WAIT2 -> CLOSE: which timewait socket it made. tcp_fin() sets RCV_SHUTDOWN before it
+/// calls tcp_time_wait(TCP_TIME_WAIT); an orphan handed over when its own FIN was acked (or by
+/// its FIN_WAIT2 timer) never had the peer's FIN, and waits in substate FIN_WAIT2.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4400>
+#[inline(always)]
+fn timewait_substate(sk: impl Sock, o: &tcptrace_common::config::SockOffsets, ev: &mut RawEvent) {
+    if ev.oldstate != TcpState::FinWait2 as u8
+        || ev.newstate != TcpState::Close as u8
+        || o.sk_shutdown == 0
+        || sk.is_null()
+    {
+        return;
+    }
+    ev.flags |= FLAG_TW_SUBSTATE;
+    if sk.at::<u8>(o.sk_shutdown) & RCV_SHUTDOWN == 0 {
+        ev.flags |= FLAG_TW_FIN_WAIT2;
+    }
+}
+
+/// `sk_shutdown`: the peer's FIN arrived.
+pub const RCV_SHUTDOWN: u8 = 1;
 
 /// SYN_SENT -> CLOSE: why the connect failed (`sk_err`, set before `tcp_done`) and whether it
 /// ever had a local port (`inet_sport`; `skc_num` is already released here).
@@ -207,6 +233,7 @@ pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
         ev.flags |= FLAG_OWNER_CONTEXT;
     }
     connect_end(Addr(ev.skaddr), &cfg.offsets, &mut ev);
+    timewait_substate(Addr(ev.skaddr), &cfg.offsets, &mut ev);
     emit::submit(&ev, cfg);
     0
 }

@@ -40,6 +40,7 @@ use crate::{
     config::{Counter, EVENTS, PORTS, add, count, count_transition, counting_mode},
     emit,
     sock::{self, Sock, Typed},
+    state_change::RCV_SHUTDOWN,
 };
 
 /// What the kernel keeps per socket (about 200 bytes; freed with the socket).
@@ -78,9 +79,6 @@ const ST_ADMITTED: u16 = 1 << 13;
 const ST_IGNORED: u16 = 1 << 14;
 /// The bits of `flags` that records carry: all but the `ST_*` ones.
 const RECORD_FLAGS: u16 = !(ST_INIT | ST_ADMITTED | ST_IGNORED);
-/// `sk_shutdown`: the peer's FIN arrived.
-/// <https://github.com/torvalds/linux/blob/v6.1/include/net/sock.h> (`RCV_SHUTDOWN`)
-const RCV_SHUTDOWN: u8 = 1;
 
 #[btf_map]
 pub static SOCKS: SkStorage<SockState> = SkStorage::new();

@@ -117,6 +117,7 @@ impl Gen {
             owner_context,
             from_backup: false,
             connect_end: None,
+            timewait_read: None,
         }
     }
 }

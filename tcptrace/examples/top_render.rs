@@ -88,6 +88,7 @@ impl Host {
             owner_context: true,
             from_backup: false,
             connect_end: None,
+            timewait_read: None,
         };
         let a = self.table.apply(&ev);
         self.agg.observe_applied(&a, ev.ts_ns);

@@ -68,6 +68,7 @@ fn lines() -> Vec<TraceLine> {
                     owner_context: true,
                     from_backup: false,
                     connect_end: None,
+                    timewait_read: None,
                 },
                 old: TcpState::Established,
                 new: TcpState::FinWait1,

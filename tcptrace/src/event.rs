@@ -8,10 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use compact_str::CompactString;
 use tcptrace_common::event::{
     AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT,
-    RAW_EVENT_SIZE, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
-    SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED,
-    SUMMARY_RESET, SUMMARY_SIZE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SUMMARY_TW_SUBSTATE,
-    SockSummary,
+    FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE, RAW_EVENT_SIZE, STATE_SLOTS, SUMMARY_BORN_UNSEEN,
+    SUMMARY_CLOSER, SUMMARY_HAS_COOKIE, SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER,
+    SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_SIZE,
+    SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SUMMARY_TW_SUBSTATE, SockSummary,
 };
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
@@ -105,10 +105,6 @@ pub struct Stays {
     /// The substate of the timewait socket `tcp_time_wait` made at this close (TIME_WAIT or
     /// FIN_WAIT2), where its fentry hook runs; `None` leaves userspace to infer it.
     pub timewait: Option<TcpState>,
-    /// The same substate where no hook runs, read by the kernel from `sk_shutdown` at a
-    /// FIN_WAIT2 -> CLOSE (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2); `None` when
-    /// not read. Unlike `timewait`, it promises no exact end.
-    pub timewait_read: Option<TcpState>,
 }
 
 impl Stays {
@@ -169,6 +165,11 @@ pub struct Event {
     pub from_backup: bool,
     /// SYN_SENT -> CLOSE only: why the connect ended.
     pub connect_end: Option<ConnectEnd>,
+    /// FIN_WAIT2 -> CLOSE only: the substate of the timewait socket it made, read by the kernel
+    /// from `sk_shutdown` (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2); `None` when
+    /// not read. Unlike a summary's `Stays::timewait` (the fentry hook), it promises no exact
+    /// end.
+    pub timewait_read: Option<TcpState>,
 }
 
 impl Event {
@@ -282,7 +283,6 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
                 passive: f & SUMMARY_PASSIVE != 0,
                 err: raw.err,
                 timewait: (f & SUMMARY_TW_HOOKED != 0).then_some(substate),
-                timewait_read: (f & SUMMARY_TW_SUBSTATE != 0).then_some(substate),
             },
         },
         task: Task {
@@ -298,6 +298,7 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
             no_local_port: f & SUMMARY_NO_LOCAL_PORT != 0,
             in_caller: Some(f & SUMMARY_OWNER_CONTEXT != 0),
         }),
+        timewait_read: (f & SUMMARY_TW_SUBSTATE != 0).then_some(substate),
     })
 }
 
@@ -345,9 +346,9 @@ pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
         | bit(stays.repaired, SUMMARY_REPAIRED)
         | bit(stays.passive, SUMMARY_PASSIVE)
         | bit(stays.timewait.is_some(), SUMMARY_TW_HOOKED)
-        | bit(stays.timewait_read.is_some(), SUMMARY_TW_SUBSTATE)
+        | bit(ev.timewait_read.is_some(), SUMMARY_TW_SUBSTATE)
         | bit(
-            stays.timewait.or(stays.timewait_read) == Some(TcpState::FinWait2),
+            stays.timewait.or(ev.timewait_read) == Some(TcpState::FinWait2),
             SUMMARY_TW_FIN_WAIT2,
         )
         | bit(stays.born_ns.is_none(), SUMMARY_BORN_UNSEEN)
@@ -429,6 +430,13 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             no_local_port: raw.flags & FLAG_NO_LOCAL_PORT != 0,
             in_caller: None,
         }),
+        timewait_read: (raw.flags & FLAG_TW_SUBSTATE != 0).then_some(
+            if raw.flags & FLAG_TW_FIN_WAIT2 != 0 {
+                TcpState::FinWait2
+            } else {
+                TcpState::TimeWait
+            },
+        ),
     })
 }
 
@@ -491,6 +499,12 @@ pub fn encode(ev: &Event) -> RawEvent {
             raw.flags |= FLAG_NO_LOCAL_PORT;
         }
     }
+    if let Some(substate) = ev.timewait_read {
+        raw.flags |= FLAG_TW_SUBSTATE;
+        if substate == TcpState::FinWait2 {
+            raw.flags |= FLAG_TW_FIN_WAIT2;
+        }
+    }
     raw
 }
 
@@ -532,6 +546,7 @@ mod tests {
             owner_context: true,
             from_backup: false,
             connect_end: None,
+            timewait_read: None,
         }
     }
 
@@ -564,7 +579,6 @@ mod tests {
                 passive: false,
                 err: 0,
                 timewait: Some(TcpState::FinWait2),
-                timewait_read: None,
             },
         };
         let raw = encode_summary(&ev).unwrap();
@@ -598,10 +612,16 @@ mod tests {
             let mut ev = ev.clone();
             if let What::Summary { stays, .. } = &mut ev.what {
                 stays.timewait = None;
-                stays.timewait_read = Some(read);
             }
+            ev.timewait_read = Some(read);
             let back = decode(summary_bytes(&encode_summary(&ev).unwrap())).unwrap();
-            assert_eq!(back.what, ev.what);
+            assert_eq!(
+                (back.what, back.timewait_read),
+                (ev.what.clone(), Some(read))
+            );
+            // And in an event record, as the stream carries it.
+            let back = decode(raw_bytes(&encode(&ev))).unwrap();
+            assert_eq!(back.timewait_read, Some(read));
         }
     }
 

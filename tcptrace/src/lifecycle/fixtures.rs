@@ -118,6 +118,7 @@ impl Fx {
             owner_context,
             from_backup: false,
             connect_end: None,
+            timewait_read: None,
         }
     }
 
@@ -339,7 +340,6 @@ impl<T: Sink> Sink for KernelModel<T> {
             passive: f.passive,
             err: 0,
             timewait: f.timewait.take(),
-            timewait_read: None,
         };
         let mut out = ev.clone();
         out.what = What::Summary { old, new, stays };

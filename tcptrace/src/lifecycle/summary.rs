@@ -94,8 +94,6 @@ impl SocketTable {
             // held by its peer) is timed from there.
             self.slab[slot as usize].since_ns = ev.ts_ns.saturating_sub(d);
         }
-        self.timewait_read = stays.timewait_read;
         self.proceed(slot, ev, old, new, false, a);
-        self.timewait_read = None;
     }
 }

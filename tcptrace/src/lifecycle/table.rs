@@ -107,9 +107,6 @@ pub struct SocketTable {
     pub(super) slab: Slab,
     /// Head of the free-slot chain (through `Entry::cookie`), `u32::MAX` when empty.
     pub(super) free_head: u32,
-    /// The timewait substate the summary being applied read from the kernel (see
-    /// `Stays::timewait_read`), for the close it ends with; `None` between summaries.
-    pub(super) timewait_read: Option<TcpState>,
     pub(super) len: usize,
     /// Slots by (netns, cookie) or (netns, skaddr).
     pub(super) ids: HashTable<u32>,
@@ -140,7 +137,6 @@ impl SocketTable {
         SocketTable {
             slab: Slab::new(),
             free_head: u32::MAX,
-            timewait_read: None,
             len: 0,
             ids: HashTable::new(),
             tuples: HashTable::new(),

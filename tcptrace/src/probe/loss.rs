@@ -181,6 +181,7 @@ mod tests {
             owner_context: false,
             from_backup: backup,
             connect_end: None,
+            timewait_read: None,
         }
     }
 

@@ -364,6 +364,7 @@ mod tests {
                 owner_context: true,
                 from_backup: false,
                 connect_end: None,
+                timewait_read: None,
             },
             old: TcpState::Established,
             new: TcpState::Close,

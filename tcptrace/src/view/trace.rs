@@ -355,6 +355,7 @@ mod tests {
             owner_context: false,
             from_backup: false,
             connect_end: None,
+            timewait_read: None,
         }
     }
 

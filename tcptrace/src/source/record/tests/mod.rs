@@ -72,6 +72,7 @@ fn event(i: u64, v6: bool) -> Event {
         owner_context: false,
         from_backup: i % 7 == 3,
         connect_end: None,
+        timewait_read: None,
     }
 }
 

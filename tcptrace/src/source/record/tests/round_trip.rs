@@ -303,7 +303,6 @@ fn summaries_round_trip_in_files_that_say_they_hold_them() {
             passive: true,
             err: 0,
             timewait: None,
-            timewait_read: None,
         },
     };
     let mut h = header();
