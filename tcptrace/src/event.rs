@@ -615,10 +615,7 @@ mod tests {
             }
             ev.timewait_read = Some(read);
             let back = decode(summary_bytes(&encode_summary(&ev).unwrap())).unwrap();
-            assert_eq!(
-                (back.what, back.timewait_read),
-                (ev.what.clone(), Some(read))
-            );
+            assert_eq!((back.what, back.timewait_read), (ev.what, Some(read)));
             // And in an event record, as the stream carries it.
             let back = decode(raw_bytes(&encode(&ev))).unwrap();
             assert_eq!(back.timewait_read, Some(read));
