@@ -45,10 +45,10 @@ pub struct SockOffsets {
     /// `inet_sock.inet_sport` (u16, network order): the local port `connect()` picked, which
     /// unlike `skc_num` survives the release of the port at ->CLOSE. 0 when unknown (not read).
     pub inet_sport: u32,
-    /// `sock.sk_shutdown` (u8): `RCV_SHUTDOWN` is set once the peer's FIN arrived. Tells the
-    /// substate of the timewait socket a FIN_WAIT2 -> CLOSE made, where no fentry hook says it.
-    /// 0 when unknown (a bitfield on older kernels: not read).
-    pub sk_shutdown: u32,
+    /// `sock.sk_flags` (unsigned long): `SOCK_DONE` is set once the peer's FIN arrived (and
+    /// `close()` does not set it, unlike `sk_shutdown`'s `RCV_SHUTDOWN`). Tells the substate of the timewait socket
+    /// a FIN_WAIT2 -> CLOSE made, where no fentry hook says it. 0 when unknown (not read).
+    pub sk_flags: u32,
 }
 
 /// Where the classic `sock:inet_sock_set_state` tracepoint puts each field of its record, read

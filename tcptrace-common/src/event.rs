@@ -43,9 +43,9 @@ pub const FLAG_HAS_COOKIE: u8 = 1 << 2;
 /// SYN_SENT -> CLOSE of a socket that never had a local port (`inet_sport` 0): `connect()` could
 /// not pick one (EADDRNOTAVAIL). Set only where the kernel offsets name `inet_sport`.
 pub const FLAG_NO_LOCAL_PORT: u8 = 1 << 3;
-/// FIN_WAIT2 -> CLOSE: the substate of the timewait socket it made was read from `sk_shutdown`
-/// (TIME_WAIT when the peer's FIN had arrived, else FIN_WAIT2 with [`FLAG_TW_FIN_WAIT2`]).
-/// Set only where the kernel offsets name `sk_shutdown`.
+/// FIN_WAIT2 -> CLOSE: the substate of the timewait socket it made was read from `SOCK_DONE` in
+/// `sk_flags` (TIME_WAIT when the peer's FIN had arrived, else FIN_WAIT2 with
+/// [`FLAG_TW_FIN_WAIT2`]). Set only where the kernel offsets name `sk_flags`.
 pub const FLAG_TW_SUBSTATE: u8 = 1 << 4;
 /// With [`FLAG_TW_SUBSTATE`]: the substate is FIN_WAIT2 (an orphan whose peer has not closed).
 pub const FLAG_TW_FIN_WAIT2: u8 = 1 << 5;
@@ -164,9 +164,10 @@ pub const SUMMARY_TW_FIN_WAIT2: u16 = 1 << 10;
 /// could not pick one (EADDRNOTAVAIL). Set only where the kernel offsets name `inet_sport`.
 pub const SUMMARY_NO_LOCAL_PORT: u16 = 1 << 11;
 /// A FIN_WAIT2 -> CLOSE without the fentry hook: the substate of the timewait socket it made
-/// was read from `sk_shutdown` (TIME_WAIT when the peer's FIN had arrived, else FIN_WAIT2 with
-/// [`SUMMARY_TW_FIN_WAIT2`]: an orphan handed over before its peer closed). Exact, where
-/// userspace otherwise infers it from the peer's state, which a summary reports late.
+/// was read from `SOCK_DONE` in `sk_flags` (TIME_WAIT when the peer's FIN had arrived, else
+/// FIN_WAIT2 with [`SUMMARY_TW_FIN_WAIT2`]: an orphan handed over before its peer closed).
+/// Exact, where userspace otherwise infers it from the peer's state, which a summary reports
+/// late.
 pub const SUMMARY_TW_SUBSTATE: u16 = 1 << 15;
 
 /// What a socket did since its last record, sent when it enters CLOSE_WAIT and when it closes:

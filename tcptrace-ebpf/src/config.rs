@@ -28,7 +28,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
         sk_protocol_size: 0,
         sk_err: 0,
         inet_sport: 0,
-        sk_shutdown: 0,
+        sk_flags: 0,
     },
     family: 0,
     port_filter: 0,

@@ -158,27 +158,30 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     0
 }
 
-/// FIN_WAIT2 -> CLOSE: which timewait socket it made. tcp_fin() sets RCV_SHUTDOWN before it
-/// calls tcp_time_wait(TCP_TIME_WAIT); an orphan handed over when its own FIN was acked (or by
-/// its FIN_WAIT2 timer) never had the peer's FIN, and waits in substate FIN_WAIT2.
+/// FIN_WAIT2 -> CLOSE: which timewait socket it made. tcp_fin() sets SOCK_DONE before it calls
+/// tcp_time_wait(TCP_TIME_WAIT); an orphan handed over when its own FIN was acked (or by its
+/// FIN_WAIT2 timer) never had the peer's FIN, and waits in substate FIN_WAIT2. (Not
+/// `sk_shutdown`'s RCV_SHUTDOWN: tcp_close() sets that on every socket it closes.)
 /// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4400>
 #[inline(always)]
 fn timewait_substate(sk: impl Sock, o: &tcptrace_common::config::SockOffsets, ev: &mut RawEvent) {
     if ev.oldstate != TcpState::FinWait2 as u8
         || ev.newstate != TcpState::Close as u8
-        || o.sk_shutdown == 0
+        || o.sk_flags == 0
         || sk.is_null()
     {
         return;
     }
     ev.flags |= FLAG_TW_SUBSTATE;
-    if sk.at::<u8>(o.sk_shutdown) & RCV_SHUTDOWN == 0 {
+    if sk.at::<u64>(o.sk_flags) & SOCK_DONE == 0 {
         ev.flags |= FLAG_TW_FIN_WAIT2;
     }
 }
 
-/// `sk_shutdown`: the peer's FIN arrived.
-pub const RCV_SHUTDOWN: u8 = 1;
+/// `sk_flags` bit `SOCK_DONE` (enum sock_flags: SOCK_DEAD is 0, SOCK_DONE 1): the peer's FIN
+/// arrived.
+/// <https://github.com/torvalds/linux/blob/v6.1/include/net/sock.h#L880>
+pub const SOCK_DONE: u64 = 1 << 1;
 
 /// SYN_SENT -> CLOSE: why the connect failed (`sk_err`, set before `tcp_done`) and whether it
 /// ever had a local port (`inet_sport`; `skc_num` is already released here).

@@ -40,7 +40,7 @@ use crate::{
     config::{Counter, EVENTS, PORTS, add, count, count_transition, counting_mode},
     emit,
     sock::{self, Sock, Typed},
-    state_change::RCV_SHUTDOWN,
+    state_change::SOCK_DONE,
 };
 
 /// What the kernel keeps per socket (about 200 bytes; freed with the socket).
@@ -235,14 +235,14 @@ pub fn on_transition(
     if new == CLOSE
         && old == FIN_WAIT2
         && s.flags & (SUMMARY_RESET | SUMMARY_TW_HOOKED) == 0
-        && cfg.offsets.sk_shutdown != 0
+        && cfg.offsets.sk_flags != 0
     {
-        // Which timewait socket this close made. tcp_fin() sets RCV_SHUTDOWN before it calls
+        // Which timewait socket this close made. tcp_fin() sets SOCK_DONE before it calls
         // tcp_time_wait(TCP_TIME_WAIT); an orphan handed over when its own FIN was acked
         // (tcp_rcv_state_process, or its FIN_WAIT2 timer) never had the peer's FIN.
         // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4400>
         s.flags |= SUMMARY_TW_SUBSTATE;
-        if Typed(sk_btf).at::<u8>(cfg.offsets.sk_shutdown) & RCV_SHUTDOWN == 0 {
+        if Typed(sk_btf).at::<u64>(cfg.offsets.sk_flags) & SOCK_DONE == 0 {
             s.flags |= SUMMARY_TW_FIN_WAIT2;
         } else {
             s.flags &= !SUMMARY_TW_FIN_WAIT2;

@@ -166,9 +166,9 @@ pub struct Event {
     /// SYN_SENT -> CLOSE only: why the connect ended.
     pub connect_end: Option<ConnectEnd>,
     /// FIN_WAIT2 -> CLOSE only: the substate of the timewait socket it made, read by the kernel
-    /// from `sk_shutdown` (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2); `None` when
-    /// not read. Unlike a summary's `Stays::timewait` (the fentry hook), it promises no exact
-    /// end.
+    /// from `SOCK_DONE` in `sk_flags` (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2);
+    /// `None` when not read. Unlike a summary's `Stays::timewait` (the fentry hook), it promises
+    /// no exact end.
     pub timewait_read: Option<TcpState>,
 }
 
@@ -257,7 +257,7 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
     let (old, new) = (state(raw.oldstate)?, state(raw.newstate)?);
     let (lip, rip) = addresses(raw.family, &raw.saddr, &raw.daddr)?;
     let f = raw.flags;
-    // The timewait substate, where the hook or `sk_shutdown` told it.
+    // The timewait substate, where the hook or `SOCK_DONE` in `sk_flags` told it.
     let substate = if f & SUMMARY_TW_FIN_WAIT2 != 0 {
         TcpState::FinWait2
     } else {

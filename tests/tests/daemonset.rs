@@ -184,10 +184,13 @@ impl Host {
         );
         self.ss.exited_client_time_wait =
             Some(ss_count("time-wait", &format!("dport = :{}", addr.port())) as f64);
-        assert_eq!(
-            self.ss.exited_client_time_wait,
-            Some(EXITED_CLIENT_CONNS as f64),
-            "ss"
+        // ss is the referee: on loopback the kernel may reuse a TIME_WAIT port for the next
+        // connect to the same destination (net.ipv4.tcp_tw_reuse=2, the default), ending that
+        // TIME_WAIT early (seen: 1 of 2).
+        let tw = self.ss.exited_client_time_wait.unwrap();
+        assert!(
+            (1.0..=EXITED_CLIENT_CONNS as f64).contains(&tw),
+            "ss: {tw} TIME_WAIT"
         );
         self.exited_client = Some((pid, container));
         self._cgroups.push(cg);

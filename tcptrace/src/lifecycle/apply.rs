@@ -401,9 +401,9 @@ impl SocketTable {
         // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c>); it turns
         // TIME_WAIT only when the peer's FIN arrives. A local peer still in CLOSE_WAIT has
         // not sent it.
-        // Else the substate the kernel read (`sk_shutdown`), where it could: exact, and needed
-        // for summaries, which report the local peer's CLOSE_WAIT -> LAST_ACK only at its
-        // close, so that the peer still looks held here when it is not.
+        // Else the substate the kernel read (`SOCK_DONE` in `sk_flags`), where it could: exact,
+        // and needed for summaries, which report the local peer's CLOSE_WAIT -> LAST_ACK only
+        // at its close, so that the peer still looks held here when it is not.
         let held = if hooked {
             !reset && hooked_fw2
         } else if let Some(substate) = ev.timewait_read {

@@ -138,10 +138,10 @@ fn sock_offsets_in(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
             .field("inet_sock", &["inet_sport"])
             .and_then(|f| exact(f, 2))
             .unwrap_or(0),
-        // The substate a FIN_WAIT2 -> CLOSE hands over; optional (a bitfield before 5.x's u8).
-        sk_shutdown: btf
-            .field("sock", &["sk_shutdown"])
-            .and_then(|f| exact(f, 1))
+        // The substate a FIN_WAIT2 -> CLOSE hands over (SOCK_DONE); optional.
+        sk_flags: btf
+            .field("sock", &["sk_flags"])
+            .and_then(|f| exact(f, 8))
             .unwrap_or(0),
     })
 }
@@ -920,7 +920,7 @@ mod tests {
             sk_protocol_size: size,
             sk_err: 0,
             inet_sport: 0,
-            sk_shutdown: 0,
+            sk_flags: 0,
         }
     }
 
@@ -1305,7 +1305,7 @@ mod tests {
             sk_protocol_size: proto_size,
             sk_err: byte("sock", &["sk_err"]),
             inet_sport: byte("inet_sock", &["inet_sport"]),
-            sk_shutdown: byte("sock", &["sk_shutdown"]),
+            sk_flags: byte("sock", &["sk_flags"]),
         };
         assert_eq!(ours, theirs);
         // Fields that share a word are distinct: the lookup did not stop at the union itself.
