@@ -45,7 +45,7 @@ pub struct SockOffsets {
     /// `inet_sock.inet_sport` (u16, network order): the local port `connect()` picked, which
     /// unlike `skc_num` survives the release of the port at ->CLOSE. 0 when unknown (not read).
     pub inet_sport: u32,
-    /// `sock.sk_flags` (unsigned long): `SOCK_DONE` is set once the peer's FIN arrived (and
+    /// `sock.sk_flags`, i.e. `__sk_common.skc_flags` (unsigned long): `SOCK_DONE` is set once the peer's FIN arrived (and
     /// `close()` does not set it, unlike `sk_shutdown`'s `RCV_SHUTDOWN`). Tells the substate of the timewait socket
     /// a FIN_WAIT2 -> CLOSE made, where no fentry hook says it. 0 when unknown (not read).
     pub sk_flags: u32,

@@ -139,8 +139,9 @@ fn sock_offsets_in(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
             .and_then(|f| exact(f, 2))
             .unwrap_or(0),
         // The substate a FIN_WAIT2 -> CLOSE hands over (SOCK_DONE); optional.
+        // `sk_flags` is `__sk_common.skc_flags` (a define), in a union.
         sk_flags: btf
-            .field("sock", &["sk_flags"])
+            .field("sock", &["__sk_common", "skc_flags"])
             .and_then(|f| exact(f, 8))
             .unwrap_or(0),
     })
@@ -1305,7 +1306,7 @@ mod tests {
             sk_protocol_size: proto_size,
             sk_err: byte("sock", &["sk_err"]),
             inet_sport: byte("inet_sock", &["inet_sport"]),
-            sk_flags: byte("sock", &["sk_flags"]),
+            sk_flags: common("skc_flags"),
         };
         assert_eq!(ours, theirs);
         // Fields that share a word are distinct: the lookup did not stop at the union itself.
