@@ -53,7 +53,13 @@ impl<W: Write> Sink for TraceLines<W> {
             return;
         }
         match ev.what {
-            What::ResetSent | What::ResetReceived => {
+            // Only a RST sent by close() comes after the ->CLOSE it belongs to; a received RST
+            // comes before its socket's ->CLOSE (tcp_reset() then tcp_done()), which says so
+            // itself. Keyed by address (before 5.12), a received RST found the line of the
+            // socket that last had the address: a refused connect's ECONNREFUSED note became
+            // "reset" on 5.10.
+            What::ResetReceived => {}
+            What::ResetSent => {
                 if let Some(l) =
                     pending.get_mut(pending.closes.get(&(ev.netns, ev.sock.key())).copied())
                 {
