@@ -235,8 +235,22 @@ pub fn client(to: SocketAddr, args: &[&str]) -> Proc {
 }
 
 /// The tracer as a child process.
+/// A child process killed when dropped still running: a test that fails between starting a
+/// tracer and stopping it must not leave it attached to the kernel (it would skew every later
+/// test and benchmark on the host).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub struct Tracer {
-    child: Child,
+    child: KillOnDrop,
     stdout: thread::JoinHandle<String>,
     stderr: thread::JoinHandle<String>,
     pub started: String,
@@ -309,7 +323,7 @@ impl Tracer {
                     early.push(l.clone());
                     if l.contains("attached") {
                         return Tracer {
-                            child,
+                            child: KillOnDrop(child),
                             stdout,
                             stderr,
                             started: early.join("\n"),
@@ -337,13 +351,13 @@ impl Tracer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// Sends `sig` (SIGINT by default for a clean stop) and collects the output.
     pub fn stop_with(self, sig: i32) -> TracerOutput {
         // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        unsafe { libc::kill(self.child.0.id() as i32, sig) };
         self.wait()
     }
 
@@ -365,12 +379,12 @@ impl Tracer {
     pub fn wait(mut self) -> TracerOutput {
         let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
+            if let Ok(Some(st)) = self.child.0.try_wait() {
                 break st;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break self.child.wait().unwrap();
+                let _ = self.child.0.kill();
+                break self.child.0.wait().unwrap();
             }
             thread::sleep(Duration::from_millis(20));
         };

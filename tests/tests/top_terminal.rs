@@ -186,7 +186,10 @@ fn top_on(slave: OwnedFd, args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(l) if l.contains("attached") => return (child, lines),
             Ok(_) => {}
-            Err(_) => panic!("tcptrace never attached: {:?}", lines.lock().unwrap()),
+            Err(_) => {
+                let _ = Top(child);
+                panic!("tcptrace never attached: {:?}", lines.lock().unwrap())
+            }
         }
     }
 }
@@ -202,7 +205,7 @@ fn quit(s: Session) {
     pty.send("q");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
+        if let Some(st) = child.0.try_wait().unwrap() {
             break st;
         }
         assert!(Instant::now() < deadline, "top did not quit on q");
@@ -268,8 +271,21 @@ fn leakers() -> Leakers {
 struct Session {
     _leakers: Leakers,
     pty: Pty,
-    child: Child,
+    child: Top,
     stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// The `tcptrace top` under test, killed when a failed assertion unwinds past it (a leaked one
+/// stays attached to the kernel and skews whatever runs next on the host).
+struct Top(Child);
+
+impl Drop for Top {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn start() -> (Session, Vec<String>) {
@@ -281,6 +297,7 @@ fn start() -> (Session, Vec<String>) {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (child, stderr) = top_on(slave, &args);
+    let child = Top(child);
     let lines = pty.wait_for("process table with both leakers", |s| {
         has(s, "PID") && s.iter().filter(|l| l.contains("tcpscenario")).count() == 2
     });
