@@ -251,16 +251,18 @@ pub struct ProbeArgs {
     /// inferred, start and end (off).
     #[arg(long, value_enum, default_value_t = TimewaitHooksArg::Auto)]
     pub timewait_hooks: TimewaitHooksArg,
-    /// Have the kernel send every transition, as `trace` does, instead of one summary per
-    /// CLOSE_WAIT entry and per close: costlier, and what a recording needs to replay as a full
-    /// trace later.
+    /// Have the kernel follow each socket in socket-local storage (Linux 5.11+) and send one
+    /// summary per CLOSE_WAIT entry and per close instead of every transition: fewer records,
+    /// but on our 6.18 VM it cost the host more connections per second than every transition
+    /// (BENCHMARKS.md), and states no record reports (ESTABLISHED, ...) are only as fresh as
+    /// the last check against the kernel's table. Not for `trace`, which prints every transition.
     #[arg(long)]
-    pub every_transition: bool,
+    pub summaries: bool,
 }
 
 impl ProbeArgs {
-    /// What the session reads and how. `trace` prints every transition; every other view
-    /// needs only the kernel's summaries unless `--every-transition` asks otherwise.
+    /// What the session reads and how. `trace` prints every transition; the other views take
+    /// the kernel's summaries when `--summaries` asks for them.
     pub fn options(&self, every_transition: bool) -> Options {
         Options {
             from: self.from.clone(),
@@ -274,7 +276,7 @@ impl ProbeArgs {
                 TimewaitHooksArg::Off => TimewaitHooks::Off,
             },
             max_event_rate: self.max_event_rate,
-            summary: !(every_transition || self.every_transition),
+            summary: self.summaries && !every_transition,
         }
     }
 }

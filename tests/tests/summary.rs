@@ -52,8 +52,8 @@ fn summaries_report_what_every_transition_reports() {
     let _alone = STORM.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port("127.0.77.1".parse().unwrap());
     let p = port.to_string();
-    let summary = Tracer::start(&["report", "--json", "--port", &p]);
-    let every = Tracer::start(&["report", "--json", "--port", &p, "--every-transition"]);
+    let summary = Tracer::start(&["report", "--json", "--port", &p, "--summaries"]);
+    let every = Tracer::start(&["report", "--json", "--port", &p]);
     // Before 5.11 (5.12 for the cookie) tracing programs have no socket storage: the summary
     // tracer says so and follows every transition too, and must still agree.
     if !summary
@@ -155,7 +155,7 @@ fn the_books_balance_for_a_storm_of_exactly_n_connections() {
     let _alone = STORM.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port("127.0.77.1".parse().unwrap());
     let p = port.to_string();
-    let report = Tracer::start(&["report", "--json", "--port", &p]);
+    let report = Tracer::start(&["report", "--json", "--port", &p, "--summaries"]);
     let trace = Tracer::start(&["trace", "--json", "--port", &p]);
     let (conns, targets) = (5000u64, 4u64);
     storm(port, conns, 2, targets as u32);

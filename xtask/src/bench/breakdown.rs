@@ -83,7 +83,7 @@ const TIMED: [Mode; 5] = [
     Mode::Floor,
     Mode::BpftraceCount,
     Mode::Report,
-    Mode::ReportEvery,
+    Mode::ReportSummaries,
     Mode::Trace,
 ];
 
@@ -175,7 +175,7 @@ pub fn render(w: &mut String, c: &Costs) {
         );
     }
     let _ = writeln!(w);
-    for mode in [Mode::Report, Mode::ReportEvery, Mode::Trace] {
+    for mode in [Mode::Report, Mode::ReportSummaries, Mode::Trace] {
         let _ = writeln!(
             w,
             "- {}: {:.0} ns per transition (every `set_state*` program).",

@@ -25,8 +25,8 @@ pub enum Mode {
     BpftracePrint,
     /// `tcptrace report`: summary records.
     Report,
-    /// `tcptrace report --every-transition`: every transition sent, as before summary mode.
-    ReportEvery,
+    /// `tcptrace report --summaries`: one summary per CLOSE_WAIT entry and close.
+    ReportSummaries,
     /// `tcptrace trace > /dev/null`.
     Trace,
     /// `tcptrace serve`, scraped once a second.
@@ -46,7 +46,7 @@ impl Mode {
         Mode::BpftraceCount,
         Mode::BpftracePrint,
         Mode::Report,
-        Mode::ReportEvery,
+        Mode::ReportSummaries,
         Mode::Trace,
         Mode::Serve,
     ];
@@ -58,7 +58,7 @@ impl Mode {
             Mode::BpftraceCount => "bpftrace counting (old, new) in a map",
             Mode::BpftracePrint => "bpftrace printing a line per transition",
             Mode::Report => "`tcptrace report`",
-            Mode::ReportEvery => "`tcptrace report --every-transition`",
+            Mode::ReportSummaries => "`tcptrace report --summaries`",
             Mode::Trace => "`tcptrace trace > /dev/null`",
             Mode::Serve => "`tcptrace serve`, scraped every second",
         }
@@ -81,7 +81,7 @@ impl Mode {
         Some(match self {
             // SIGINT ends the observation early and prints the report; the duration is a bound.
             Mode::Report => &["report", "--duration", "10m"],
-            Mode::ReportEvery => &["report", "--duration", "10m", "--every-transition"],
+            Mode::ReportSummaries => &["report", "--duration", "10m", "--summaries"],
             Mode::Trace => &["trace"],
             Mode::Serve => &["serve", "--listen", "127.0.0.1:0"],
             _ => return None,
