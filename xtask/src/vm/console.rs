@@ -31,10 +31,18 @@ pub struct Console {
     pub finished: Vec<BinaryOutcome>,
     pub running: Option<BinaryOutcome>,
     pub all_done: bool,
+    /// The guest kernel oopsed on a breakpoint trap in its own text (`Oops: int3`): the
+    /// signature of live code patching (`text_poke_bp`, as static keys flip when programs
+    /// attach) racing another vCPU under QEMU's emulation, seen once in the 6.12 guest in
+    /// `get_random_u32` while a test ran `stat()`.
+    pub int3_oops: bool,
 }
 
 impl Console {
     pub fn feed(&mut self, line: &str) {
+        if line.contains("Oops: int3") {
+            self.int3_oops = true;
+        }
         if let Some(rest) = after(line, INIT) {
             self.kernel_release = Some(rest.trim().to_string());
         } else if let Some(rest) = after(line, TEST_BEGIN) {
@@ -145,6 +153,18 @@ mod tests {
             console.feed(line);
         }
         console
+    }
+
+    #[test]
+    fn an_int3_oops_of_the_guest_kernel_is_recognised() {
+        let c = feed(&[
+            "@@xtask-init 6.12.118+deb12-cloud-amd64",
+            "@@xtask-test-begin containers",
+            "test a_docker_container_shows_in_every_view ... [   13.447895] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[   13.452385] Kernel panic - not syncing: Fatal exception in interrupt",
+        ]);
+        assert!(c.int3_oops && !c.all_done);
+        assert!(!feed(&["[ 1.0] Oops: general protection fault"]).int3_oops);
     }
 
     #[test]

@@ -298,6 +298,19 @@ fn boot_prepared(p: Prepared, opts: &VmOptions, concurrent: bool) -> Result<Kern
         boot.accel = Accel::Tcg;
         report = qemu::boot(&boot)?;
     }
+    if report.console.int3_oops && !report.console.all_done && boot.accel == Accel::Tcg {
+        // Once, loudly: a second crash fails the run as any crash does.
+        eprintln!(
+            "vm: {}: the guest kernel oopsed on a breakpoint in its own text (Oops: int3), \
+             which is code patching racing under emulation, not a test; console log {}; \
+             booting it again once",
+            p.label,
+            p.console_log.display()
+        );
+        let first = p.console_log.with_extension("oops.log");
+        let _ = fs::rename(&p.console_log, &first);
+        report = qemu::boot(&boot)?;
+    }
 
     let tally = report.console.tally();
     match report.to_init {
