@@ -89,7 +89,10 @@ impl Userland {
     /// path in the guest).
     pub fn libraries(&self, binaries: &[PathBuf]) -> Result<Vec<(PathBuf, PathBuf)>> {
         match self {
-            Userland::Host => Ok(ldd(binaries)?.into_iter().map(|p| (p.clone(), p)).collect()),
+            Userland::Host => Ok(crate::libs::shared_libraries(binaries)?
+                .into_iter()
+                .map(|p| (p.clone(), p))
+                .collect()),
             Userland::Sysroot(root) => sysroot_libraries(root, binaries),
         }
     }
@@ -103,26 +106,6 @@ pub fn host_busybox() -> Result<PathBuf> {
         .into_iter()
         .find(|p| p.is_file())
         .context("vm: busybox not found (package busybox-static)")
-}
-
-/// Every library `ldd` lists for `binaries`, the dynamic loader included.
-fn ldd(binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut libs = BTreeSet::new();
-    for binary in binaries {
-        let out = cmd::stdout_of(Command::new("ldd").arg(binary))?;
-        for line in out.lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next(),
-                None => line.split_whitespace().next(),
-            };
-            if let Some(path) = path.filter(|p| p.starts_with('/')) {
-                libs.insert(PathBuf::from(path));
-            }
-        }
-    }
-    Ok(libs.into_iter().collect())
 }
 
 /// The arm64 root: the packages and their dependencies, downloaded with the private
