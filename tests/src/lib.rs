@@ -258,6 +258,16 @@ pub struct Tracer {
     attached_at: Instant,
 }
 
+/// The findings of a `diagnose --json` document of one kind.
+pub fn findings<'a>(doc: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    doc["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .collect()
+}
+
 pub struct TracerOutput {
     pub stdout: String,
     pub stderr: String,

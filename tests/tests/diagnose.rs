@@ -23,15 +23,6 @@ fn diagnose(args: &[&str]) -> Tracer {
     Tracer::start(&a)
 }
 
-fn findings<'a>(doc: &'a Value, kind: &str) -> Vec<&'a Value> {
-    doc["findings"]
-        .as_array()
-        .expect("findings array")
-        .iter()
-        .filter(|f| f["kind"] == kind)
-        .collect()
-}
-
 fn pids(f: &Value) -> Vec<u64> {
     f["who"]["processes"]
         .as_array()

@@ -15,15 +15,6 @@ use tcptrace_tests::{netns::TestNetns, *};
 
 const T: Duration = Duration::from_secs(60);
 
-fn findings<'a>(doc: &'a Value, kind: &str) -> Vec<&'a Value> {
-    doc["findings"]
-        .as_array()
-        .expect("findings array")
-        .iter()
-        .filter(|f| f["kind"] == kind)
-        .collect()
-}
-
 fn pid_row(doc: &Value, pid: u32) -> &Value {
     doc["by_pid"]
         .as_array()
