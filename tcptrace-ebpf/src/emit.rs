@@ -1,31 +1,67 @@
 //! Filling the task fields, applying the in-kernel filters, and handing records to userspace.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_get_current_comm,
     },
+    macros::map,
+    maps::PerCpuArray,
 };
 use tcptrace_common::{
     EventKind, TcpState,
     config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
-    event::{FLAG_FROM_BACKUP, RawEvent},
+    event::{FLAG_FROM_BACKUP, FLAG_OWNER_CONTEXT, RAW_EVENT_SIZE, RawEvent},
 };
 
 use crate::config::{ADMITTED, Counter, EVENTS, PORTS, count, count_transition, counting_mode};
 
-/// Stamps the time and the current task. The task is only the socket's owner for some
-/// transitions; `FLAG_OWNER_CONTEXT` says which, and userspace never trusts it otherwise.
+/// Zeroes `slot` in place with 13 word stores and returns it as a record. `RawEvent::zeroed()`
+/// compiles to a call of `memset`, which aya-ebpf implements as a byte loop (BPF has no such
+/// instruction): 104 iterations per event, 1.4% of the whole host's CPU in a storm profile
+/// (`perf record -a`, symbol `bpf_prog_*_memset`), two thirds of what the state-change program
+/// itself took. In place, because returning the record by value lets LLVM see the copy is all
+/// zeros and turn it back into a `memset`.
 #[inline(always)]
-pub fn fill_task(ev: &mut RawEvent) {
+pub fn blank(slot: &mut core::mem::MaybeUninit<RawEvent>) -> &mut RawEvent {
+    let words = slot.as_mut_ptr() as *mut u64;
+    let mut i = 0;
+    while i < RAW_EVENT_SIZE / 8 {
+        // SAFETY: within the record (its size is a multiple of 8, asserted in the common
+        // crate, and its alignment 8); volatile so LLVM cannot merge the stores into a memset.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte was written above, and all-zero is a valid RawEvent.
+    unsafe { slot.assume_init_mut() }
+}
+
+/// Stamps the time and the current task. The task is only the socket's owner for some
+/// transitions (`owner`, sent as `FLAG_OWNER_CONTEXT`), and userspace never trusts it otherwise.
+///
+/// Its name and cgroup are read only then: `bpf_get_current_cgroup_id` alone costs ~180 ns on
+/// this hook (BENCHMARKS.md, helper table), half of a whole transition, and 7 of a connection's
+/// 10 transitions run in softirq, where the current task is whoever was interrupted. The pid is
+/// kept for every event (2 ns): a failed connect compares it with its owner's.
+#[inline(always)]
+pub fn fill_task(ev: &mut RawEvent, owner: bool) {
     // SAFETY: helpers without pointer arguments.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
-    ev.comm = bpf_get_current_comm().unwrap_or_default();
-    // SAFETY: as above.
-    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if owner {
+        ev.flags |= FLAG_OWNER_CONTEXT;
+        // Straight into the record: aya's `bpf_get_current_comm()` zeroes a buffer of its own
+        // first (another byte-loop `memset`). The helper NUL-pads what it writes.
+        // SAFETY: the helper writes at most the 16 bytes it is given.
+        unsafe { bpf_get_current_comm(ev.comm.as_mut_ptr() as *mut c_void, ev.comm.len() as u32) };
+        // SAFETY: as above.
+        ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
 }
 
 /// Family and port filters.
@@ -87,6 +123,26 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
     matched
 }
 
+/// In counting mode (the overload guard) with no family or port filter, a transition is only
+/// counted, so the state-change programs count it before reading a single socket field or
+/// asking for the time and the task: that path then costs what counting `(old, new)` in a map
+/// costs, which is the point of the guard. (With a filter the fields decide whether it counts.)
+#[inline(always)]
+pub fn counts_without_fields(cfg: &ProbeConfig) -> bool {
+    cfg.family == 0 && cfg.port_filter & PORT_FILTER_ON == 0 && counting_mode()
+}
+
+/// Counts a transition in counting mode instead of sending it.
+#[inline(always)]
+pub fn count_instead(old: u8, new: u8, from_backup: bool) {
+    if from_backup {
+        // A run the primary missed, handled here by counting: not lost.
+        count(Counter::BackupDiscarded);
+    }
+    count(Counter::Counted);
+    count_transition(old, new);
+}
+
 /// Copies the record into the ring buffer without waking the reader, unless enough data waits.
 ///
 /// Waking userspace per event raises an irq_work IPI per event: it slows the host several-fold
@@ -106,12 +162,7 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
             // Not transitions: while counting, TIME_WAIT is inferred from the kernel table.
             return;
         }
-        if ev.flags & FLAG_FROM_BACKUP != 0 {
-            // A run the primary missed, handled here by counting: not lost.
-            count(Counter::BackupDiscarded);
-        }
-        count(Counter::Counted);
-        count_transition(ev.oldstate, ev.newstate);
+        count_instead(ev.oldstate, ev.newstate, ev.flags & FLAG_FROM_BACKUP != 0);
         return;
     }
     if EVENTS.output::<RawEvent>(ev, wakeup_flags(cfg)).is_err() {
@@ -129,14 +180,34 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
     }
 }
 
+/// Records submitted on this CPU, so that the fill level is asked for only every
+/// [`QUERY_EVERY`]th one.
+#[map]
+static SUBMITTED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)` reads the consumer position, a cache line the reader
+/// writes on another CPU: per record it took 1.6% of the host's CPU in a storm profile, more
+/// than the state-change program itself. The forced wakeup waits for half the ring, so checking
+/// every 64th record per CPU is late by at most 64 records (6.5 KiB) per CPU.
+const QUERY_EVERY: u32 = 64;
+
 /// No wakeup per record; a forced one once enough data waits (see [`submit`]).
 #[inline(always)]
 pub fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
     if cfg.no_wakeup == 0 {
-        0
-    } else if cfg.wakeup_bytes != 0
-        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64
-    {
+        return 0;
+    }
+    if cfg.wakeup_bytes == 0 {
+        return BPF_RB_NO_WAKEUP as u64;
+    }
+    let Some(n) = SUBMITTED.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP as u64;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not run at once except nested, where a
+    // lost increment only moves the next check by one record.
+    let k = unsafe { *n };
+    unsafe { *n = k.wrapping_add(1) };
+    if k % QUERY_EVERY == 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -5,21 +5,17 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    EbpfContext,
-    helpers::bpf_probe_read_kernel,
-    programs::{BtfTracePointContext, TracePointContext},
-};
+use aya_ebpf::programs::{BtfTracePointContext, TracePointContext};
 use tcptrace_common::{
     EventKind,
     config::{RESET_TP_HAS_FAMILY, RESET_TP_SOCKADDR},
-    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
+    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE},
 };
 
 use crate::{
     config::config,
     emit, record,
-    sock::{self, Addr, Sock, Typed},
+    sock::{self, Addr, Typed},
     state_change::SockKey,
     summary,
 };
@@ -57,9 +53,10 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction, key: SockKey) -> i32 {
         // The socket's close record will say it was a RST (`tcp_reset` calls `tcp_done` next).
         summary::reset_received(sk_btf);
     }
-    let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
-    emit::fill_task(&mut ev);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ev = emit::blank(&mut slot);
+    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, ev);
+    emit::fill_task(ev, false);
     // tcp_send_reset may pass a timewait or request socket; the helper takes any `sock_common`.
     ev.cookie = key.cookie_of(sk_btf);
     ev.skaddr = sk;
@@ -67,7 +64,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, dir: Direction, key: SockKey) -> i32 {
     if ev.cookie != 0 {
         ev.flags = FLAG_HAS_COOKIE;
     }
-    emit::submit(&ev, cfg);
+    emit::submit(ev, cfg);
     0
 }
 
@@ -83,7 +80,8 @@ pub fn on_tracepoint(ctx: &TracePointContext, dir: Direction) -> u32 {
     if l.validated == 0 {
         return 0;
     }
-    let mut ev = RawEvent::zeroed();
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ev = emit::blank(&mut slot);
     ev.skaddr = record::at(ctx, l.skaddr);
     if ev.skaddr == 0 {
         // A RST for a segment that matched no full socket.
@@ -106,13 +104,13 @@ pub fn on_tracepoint(ctx: &TracePointContext, dir: Direction) -> u32 {
         ev.sport = sport;
         ev.dport = dport;
     }
-    record::addresses(ctx, &mut ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
+    record::addresses(ctx, ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
     ev.netns = sock::netns_of(Addr(ev.skaddr), &cfg.offsets);
     if ev.family != AF_INET && ev.family != AF_INET6 {
         return 0;
     }
-    emit::fill_task(&mut ev);
+    emit::fill_task(ev, false);
     ev.kind = dir.kind() as u8;
-    emit::submit(&ev, cfg);
+    emit::submit(ev, cfg);
     0
 }

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    helpers::generated::bpf_get_socket_cookie,
     macros::map,
     maps::PerCpuArray,
     programs::{BtfTracePointContext, TracePointContext},
@@ -12,8 +12,8 @@ use aya_ebpf::{
 use tcptrace_common::{
     EventKind, TcpState,
     event::{
-        FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT,
-        FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE, RawEvent,
+        FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE,
+        RawEvent,
     },
     state::runs_in_owner_context,
 };
@@ -136,25 +136,28 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         }
         return 0;
     }
-    let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
-    emit::fill_task(&mut ev);
+    if emit::counts_without_fields(cfg) {
+        emit::count_instead(old as u8, new as u8, role == Role::Backup);
+        return 0;
+    }
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ev = emit::blank(&mut slot);
+    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, ev);
     ev.cookie = cookie;
     ev.skaddr = sk;
     ev.kind = EventKind::StateChange as u8;
     ev.oldstate = old as u8;
     ev.newstate = new as u8;
     ev.flags = if cookie != 0 { FLAG_HAS_COOKIE } else { 0 };
-    if runs_in_owner_context(ev.oldstate, ev.newstate) {
-        ev.flags |= FLAG_OWNER_CONTEXT;
-    }
+    let owner = runs_in_owner_context(ev.oldstate, ev.newstate);
+    emit::fill_task(ev, owner);
     if role == Role::Backup {
         ev.flags |= FLAG_FROM_BACKUP;
         count(Counter::BackupEmitted);
     }
-    connect_end(Typed(sk_btf), &cfg.offsets, &mut ev);
-    timewait_substate(Typed(sk_btf), &cfg.offsets, &mut ev);
-    emit::submit(&ev, cfg);
+    connect_end(Typed(sk_btf), &cfg.offsets, ev);
+    timewait_substate(Typed(sk_btf), &cfg.offsets, ev);
+    emit::submit(ev, cfg);
     0
 }
 
@@ -221,23 +224,22 @@ pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
     if protocol != sock::IPPROTO_TCP {
         return 0;
     }
-    let mut ev = RawEvent::zeroed();
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ev = emit::blank(&mut slot);
     ev.skaddr = record::at(ctx, l.skaddr);
     ev.oldstate = record::at::<i32>(ctx, l.oldstate) as u8;
     ev.newstate = record::at::<i32>(ctx, l.newstate) as u8;
     ev.sport = record::at(ctx, l.sport);
     ev.dport = record::at(ctx, l.dport);
     ev.family = record::at(ctx, l.family);
-    record::addresses(ctx, &mut ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
+    record::addresses(ctx, ev, (l.saddr, l.daddr), (l.saddr_v6, l.daddr_v6));
     ev.netns = sock::netns_of(Addr(ev.skaddr), &cfg.offsets);
-    emit::fill_task(&mut ev);
     ev.kind = EventKind::StateChange as u8;
-    if runs_in_owner_context(ev.oldstate, ev.newstate) {
-        ev.flags |= FLAG_OWNER_CONTEXT;
-    }
-    connect_end(Addr(ev.skaddr), &cfg.offsets, &mut ev);
-    timewait_substate(Addr(ev.skaddr), &cfg.offsets, &mut ev);
-    emit::submit(&ev, cfg);
+    let owner = runs_in_owner_context(ev.oldstate, ev.newstate);
+    emit::fill_task(ev, owner);
+    connect_end(Addr(ev.skaddr), &cfg.offsets, ev);
+    timewait_substate(Addr(ev.skaddr), &cfg.offsets, ev);
+    emit::submit(ev, cfg);
     0
 }
 

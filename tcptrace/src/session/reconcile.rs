@@ -18,12 +18,21 @@ use crate::{
 /// How often the table is checked against the kernel's (and owners re-read from /proc).
 pub const EVERY: Duration = Duration::from_secs(10);
 /// The same while the overload guard has the kernel counting instead of sending events: the
-/// kernel table is then what keeps the counts exact.
+/// kernel table is then what keeps the counts exact. At least this often...
 pub const EVERY_COUNTING: Duration = Duration::from_secs(2);
+/// ...unless dumping would take more than 1/`DUTY` of the time. The guard acts at the rates
+/// where the table is largest (131,072 TIME_WAIT sockets, the `tcp_max_tw_buckets` cap, in
+/// the bench's storm), and there a dump contends with the traffic for the hash buckets' locks:
+/// under the storm `tcp_diag_dump` was 54% of the tracer's CPU in counting mode (`perf record
+/// -p`), a two-family dump taking ~130 ms, every 2 s. Spacing the checks to 40 times the last
+/// dump's duration (never beyond [`EVERY`]) keeps the guard from costing what it protects.
+pub const DUTY: u32 = 40;
 
 pub struct Reconciler {
     /// When the last dump was started.
     last: Instant,
+    /// How long the last dump took, from its start to its result.
+    took: Duration,
     /// Check at the next tick whatever the interval (after an overload ends).
     soon: bool,
     /// A dump being taken.
@@ -36,6 +45,7 @@ impl Reconciler {
     pub fn new() -> Reconciler {
         Reconciler {
             last: Instant::now(),
+            took: Duration::ZERO,
             soon: false,
             task: None,
             arrived: None,
@@ -44,8 +54,16 @@ impl Reconciler {
 
     /// Whether a dump should start now.
     pub fn due(&self, counting: bool) -> bool {
-        let every = if counting { EVERY_COUNTING } else { EVERY };
-        self.task.is_none() && (self.soon || self.last.elapsed() >= every)
+        self.task.is_none() && (self.soon || self.last.elapsed() >= self.every(counting))
+    }
+
+    /// The interval between checks: see [`EVERY_COUNTING`] and [`DUTY`].
+    pub fn every(&self, counting: bool) -> Duration {
+        if counting {
+            (self.took * DUTY).clamp(EVERY_COUNTING, EVERY)
+        } else {
+            EVERY
+        }
     }
 
     pub fn soon(&mut self) {
@@ -67,6 +85,7 @@ impl Reconciler {
         };
         let res = task.await;
         self.task = None;
+        self.took = self.last.elapsed();
         res.map_err(|e| anyhow::anyhow!("the kernel table reader failed: {e}"))?
     }
 
@@ -84,5 +103,24 @@ impl Reconciler {
             t.abort();
         }
         self.arrived = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_while_counting_take_at_most_a_fortieth_of_the_time() {
+        let mut r = Reconciler::new();
+        assert_eq!(r.every(false), EVERY);
+        assert_eq!(r.every(true), EVERY_COUNTING, "no dump timed yet");
+        r.took = Duration::from_millis(20);
+        assert_eq!(r.every(true), EVERY_COUNTING, "cheap dumps: every 2 s");
+        r.took = Duration::from_millis(130);
+        assert_eq!(r.every(true), Duration::from_millis(5200));
+        r.took = Duration::from_secs(1);
+        assert_eq!(r.every(true), EVERY, "never rarer than without the guard");
+        assert_eq!(r.every(false), EVERY);
     }
 }

@@ -300,9 +300,12 @@ impl Session {
             Some(Switch::ToCounting(rate)) => eprintln!(
                 "tcptrace: {rate:.0} events/s exceeds --max-event-rate {}: the kernel now counts \
                  transitions instead of sending them; per-connection detail pauses, counts stay \
-                 exact through the kernel socket table (checked every {}s)",
+                 exact through the kernel socket table (checked every {}s, or {} times as long as \
+                 a check takes when that is longer, up to {}s)",
                 self.guard.budget(),
-                reconcile::EVERY_COUNTING.as_secs()
+                reconcile::EVERY_COUNTING.as_secs(),
+                reconcile::DUTY,
+                reconcile::EVERY.as_secs()
             ),
             Some(Switch::ToEvents(rate)) => {
                 eprintln!("tcptrace: {rate:.0} events/s: back to tracing every transition");

@@ -210,8 +210,10 @@ pub struct JsonLine<'a> {
     /// The task current in the kernel when the transition happened (may be swapper or the
     /// peer: that is why `pid` is separate).
     pub task_pid: u32,
-    pub task_comm: &'a str,
-    pub cgroup_id: u64,
+    /// Its name and cgroup: read by the kernel only for transitions made in the owner's own
+    /// syscall (`emit::fill_task`: the cgroup read costs half a transition), null otherwise.
+    pub task_comm: Option<&'a str>,
+    pub cgroup_id: Option<u64>,
     /// Recovered by the backup kernel program.
     pub recovered: bool,
 }
@@ -239,8 +241,8 @@ impl<'a> JsonLine<'a> {
             skaddr: format!("{:#x}", e.sock.skaddr),
             netns: e.netns,
             task_pid: e.task.pid,
-            task_comm: &e.task.comm,
-            cgroup_id: e.task.cgroup_id,
+            task_comm: e.owner_context.then_some(e.task.comm.as_str()),
+            cgroup_id: e.owner_context.then_some(e.task.cgroup_id),
             recovered: e.from_backup,
         }
     }
@@ -317,9 +319,12 @@ pub fn push_json(b: &mut Vec<u8>, l: &TraceLine, clock: &WallClock) {
     b.extend_from_slice(b",\"task_pid\":");
     push_u64(b, e.task.pid as u64);
     b.extend_from_slice(b",\"task_comm\":");
-    push_json_str(b, &e.task.comm);
+    opt_str(b, e.owner_context.then_some(e.task.comm.as_str()));
     b.extend_from_slice(b",\"cgroup_id\":");
-    push_u64(b, e.task.cgroup_id);
+    match e.owner_context {
+        true => push_u64(b, e.task.cgroup_id),
+        false => b.extend_from_slice(b"null"),
+    }
     b.extend_from_slice(if e.from_backup {
         b",\"recovered\":true}\n"
     } else {
@@ -359,23 +364,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn text_line_shows_dash_for_unknown_owner_and_aligns() {
-        let e = ev();
-        let mut buf = Vec::new();
-        let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
-        let line = TraceLine {
+    /// A line of `e` (ESTABLISHED -> CLOSE_WAIT) with this owner, owner method and dwell.
+    fn line_of(
+        e: Event,
+        owner: Option<(u32, &str)>,
+        owner_method: Option<&'static str>,
+        dwell_ns: Option<u64>,
+    ) -> TraceLine {
+        TraceLine {
             local: e.local,
             remote: e.remote,
             event: e,
             old: TcpState::Established,
             new: TcpState::CloseWait,
-            owner: None,
+            owner: owner.map(|(pid, comm)| (pid, comm.into())),
             owner_cgroup: 0,
-            owner_method: None,
-            dwell_ns: Some(1_500_000),
+            owner_method,
+            dwell_ns,
             note: None,
-        };
+        }
+    }
+
+    #[test]
+    fn text_line_shows_dash_for_unknown_owner_and_aligns() {
+        let e = ev();
+        let mut buf = Vec::new();
+        let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
+        let line = line_of(e, None, None, Some(1_500_000));
         w.line(&line).unwrap();
         let s = String::from_utf8(buf).unwrap();
         assert!(s.contains("      - -"), "{s}");
@@ -394,18 +409,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut w = TextWriter::new(&mut buf, WallClock::with_offset_ns(0));
         for comm in ["\x1b[2Jevil\x07", "\u{9b}2Jlonger-than-15-\x1b"] {
-            let line = TraceLine {
-                local: e.local,
-                remote: e.remote,
-                event: e.clone(),
-                old: TcpState::Established,
-                new: TcpState::CloseWait,
-                owner: Some((7, comm.into())),
-                owner_cgroup: 0,
-                owner_method: Some("listener"),
-                dwell_ns: None,
-                note: None,
-            };
+            let line = line_of(e.clone(), Some((7, comm)), Some("listener"), None);
             w.line(&line).unwrap();
         }
         let s = String::from_utf8(buf).unwrap();
@@ -417,22 +421,25 @@ mod tests {
         );
     }
 
+    /// Outside the owner's syscall the kernel reads no name or cgroup: null, never stale.
+    #[test]
+    fn json_line_has_no_task_name_outside_the_owner_context() {
+        let e = ev();
+        let line = line_of(e, None, None, None);
+        let mut buf = Vec::new();
+        write_json(&mut buf, &line, &WallClock::with_offset_ns(0)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["task_pid"], 0);
+        assert_eq!(v["task_comm"], serde_json::Value::Null);
+        assert_eq!(v["cgroup_id"], serde_json::Value::Null);
+    }
+
     #[test]
     fn json_line_is_typed_and_escapes_comm() {
         let mut e = ev();
         e.task.comm = "evil\"\n{\x1b[2J\x07".into();
-        let line = TraceLine {
-            local: e.local,
-            remote: e.remote,
-            event: e,
-            old: TcpState::Established,
-            new: TcpState::CloseWait,
-            owner: Some((7, "a\"b\x1b]0;title\x07".into())),
-            owner_cgroup: 0,
-            owner_method: Some("listener"),
-            dwell_ns: None,
-            note: None,
-        };
+        e.owner_context = true;
+        let line = line_of(e, Some((7, "a\"b\x1b]0;title\x07")), Some("listener"), None);
         let mut buf = Vec::new();
         write_json(&mut buf, &line, &WallClock::with_offset_ns(0)).unwrap();
         let s = String::from_utf8(buf).unwrap();
@@ -443,6 +450,7 @@ mod tests {
         assert_eq!(v["pid"], 7);
         assert_eq!(v["comm"], "a\"b\x1b]0;title\x07");
         assert_eq!(v["task_comm"], "evil\"\n{\x1b[2J\x07");
+        assert_eq!(v["cgroup_id"], 1);
         assert_eq!(v["dwell_ms"], serde_json::Value::Null);
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["lport"], 8080);

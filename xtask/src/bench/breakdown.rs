@@ -79,10 +79,11 @@ const VARIANTS: [(&str, &str); 7] = [
 ];
 
 /// Modes whose programs are timed.
-const TIMED: [Mode; 5] = [
+const TIMED: [Mode; 6] = [
     Mode::Floor,
     Mode::BpftraceCount,
     Mode::Report,
+    Mode::ReportEvents,
     Mode::ReportSummaries,
     Mode::Trace,
 ];
@@ -175,7 +176,12 @@ pub fn render(w: &mut String, c: &Costs) {
         );
     }
     let _ = writeln!(w);
-    for mode in [Mode::Report, Mode::ReportSummaries, Mode::Trace] {
+    for mode in [
+        Mode::Report,
+        Mode::ReportEvents,
+        Mode::ReportSummaries,
+        Mode::Trace,
+    ] {
         let _ = writeln!(
             w,
             "- {}: {:.0} ns per transition (every `set_state*` program).",

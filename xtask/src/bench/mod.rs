@@ -55,6 +55,8 @@ struct Run {
     /// Tracer CPU seconds during the storm.
     cpu_s: f64,
     lost: Option<u64>,
+    /// The overload guard switched to counting during the run.
+    counting: bool,
 }
 
 pub fn run(opts: &BenchOptions) -> Result<()> {
@@ -122,12 +124,17 @@ fn host_runs(opts: &BenchOptions, bins: &Bins) -> Result<Vec<Run>> {
             let r = one_run(mode, opts, bins)
                 .with_context(|| format!("round {}, {}", round + 1, mode.label()))?;
             eprintln!(
-                "xtask: round {} {:<44} {:>9.0} conn/s  cpu {:.2} s  lost {:?}",
+                "xtask: round {} {:<44} {:>9.0} conn/s  cpu {:.2} s  lost {:?}{}",
                 round + 1,
                 mode.label(),
                 r.conns_per_s,
                 r.cpu_s,
-                r.lost
+                r.lost,
+                if r.counting {
+                    "  (guard: counting)"
+                } else {
+                    ""
+                }
             );
             runs.push(r);
         }
@@ -152,9 +159,12 @@ fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins) -> Result<Run> {
     let cpu1 = t.as_ref().and_then(|t| measure::cpu_seconds(t.pid()));
     // The reader polls every few ms: give it time to drain what the storm left in the ring.
     thread::sleep(Duration::from_millis(300));
-    let lost = match t {
-        Some(t) => t.stop()?,
-        None => None,
+    let (lost, counting) = match t {
+        Some(t) => {
+            let s = t.stop()?;
+            (s.lost, s.counting)
+        }
+        None => (None, false),
     };
     Ok(Run {
         mode,
@@ -166,6 +176,7 @@ fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins) -> Result<Run> {
             _ => 0.0,
         },
         lost,
+        counting,
     })
 }
 
@@ -183,6 +194,9 @@ struct ModeSummary {
     cpu_pct: f64,
     cpu_us_per_conn: f64,
     lost: Vec<u64>,
+    /// Runs in which the overload guard switched to counting, of `runs`.
+    counting: usize,
+    runs: usize,
 }
 
 fn summarise(runs: &[Run], rounds: usize, mode: Mode) -> ModeSummary {
@@ -222,6 +236,8 @@ fn summarise(runs: &[Run], rounds: usize, mode: Mode) -> ModeSummary {
                 .collect::<Vec<_>>(),
         ),
         lost: of.iter().filter_map(|r| r.lost).collect(),
+        counting: of.iter().filter(|r| r.counting).count(),
+        runs: of.len(),
     }
 }
 
@@ -289,6 +305,11 @@ fn render(
             },
             if m.lost.is_empty() {
                 mode.loss_note().into()
+            } else if m.counting > 0 {
+                format!(
+                    "{:?}; the guard counted in {} of {} runs",
+                    m.lost, m.counting, m.runs
+                )
             } else {
                 format!("{:?}", m.lost)
             }
@@ -297,17 +318,18 @@ fn render(
     let _ = writeln!(w, "\nEvery run, in order:\n");
     let _ = writeln!(
         w,
-        "| attached | connections | conn/s | tracer CPU s | lost |\n| --- | ---: | ---: | ---: | ---: |"
+        "| attached | connections | conn/s | tracer CPU s | lost | overload guard |\n| --- | ---: | ---: | ---: | ---: | --- |"
     );
     for r in runs {
         let _ = writeln!(
             w,
-            "| {} | {} | {:.0} | {:.2} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {} | {} |",
             r.mode.label(),
             r.conns,
             r.conns_per_s,
             r.cpu_s,
-            r.lost.map_or("–".into(), |v| v.to_string())
+            r.lost.map_or("–".into(), |v| v.to_string()),
+            if r.counting { "counting" } else { "" }
         );
     }
     let _ = writeln!(w);
@@ -317,27 +339,37 @@ fn render(
 
     let _ = writeln!(w, "### Goals (issue 13)\n");
     let get = |m: Mode| summarise(runs, opts.rounds, m);
-    let (report, trace, serve) = (get(Mode::Report), get(Mode::Trace), get(Mode::Serve));
+    let (report, events, trace, serve) = (
+        get(Mode::Report),
+        get(Mode::ReportEvents),
+        get(Mode::Trace),
+        get(Mode::Serve),
+    );
     let vm = measure::machine().contains("virtual machine");
-    let per_transition = costs.ns_per_transition(Mode::Report);
+    // At 40k conn/s (400k events/s) the guard (500k) does not act: the userspace and BPF goals
+    // are judged on every transition sent, the guard-off run.
+    let per_transition = costs.ns_per_transition(Mode::ReportEvents);
     let balanced = !balance.is_empty() && balance.iter().all(|b| b.balanced());
     let _ = writeln!(
         w,
         "| goal | measured | status |\n| --- | --- | --- |\n\
-         | `report` ≥ 0.97 of the empty program's rate | {} | {} |\n\
+         | `report` ≥ 0.97 of the empty program's rate | {} as run by default (the guard counted in {} of {} runs); {} with every transition sent | {} |\n\
          | `trace > /dev/null` ≥ 0.90 of the empty program's rate | {} | {} |\n\
-         | userspace ≤ 3% of one core at 40k conn/s (`report`, `serve`) | {} µs/conn = {}% and {} µs/conn = {}% at 40k/s | {} |\n\
-         | BPF ≤ 150 ns per transition in this VM (stats on, separate pass) | {} ns | {} |\n\
+         | userspace ≤ 3% of one core at 40k conn/s (`report` sent every transition, `serve`) | {} µs/conn = {}% and {} µs/conn = {}% at 40k/s | {} |\n\
+         | BPF ≤ 150 ns per transition in this VM (stats on, separate pass, every transition sent) | {} ns | {} |\n\
          | loss balanced: seen + lost = generated, in every storm | {} storms | {} |",
         num(report.vs_floor, 3),
-        met(report.vs_floor >= 0.97),
+        report.counting,
+        report.runs,
+        num(events.vs_floor, 3),
+        met(report.vs_floor >= 0.97 && events.vs_floor >= 0.97),
         num(trace.vs_floor, 3),
         met(trace.vs_floor >= 0.90),
-        num(report.cpu_us_per_conn, 2),
-        num(report.cpu_us_per_conn * 4.0, 1),
+        num(events.cpu_us_per_conn, 2),
+        num(events.cpu_us_per_conn * 4.0, 1),
         num(serve.cpu_us_per_conn, 2),
         num(serve.cpu_us_per_conn * 4.0, 1),
-        met(report.cpu_us_per_conn * 4.0 <= 3.0 && serve.cpu_us_per_conn * 4.0 <= 3.0),
+        met(events.cpu_us_per_conn * 4.0 <= 3.0 && serve.cpu_us_per_conn * 4.0 <= 3.0),
         num(per_transition, 0),
         if vm {
             met(per_transition <= 150.0)

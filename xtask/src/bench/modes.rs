@@ -23,8 +23,11 @@ pub enum Mode {
     BpftraceCount,
     /// bpftrace printing a line per transition (what `tcpstates` does), to /dev/null.
     BpftracePrint,
-    /// `tcptrace report`: summary records.
+    /// `tcptrace report`, as run by default: above 500k events/s its overload guard has the
+    /// kernel count transitions instead of sending them.
     Report,
+    /// `tcptrace report` with the guard out of reach: every transition sent, whatever the rate.
+    ReportEvents,
     /// `tcptrace report --summaries`: one summary per CLOSE_WAIT entry and close.
     ReportSummaries,
     /// `tcptrace trace > /dev/null`.
@@ -40,12 +43,13 @@ const COUNT: &str =
 const PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%d %d %d %d\\n\", pid, args->sport, args->oldstate, args->newstate); }";
 
 impl Mode {
-    pub const ALL: [Mode; 8] = [
+    pub const ALL: [Mode; 9] = [
         Mode::NoTracer,
         Mode::Floor,
         Mode::BpftraceCount,
         Mode::BpftracePrint,
         Mode::Report,
+        Mode::ReportEvents,
         Mode::ReportSummaries,
         Mode::Trace,
         Mode::Serve,
@@ -58,6 +62,7 @@ impl Mode {
             Mode::BpftraceCount => "bpftrace counting (old, new) in a map",
             Mode::BpftracePrint => "bpftrace printing a line per transition",
             Mode::Report => "`tcptrace report`",
+            Mode::ReportEvents => "`tcptrace report --max-event-rate 100000000` (guard off)",
             Mode::ReportSummaries => "`tcptrace report --summaries`",
             Mode::Trace => "`tcptrace trace > /dev/null`",
             Mode::Serve => "`tcptrace serve`, scraped every second",
@@ -81,6 +86,13 @@ impl Mode {
         Some(match self {
             // SIGINT ends the observation early and prints the report; the duration is a bound.
             Mode::Report => &["report", "--duration", "10m"],
+            Mode::ReportEvents => &[
+                "report",
+                "--duration",
+                "10m",
+                "--max-event-rate",
+                "100000000",
+            ],
             Mode::ReportSummaries => &["report", "--duration", "10m", "--summaries"],
             Mode::Trace => &["trace"],
             Mode::Serve => &["serve", "--listen", "127.0.0.1:0"],
@@ -153,15 +165,28 @@ impl Running {
         self.child.pid()
     }
 
-    /// Stops it; tcptrace's lost events from its closing line.
-    pub fn stop(self) -> Result<Option<u64>> {
+    /// Stops it; what tcptrace's stderr said about loss and its overload guard.
+    pub fn stop(self) -> Result<Stopped> {
         if let Some((stop, h)) = self.scraper {
             stop.store(true, Ordering::Relaxed);
             let _ = h.join();
         }
         let (_, lines) = self.child.stop()?;
-        Ok(self.mode.tcptrace_args().and_then(|_| lost_events(&lines)))
+        let tcptrace = self.mode.tcptrace_args().is_some();
+        Ok(Stopped {
+            lost: tcptrace.then(|| lost_events(&lines)).flatten(),
+            counting: tcptrace && lines.iter().any(|l| l.contains("exceeds --max-event-rate")),
+        })
     }
+}
+
+/// What a stopped tracer said.
+pub struct Stopped {
+    /// Lost events from tcptrace's closing line.
+    pub lost: Option<u64>,
+    /// Its overload guard switched the kernel to counting during the run: from then on the
+    /// run measured the counting path, not every transition sent.
+    pub counting: bool,
 }
 
 /// One GET /metrics, read to the end.
