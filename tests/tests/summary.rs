@@ -111,8 +111,10 @@ fn summaries_report_what_every_transition_reports() {
     // differ by the pause: the tail moves (CI, 6.1 guest: SYN_RECV max 7.695 vs 8.309 ms,
     // TIME_WAIT p90 5.77 vs 6.242; 6.12 guest: LAST_ACK p99 5.446 vs 5.842). The median must
     // agree to 0.1 ms + 5%; the max, one sample, to within a factor of two (a summary that
-    // measured from the wrong transition is off by far more); the max of the open-ended
-    // states is not compared (see above).
+    // measured from the wrong transition is off by far more). The open-ended states (see
+    // above) end on timers and port reuse that the two tracers learn in different ways: their
+    // median within 0.1 ms + 25% (6.12 guest: TIME_WAIT p50 2.745 vs 3.079 ms), their max not
+    // compared.
     for (state, d) in e["dwell_ms"].as_object().unwrap() {
         for q in ["p50", "max"] {
             if q == "max" && open_ended.contains(&state.as_str()) {
@@ -124,6 +126,8 @@ fn summaries_report_what_every_transition_reports() {
             );
             let close = if q == "max" {
                 b <= 2.0 * a + 0.1 && a <= 2.0 * b + 0.1
+            } else if open_ended.contains(&state.as_str()) {
+                (a - b).abs() <= 0.1 + a * 0.25
             } else {
                 (a - b).abs() <= 0.1 + a * 0.05
             };
