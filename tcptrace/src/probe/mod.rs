@@ -355,12 +355,7 @@ impl Probe {
     /// Reads the kernel-side counters: ring reservation failures (summed over CPUs) and the
     /// runs the kernel skipped, per program role.
     pub fn kernel_counters(&self) -> KernelCounters {
-        let sum = |c: Counter| -> u64 {
-            self.counters
-                .get(&c.slot(), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |c: Counter| self.counter(c);
         let mut c = KernelCounters {
             ring_full: sum(Counter::ReserveFailed),
             backup_ring_full: sum(Counter::BackupReserveFailed),
@@ -408,21 +403,22 @@ impl Probe {
             .map_err(aya_err("setting the probe mode"))
     }
 
-    /// Events the kernel counted instead of sending, since load.
-    pub fn counted(&self) -> u64 {
+    /// One kernel counter, summed over CPUs (0 when it cannot be read).
+    fn counter(&self, c: Counter) -> u64 {
         self.counters
-            .get(&Counter::Counted.slot(), 0)
+            .get(&c.slot(), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
     }
 
+    /// Events the kernel counted instead of sending, since load.
+    pub fn counted(&self) -> u64 {
+        self.counter(Counter::Counted)
+    }
+
     /// Records the ring refused because it was full, since load: generated, never delivered.
     pub fn refused(&self) -> u64 {
-        [Counter::ReserveFailed, Counter::TimewaitReserveFailed]
-            .iter()
-            .filter_map(|c| self.counters.get(&c.slot(), 0).ok())
-            .map(|v| v.iter().sum::<u64>())
-            .sum()
+        self.counter(Counter::ReserveFailed) + self.counter(Counter::TimewaitReserveFailed)
     }
 
     /// Transitions counted in the kernel, by (old, new) state numbers (0, 0 for resets).

@@ -46,8 +46,9 @@ impl Guard {
     }
 
     /// Once a second, compares the event rate (`events` applied so far, plus those the kernel
-    /// counted, plus those a full ring refused) with the budget and switches the probe when it must. Above the budget the
-    /// kernel counts; once the rate stays under half of it for `CALM_FOR`, events flow again.
+    /// counted, plus those a full ring refused) with the budget and switches the probe when it
+    /// must. Above the budget the kernel counts; once the rate stays under half of it for
+    /// `CALM_FOR`, events flow again.
     pub fn check(&mut self, probe: &mut Probe, events: u64) -> Option<Switch> {
         let elapsed = self.window.0.elapsed();
         if elapsed < Duration::from_secs(1) {
