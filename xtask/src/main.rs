@@ -94,8 +94,9 @@ enum Task {
         vm: VmArgs,
     },
     /// Host cost under a loopback connection storm against the floor (an empty program on the
-    /// same hook) and bpftrace's peers, BPF run time per transition, loss counted
-    /// independently, and kernel-free aggregator throughput; writes BENCHMARKS.md. Needs root.
+    /// same hook) and bpftrace's peers, tracer CPU at a fixed rate, BPF run time per transition,
+    /// loss counted independently, and kernel-free aggregator throughput; writes BENCHMARKS.md.
+    /// Needs root.
     Bench {
         /// Rounds of every mode (nothing, the floor, the peers, tcptrace's commands).
         #[arg(long, default_value_t = 4)]
@@ -118,6 +119,13 @@ enum Task {
         /// Skip the kernel-free replay.
         #[arg(long)]
         skip_replay: bool,
+        /// Total connections per second of the fixed-rate storms (issue 13's userspace goal is
+        /// set at 40k).
+        #[arg(long, default_value_t = 40_000.0)]
+        rate: f64,
+        /// Run only this part and print it; the output file is left as it is.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
         /// Where to write the results.
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
@@ -279,6 +287,8 @@ fn run(task: Task) -> Result<ExitCode> {
             threads,
             targets,
             skip_replay,
+            rate,
+            only,
             output,
         } => {
             setup::ensure(Mode::Install, Scope::Bench)?;
@@ -290,6 +300,8 @@ fn run(task: Task) -> Result<ExitCode> {
                 threads,
                 targets,
                 skip_replay,
+                rate,
+                only,
                 output: workspace::root().join(output),
             })?;
         }

@@ -1,10 +1,17 @@
-//! A loopback connection storm: worker threads connect and close as fast as they can against an
-//! accept loop in this same process, bounded by a count and a time. Shared by the fault tests,
-//! `cargo xtask bench` and `cargo xtask soak`.
+//! A loopback connection storm: worker threads connect and close as fast as they can (or at a
+//! set rate) against an accept loop in this same process, bounded by a count and a time. Shared
+//! by the fault tests, `cargo xtask bench` and `cargo xtask soak`.
 //!
 //! ```text
-//! tcpstorm [--conns N] [--seconds S] [--threads T] [--addr IP:PORT] [--targets K]
+//! tcpstorm [--conns N] [--seconds S] [--threads T] [--addr IP:PORT] [--targets K] [--rate R]
 //! ```
+//! `--rate R` paces the storm at R connections per second in total (default: unlimited, as fast
+//! as the threads go): each thread connects at R/T per second on a fixed schedule of absolute
+//! deadlines, sleeping until its next slot. A thread that falls behind (a slow connect, a
+//! preempted thread) catches up at most `CATCH_UP` worth of slots at once and gives up the rest,
+//! so the rate stays steady instead of bursting. The rate reported is the one measured, which
+//! is below R when the machine cannot keep up.
+//!
 //! The accept loop listens on K consecutive addresses starting at IP (127.0.0.1, 127.0.0.2, ...),
 //! all on the same port (PORT 0 picks one). Each connection is closed by the client first, so
 //! the client side goes through FIN_WAIT1, FIN_WAIT2 and TIME_WAIT and the server side through
@@ -18,7 +25,9 @@
 //!
 //! Prints `listening PORT` on stderr once the accept loop is up, and one JSON line on stdout at
 //! the end: `{"conns":..,"elapsed_s":..,"conns_per_s":..,"addr_not_avail":..,
-//! "first_addr_not_avail_at":..,"other_errors":..,"port":..,"targets":..,"threads":..}`.
+//! "first_addr_not_avail_at":..,"other_errors":..,"server_closed":..,"port":..,"targets":..,
+//! "threads":..,"rate":..}` (`rate`: the `--rate` asked for, null when unlimited; `conns_per_s`
+//! is the rate measured).
 
 use std::{
     io::Read,
@@ -36,18 +45,25 @@ use std::{
 /// retransmission that would dominate the measured rate.
 const BACKLOG: i32 = 4096;
 
+/// The most a paced thread that fell behind makes up at once: a longer stall's missed slots are
+/// dropped, not sent as a burst (which would measure a tracer under a peak, not at the rate).
+const CATCH_UP: Duration = Duration::from_millis(10);
+
 struct Opts {
     conns: u64,
     seconds: f64,
     threads: usize,
     addr: SocketAddr,
     targets: u32,
+    /// Total connections per second over all threads; None: unlimited.
+    rate: Option<f64>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "tcpstorm: {msg}\nusage: tcpstorm [--conns N] [--seconds S] [--threads T] \
-         [--addr IP:PORT] [--targets K]"
+         [--addr IP:PORT] [--targets K] [--rate R]\n  --rate R: R connections per second \
+         in total, paced (default: as fast as possible)"
     );
     std::process::exit(2);
 }
@@ -64,6 +80,7 @@ fn parse_opts() -> Opts {
         threads: 2,
         addr: "127.0.0.1:0".parse().unwrap(),
         targets: 1,
+        rate: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -77,11 +94,15 @@ fn parse_opts() -> Opts {
             "--threads" => o.threads = value(a, v),
             "--addr" => o.addr = value(a, v),
             "--targets" => o.targets = value(a, v),
+            "--rate" => o.rate = Some(value(a, v)),
             other => usage(&format!("unknown argument {other}")),
         }
     }
     if o.threads == 0 || o.targets == 0 || o.seconds.is_nan() || o.seconds <= 0.0 {
         usage("--threads, --targets and --seconds must be positive");
+    }
+    if o.rate.is_some_and(|r: f64| !r.is_finite() || r <= 0.0) {
+        usage("--rate must be positive");
     }
     if o.addr.is_ipv6() && o.targets > 1 {
         usage("IPv6 loopback is ::1 alone: use --targets 1");
@@ -131,9 +152,52 @@ struct Tally {
     other_errors: AtomicU64,
 }
 
-fn connect_loop(targets: Arc<Vec<SocketAddr>>, o_conns: u64, stop: Arc<AtomicBool>, t: Arc<Tally>) {
+/// One thread's schedule at a fixed rate: a slot every `interval`, at absolute deadlines, so the
+/// time a connect takes and oversleeping do not add up into a lower rate.
+struct Pacer {
+    interval: Duration,
+    next: Instant,
+}
+
+impl Pacer {
+    /// Sleeps until the next slot is due, in steps short enough to notice `stop` at low rates.
+    /// Slots more than `CATCH_UP` in the past are dropped. False when stopped.
+    fn wait(&mut self, stop: &AtomicBool) -> bool {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = Instant::now();
+            if self.next <= now {
+                if let Some(earliest) = now.checked_sub(CATCH_UP) {
+                    self.next = self.next.max(earliest);
+                }
+                return true;
+            }
+            thread::sleep((self.next - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// The slot was used: the next one is due an interval after it.
+    fn advance(&mut self) {
+        self.next += self.interval;
+    }
+}
+
+fn connect_loop(
+    targets: Arc<Vec<SocketAddr>>,
+    o_conns: u64,
+    stop: Arc<AtomicBool>,
+    t: Arc<Tally>,
+    mut pacer: Option<Pacer>,
+) {
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(p) = pacer.as_mut()
+            && !p.wait(&stop)
+        {
+            break;
+        }
         if t.claimed.fetch_add(1, Ordering::Relaxed) >= o_conns {
             break;
         }
@@ -143,6 +207,9 @@ fn connect_loop(targets: Arc<Vec<SocketAddr>>, o_conns: u64, stop: Arc<AtomicBoo
             Ok(s) => {
                 drop(s);
                 t.done.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = pacer.as_mut() {
+                    p.advance();
+                }
             }
             Err(e) => {
                 t.claimed.fetch_sub(1, Ordering::Relaxed);
@@ -154,7 +221,8 @@ fn connect_loop(targets: Arc<Vec<SocketAddr>>, o_conns: u64, stop: Arc<AtomicBoo
                 } else {
                     t.other_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                // Out of tuples: wait for TIME_WAIT sockets to become reusable, don't spin.
+                // Out of tuples: wait for TIME_WAIT sockets to become reusable, don't spin. A
+                // paced thread retries the same slot (the pacer's catch-up bounds the burst).
                 thread::sleep(Duration::from_millis(1));
             }
         }
@@ -182,10 +250,19 @@ fn main() {
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let workers: Vec<_> = (0..o.threads)
-        .map(|_| {
+        .map(|k| {
             let (tg, st, t) = (targets.clone(), stop.clone(), tally.clone());
             let conns = o.conns;
-            thread::spawn(move || connect_loop(tg, conns, st, t))
+            // Each thread at rate/threads; their first slots spread over one interval, so the
+            // threads take turns instead of connecting together.
+            let pacer = o.rate.map(|r| {
+                let interval = Duration::from_secs_f64(o.threads as f64 / r);
+                Pacer {
+                    interval,
+                    next: start + interval.mul_f64(k as f64 / o.threads as f64),
+                }
+            });
+            thread::spawn(move || connect_loop(tg, conns, st, t, pacer))
         })
         .collect();
     let deadline = start + Duration::from_secs_f64(o.seconds);
@@ -216,6 +293,7 @@ fn main() {
         "port": port,
         "targets": targets.len(),
         "threads": o.threads,
+        "rate": o.rate,
     });
     println!("{line}");
 }

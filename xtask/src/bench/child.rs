@@ -180,7 +180,8 @@ pub fn lost_events(lines: &[String]) -> Option<u64> {
     })
 }
 
-/// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any); its JSON result line.
+/// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any), as fast as it goes; its
+/// JSON result line.
 pub fn storm(
     storm: &Path,
     conns: u64,
@@ -189,7 +190,21 @@ pub fn storm(
     targets: u32,
     port: u16,
 ) -> Result<serde_json::Value> {
-    let out = cmd::stdout_of(Command::new(storm).args([
+    paced_storm(storm, conns, seconds, threads, targets, port, None)
+}
+
+/// [`storm`], paced at `rate` connections per second in total when given (`tcpstorm --rate`).
+pub fn paced_storm(
+    storm: &Path,
+    conns: u64,
+    seconds: f64,
+    threads: usize,
+    targets: u32,
+    port: u16,
+    rate: Option<f64>,
+) -> Result<serde_json::Value> {
+    let mut cmd = Command::new(storm);
+    cmd.args([
         "--conns",
         &conns.to_string(),
         "--seconds",
@@ -200,6 +215,10 @@ pub fn storm(
         &targets.to_string(),
         "--addr",
         &format!("{STORM_FIRST}:{port}"),
-    ]))?;
+    ]);
+    if let Some(r) = rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    let out = cmd::stdout_of(&mut cmd)?;
     serde_json::from_str(out.trim()).with_context(|| format!("tcpstorm output {out:?}"))
 }
