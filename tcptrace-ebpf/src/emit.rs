@@ -39,6 +39,37 @@ pub fn blank(slot: &mut core::mem::MaybeUninit<RawEvent>) -> &mut RawEvent {
     unsafe { slot.assume_init_mut() }
 }
 
+/// Copies `words` 8-byte words from `src` to `dst`, one load and one store each. An array
+/// assignment compiles to a call of `memmove`/`memcpy`, which aya-ebpf implements as a byte
+/// loop: a summary record's four arrays (152 bytes) cost ~600 instructions that way.
+///
+/// # Safety
+/// Both must be valid and 8-byte aligned for `words` words.
+#[inline(always)]
+pub unsafe fn copy_words(dst: *mut u64, src: *const u64, words: usize) {
+    let mut i = 0;
+    while i < words {
+        // SAFETY: within both ranges, per the caller; volatile so LLVM cannot turn the loop back
+        // into a `memcpy` call.
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+        i += 1;
+    }
+}
+
+/// Zeroes `words` 8-byte words at `dst` (see [`copy_words`] and [`blank`] for why not `memset`).
+///
+/// # Safety
+/// `dst` must be valid and 8-byte aligned for `words` words.
+#[inline(always)]
+pub unsafe fn zero_words(dst: *mut u64, words: usize) {
+    let mut i = 0;
+    while i < words {
+        // SAFETY: within the range, per the caller; volatile as in `blank`.
+        unsafe { dst.add(i).write_volatile(0) };
+        i += 1;
+    }
+}
+
 /// Stamps the time and the current task. The task is only the socket's owner for some
 /// transitions (`owner`, sent as `FLAG_OWNER_CONTEXT`), and userspace never trusts it otherwise.
 ///

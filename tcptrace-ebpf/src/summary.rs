@@ -18,9 +18,8 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_comm, bpf_get_socket_cookie, bpf_sk_storage_get},
     },
     macros::btf_map,
 };
@@ -75,6 +74,16 @@ pub struct SockState {
     last_old: u8,
     _pad: [u8; 2],
 }
+
+// The word copies in `send` read these arrays 8 bytes at a time.
+const _: () = {
+    use core::mem::{align_of, offset_of};
+    assert!(align_of::<SockState>() == 8);
+    assert!(offset_of!(SockState, dwell_ns) % 8 == 0);
+    assert!(offset_of!(SockState, comm) % 8 == 0);
+    assert!(offset_of!(SockState, saddr) % 8 == 0);
+    assert!(offset_of!(SockState, daddr) % 8 == 0);
+};
 
 /// The storage has been filled at the socket's first transition (a new one is all zero).
 const ST_INIT: u16 = 1 << 12;
@@ -269,7 +278,8 @@ pub fn on_transition(
         }
         s.visited = 0;
         s.known = 0;
-        s.dwell_ns = [0; STATE_SLOTS];
+        // SAFETY: the array's own words (the struct is 8-byte aligned and so is the field).
+        unsafe { emit::zero_words(s.dwell_ns.as_mut_ptr(), STATE_SLOTS) };
         if new == CLOSE {
             // Only a failed connect is ever used again (another connect()): it starts afresh.
             s.flags &= ST_INIT;
@@ -316,7 +326,10 @@ fn owner(s: &mut SockState) {
         return;
     }
     s.pid = pid;
-    s.comm = bpf_get_current_comm().unwrap_or_default();
+    // Straight into the storage: aya's `bpf_get_current_comm()` zeroes and copies a buffer of
+    // its own with byte loops. The helper NUL-pads what it writes.
+    // SAFETY: the helper writes at most the 16 bytes it is given.
+    unsafe { bpf_get_current_comm(s.comm.as_mut_ptr() as *mut c_void, s.comm.len() as u32) };
     // SAFETY: a helper without arguments.
     s.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     s.flags |= SUMMARY_OWNER;
@@ -417,10 +430,13 @@ fn send(
         (*r).cookie = bpf_get_socket_cookie(sk_btf as *mut c_void);
         (*r).skaddr = sk;
         (*r).cgroup_id = s.cgroup_id;
-        (*r).dwell_ns = s.dwell_ns;
-        (*r).comm = s.comm;
-        (*r).saddr = s.saddr;
-        (*r).daddr = s.daddr;
+        // Word copies, not array assignments (see `emit::copy_words`). The arrays sit at
+        // 8-byte-aligned offsets of both 8-byte-aligned structs (asserted here and in the common
+        // crate); a ring record starts 8-byte aligned.
+        emit::copy_words((*r).dwell_ns.as_mut_ptr(), s.dwell_ns.as_ptr(), STATE_SLOTS);
+        emit::copy_words((*r).comm.as_mut_ptr().cast(), s.comm.as_ptr().cast(), 2);
+        emit::copy_words((*r).saddr.as_mut_ptr().cast(), s.saddr.as_ptr().cast(), 2);
+        emit::copy_words((*r).daddr.as_mut_ptr().cast(), s.daddr.as_ptr().cast(), 2);
         (*r).netns = s.netns;
         (*r).pid = s.pid;
         (*r).sport = s.sport;

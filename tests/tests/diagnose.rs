@@ -172,8 +172,17 @@ fn client_short_connections_to_one_peer_are_found_in_json_and_markdown() {
     assert!(tw[0]["numbers"]["time_wait"].as_f64().unwrap() >= 150.0);
     let short = findings(&doc, "short_lived");
     assert_eq!(short.len(), 1, "{:#}", doc["findings"]);
-    assert!(short[0]["numbers"]["connections"].as_f64().unwrap() >= 150.0);
-    assert!(short[0]["numbers"]["lifetime_p50_ms"].as_f64().unwrap() < 100.0);
+    // Every finding's numbers and the tracer's own loss line, should this ever fail again (it
+    // did once in a full host run, not reproduced in 8 reruns).
+    let why = format!("{:#}\n{}", short[0], out.stderr);
+    assert!(
+        short[0]["numbers"]["connections"].as_f64().unwrap() >= 150.0,
+        "{why}"
+    );
+    assert!(
+        short[0]["numbers"]["lifetime_p50_ms"].as_f64().unwrap() < 100.0,
+        "{why}"
+    );
     assert_eq!(pids(short[0]), vec![cl.pid() as u64]);
     assert!(
         findings(&doc, "close_wait_leak").is_empty(),

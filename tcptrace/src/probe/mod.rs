@@ -9,7 +9,7 @@ pub mod loss;
 pub mod memlock;
 pub mod privilege;
 pub mod reader;
-mod ring_fill;
+mod ring;
 pub mod stats;
 pub mod tracefs;
 
@@ -309,8 +309,13 @@ impl Probe {
             .ebpf
             .take_map(map::EVENTS)
             .ok_or_else(|| aya_err("EVENTS map")(anyhow::anyhow!("missing from the object")))?;
+        let data_size = match &ring {
+            aya::maps::Map::RingBuf(m) => m.info().map(|i| i.max_entries()),
+            _ => Ok(0),
+        }
+        .map_err(aya_err("EVENTS ring buffer size"))?;
         let ring = RingBuf::try_from(ring).map_err(aya_err("EVENTS ring buffer"))?;
-        let reader = EventReader::new(ring).map_err(aya_err("ring buffer reader"))?;
+        let reader = EventReader::new(ring, data_size).map_err(aya_err("ring buffer reader"))?;
         Ok((probe, reader))
     }
 

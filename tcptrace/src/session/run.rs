@@ -192,7 +192,7 @@ impl Session {
                 k.probe.kernel_counters()
             );
             log::debug!(
-                "ring high-water {:?} of {} bytes, longest gap between drains {:.1} ms",
+                "ring high-water {} of {} bytes, longest gap between drains {:.1} ms",
                 k.reader.high_water,
                 k.probe.ring_bytes,
                 k.reader.max_drain_gap.as_secs_f64() * 1e3
