@@ -106,33 +106,31 @@ fn summaries_report_what_every_transition_reports() {
         }
     }
     // Quantiles: the two tracers read the clock in their own programs at the same
-    // transition, microseconds apart on the host. In a TCG guest sharing the host's CPUs with
-    // two others, a vCPU is often descheduled between the two programs, and those samples
-    // differ by the pause: the tail moves (CI, 6.1 guest: SYN_RECV max 7.695 vs 8.309 ms,
-    // TIME_WAIT p90 5.77 vs 6.242; 6.12 guest: LAST_ACK p99 5.446 vs 5.842). The median must
-    // agree to 0.1 ms + 5%; the max, one sample, to within a factor of two (a summary that
-    // measured from the wrong transition is off by far more). The open-ended states (see
-    // above) end on timers and port reuse that the two tracers learn in different ways: their
-    // median within 0.1 ms + 25% (6.12 guest: TIME_WAIT p50 2.745 vs 3.079 ms), their max not
-    // compared.
+    // transition, microseconds apart on the host. When a CPU is taken away between the two
+    // programs (a vCPU descheduled by the hypervisor, or a TCG guest sharing the host's CPUs
+    // with two others), those samples differ by the pause. The max is one sample, so one pause
+    // moves it: seen on the host (LAST_ACK max 0.058 vs 0.373 ms) and in CI's 6.1 guest
+    // (SYN_RECV max 7.695 vs 8.309 ms); it is not compared. Under TCG the pauses are frequent
+    // enough to move the tail by several percent (6.1 guest: TIME_WAIT p90 5.77 vs 6.242 ms;
+    // 6.12: LAST_ACK p99 5.446 vs 5.842). So: the median within 0.1 ms + 5%, and the p90, over
+    // 2000 samples per state, within 0.1 ms + 25%: a summary that measured from the wrong
+    // transition is off by a whole stay in most samples and fails both. The open-ended states
+    // (see above) end on timers and port reuse that the two tracers learn in different ways:
+    // their median within 0.1 ms + 25% (6.12 guest: TIME_WAIT p50 2.745 vs 3.079 ms), their
+    // tail not compared.
     for (state, d) in e["dwell_ms"].as_object().unwrap() {
-        for q in ["p50", "max"] {
-            if q == "max" && open_ended.contains(&state.as_str()) {
+        let open = open_ended.contains(&state.as_str());
+        for q in ["p50", "p90"] {
+            if q == "p90" && open {
                 continue;
             }
             let (a, b) = (
                 d[q].as_f64().unwrap(),
                 s["dwell_ms"][state][q].as_f64().unwrap(),
             );
-            let close = if q == "max" {
-                b <= 2.0 * a + 0.1 && a <= 2.0 * b + 0.1
-            } else if open_ended.contains(&state.as_str()) {
-                (a - b).abs() <= 0.1 + a * 0.25
-            } else {
-                (a - b).abs() <= 0.1 + a * 0.05
-            };
+            let share = if q == "p50" && !open { 0.05 } else { 0.25 };
             assert!(
-                close,
+                (a - b).abs() <= 0.1 + a * share,
                 "{state} {q}: every transition {a} ms, summaries {b} ms"
             );
         }
