@@ -89,3 +89,72 @@ fn over_budget_without_filters_the_kernel_counts_before_reading_the_socket() {
         .unwrap_or_else(|| panic!("no peer row for :{port}: {doc:#}"));
     assert_eq!(peer["time_wait"], ss_tw, "exact through the kernel table");
 }
+
+/// Under the budget, a reader that cannot keep up also makes the kernel count: a ring of 4 KiB
+/// (36 records) overflows within one poll under a burst of 2000 connections, so the first
+/// burst is refused by the full ring (lost, and counted as lost), the guard switches at its
+/// next check, and a second burst is counted in the kernel: every one of its transitions, and
+/// TIME_WAIT still equal to `ss` through the kernel table.
+#[test]
+fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = free_port(ip);
+    let p = port.to_string();
+    let tracer = Tracer::start(&[
+        "report",
+        "--json",
+        "--duration",
+        "120s",
+        "--port",
+        &p,
+        "--ring-size",
+        "4K",
+    ]);
+    let burst = || {
+        let out = Command::new(storm_bin())
+            .args(["--threads", "2", "--conns", "2000", "--seconds", "60"])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["conns"], 2000, "{r}");
+    };
+    burst();
+    // Past the guard's once-a-second check.
+    std::thread::sleep(Duration::from_millis(2500));
+    burst();
+    let out = tracer.stop();
+    assert!(
+        out.stderr.contains("the ring refused")
+            && out.stderr.contains("the kernel now counts transitions"),
+        "the switch and its cause are logged: {}",
+        out.stderr
+    );
+    let doc = out.json();
+    let o = &doc["overload"];
+    assert_eq!(o["switches"], 1, "{o:#}\n{}", out.stderr);
+    // Lost before the switch, and said so; nothing after it.
+    let lost = doc["lost_events"].as_u64().unwrap();
+    assert!(lost >= 1000, "{lost} lost\n{}", out.stderr);
+    // The second burst, all counted: 10 transitions per connection (its listener's and resets
+    // may add a few; the first burst's stragglers too).
+    assert!(
+        o["counted"]["CLOSE->SYN_SENT"].as_u64().unwrap() >= 2000,
+        "{o:#}"
+    );
+    assert!(
+        o["counted"]["LAST_ACK->CLOSE"].as_u64().unwrap() >= 2000,
+        "{o:#}"
+    );
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
+        .output()
+        .unwrap();
+    let ss_tw = String::from_utf8_lossy(&ss.stdout).lines().count() as u64;
+    assert!(ss_tw > 0, "ss: {ss_tw}");
+    assert_eq!(
+        doc["totals"]["TIME_WAIT"], ss_tw,
+        "exact through the kernel table"
+    );
+}

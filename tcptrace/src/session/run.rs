@@ -9,7 +9,11 @@ use std::{
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::{EXPIRE_EVERY, Flow, Query, Session, Sink, overload::Switch, reconcile};
+use super::{
+    EXPIRE_EVERY, Flow, Query, Session, Sink,
+    overload::{Switch, Why},
+    reconcile,
+};
 use crate::{
     clock::monotonic_ns,
     event::Event,
@@ -297,16 +301,28 @@ impl Session {
             return;
         };
         match self.guard.check(&mut k.probe, self.events) {
-            Some(Switch::ToCounting(rate)) => eprintln!(
-                "tcptrace: {rate:.0} events/s exceeds --max-event-rate {}: the kernel now counts \
-                 transitions instead of sending them; per-connection detail pauses, counts stay \
-                 exact through the kernel socket table (checked every {}s, or {} times as long as \
-                 a check takes when that is longer, up to {}s)",
-                self.guard.budget(),
-                reconcile::EVERY_COUNTING.as_secs(),
-                reconcile::DUTY,
-                reconcile::EVERY.as_secs()
-            ),
+            Some(Switch::ToCounting(rate, why)) => {
+                let cause = match why {
+                    Why::Rate => format!(
+                        "{rate:.0} events/s exceeds --max-event-rate {}",
+                        self.guard.budget()
+                    ),
+                    Why::RingFull(n) => format!(
+                        "the ring refused {n} records in the last second at {rate:.0} events/s \
+                         (under --max-event-rate {}, but more than this host let tcptrace read)",
+                        self.guard.budget()
+                    ),
+                };
+                eprintln!(
+                    "tcptrace: {cause}: the kernel now counts transitions instead of sending \
+                     them; per-connection detail pauses, counts stay exact through the kernel \
+                     socket table (checked every {}s, or {} times as long as a check takes when \
+                     that is longer, up to {}s)",
+                    reconcile::EVERY_COUNTING.as_secs(),
+                    reconcile::DUTY,
+                    reconcile::EVERY.as_secs()
+                )
+            }
             Some(Switch::ToEvents(rate)) => {
                 eprintln!("tcptrace: {rate:.0} events/s: back to tracing every transition");
                 self.reconcile.soon();
