@@ -239,7 +239,8 @@ pub struct ProbeArgs {
     pub speed: Speed,
     /// Overload guard: above this many events per second the kernel counts transitions instead
     /// of sending them (logged, and shown in every view); counts stay exact through the kernel
-    /// table, per-connection detail pauses until the rate falls below half of it.
+    /// table, per-connection detail pauses until the rate falls below half of it. It also counts
+    /// when tcptrace cannot drain the ring as fast as the kernel fills it (1% or more refused).
     #[arg(long, value_name = "EVENTS_PER_S", default_value_t = 500_000)]
     pub max_event_rate: u64,
     /// Also write the session to FILE as it runs (what `tcptrace record` writes).

@@ -34,6 +34,9 @@ fn two_bursts_over_budget(filters: &[&str]) -> (u16, Value, String, u64) {
     let mut cli = client(addr, &["--conns", "300"]);
     cli.wait_done(T);
     srv.wait_done(T);
+    // See `settle`: seen in the 5.10 guest as 598 vs 599 when this test ran beside the
+    // ring-overflow one.
+    settle(port);
     let out = tracer.stop();
     assert!(
         out.stderr.contains("exceeds --max-event-rate 300"),
@@ -124,6 +127,10 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     // Past the guard's once-a-second check.
     std::thread::sleep(Duration::from_millis(2500));
     burst();
+    // The storm's close() returns before the FIN exchange ends: a socket still in FIN_WAIT at
+    // the tracer's last table check, and in TIME_WAIT when `ss` looks, would be counted by `ss`
+    // alone (seen once in the 6.12 guest: 3770 vs 3771).
+    settle(port);
     let out = tracer.stop();
     assert!(
         out.stderr.contains("the ring refused")
@@ -157,4 +164,36 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
         doc["totals"]["TIME_WAIT"], ss_tw,
         "exact through the kernel table"
     );
+}
+
+/// Waits until no socket towards `port` is between its close and TIME_WAIT (or its end), so
+/// that the tracer's last table check and `ss` afterwards see the same TIME_WAIT sockets: a
+/// client's close() returns before its FIN exchange ends.
+fn settle(port: u16) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let ss = Command::new("ss")
+            .args([
+                "-tanH",
+                "state",
+                "fin-wait-1",
+                "state",
+                "fin-wait-2",
+                "state",
+                "closing",
+            ])
+            .args(["state", "last-ack", "state", "close-wait"])
+            .arg(format!("( dport = :{port} or sport = :{port} )"))
+            .output()
+            .unwrap();
+        let n = String::from_utf8_lossy(&ss.stdout).lines().count();
+        if n == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} sockets of :{port} still closing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
