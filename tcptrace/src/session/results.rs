@@ -10,7 +10,7 @@ use crate::{
     probe::LossReport,
     source::Source,
     view::{
-        loss::closing_line,
+        loss::{closing_line, counted_note},
         report::{ReportDoc, SCHEMA as REPORT_SCHEMA},
     },
 };
@@ -102,11 +102,31 @@ impl Session {
     /// The closing line every command prints on stderr.
     pub fn closing_line(&self) -> String {
         let loss = self.loss();
-        closing_line(
+        let line = closing_line(
             self.events,
             self.started.elapsed().as_secs_f64(),
             &loss,
             self.lost_uncounted(&loss),
-        )
+        );
+        line + &counted_note(self.counted_transitions())
+    }
+
+    /// Transitions the kernel counted instead of sending (the overload guard), resets apart:
+    /// neither delivered nor lost, so the closing line names them and the books balance
+    /// (delivered + lost + counted = generated). Not in summary mode, where the kernel's
+    /// transition counters count every transition it follows.
+    fn counted_transitions(&self) -> u64 {
+        let Some(k) = self.source.kernel() else {
+            return 0;
+        };
+        if k.probe.summary {
+            return 0;
+        }
+        k.probe
+            .counted_transitions()
+            .iter()
+            .filter(|((old, new), _)| (*old, *new) != (0, 0))
+            .map(|(_, n)| n)
+            .sum()
     }
 }

@@ -123,6 +123,15 @@ fn timewait_hook_note(n: u64) -> String {
 
 /// The closing line's words for transitions the kernel skipped without counting them (the text
 /// views use the short [`suffix`]); empty when there are none.
+/// The closing line's note on transitions the overload guard counted in the kernel.
+pub fn counted_note(counted: u64) -> String {
+    if counted == 0 {
+        String::new()
+    } else {
+        format!("; {counted} transitions counted in the kernel instead of sent (overload guard)")
+    }
+}
+
 fn uncounted_note(uncounted: u64) -> String {
     if uncounted == 0 {
         String::new()
@@ -173,6 +182,11 @@ mod tests {
             line,
             "tcptrace: 12 events in 1.0s; lost 0 events (0 transitions, 0 resets; ring full 0, \
              nested runs skipped 0, recovered by the backup program 0, duplicates dropped 0)"
+        );
+        assert_eq!(counted_note(0), "");
+        assert_eq!(
+            counted_note(7),
+            "; 7 transitions counted in the kernel instead of sent (overload guard)"
         );
         let line = closing_line(12, 1.0, &LossReport::default(), 4);
         assert!(line.ends_with(

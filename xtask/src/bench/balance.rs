@@ -80,16 +80,19 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<Storm> {
     let (stdout, lines) = t.stop()?;
     let conns = r["conns"].as_u64().unwrap_or(0);
     let listeners = r["targets"].as_u64().unwrap_or(0);
+    // What the overload guard counted in the kernel instead of sending is neither seen nor
+    // lost: the closing line says how many, and it belongs to "seen" here (accounted for).
+    let counted = counted_transitions(&lines);
     let (seen, lost) = if trace {
         let seen = stdout.lines().filter(|l| l.starts_with('{')).count() as u64;
         (
-            seen,
+            seen + counted,
             lost_transitions(&lines).context("trace's closing line")?,
         )
     } else {
         let doc: serde_json::Value = serde_json::from_str(&stdout).context("report --json")?;
         (
-            doc["transitions_seen"].as_u64().unwrap_or(0),
+            doc["transitions_seen"].as_u64().unwrap_or(0) + counted,
             doc["transitions_lost"].as_u64().unwrap_or(0),
         )
     };
@@ -108,6 +111,21 @@ fn lost_transitions(lines: &[String]) -> Option<u64> {
         let rest = l.split(" events (").nth(1)?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// `; N transitions counted in the kernel` from the closing line; 0 when absent.
+fn counted_transitions(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let head = l.split(" transitions counted in the kernel").next()?;
+            if head.len() == l.len() {
+                return None;
+            }
+            head.rsplit(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// A port no listener uses, outside the ephemeral range.
@@ -131,8 +149,9 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
          own, each watched by a tracer filtered to that port. A connection makes 10 transitions \
          and a listener 2 (it opens and closes), so the storm generated \
          `10 × connections + 2 × listeners`; the tracer's own count of what it saw \
-         (`report --json`'s `transitions_seen`, or the lines `trace --json` printed) plus the \
-         transitions it counted lost must equal that.\n",
+         (`report --json`'s `transitions_seen`, or the lines `trace --json` printed, plus what \
+         the overload guard counted in the kernel instead of sending) plus the transitions it \
+         counted lost must equal that.\n",
         opts.balance_conns, opts.threads, opts.targets
     );
     let _ = writeln!(
@@ -153,4 +172,32 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
         );
     }
     let _ = writeln!(w);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_transitions_come_from_the_closing_line() {
+        let l = |s: &str| vec![s.to_string()];
+        assert_eq!(
+            counted_transitions(&l(
+                "tcptrace: 9 events in 1.0s; lost 3 events (3 transitions, 0 resets; ring full 3, \
+                 nested runs skipped 0, recovered by the backup program 0, duplicates dropped 0); \
+                 12 transitions counted in the kernel instead of sent (overload guard)"
+            )),
+            12
+        );
+        assert_eq!(
+            counted_transitions(&l("tcptrace: 9 events in 1.0s; lost 0 events")),
+            0
+        );
+        assert_eq!(
+            lost_transitions(&l(
+                "tcptrace: 9 events in 1.0s; lost 3 events (2 transitions, 1 resets"
+            )),
+            Some(2)
+        );
+    }
 }

@@ -175,7 +175,12 @@ impl Running {
         let tcptrace = self.mode.tcptrace_args().is_some();
         Ok(Stopped {
             lost: tcptrace.then(|| lost_events(&lines)).flatten(),
-            counting: tcptrace && lines.iter().any(|l| l.contains("exceeds --max-event-rate")),
+            // The switch message, whichever its cause (a rate over the budget, or a ring the
+            // reader could not keep up with).
+            counting: tcptrace
+                && lines
+                    .iter()
+                    .any(|l| l.contains("the kernel now counts transitions")),
         })
     }
 }
