@@ -43,11 +43,7 @@ fn two_bursts_over_budget(filters: &[&str]) -> (u16, Value, String, u64) {
         "the switch is logged: {}",
         out.stderr
     );
-    let ss = Command::new("ss")
-        .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
-        .output()
-        .unwrap();
-    let ss_tw = String::from_utf8_lossy(&ss.stdout).lines().count() as u64;
+    let ss_tw = ss_time_wait(port);
     assert!(ss_tw > 450, "ss: {ss_tw}");
     first.finish();
     cli.finish();
@@ -162,11 +158,7 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
         "the closing line names what was counted: {}",
         out.stderr
     );
-    let ss = Command::new("ss")
-        .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
-        .output()
-        .unwrap();
-    let ss_tw = String::from_utf8_lossy(&ss.stdout).lines().count() as u64;
+    let ss_tw = ss_time_wait(port);
     assert!(ss_tw > 0, "ss: {ss_tw}");
     assert_eq!(
         doc["totals"]["TIME_WAIT"], ss_tw,
@@ -204,4 +196,13 @@ fn settle(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `ss`'s count of TIME_WAIT sockets towards `port`.
+fn ss_time_wait(port: u16) -> u64 {
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ss.stdout).lines().count() as u64
 }

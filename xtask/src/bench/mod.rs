@@ -350,23 +350,7 @@ fn render(
         );
     }
     let _ = writeln!(w, "\nEvery run, in order:\n");
-    let _ = writeln!(
-        w,
-        "| attached | connections | conn/s | tracer CPU s | lost | overload guard |\n| --- | ---: | ---: | ---: | ---: | --- |"
-    );
-    for r in runs {
-        let _ = writeln!(
-            w,
-            "| {} | {} | {:.0} | {:.2} | {} | {} |",
-            r.mode.label(),
-            r.conns,
-            r.conns_per_s,
-            r.cpu_s,
-            r.lost.map_or("–".into(), |v| v.to_string()),
-            if r.counting { "counting" } else { "" }
-        );
-    }
-    let _ = writeln!(w);
+    render_runs(w, runs);
     paced::render(w, opts, paced);
     breakdown::render(w, costs);
     balance::render(w, opts, balance);
@@ -461,6 +445,27 @@ fn render_replay(w: &mut String, replay: &[serde_json::Value]) {
             f("table_bytes_per_socket"),
             f("rss_growth_bytes_per_socket"),
             f("vm_hwm_kib") / 1024.0
+        );
+    }
+    let _ = writeln!(w);
+}
+
+/// Every run, in order, as a table (the saturated and the fixed-rate sections).
+fn render_runs(w: &mut String, runs: &[Run]) {
+    let _ = writeln!(
+        w,
+        "| attached | connections | conn/s | tracer CPU s | lost | overload guard |\n| --- | ---: | ---: | ---: | ---: | --- |"
+    );
+    for r in runs {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.0} | {:.2} | {} | {} |",
+            r.mode.label(),
+            r.conns,
+            r.conns_per_s,
+            r.cpu_s,
+            r.lost.map_or("–".into(), |v| v.to_string()),
+            if r.counting { "counting" } else { "" }
         );
     }
     let _ = writeln!(w);

@@ -167,23 +167,8 @@ pub fn render(w: &mut String, opts: &BenchOptions, runs: &[Run]) {
         list(&miss),
         list(&unjudged),
     );
-    let _ = writeln!(
-        w,
-        "Every fixed-rate run, in order:\n\n| attached | connections | conn/s | tracer CPU s | lost | overload guard |\n| --- | ---: | ---: | ---: | ---: | --- |"
-    );
-    for r in runs {
-        let _ = writeln!(
-            w,
-            "| {} | {} | {:.0} | {:.2} | {} | {} |",
-            r.mode.label(),
-            r.conns,
-            r.conns_per_s,
-            r.cpu_s,
-            r.lost.map_or("–".into(), |v| v.to_string()),
-            if r.counting { "counting" } else { "" }
-        );
-    }
-    let _ = writeln!(w);
+    let _ = writeln!(w, "Every fixed-rate run, in order:\n");
+    super::render_runs(w, runs);
 }
 
 /// The unit of `/proc/PID/stat` CPU times.
