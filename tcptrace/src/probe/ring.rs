@@ -1,13 +1,17 @@
 //! The BPF ring buffer, read in place with the consumer position published once per batch.
 //!
-//! Hand-rolled rather than aya's `RingBuf::next`, because of one measured cost: aya publishes
-//! the consumer position after every record (`RingBufItem`'s drop), and the kernel reads that
-//! position in every `bpf_ringbuf_reserve` to check for space. A store per record by the reader
-//! and a load per record by the producers on the other CPUs keep that cache line moving between
-//! them: under a loopback storm `__bpf_ringbuf_reserve` and `bpf_ringbuf_output` took 4.2% of
-//! the host's CPU, twice the state-change program itself (BENCHMARKS.md, issue 13). Here the
-//! position is published at the end of each drain, and every [`PUBLISH_EVERY`] bytes within a
-//! long one so the producers see space freed while it runs.
+//! Hand-rolled rather than aya's `RingBuf::next`, which publishes the consumer position after
+//! every record (`RingBufItem`'s drop): the kernel reads that position in every
+//! `bpf_ringbuf_reserve`, so a store per record by the reader keeps its cache line moving
+//! between the CPUs. Measured honestly, that was not where the reservation's cost was: in one
+//! storm profile `__bpf_ringbuf_reserve` + `bpf_ringbuf_output` went from 6.6% to 5.3% of the
+//! host's CPU with this reader, but `bpf_stats` over a whole bench stayed at 371-372 ns per
+//! transition (the cost is the ring's spinlock, shared by the CPUs). What this reader does buy
+//! is one mapping for records and fill level (aya keeps its positions private, so the fill
+//! needed a second mapping) and a drain that stops after a given number of records
+//! ([`Ring::drain`]'s `limit`), which the session's bounded batches use (see `reader.rs`).
+//! Here the position is published at the end of each drain, and every [`PUBLISH_EVERY`] bytes
+//! within a long one so the producers see space freed while it runs.
 //!
 //! The kernel lays the ring out as one page holding the consumer position (which userspace may
 //! map writable), one page holding the producer position, then the data pages, mapped twice in a

@@ -309,7 +309,8 @@ impl Session {
                     ),
                     Why::RingFull(n) => format!(
                         "the ring refused {n} records in the last second at {rate:.0} events/s \
-                         (under --max-event-rate {}, but more than this host let tcptrace read)",
+                         (under --max-event-rate {}, but faster than tcptrace drained it: a larger \
+                         --ring-size or a less loaded host helps)",
                         self.guard.budget()
                     ),
                 };
