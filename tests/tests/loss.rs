@@ -105,7 +105,14 @@ fn ring_overflow_is_counted_exactly_and_the_tracer_recovers() {
         "{}",
         reference.stderr
     );
-    let expected = conns * 10 + 2 + 12;
+    // A child the kernel created and dropped at once (`LISTEN -> SYN_RECV -> CLOSE`: two CPUs
+    // completed the same handshake and the loser's child is closed, seen in the 6.1 guest) is
+    // two more transitions that happened; the reference sees them like any other.
+    let dropped_children = socket_lives(&seen)
+        .iter()
+        .filter(|s| s.transitions() == ["LISTEN->SYN_RECV", "SYN_RECV->CLOSE"])
+        .count();
+    let expected = conns * 10 + 2 + 12 + 2 * dropped_children;
     assert!(
         seen.len() == expected || rsts > 0,
         "reference saw {} transitions, expected {expected}, no RST sent:\n{}",

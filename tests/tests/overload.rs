@@ -93,22 +93,20 @@ fn over_budget_without_filters_the_kernel_counts_before_reading_the_socket() {
 /// (36 records) overflows within one poll under a burst of 2000 connections, so the first
 /// burst is refused by the full ring (lost, and counted as lost), the guard switches at its
 /// next check, and a second burst is counted in the kernel: every one of its transitions, and
-/// TIME_WAIT still equal to `ss` through the kernel table.
+/// TIME_WAIT still equal to `ss` through the kernel table. The books balance across the switch:
+/// seen + lost + counted equals what a second tracer, with a roomy ring and no budget, saw.
 #[test]
 fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     let ip = "127.0.0.1".parse().unwrap();
     let port = free_port(ip);
     let p = port.to_string();
-    let tracer = Tracer::start(&[
-        "report",
-        "--json",
-        "--duration",
-        "120s",
-        "--port",
-        &p,
-        "--ring-size",
-        "4K",
-    ]);
+    let report = |extra: &[&str]| {
+        let mut args = vec!["report", "--json", "--duration", "120s", "--port", &p];
+        args.extend_from_slice(extra);
+        Tracer::start(&args)
+    };
+    let tracer = report(&["--ring-size", "4K"]);
+    let reference = report(&["--max-event-rate", "100000000"]);
     let burst = || {
         let out = Command::new(storm_bin())
             .args(["--threads", "2", "--conns", "2000", "--seconds", "60"])
@@ -128,6 +126,7 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     // alone (seen once in the 6.12 guest: 3770 vs 3771).
     settle(port);
     let out = tracer.stop();
+    let reference = reference.stop();
     assert!(
         out.stderr.contains("the ring refused")
             && out.stderr.contains("the kernel now counts transitions"),
@@ -163,6 +162,31 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     assert_eq!(
         doc["totals"]["TIME_WAIT"], ss_tw,
         "exact through the kernel table"
+    );
+
+    // The books, against what the reference saw (two bursts of 2000 connections of ten
+    // transitions, and the listeners'; a RST would change that, the reference sees it too).
+    let rdoc = reference.json();
+    let generated = rdoc["transitions_seen"].as_u64().unwrap();
+    assert_eq!(rdoc["transitions_lost"], 0, "{}", reference.stderr);
+    // (The guard's record appears once it has acted.)
+    assert!(rdoc["overload"].is_null(), "{}", reference.stderr);
+    assert!(generated >= 40_000, "reference saw {generated}");
+    let seen = doc["transitions_seen"].as_u64().unwrap();
+    let lost = doc["transitions_lost"].as_u64().unwrap();
+    let counted: u64 = o["counted"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "RESET")
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        seen + lost + counted,
+        generated,
+        "seen {seen} + lost {lost} + counted {counted} = generated (the reference)\n{o:#}\n{}\nreference: {}",
+        out.stderr,
+        reference.stderr
     );
 }
 

@@ -121,8 +121,6 @@ fn timewait_hook_note(n: u64) -> String {
     }
 }
 
-/// The closing line's words for transitions the kernel skipped without counting them (the text
-/// views use the short [`suffix`]); empty when there are none.
 /// The closing line's note on transitions the overload guard counted in the kernel.
 pub fn counted_note(counted: u64) -> String {
     if counted == 0 {
@@ -132,6 +130,8 @@ pub fn counted_note(counted: u64) -> String {
     }
 }
 
+/// The closing line's words for transitions the kernel skipped without counting them (the text
+/// views use the short [`suffix`]); empty when there are none.
 fn uncounted_note(uncounted: u64) -> String {
     if uncounted == 0 {
         String::new()
