@@ -11,6 +11,7 @@ pub mod config;
 pub mod counter;
 pub mod event;
 pub mod names;
+pub mod pending;
 pub mod state;
 
 pub use event::{EventKind, RawEvent};

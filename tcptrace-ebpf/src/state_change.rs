@@ -15,6 +15,7 @@ use tcptrace_common::{
         FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE,
         RawEvent,
     },
+    pending::{Pending, states_of},
     state::runs_in_owner_context,
 };
 
@@ -57,46 +58,8 @@ impl SockKey {
     }
 }
 
-/// The transitions the primary program started on and whose backup run has not found them yet,
-/// per CPU: a stack of (socket cookie or address, `old << 8 | new`), kept in a ring so that
-/// entries whose backup never comes are overwritten in time.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    ids: [u64; PENDING],
-    states: [u64; PENDING],
-    /// Entries pushed and not popped; the top is at `(top - 1) % PENDING`.
-    top: u64,
-}
-
-/// Deep enough that a softirq nested in a backup run cannot push the outer entry out (4 KiB per
-/// CPU): one softirq between a primary and its backup ran long enough for ~100 records from
-/// both CPUs to land in the ring in between.
-const PENDING: usize = 256;
-/// How far below its start the backup looks for its entry (transitions nested in its dispatch,
-/// before its first instruction).
-const LOOK_DOWN: u64 = 8;
-
-/// Pushed by the primary as its very first action, found and popped by the backup: the backup
-/// sends the transition only when the primary did not start on it, i.e. the kernel skipped the
-/// primary because it was already running on this CPU (a softirq interrupted it). Keying on the
-/// event itself rather than on an "I am running" flag leaves no window before the flag is set or
-/// after it is cleared.
-///
-/// A stack, not the last key only: a softirq can also run between the outer transition's primary
-/// and backup runs, or while the backup runs, and then the nested primaries run, ours being
-/// done. With one slot, the outer backup found a key that was not its own and sent a second
-/// copy: 1-3 duplicates per 200,000 connections on our host (server-side `CLOSE_WAIT ->
-/// LAST_ACK` in `close()`, its primary's copy ~100 records earlier in the ring), which userspace
-/// drops in event mode but which counting mode counted twice (the books were off by one across a
-/// switch to counting in the 6.1 guest). Now each nested backup pops its own entry, so the outer
-/// one is on top again when its backup starts; the backup notes the top first thing, and
-/// primaries nested later (whose backups the kernel skips, ours being active) push above it.
-///
-/// The opposite error, a stale entry from an earlier identical transition (the same socket
-/// making the same transition again, or an address-keyed socket at a reused address) that makes
-/// a skipped run look handled, is reported rather than hidden: the kernel counted the skip and
-/// nothing recovered it, so it is lost in the books.
+/// Per CPU, the transitions the primary started on and the backup has not found yet: the
+/// backup sends only those it does not find (see `tcptrace_common::pending`).
 #[map]
 static PENDING_RUNS: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
@@ -107,29 +70,20 @@ fn primary_starts(id: u64, states: u64) -> bool {
         return false;
     };
     // SAFETY: per-CPU slot. A softirq landing here finds the primary active: the kernel skips
-    // the nested primary run, and its backup does not find its transition. The slot is taken
-    // before it is filled, in case a kernel runs a nested primary instead of skipping it (5.10
-    // reports no `recursion_misses`, so we cannot tell whether it skips): a nested primary then
-    // pushes above ours instead of over it, and its backup pops only its own entry.
-    unsafe {
-        let top = (*p).top;
-        (*p).top = top.wrapping_add(1);
-        let i = top as usize % PENDING;
-        (*p).ids[i] = id;
-        (*p).states[i] = states;
-    }
+    // the nested primary run, and its backup does not find its transition.
+    unsafe { (*p).push(id, states) };
     true
 }
 
-/// The backup's first action: the top of the stack as this run found it.
+/// The backup's first action, before anything that takes time (the cookie helper): the top of
+/// the stack as this run found it.
 #[inline(always)]
 fn backup_starts() -> u64 {
-    PENDING_RUNS.get(0).map_or(0, |p| p.top)
+    PENDING_RUNS.get(0).map_or(0, |p| p.top())
 }
 
 /// The backup's test: whether the primary started on transition `states` of socket `id`
-/// (nothing to recover), looking down from the top `top` this run found; if so, it and what
-/// was pushed above it are popped.
+/// (nothing to recover).
 #[inline(always)]
 fn primary_handled(top: u64, id: u64, states: u64) -> bool {
     let Some(p) = PENDING_RUNS.get_ptr_mut(0) else {
@@ -137,17 +91,7 @@ fn primary_handled(top: u64, id: u64, states: u64) -> bool {
     };
     // SAFETY: per-CPU slot; a primary nested in this run pushes above `top`, and its backup is
     // skipped (ours is active), so popping its entry loses nothing.
-    unsafe {
-        // Unrolled by the compiler: a fixed count. Almost always found at depth 1.
-        for depth in 1..=LOOK_DOWN {
-            let i = top.wrapping_sub(depth) as usize % PENDING;
-            if (*p).ids[i] == id && (*p).states[i] == states {
-                (*p).top = top.wrapping_sub(depth);
-                return true;
-            }
-        }
-    }
-    false
+    unsafe { (*p).handled(top, id, states) }
 }
 
 #[inline(always)]
@@ -168,7 +112,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     // 5.11/5.12) must not even name: the constant `key` removes this path from it.
     if key == SockKey::Cookie && cfg.summary != 0 && summary::follows(old as u8, new as u8) {
         // Keyed on the socket's address alone: no cookie helper per transition.
-        let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
+        let states = states_of(old as u8, new as u8);
         let handle = match role {
             Role::Primary => primary_starts(sk, states),
             Role::Backup => !primary_handled(top, sk, states),
@@ -187,7 +131,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
     let cookie = if clone { 0 } else { key.cookie_of(sk_btf) };
     let id = if cookie != 0 { cookie } else { sk };
-    let states = ((old as u64 & 0xff) << 8) | (new as u64 & 0xff);
+    let states = states_of(old as u8, new as u8);
     let handle = match role {
         Role::Primary => primary_starts(id, states),
         Role::Backup => !primary_handled(top, id, states),
