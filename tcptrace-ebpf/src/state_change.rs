@@ -94,6 +94,16 @@ fn primary_handled(top: u64, id: u64, states: u64) -> bool {
     unsafe { (*p).handled(top, id, states) }
 }
 
+/// Whether this run handles the transition: the primary always (it pushes it first), the
+/// backup only when the primary did not start on it (`top`: what [`backup_starts`] noted).
+#[inline(always)]
+fn handles(role: Role, top: u64, id: u64, states: u64) -> bool {
+    match role {
+        Role::Primary => primary_starts(id, states),
+        Role::Backup => !primary_handled(top, id, states),
+    }
+}
+
 #[inline(always)]
 pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     let sk_btf: *const c_void = ctx.arg(0);
@@ -112,12 +122,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     // 5.11/5.12) must not even name: the constant `key` removes this path from it.
     if key == SockKey::Cookie && cfg.summary != 0 && summary::follows(old as u8, new as u8) {
         // Keyed on the socket's address alone: no cookie helper per transition.
-        let states = states_of(old as u8, new as u8);
-        let handle = match role {
-            Role::Primary => primary_starts(sk, states),
-            Role::Backup => !primary_handled(top, sk, states),
-        };
-        if !handle {
+        if !handles(role, top, sk, states_of(old as u8, new as u8)) {
             return 0;
         }
         summary::on_transition(sk_btf, sk, old as u8, new as u8, cfg, role == Role::Backup);
@@ -131,12 +136,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
     let cookie = if clone { 0 } else { key.cookie_of(sk_btf) };
     let id = if cookie != 0 { cookie } else { sk };
-    let states = states_of(old as u8, new as u8);
-    let handle = match role {
-        Role::Primary => primary_starts(id, states),
-        Role::Backup => !primary_handled(top, id, states),
-    };
-    if !handle {
+    if !handles(role, top, id, states_of(old as u8, new as u8)) {
         return 0;
     }
     if sock::protocol(Typed(sk_btf), &cfg.offsets) != sock::IPPROTO_TCP {
