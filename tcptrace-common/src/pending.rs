@@ -55,9 +55,9 @@ impl Pending {
 
     /// The primary's first action: this CPU is handling transition `states` of socket `id`.
     ///
-    /// The slot is taken before it is filled, in case a kernel runs a nested primary instead of
-    /// skipping it (5.10 reports no `recursion_misses`, so we cannot tell whether it skips): a
-    /// nested primary then pushes above ours instead of over it.
+    /// The slot is taken before it is filled: before 6.1 the kernel runs a nested tp_btf program
+    /// instead of skipping it (16 of 76,912 transitions in a 5.10 storm), and a nested primary
+    /// then pushes above ours instead of over it.
     #[inline(always)]
     pub fn push(&mut self, id: u64, states: u64) {
         let top = self.top;
