@@ -61,7 +61,10 @@ impl Counter {
 /// Slots in `TRANSITIONS`: one per (old, new) pair of 4-bit state numbers.
 pub const TRANSITION_SLOTS: u32 = 256;
 
-/// The `TRANSITIONS` slot of a transition; (0, 0) is a reset.
+/// The (old, new) pair under which counting mode counts resets: reset events carry no states.
+pub const RESET_TRANSITION: (u8, u8) = (0, 0);
+
+/// The `TRANSITIONS` slot of a transition; [`RESET_TRANSITION`] is a reset.
 pub const fn transition_slot(old: u8, new: u8) -> u32 {
     ((old as u32 & 0xf) << 4) | (new as u32 & 0xf)
 }

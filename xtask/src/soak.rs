@@ -153,7 +153,7 @@ pub fn run(opts: &SoakOptions) -> Result<()> {
     while started.elapsed() < total {
         let period = Instant::now();
         // TIME_WAIT from the previous storm still holds tuples; tw_reuse frees them after 1 s.
-        let r = bench::storm(&storm, STORM_CONNS, 5.0, 1, 8, storm_port)?;
+        let r = bench::storm(&storm, STORM_CONNS, 5.0, 1, 8, storm_port, None)?;
         conns += r["conns"].as_u64().unwrap_or(0);
         let ok = cmd::succeeds(Command::new(&scenario).args([
             "client",

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use tcptrace_common::TcpState;
+use tcptrace_common::{TcpState, counter::RESET_TRANSITION};
 
 use super::Probe;
 
@@ -33,7 +33,7 @@ impl Overload {
         }
         for ((old, new), n) in probe.counted_transitions() {
             let name = |v: u8| TcpState::from_u8(v).map(|s| s.name()).unwrap_or("?");
-            let key = if (old, new) == (0, 0) {
+            let key = if (old, new) == RESET_TRANSITION {
                 "RESET".to_string()
             } else {
                 format!("{}->{}", name(old), name(new))

@@ -426,7 +426,8 @@ impl Probe {
         self.counter(Counter::ReserveFailed) + self.counter(Counter::TimewaitReserveFailed)
     }
 
-    /// Transitions counted in the kernel, by (old, new) state numbers (0, 0 for resets).
+    /// Transitions counted in the kernel, by (old, new) state numbers (resets under
+    /// [`RESET_TRANSITION`](tcptrace_common::counter::RESET_TRANSITION)).
     pub fn counted_transitions(&self) -> Vec<((u8, u8), u64)> {
         let Some(map) = self.ebpf.map(map::TRANSITIONS) else {
             return Vec::new();

@@ -1,7 +1,7 @@
 //! What the session hands to views: the loss picture, the summary, the report document and
 //! the closing line.
 
-use tcptrace_common::TcpState;
+use tcptrace_common::{TcpState, counter::RESET_TRANSITION};
 
 use super::Session;
 use crate::{
@@ -125,7 +125,7 @@ impl Session {
         k.probe
             .counted_transitions()
             .iter()
-            .filter(|((old, new), _)| (*old, *new) != (0, 0))
+            .filter(|(t, _)| *t != RESET_TRANSITION)
             .map(|(_, n)| n)
             .sum()
     }

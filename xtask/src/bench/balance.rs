@@ -71,6 +71,7 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<Storm> {
         opts.threads,
         opts.targets,
         port,
+        None,
     )?;
     if r["addr_not_avail"].as_u64() != Some(0) || r["other_errors"].as_u64() != Some(0) {
         bail!("the storm had failed connects, so its transitions are not known: {r}");

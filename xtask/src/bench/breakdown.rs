@@ -135,6 +135,7 @@ fn timed_storm(opts: &BenchOptions, bins: &Bins, pid: u32) -> Result<Vec<(String
         opts.threads,
         opts.targets,
         0,
+        None,
     )?;
     let after = measure::prog_stats()?;
     Ok(after

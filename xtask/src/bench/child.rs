@@ -180,21 +180,9 @@ pub fn lost_events(lines: &[String]) -> Option<u64> {
     })
 }
 
-/// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any), as fast as it goes; its
-/// JSON result line.
+/// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any), as fast as it goes or
+/// paced at `rate` connections per second in total (`tcpstorm --rate`); its JSON result line.
 pub fn storm(
-    storm: &Path,
-    conns: u64,
-    seconds: f64,
-    threads: usize,
-    targets: u32,
-    port: u16,
-) -> Result<serde_json::Value> {
-    paced_storm(storm, conns, seconds, threads, targets, port, None)
-}
-
-/// [`storm`], paced at `rate` connections per second in total when given (`tcpstorm --rate`).
-pub fn paced_storm(
     storm: &Path,
     conns: u64,
     seconds: f64,

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-pub use child::{TracerChild, flush_storm_timewait, lost_events, paced_storm, storm};
+pub use child::{TracerChild, flush_storm_timewait, lost_events, storm};
 use modes::{Mode, Running};
 
 use crate::measure::{self, median};
@@ -180,7 +180,7 @@ fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins, rate: Option<f64>) -> R
     // Let the start-up table dump finish before measuring.
     thread::sleep(Duration::from_millis(500));
     let cpu0 = t.as_ref().and_then(|t| measure::cpu_seconds(t.pid()));
-    let result = paced_storm(
+    let result = storm(
         &bins.storm,
         opts.conns,
         opts.seconds,
