@@ -6,15 +6,16 @@
 //! the CPU (a softirq that interrupts it), counting a recursion miss. The backup's job is to send
 //! exactly the transitions whose primary run was skipped.
 //!
-//! The primary pushes its transition first thing; the backup, which notes the top first thing,
-//! looks for its transition a few entries down from there and pops it with whatever lies above
-//! it. Found: the primary ran, nothing to send. Not found: the kernel skipped the primary (it
-//! was running, an outer transition's, when this one nested), so the backup sends it.
+//! The primary pushes its transition as soon as it has its key (after the cookie helper where it
+//! names the socket by cookie); the backup notes the top before anything else, looks for its
+//! transition a few entries down from there and pops it with whatever lies above it. Found: the
+//! primary ran, nothing to send. Not found: the kernel skipped the primary (it was running, an
+//! outer transition's, when this one nested), so the backup sends it.
 //!
 //! Why a stack and not the last transition alone: a softirq also runs *between* an outer
 //! transition's primary and backup runs, or inside the backup's run, and its transitions' primary
 //! runs are not skipped (ours is done). With one slot they overwrote the outer key, and the
-//! outer backup sent a second copy: 1-3 duplicates per 200,000 connections on our host, dropped
+//! outer backup sent a second copy: 0-3 duplicates per storm of 200,000 connections, dropped
 //! in event mode but counted twice by counting mode. Here each nested backup pops its own entry,
 //! so the outer entry is on top again; primaries nested inside a backup's run, whose own backups
 //! the kernel skips, push above the top that backup noted, and it pops them with its own.
