@@ -353,40 +353,23 @@ fn text_output_has_aligned_columns_and_no_swapper() {
 /// Runs `tcpscenario simclose` inside a fresh network namespace (it takes that namespace's `lo`
 /// down for a moment).
 fn simultaneous_close(ip: &str) {
-    let ns = format!(
-        "tcptrace-sim-{}-{}",
-        std::process::id(),
-        if ip.contains(':') { 6 } else { 4 }
-    );
-    let run = |args: &[&str]| {
-        let ok = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .expect("run ip");
-        assert!(ok.success(), "ip {args:?}");
-    };
-    run(&["netns", "add", &ns]);
-    run(&["-n", &ns, "link", "set", "lo", "up"]);
+    // Deleted on drop, also when an assertion below fails (a namespace left behind makes every
+    // later tracer's kernel-table check walk the socket hash once more per family).
+    let ns = netns::TestNetns::add();
     let ipa: std::net::IpAddr = ip.parse().unwrap();
     let port = free_port(ipa);
     let tracer = start(port, &[]);
-    let mut p = Proc::spawn(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(scenario_bin())
-            .args([
-                "simclose",
-                "--bind",
-                &SocketAddr::new(ipa, port).to_string(),
-            ]),
-    );
+    let mut p = ns.scenario(&[
+        "simclose",
+        "--bind",
+        &SocketAddr::new(ipa, port).to_string(),
+    ]);
     let local = p.expect("connected", T);
     let accepted = p.expect("accepted", T);
     p.wait_done(T);
     p.finish();
     settle();
     let lines = tracer.stop().json_lines();
-    run(&["netns", "del", &ns]);
     // Both FINs left before either arrived. When the retransmissions cross, each side goes
     // FIN_WAIT1 -> CLOSING; when one side's FIN lands first (the retransmission timers fire
     // apart, e.g. under emulation), its peer ACKs it before its own FIN is retransmitted, and
