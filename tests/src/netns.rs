@@ -108,6 +108,21 @@ impl Drop for TestNetns {
     }
 }
 
+/// How many sockets `ss -tanH state STATE FILTER` lists inside the namespace named `netns`.
+pub fn ss_count_in(netns: &str, state: &str, filter: &str) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ss", "-tanH", "state", state, filter,
+        ])
+        .output()
+        .expect("run ss");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64
+}
+
 pub fn ip(args: &[&str]) {
     let st = Command::new("ip").args(args).status().expect("run ip");
     assert!(st.success(), "ip {args:?}");

@@ -351,21 +351,7 @@ impl Netns {
 
     /// TIME_WAIT sockets in the namespace towards `addr`, as `ss` counts them.
     fn time_wait_to(&self, addr: SocketAddr) -> u64 {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "ss",
-                "-tanH",
-                "state",
-                "time-wait",
-            ])
-            .arg(format!("dst {addr}"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).lines().count() as u64
+        netns::ss_count_in(&self.0, "time-wait", &format!("dst {addr}"))
     }
 
     fn diagnose(&self, args: &[&str]) -> Tracer {

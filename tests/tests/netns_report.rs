@@ -42,24 +42,12 @@ impl Ns {
         )
     }
 
-    fn ss_count(&self, state: &str, port: u16) -> usize {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "ss",
-                "-tanH",
-                "state",
-                state,
-                &format!("( sport = :{port} or dport = :{port} )"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .count()
+    fn ss_count(&self, state: &str, port: u16) -> u64 {
+        netns::ss_count_in(
+            &self.0,
+            state,
+            &format!("( sport = :{port} or dport = :{port} )"),
+        )
     }
 }
 
