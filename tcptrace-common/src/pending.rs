@@ -48,12 +48,6 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub const EMPTY: Pending = Pending {
-        ids: [0; PENDING],
-        states: [0; PENDING],
-        top: 0,
-    };
-
     /// The primary's first action: this CPU is handling transition `states` of socket `id`.
     ///
     /// The slot is taken before it is filled: before 6.1 the kernel runs a nested tp_btf program
@@ -113,7 +107,12 @@ mod tests {
     impl Cpu {
         fn new() -> Cpu {
             Cpu {
-                p: Box::new(Pending::EMPTY),
+                // As the kernel creates a per-CPU array's values: zeroed.
+                p: Box::new(Pending {
+                    ids: [0; PENDING],
+                    states: [0; PENDING],
+                    top: 0,
+                }),
                 sent_by_backup: std::vec::Vec::new(),
             }
         }

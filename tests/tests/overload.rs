@@ -222,7 +222,6 @@ fn settle(port: u16) {
     }
 }
 
-/// `ss`'s count of TIME_WAIT sockets towards `port`.
 /// Why `ss` may show no TIME_WAIT socket at all: at `net.ipv4.tcp_max_tw_buckets` the kernel
 /// closes instead of making one (a host left full by an earlier storm).
 fn tw_cap_note() -> String {
@@ -239,6 +238,7 @@ fn tw_cap_note() -> String {
     )
 }
 
+/// `ss`'s count of TIME_WAIT sockets towards `port`.
 fn ss_time_wait(port: u16) -> u64 {
     let ss = Command::new("ss")
         .args(["-tanH", "state", "time-wait", &format!("dport = :{port}")])

@@ -112,10 +112,10 @@ impl LossReport {
 /// (`tcptrace_common::pending`), which makes duplicates rare: they need more than 8 transitions
 /// nested in one backup run's dispatch, or more than 256 in its run. Before that stack there
 /// were 0-3 per storm of 200,000 connections (3 in 8 storms), from softirqs that ran between a
-/// transition's primary and backup runs; 0 in 22 storms since. This window stays as the safety net: the
-/// primary's copy is earlier in the ring (up to ~170 records back, seen), so a window of the
-/// primary's recent transitions finds it. A socket never makes the same transition twice back
-/// to back, so a match is a true duplicate.
+/// transition's primary and backup runs; 0 in 22 storms since. This window stays as the safety
+/// net: the primary's copy is earlier in the ring (up to ~170 records back, seen), so a window
+/// of the primary's recent transitions finds it. A socket never makes the same transition twice
+/// back to back, so a match is a true duplicate.
 #[derive(Debug)]
 pub struct BackupDedup {
     recent: VecDeque<(u64, u64, u8, u8)>,
