@@ -6,8 +6,8 @@
 //! the CPU (a softirq that interrupts it), counting a recursion miss. The backup's job is to send
 //! exactly the transitions whose primary run was skipped.
 //!
-//! The primary pushes its transition as soon as it has its key (after the cookie helper where it
-//! names the socket by cookie); the backup notes the top before anything else, looks for its
+//! The primary pushes its transition first thing, the socket named by its address (both runs of
+//! one transition see the same one); the backup notes the top before anything else, looks for its
 //! transition a few entries down from there and pops it with whatever lies above it. Found: the
 //! primary ran, nothing to send. Not found: the kernel skipped the primary (it was running, an
 //! outer transition's, when this one nested), so the backup sends it.
@@ -36,7 +36,7 @@ pub const PENDING: usize = 256;
 /// backup's dispatch, before its first instruction, push above the entry.
 pub const LOOK_DOWN: u64 = 8;
 
-/// One CPU's stack: socket (cookie or address) and `old << 8 | new` side by side. (Not folded
+/// One CPU's stack: socket address and `old << 8 | new` side by side. (Not folded
 /// into one word: the verifier refuses arithmetic on the socket pointer.)
 #[repr(C)]
 #[derive(Clone, Copy)]

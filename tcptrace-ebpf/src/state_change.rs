@@ -117,26 +117,16 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         Role::Backup => backup_starts(),
         Role::Primary => 0,
     };
+    // Keyed by the socket's address, which both runs of one transition see: the cookie helper
+    // comes later, and only when the transition is sent (counting mode never asks for it).
+    if !handles(role, top, sk, states_of(old as u8, new as u8)) {
+        return 0;
+    }
     let cfg = config();
     // Summaries live in socket storage, which the address-keyed variant (for kernels before
     // 5.11/5.12) must not even name: the constant `key` removes this path from it.
     if key == SockKey::Cookie && cfg.summary != 0 && summary::follows(old as u8, new as u8) {
-        // Keyed on the socket's address alone: no cookie helper per transition.
-        if !handles(role, top, sk, states_of(old as u8, new as u8)) {
-            return 0;
-        }
         summary::on_transition(sk_btf, sk, old as u8, new as u8, cfg, role == Role::Backup);
-        return 0;
-    }
-    // An accepted child reports LISTEN->SYN_RECV from inet_csk_clone_lock() before the kernel
-    // copies the request socket's cookie into it (up to at least 6.1), so a cookie generated
-    // now would be overwritten. That event is keyed by address; userspace ties it to the cookie
-    // the next event carries.
-    // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_connection_sock.c#L1000>
-    let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
-    let cookie = if clone { 0 } else { key.cookie_of(sk_btf) };
-    let id = if cookie != 0 { cookie } else { sk };
-    if !handles(role, top, id, states_of(old as u8, new as u8)) {
         return 0;
     }
     if sock::protocol(Typed(sk_btf), &cfg.offsets) != sock::IPPROTO_TCP {
@@ -150,6 +140,13 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         emit::count_instead(old as u8, new as u8, role == Role::Backup);
         return 0;
     }
+    // An accepted child reports LISTEN->SYN_RECV from inet_csk_clone_lock() before the kernel
+    // copies the request socket's cookie into it (up to at least 6.1), so a cookie generated
+    // now would be overwritten. That event is keyed by address; userspace ties it to the cookie
+    // the next event carries.
+    // <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/inet_connection_sock.c#L1000>
+    let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
+    let cookie = if clone { 0 } else { key.cookie_of(sk_btf) };
     let mut slot = core::mem::MaybeUninit::uninit();
     let ev = emit::blank(&mut slot);
     sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, ev);

@@ -94,9 +94,11 @@ impl Gen {
         ctx: Ctx,
     ) -> Event {
         self.ts += 1_000;
-        let (pid, comm, owner_context) = match ctx {
-            Ctx::Owner(p, c) => (p, c, true),
-            Ctx::Softirq => (0, "swapper/1", false),
+        // As the kernel fills them (`emit::fill_task`): the command and cgroup only in the
+        // owner's context; in softirq the pid is whoever was interrupted.
+        let (pid, comm, cgroup_id, owner_context) = match ctx {
+            Ctx::Owner(p, c) => (p, c, 100 + p as u64, true),
+            Ctx::Softirq => (0, "", 0, false),
         };
         Event {
             ts_ns: self.ts,
@@ -112,7 +114,7 @@ impl Gen {
                 pid,
                 tid: pid,
                 comm: comm.into(),
-                cgroup_id: 100 + pid as u64,
+                cgroup_id,
             },
             owner_context,
             from_backup: false,

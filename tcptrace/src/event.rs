@@ -247,9 +247,18 @@ fn addresses(
     }
 }
 
+/// The kernel fills the command only for transitions in the owner's context (3 of a
+/// connection's 10), so most records carry none: that case costs no UTF-8 check. A valid name
+/// (the usual case) is checked once, not once more by the lossy conversion.
 fn comm_of(comm: &[u8; 16]) -> CompactString {
+    if comm[0] == 0 {
+        return CompactString::const_new("");
+    }
     let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    CompactString::from_utf8_lossy(&comm[..len])
+    match std::str::from_utf8(&comm[..len]) {
+        Ok(s) => CompactString::new(s),
+        Err(_) => CompactString::from_utf8_lossy(&comm[..len]),
+    }
 }
 
 pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
@@ -420,11 +429,13 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         },
         owner_context: raw.flags & FLAG_OWNER_CONTEXT != 0,
         from_backup: raw.flags & FLAG_FROM_BACKUP != 0,
-        connect_end: (what
-            == What::Transition {
+        connect_end: matches!(
+            what,
+            What::Transition {
                 old: TcpState::SynSent,
                 new: TcpState::Close,
-            })
+            }
+        )
         .then_some(ConnectEnd {
             err: raw.err,
             no_local_port: raw.flags & FLAG_NO_LOCAL_PORT != 0,
