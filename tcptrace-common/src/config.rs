@@ -12,6 +12,11 @@ pub const PORT_FILTER_ON: u8 = 1 << 0;
 /// Most ports a filter may name; the kernel map has this many slots.
 pub const MAX_FILTER_PORTS: u32 = 64;
 
+/// Most CPUs the per-CPU rings provide for (the outer map's size in the object; userspace
+/// sets it to the possible CPUs at load). Linux's own default `NR_CPUS` on x86-64 is 8192 at
+/// most in distribution kernels; beyond this many, loading fails with a clear error.
+pub const MAX_CPUS: usize = 8192;
+
 /// Offsets into `struct sock`, read from the running kernel's BTF at load time. Rust eBPF programs
 /// get no CO-RE relocations, so userspace resolves these and the tp_btf programs read fields with
 /// `bpf_probe_read_kernel` at `sk + offset`.

@@ -1,5 +1,5 @@
 //! The names by which userspace finds the kernel object's maps, programs and configuration.
-//! The kernel side names them by its identifiers (`#[map] static EVENTS`, `fn set_state_btf`);
+//! The kernel side names them by its identifiers (`#[map] static COUNTERS`, `fn set_state_btf`);
 //! a userspace test checks that the built object has every name listed here
 //! (`probe::tests::the_object_has_every_name_of_the_contract`).
 
@@ -8,8 +8,8 @@ pub const CONFIG: &str = "CONFIG";
 
 /// Maps.
 pub mod map {
-    /// Ring buffer of event records.
-    pub const EVENTS: &str = "EVENTS";
+    /// Event records: an array of ring buffers, one per CPU, which userspace creates.
+    pub const RINGS: &str = "RINGS";
     /// Per-CPU counters: see [`crate::counter::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Ports of the port filter.
@@ -20,7 +20,7 @@ pub mod map {
     pub const MODE: &str = "MODE";
     /// Per-CPU transition counts in counting mode: see [`crate::counter::transition_slot`].
     pub const TRANSITIONS: &str = "TRANSITIONS";
-    pub const ALL: [&str; 6] = [EVENTS, COUNTERS, PORTS, ADMITTED, MODE, TRANSITIONS];
+    pub const ALL: [&str; 6] = [RINGS, COUNTERS, PORTS, ADMITTED, MODE, TRANSITIONS];
 }
 
 /// Programs, and the hook each attaches to.

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 pub use tcptrace_common::counter::Counter;
 use tcptrace_common::{
@@ -97,10 +97,6 @@ pub fn tw_timer_config() -> TwTimerConfig {
     // SAFETY: as in `config`.
     unsafe { core::ptr::read_volatile(&CONFIG.tw_timer) }
 }
-
-/// Event records to userspace. Userspace sets the size at load (`--ring-size`).
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Per-CPU counters userspace reads: see [`Counter`].
 #[map]

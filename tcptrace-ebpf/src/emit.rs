@@ -3,10 +3,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_get_current_comm,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_comm,
     },
     macros::map,
     maps::PerCpuArray,
@@ -17,7 +16,10 @@ use tcptrace_common::{
     event::{FLAG_FROM_BACKUP, FLAG_OWNER_CONTEXT, RAW_EVENT_SIZE, RawEvent},
 };
 
-use crate::config::{ADMITTED, Counter, EVENTS, PORTS, count, count_transition, counting_mode};
+use crate::{
+    config::{ADMITTED, Counter, PORTS, count, count_transition, counting_mode},
+    rings::{self, Ring},
+};
 
 /// Zeroes `slot` in place with 13 word stores and returns it as a record. `RawEvent::zeroed()`
 /// compiles to a call of `memset`, which aya-ebpf implements as a byte loop (BPF has no such
@@ -70,17 +72,18 @@ pub unsafe fn zero_words(dst: *mut u64, words: usize) {
     }
 }
 
-/// Stamps the time and the current task. The task is only the socket's owner for some
-/// transitions (`owner`, sent as `FLAG_OWNER_CONTEXT`), and userspace never trusts it otherwise.
+/// Fills the current task (the time is stamped at submission, after the reservation: see
+/// `rings`). The task is only the socket's owner for some transitions (`owner`, sent as
+/// `FLAG_OWNER_CONTEXT`), and userspace never trusts it otherwise.
 ///
-/// Its name and cgroup are read only then: `bpf_get_current_cgroup_id` alone costs ~180 ns on
-/// this hook (BENCHMARKS.md, helper table), half of a whole transition, and 7 of a connection's
-/// 10 transitions run in softirq, where the current task is whoever was interrupted. The pid is
-/// kept for every event (2 ns): a failed connect compares it with its owner's.
+/// Its name and cgroup are read only then: 7 of a connection's 10 transitions run in softirq,
+/// where the current task is whoever was interrupted. (bpftrace's classic tracepoint measured
+/// `bpf_get_current_cgroup_id` at ~180 ns, BENCHMARKS.md's helper table; from this tp_btf
+/// program, alternated at 40k conn/s, leaving it out changed nothing measurable: primary
+/// 239-255 ns with it, 227-253 without.) The pid is kept for every event (2 ns): a failed
+/// connect compares it with its owner's.
 #[inline(always)]
 pub fn fill_task(ev: &mut RawEvent, owner: bool) {
-    // SAFETY: helpers without pointer arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
@@ -196,7 +199,9 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         count_instead(ev.oldstate, ev.newstate, ev.flags & FLAG_FROM_BACKUP != 0);
         return;
     }
-    if EVENTS.output::<RawEvent>(ev, wakeup_flags(cfg)).is_err() {
+    let ring = Ring::this_cpu();
+    let record = ring.map_or(core::ptr::null_mut(), |r| r.reserve::<RawEvent>());
+    if record.is_null() {
         if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
             count(Counter::TimewaitReserveFailed);
             return;
@@ -208,6 +213,19 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         if ev.kind == EventKind::ResetReceived as u8 || ev.kind == EventKind::ResetSent as u8 {
             count(Counter::ResetReserveFailed);
         }
+        return;
+    }
+    // SAFETY: `record` is a reservation of a RawEvent (8-byte aligned, as ring records are),
+    // written whole before it is submitted.
+    unsafe {
+        copy_words(
+            record.cast(),
+            (ev as *const RawEvent).cast(),
+            RAW_EVENT_SIZE / 8,
+        );
+        (*record).ts_ns = rings::stamp();
+        let flags = ring.map_or(BPF_RB_NO_WAKEUP as u64, |r| wakeup_flags(r, cfg));
+        rings::submit(record, flags);
     }
 }
 
@@ -224,7 +242,7 @@ const QUERY_EVERY: u32 = 64;
 
 /// No wakeup per record; a forced one once enough data waits (see [`submit`]).
 #[inline(always)]
-pub fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
+pub fn wakeup_flags(ring: Ring, cfg: &ProbeConfig) -> u64 {
     if cfg.no_wakeup == 0 {
         return 0;
     }
@@ -238,7 +256,7 @@ pub fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
     // lost increment only moves the next check by one record.
     let k = unsafe { *n };
     unsafe { *n = k.wrapping_add(1) };
-    if k % QUERY_EVERY == 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64 {
+    if k % QUERY_EVERY == 0 && ring.fill() >= cfg.wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -11,8 +11,8 @@
 //!   exact end when its timer runs out, and its start is inferred.
 //!
 //! Shared plumbing: `sock` reads `struct sock` fields at offsets resolved from BTF by userspace,
-//! `emit` fills and submits ring buffer records with batched wakeups, `config` holds the load-time
-//! configuration and the maps.
+//! `emit` fills and submits records with batched wakeups into `rings`, one ring buffer per CPU,
+//! and `config` holds the load-time configuration and the other maps.
 // The crate builds for the BPF target; on the host (e.g. `cargo clippy --workspace`) it is an
 // empty program, so workspace-wide commands work.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -25,6 +25,7 @@ mod config;
 mod emit;
 mod record;
 mod reset;
+mod rings;
 mod sock;
 mod state_change;
 mod summary;

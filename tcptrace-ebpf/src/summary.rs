@@ -36,8 +36,9 @@ use tcptrace_common::{
 };
 
 use crate::{
-    config::{Counter, EVENTS, PORTS, add, count, count_transition, counting_mode},
+    config::{Counter, PORTS, add, count, count_transition, counting_mode},
     emit,
+    rings::{self, Ring},
     sock::{self, Sock, Typed},
     state_change::SOCK_DONE,
 };
@@ -269,7 +270,7 @@ pub fn on_transition(
     if new == CLOSE_WAIT || new == CLOSE {
         if s.flags & (ST_ADMITTED | ST_IGNORED) != 0 || cfg.port_filter & PORT_FILTER_ON == 0 {
             if s.flags & ST_IGNORED == 0 {
-                send(s, sk_btf, sk, old, new, now, cfg);
+                send(s, sk_btf, sk, old, new, cfg);
             }
         } else {
             // Undecided at its close (a connect that never got a local port, to a remote port
@@ -401,29 +402,24 @@ fn admit(s: &mut SockState, sk: Typed, new: u8, cfg: &ProbeConfig) -> bool {
 
 /// Writes the record straight into the ring (no copy on the 512-byte stack).
 #[inline(always)]
-fn send(
-    s: &SockState,
-    sk_btf: *const c_void,
-    sk: u64,
-    old: u8,
-    new: u8,
-    now: u64,
-    cfg: &ProbeConfig,
-) {
+fn send(s: &SockState, sk_btf: *const c_void, sk: u64, old: u8, new: u8, cfg: &ProbeConfig) {
     if counting_mode() {
         // `TRANSITIONS` already has every transition in summary mode.
         count(Counter::Counted);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<SockSummary>(0) else {
+    let ring = Ring::this_cpu();
+    let r = ring.map_or(core::ptr::null_mut(), |ring| ring.reserve::<SockSummary>());
+    if r.is_null() {
         count(Counter::ReserveFailed);
         count(Counter::SummaryReserveFailed);
         return;
-    };
-    let r = entry.as_mut_ptr();
+    }
     // SAFETY: `r` points at a reserved record of our size; every field is written below.
     unsafe {
-        (*r).ts_ns = now;
+        // Taken again after the reservation, as every record's time is (see `rings`); the
+        // stays were measured up to the transition's time, a few hundred nanoseconds earlier.
+        (*r).ts_ns = rings::stamp();
         (*r).born_ns = s.born_ns;
         // The cookie is read here, once per record: an accepted socket has none until after its
         // first transition.
@@ -464,7 +460,9 @@ fn send(
         (*r).newstate = new;
         (*r)._pad = [0; 8];
     }
-    entry.submit(emit::wakeup_flags(cfg));
+    let flags = ring.map_or(0, |ring| emit::wakeup_flags(ring, cfg));
+    // SAFETY: the reservation above, written whole.
+    unsafe { rings::submit(r, flags) };
 }
 
 /// `tcp_time_wait(sk, substate)`: the close that follows hands the connection to a timewait

@@ -225,7 +225,8 @@ impl FilterArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct ProbeArgs {
-    /// Ring buffer size (power of two, e.g. 8M, 512K).
+    /// Ring buffer memory in all (power of two, e.g. 8M, 512K), shared out among the CPUs:
+    /// each gets a ring of its share rounded down to a power of two, at least a page.
     #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_size)]
     pub ring_size: u32,
     /// Kernel hook: auto picks tp_btf when the kernel has BTF, else the classic tracepoint.

@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn eperm_is_found_anywhere_in_the_chain() {
         let err = anyhow::Error::new(io::Error::from_raw_os_error(libc::EPERM))
-            .context("failed to create map `EVENTS`");
+            .context("failed to create map `cpu_ring`");
         assert!(is_eperm(&err));
         let err = anyhow::Error::new(io::Error::from_raw_os_error(libc::EINVAL));
         assert!(!is_eperm(&err));

@@ -7,6 +7,7 @@ pub mod kallsyms;
 pub mod kernel;
 pub mod loss;
 pub mod memlock;
+mod merge;
 pub mod privilege;
 pub mod reader;
 mod ring;
@@ -17,11 +18,11 @@ use std::fmt;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, FEntry, TracePoint},
 };
 use tcptrace_common::{
-    config::{MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig},
+    config::{MAX_CPUS, MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig},
     counter::{Counter, TRANSITION_SLOTS, slot_transition},
     names::{self, map, program},
 };
@@ -208,6 +209,8 @@ pub struct Probe {
     /// Why the `timer:timer_expire_entry` hook is not attached either, when it was tried.
     pub timewait_timer_fallback: Option<String>,
     pub ring_bytes: u32,
+    /// The rings actually made: one per possible CPU, and their size.
+    pub rings: Option<RingLayout>,
     /// Summary mode is on (see [`ProbeOptions::summary`]).
     pub summary: bool,
     /// Why summary mode was asked for but could not load (the kernel refused socket-local
@@ -305,22 +308,44 @@ impl Probe {
         probe.summary_fallback = summary_fallback;
         probe.fallback_reason = fallback_reason;
         probe.memlock = memlock;
-        let ring = probe
-            .ebpf
-            .take_map(map::EVENTS)
-            .ok_or_else(|| aya_err("EVENTS map")(anyhow::anyhow!("missing from the object")))?;
-        let data_size = match &ring {
-            aya::maps::Map::RingBuf(m) => m.info().map(|i| i.max_entries()),
-            _ => Ok(0),
-        }
-        .map_err(aya_err("EVENTS ring buffer size"))?;
-        let ring = RingBuf::try_from(ring).map_err(aya_err("EVENTS ring buffer"))?;
-        let reader = EventReader::new(ring, data_size).map_err(aya_err("ring buffer reader"))?;
+        let reader = probe.make_rings(opts)?;
         Ok((probe, reader))
     }
 
     pub fn path(&self) -> HookPath {
         self.path
+    }
+
+    /// Creates a ring buffer for every possible CPU and installs it in `RINGS`, where that CPU's
+    /// programs find theirs (see `tcptrace-ebpf/src/rings.rs`), and the reader of them all.
+    fn make_rings(&mut self, opts: &ProbeOptions) -> Result<EventReader, ProbeError> {
+        let layout = RingLayout::of(opts.ring_bytes)?;
+        self.rings = Some(layout);
+        let outer = self
+            .ebpf
+            .take_map(map::RINGS)
+            .ok_or_else(|| aya_err("RINGS map")(anyhow::anyhow!("missing from the object")))?;
+        let mut outer: ArrayOfMaps<MapData, MapData> =
+            ArrayOfMaps::try_from(outer).map_err(aya_err("RINGS map"))?;
+        let mut rings = Vec::with_capacity(layout.cpus as usize);
+        for cpu in 0..layout.cpus {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                layout.per_cpu,
+                0,
+            );
+            let ring = MapData::create(def, "cpu_ring", None)
+                .map_err(aya_err(format!("ring buffer of CPU {cpu}")))?;
+            outer
+                .set(cpu, &ring, 0)
+                .map_err(aya_err(format!("installing the ring buffer of CPU {cpu}")))?;
+            rings.push(ring);
+        }
+        // The outer map is only read by the programs from here on; the rings live in the reader.
+        drop(outer);
+        EventReader::new(rings, layout.per_cpu).map_err(aya_err("ring buffer reader"))
     }
 
     /// How the events name sockets.
@@ -494,12 +519,47 @@ fn short_reason(e: &str) -> String {
     }
 }
 
-fn base_loader<'a>(cfg: &'a ProbeConfig, opts: &ProbeOptions) -> EbpfLoader<'a> {
+fn base_loader<'a>(cfg: &'a ProbeConfig, _opts: &ProbeOptions) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader
         .override_global(names::CONFIG, cfg, true)
-        .map_max_entries(map::EVENTS, opts.ring_bytes);
+        .map_max_entries(map::RINGS, RingLayout::cpus());
     loader
+}
+
+/// How `--ring-size` is spread over the CPUs: one ring each, of the size's share rounded down
+/// to a power of two (what a ring buffer's size must be), and at least a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Rings: the possible CPUs.
+    pub cpus: u32,
+    /// Bytes per ring.
+    pub per_cpu: u32,
+}
+
+impl RingLayout {
+    pub fn of(total: u32) -> Result<RingLayout, ProbeError> {
+        let cpus = RingLayout::cpus();
+        if cpus as usize > MAX_CPUS {
+            return Err(aya_err("per-CPU ring buffers")(anyhow::anyhow!(
+                "this host has {cpus} possible CPUs; tcptrace provides for at most {MAX_CPUS}"
+            )));
+        }
+        Ok(RingLayout::split(total, cpus, page_size()))
+    }
+
+    fn split(total: u32, cpus: u32, page: u32) -> RingLayout {
+        let share = (total / cpus.max(1)).max(page);
+        RingLayout {
+            cpus,
+            per_cpu: 1 << share.ilog2(),
+        }
+    }
+
+    /// The possible CPUs (`/sys/devices/system/cpu/possible`), as the kernel numbers them.
+    pub fn cpus() -> u32 {
+        aya::util::nr_cpus().map_or(1, |n| n as u32)
+    }
 }
 
 fn probe_config(opts: &ProbeOptions) -> ProbeConfig {
@@ -508,8 +568,9 @@ fn probe_config(opts: &ProbeOptions) -> ProbeConfig {
         family: opts.family.unwrap_or(0),
         port_filter: port_filter_bits(&opts.ports),
         no_wakeup: 1,
-        // Wake the reader only when the ring is half full; it polls on a timer otherwise.
-        wakeup_bytes: opts.ring_bytes / 2,
+        // Wake the reader only when a CPU's ring is half full; it polls on a timer otherwise.
+        wakeup_bytes: RingLayout::split(opts.ring_bytes, RingLayout::cpus(), page_size()).per_cpu
+            / 2,
         ..Default::default()
     }
 }
@@ -600,6 +661,7 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         timewait_fallback,
         timewait_timer_fallback,
         ring_bytes: opts.ring_bytes,
+        rings: None,
         summary: opts.summary,
         summary_fallback: None,
     })
@@ -849,6 +911,7 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         timewait_fallback: None,
         timewait_timer_fallback: None,
         ring_bytes: opts.ring_bytes,
+        rings: None,
         // The classic tracepoint has no typed socket for socket-local storage.
         summary: false,
         summary_fallback: None,
@@ -911,6 +974,24 @@ fn check_privileges() -> Result<(), ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_size_is_shared_out_among_the_cpus_in_powers_of_two() {
+        let l = |total, cpus| RingLayout::split(total, cpus, 4096);
+        assert_eq!(
+            l(8 << 20, 2),
+            RingLayout {
+                cpus: 2,
+                per_cpu: 4 << 20
+            }
+        );
+        // 12 CPUs: 699,050 bytes each, rounded down to 512 KiB.
+        assert_eq!(l(8 << 20, 12).per_cpu, 512 << 10);
+        // Never under a page, whatever the CPUs.
+        assert_eq!(l(4096, 2).per_cpu, 4096);
+        assert_eq!(l(64 << 10, 256).per_cpu, 4096);
+        assert_eq!(l(8 << 20, 1).per_cpu, 8 << 20);
+    }
 
     /// The kernel side names its maps and programs by their identifiers; userspace finds them by
     /// the names in `tcptrace_common::names`. A rename on one side only fails here, not at load.

@@ -1,120 +1,190 @@
-//! Draining the ring buffer. The kernel side never wakes us per event, so the reader polls on a
-//! short timer, and also wakes when the kernel forces a wakeup because the ring is half full.
+//! Draining the per-CPU ring buffers into one stream in time order. The kernel side never
+//! wakes us per event, so the reader polls on a short timer, and also wakes when the kernel
+//! forces a wakeup because a CPU's ring is half full.
+//!
+//! Each CPU has its own ring (see `tcptrace-ebpf/src/rings.rs`); a socket's transitions can
+//! land in different rings (softirq on one CPU, the owner's syscall on another), so the rings
+//! are merged by timestamp. What makes that exact is the kernel's promise that a record's time
+//! is taken after its reservation: a record a drain of ring `r` did not find was reserved after
+//! the drain read `r`'s producer position, so it is younger than the moment the drain started
+//! on `r`. The *watermark* is the oldest of those moments over all rings (each ring's latest
+//! drain that reached its end); every record older than it has been read, so those are handed
+//! out sorted by time, and younger ones wait for a later drain. A socket's transitions are
+//! ordered by its lock, and each one's record is stamped inside it, so time order is their
+//! order. Records of one CPU nested in each other (a softirq interrupting a program) are of
+//! different sockets, so sorting them by time loses nothing the ring order said.
 
 use std::{
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::loss::BackupDedup;
-use super::ring::Ring;
+use super::merge::{Pending, watermark};
+use super::ring::{Ring, Stop};
+use crate::clock::monotonic_ns;
 use crate::event::{Event, decode};
 
 pub const DEFAULT_POLL: Duration = Duration::from_millis(5);
 
-/// Records taken per batch while the ring keeps more: decoded events are 288 bytes, so a batch
-/// of 2048 (590 KB) is still in the CPU's cache when the session applies it. Draining the whole
-/// ring first made batches of up to 545k events (157 MB) under a storm: each event written to
-/// memory by the drain and read back from it by the apply, 1.0-1.3 µs per event in all, and
-/// the longer the apply, the fuller the ring and the larger the next batch, until it overflowed.
-pub const BATCH: u64 = 2048;
+/// Events handed out per batch: decoded events are 288 bytes, so a batch of 2048 (590 KB) is
+/// still in the CPU's cache when the session applies it. Decoding everything first made
+/// batches of up to 545k events (157 MB) under a storm: each event written to memory by the
+/// drain and read back from it by the apply, 1.0-1.3 µs per event in all, and the longer the
+/// apply, the fuller the ring and the larger the next batch, until it overflowed. The raw
+/// records of one read of the rings (at most their size) wait in `pending` meanwhile.
+pub const BATCH: usize = 2048;
+
+/// Held back from the watermark: `bpf_ktime_get_ns` (the kernel's fast monotonic clock) and
+/// `clock_gettime(CLOCK_MONOTONIC)` may disagree by up to a clock update; a millisecond covers
+/// that with room and delays nothing anyone sees.
+const CLOCK_SLACK_NS: u64 = 1_000_000;
 
 pub struct EventReader {
-    ring: AsyncFd<RawRing>,
+    rings: Vec<CpuRing>,
+    /// Readable when any ring is (the kernel forced a wakeup).
+    wake: AsyncFd<OwnedFd>,
     pub dedup: BackupDedup,
     pub undecodable: u64,
     /// Records read, before deduplication.
     pub records: u64,
-    /// Times the ring was read to empty: a drain that started after a moment has consumed
-    /// every record submitted before it.
-    pub drains: u64,
-    /// The fullest the ring was found when a drain began, bytes (its high-water mark, as far
-    /// as the reader sees it).
+    /// The fullest a ring was found when a drain began, bytes (the high-water mark, as far as
+    /// the reader sees it).
     pub high_water: u64,
-    /// The records, read in place (see `ring.rs` for why not through aya).
-    data: Ring,
-    /// The longest time between two drains: how long the ring was left to fill.
+    /// The longest time between two drains: how long the rings were left to fill.
     pub max_drain_gap: Duration,
-    /// The last drain stopped at its limit with records left in the ring.
+    /// Records are ready to hand out, or the last read of the rings found a backlog: the next
+    /// batch does not wait.
     more: bool,
     last_drain: Option<Instant>,
     pub poll: Duration,
+    /// Records read and not handed out yet.
+    pending: Pending,
+    /// Every record stamped before this (CLOCK_MONOTONIC ns) has been read.
+    watermark_ns: u64,
 }
 
-/// AsyncFd needs an owner that is AsRawFd: the map's fd, kept open by aya's `RingBuf`, which
-/// is only waited on (epoll says readable when records wait), never read through.
-struct RawRing(RingBuf<MapData>);
-
-impl AsRawFd for RawRing {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
+struct CpuRing {
+    data: Ring,
+    /// Keeps the ring buffer map (and the fd `data` maps) open.
+    _map: MapData,
+    /// When the latest drain that read this ring to its end began.
+    read_to_end_at: u64,
 }
 
 impl EventReader {
-    /// Must be called inside a tokio runtime.
-    /// `data_size`: the ring's `max_entries`.
-    pub fn new(ring: RingBuf<MapData>, data_size: u32) -> std::io::Result<EventReader> {
-        let data = Ring::map(ring.as_raw_fd(), data_size)?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped
-        // together with this AsyncFd.
-        let ring = unsafe { AsyncFd::register_with_interest(RawRing(ring), Interest::READABLE) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    /// Must be called inside a tokio runtime. `data_size`: each ring's `max_entries`.
+    pub fn new(maps: Vec<MapData>, data_size: u32) -> std::io::Result<EventReader> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked below.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        let mut rings = Vec::with_capacity(maps.len());
+        let started = monotonic_ns();
+        for map in maps {
+            let fd = map.fd().as_fd().as_raw_fd();
+            watch(ep.as_raw_fd(), fd)?;
+            rings.push(CpuRing {
+                data: Ring::map(fd, data_size)?,
+                _map: map,
+                read_to_end_at: started,
+            });
+        }
+        // SAFETY: the epoll fd is ours and stays open, unchanged, as long as the AsyncFd.
+        let wake = unsafe { AsyncFd::register_with_interest(ep, Interest::READABLE) }?;
         Ok(EventReader {
-            ring,
+            rings,
+            wake,
             dedup: BackupDedup::default(),
             undecodable: 0,
             records: 0,
-            drains: 0,
             high_water: 0,
-            data,
             max_drain_gap: Duration::ZERO,
             more: false,
             last_drain: None,
             poll: DEFAULT_POLL,
+            pending: Pending::default(),
+            watermark_ns: 0,
         })
     }
 
-    /// Appends every record waiting in the ring to `out`, decoded and deduplicated. Does not
-    /// block. Returns how many events were appended.
-    pub fn drain_into(&mut self, out: &mut Vec<Event>) -> usize {
-        self.drain_at_most(out, u64::MAX)
+    /// Every record stamped before this has been read (see the module doc).
+    pub fn watermark_ns(&self) -> u64 {
+        self.watermark_ns
     }
 
-    /// As [`Self::drain_into`], stopping after `limit` records; `more` tells whether it did.
-    fn drain_at_most(&mut self, out: &mut Vec<Event>, limit: u64) -> usize {
-        let before = out.len();
-        let Self {
-            data,
-            dedup,
-            undecodable,
-            records,
-            high_water,
-            ..
-        } = self;
-        *high_water = (*high_water).max(data.fill());
-        let n = data.drain(limit, |bytes| match decode(bytes) {
-            Ok(ev) => {
-                if dedup.keep(&ev) {
-                    out.push(ev);
-                }
-            }
-            Err(_) => *undecodable += 1,
-        });
-        *records += n;
-        self.more = n == limit;
-        if !self.more {
-            // Read to empty: what `drains` counts (the loss watch relies on it).
-            self.drains += 1;
+    /// Appends every record older than the watermark after reading every ring, decoded,
+    /// deduplicated and in time order. Does not block. Returns how many events were appended.
+    pub fn drain_into(&mut self, out: &mut Vec<Event>) -> usize {
+        self.read_rings();
+        self.release(out, self.watermark_ns, usize::MAX)
+    }
+
+    /// As [`Self::drain_into`], and then the records younger than the watermark too: for the
+    /// end of a session, when nothing is applied after them.
+    pub fn drain_all_into(&mut self, out: &mut Vec<Event>) -> usize {
+        self.read_rings();
+        self.release(out, u64::MAX, usize::MAX)
+    }
+
+    /// At most `limit` events: those the last read of the rings made ready first, then a new
+    /// read. `more` says whether to come back without waiting.
+    fn drain_at_most(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
+        let mut backlog = false;
+        if !self.pending.has_ready(self.watermark_ns) {
+            backlog = self.read_rings() >= limit as u64;
         }
+        let n = self.release(out, self.watermark_ns, limit);
+        self.more = backlog || self.pending.has_ready(self.watermark_ns);
+        n
+    }
+
+    /// Reads every ring to its end (or to a record still being written) into `pending`, and
+    /// moves the watermark. At most the rings' size is read at once: raw records, decoded a
+    /// batch at a time as they are released. Returns the records read.
+    fn read_rings(&mut self) -> u64 {
+        let mut read = 0;
+        for r in &mut self.rings {
+            let started = monotonic_ns();
+            self.high_water = self.high_water.max(r.data.fill());
+            let pending = &mut self.pending;
+            let (n, stop) = r.data.drain(u64::MAX, |bytes| pending.push(bytes));
+            read += n;
+            // At a record still being written, this ring's part of the watermark stays where
+            // its last full read left it.
+            if stop == Stop::End {
+                r.read_to_end_at = started;
+            }
+        }
+        self.records += read;
+        self.watermark_ns = watermark(self.rings.iter().map(|r| r.read_to_end_at), CLOCK_SLACK_NS);
         let now = Instant::now();
         if let Some(last) = self.last_drain.replace(now) {
             self.max_drain_gap = self.max_drain_gap.max(now - last);
         }
-        out.len() - before
+        read
+    }
+
+    /// Decodes at most `max` pending records stamped before `before` into `out`, in time order.
+    fn release(&mut self, out: &mut Vec<Event>, before: u64, max: usize) -> usize {
+        let start = out.len();
+        let (dedup, undecodable) = (&mut self.dedup, &mut self.undecodable);
+        self.pending
+            .release(before, max, |bytes| match decode(bytes) {
+                Ok(ev) => {
+                    if dedup.keep(&ev) {
+                        out.push(ev);
+                    }
+                }
+                Err(_) => *undecodable += 1,
+            });
+        out.len() - start
     }
 
     /// Waits until the poll interval passes or the kernel wakes us, then drains at most
@@ -123,8 +193,9 @@ impl EventReader {
         if !self.more {
             let poll = self.poll;
             tokio::select! {
-                guard = self.ring.readable_mut() => {
+                guard = self.wake.readable_mut() => {
                     if let Ok(mut g) = guard {
+                        forget_wakeups(g.get_inner().as_raw_fd());
                         g.clear_ready();
                     }
                 }
@@ -136,4 +207,26 @@ impl EventReader {
         }
         self.drain_at_most(out, BATCH)
     }
+}
+
+/// Adds ring buffer `fd` to epoll `ep`: it is readable while the ring holds records, and the
+/// kernel wakes it only when a program forces a wakeup.
+fn watch(ep: RawFd, fd: RawFd) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: both fds are open; `ev` is a valid epoll_event.
+    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Empties epoll `ep`'s ready list: the rings are drained next whatever it says, and an entry
+/// left on it would keep the epoll fd readable.
+fn forget_wakeups(ep: RawFd) {
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    // SAFETY: `evs` has room for the count given; a timeout of 0 never blocks.
+    unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), evs.len() as i32, 0) };
 }

@@ -35,6 +35,17 @@ const HEADER: u64 = 8;
 /// ring publishes a few dozen times instead of tens of thousands.
 const PUBLISH_EVERY: u64 = 64 * 1024;
 
+/// Where a drain stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// At the producer position: every record reserved before the drain began was read.
+    End,
+    /// At a record still being written.
+    Busy,
+    /// At the limit, with records left.
+    Limit,
+}
+
 pub struct Ring {
     consumer: NonNull<libc::c_void>,
     /// The producer page followed by the data pages twice.
@@ -108,8 +119,8 @@ impl Ring {
     }
 
     /// Hands every committed record to `each`, in order, up to the first one still being
-    /// written or `limit` records. Returns the records handed over.
-    pub fn drain(&mut self, limit: u64, mut each: impl FnMut(&[u8])) -> u64 {
+    /// written or `limit` records. Returns the records handed over and where it stopped.
+    pub fn drain(&mut self, limit: u64, mut each: impl FnMut(&[u8])) -> (u64, Stop) {
         let mut records = 0;
         let mut published = self.pos;
         let mut end = self.producer_pos().load(Ordering::Acquire);
@@ -163,8 +174,11 @@ impl Ring {
                 self.publish();
                 published = self.pos;
             }
-            if busy || records == limit {
-                return records;
+            if busy {
+                return (records, Stop::Busy);
+            }
+            if records == limit {
+                return (records, Stop::Limit);
             }
             // A producer that committed after our last look decides whether to wake us from the
             // consumer position it read; with the position just published, look once more so a
@@ -172,7 +186,7 @@ impl Ring {
             fence(Ordering::SeqCst);
             let newer = self.producer_pos().load(Ordering::Acquire);
             if newer == end {
-                return records;
+                return (records, Stop::End);
             }
             end = newer;
         }
@@ -279,9 +293,14 @@ mod tests {
     }
 
     fn take(ring: &mut Ring, limit: u64) -> Vec<(usize, u8)> {
+        take_stop(ring, limit).0
+    }
+
+    fn take_stop(ring: &mut Ring, limit: u64) -> (Vec<(usize, u8)>, Stop) {
         let mut got = Vec::new();
-        ring.drain(limit, |d| got.push((d.len(), d[0])));
-        got
+        let (n, stop) = ring.drain(limit, |d| got.push((d.len(), d[0])));
+        assert_eq!(n as usize, got.len());
+        (got, stop)
     }
 
     #[test]
@@ -293,10 +312,13 @@ mod tests {
         f.push(104, 4, BUSY_BIT);
         f.push(104, 5, 0);
         let mut ring = f.ring();
-        assert_eq!(take(&mut ring, u64::MAX), vec![(104, 1), (20, 3)]);
+        assert_eq!(
+            take_stop(&mut ring, u64::MAX),
+            (vec![(104, 1), (20, 3)], Stop::Busy)
+        );
         // Published up to the busy record, not past it.
         assert_eq!(f.consumer[0], 112 + 32 + 32);
-        assert_eq!(take(&mut ring, u64::MAX), vec![]);
+        assert_eq!(take_stop(&mut ring, u64::MAX), (vec![], Stop::Busy));
     }
 
     #[test]
@@ -306,10 +328,16 @@ mod tests {
             f.push(104, i, 0);
         }
         let mut ring = f.ring();
-        assert_eq!(take(&mut ring, 2), vec![(104, 0), (104, 1)]);
+        assert_eq!(
+            take_stop(&mut ring, 2),
+            (vec![(104, 0), (104, 1)], Stop::Limit)
+        );
         assert_eq!(f.consumer[0], 2 * 112);
         assert_eq!(ring.fill(), 3 * 112);
-        assert_eq!(take(&mut ring, 10), vec![(104, 2), (104, 3), (104, 4)]);
+        assert_eq!(
+            take_stop(&mut ring, 10),
+            (vec![(104, 2), (104, 3), (104, 4)], Stop::End)
+        );
         assert_eq!(ring.fill(), 0);
     }
 

@@ -6,11 +6,13 @@
 //! the reader takes it from the ring. Read together, the counters claimed as lost every copy
 //! still waiting in the ring: under a storm, `report` printed "lost 55 events", then "lost 351",
 //! and ended with "lost 0 … recovered 5091". So the kernel counters read at one poll are judged
-//! at a later poll, after the reader has drained the ring at least once since.
+//! at a later poll, once the reader's watermark has passed the moment they were read: every
+//! record stamped before then has been read and applied (see `probe/reader.rs`).
 
 use std::time::{Duration, Instant};
 
 use crate::{
+    clock::monotonic_ns,
     probe::{KernelCounters, LossReport},
     source::kernel::KernelSource,
     view::loss::progress_line,
@@ -18,12 +20,15 @@ use crate::{
 
 /// How often the kernel counters are read (a few syscalls each time).
 const POLL_EVERY: Duration = Duration::from_millis(100);
+/// A program counts a record (e.g. a recovered transition) a little before it stamps it: a
+/// millisecond covers that program run.
+const RECORD_AFTER_COUNT_NS: u64 = 1_000_000;
 /// At most one progress line a second.
 const LINE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct LossWatch {
-    /// Kernel counters read at the last poll, and the reader's drain count then.
+    /// Kernel counters read at the last poll, and when (CLOCK_MONOTONIC ns).
     read: Option<(KernelCounters, u64)>,
     /// The newest loss picture the ring has been drained past.
     settled: LossReport,
@@ -46,15 +51,15 @@ impl LossWatch {
             return;
         }
         self.last_poll = Some(Instant::now());
-        let drains = k.reader.drains;
         if let Some((counters, at)) = &self.read {
-            if drains <= *at {
-                // Not drained since: judge these counters at a later poll.
+            if k.reader.watermark_ns() <= at + RECORD_AFTER_COUNT_NS {
+                // Not read that far yet: judge these counters at a later poll.
                 return;
             }
             self.settled = k.loss_with(counters);
         }
-        self.read = Some((k.probe.kernel_counters(), drains));
+        let at = monotonic_ns();
+        self.read = Some((k.probe.kernel_counters(), at));
         let lost = self.settled.lost();
         if lost > self.said && self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY) {
             eprintln!("{}", progress_line(lost - self.said, &self.settled));

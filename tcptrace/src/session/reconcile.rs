@@ -3,14 +3,16 @@
 //! dump or a `/proc/*/fd` scan (hundreds of ms with many processes).
 //!
 //! Ordering keeps counts exact: a dump shows each socket as it was when the kernel reached it,
-//! which can be after transitions still waiting in the ring. So a dump that arrives is applied
-//! only after the ring has been drained and those events applied (see `Session::run`).
+//! which can be after transitions still waiting in the rings. So a dump that arrives is applied
+//! only once the reader's watermark has passed its arrival, i.e. every event before it has been
+//! applied (see `Session::run` and `probe/reader.rs`).
 
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use crate::{
+    clock::monotonic_ns,
     filter::Filters,
     source::kernel::{self, Dump},
 };
@@ -37,8 +39,9 @@ pub struct Reconciler {
     soon: bool,
     /// A dump being taken.
     task: Option<JoinHandle<anyhow::Result<Dump>>>,
-    /// A dump taken, waiting to be applied after the next drain.
-    arrived: Option<Dump>,
+    /// A dump taken, waiting to be applied once every event older than its arrival (CLOCK_MONOTONIC
+    /// ns) has been.
+    arrived: Option<(Dump, u64)>,
 }
 
 impl Reconciler {
@@ -90,11 +93,17 @@ impl Reconciler {
     }
 
     pub fn arrived(&mut self, d: Dump) {
-        self.arrived = Some(d);
+        self.arrived = Some((d, monotonic_ns()));
     }
 
-    pub fn take_arrived(&mut self) -> Option<Dump> {
-        self.arrived.take()
+    /// The dump that arrived, once the events have been handed out up to its arrival
+    /// (`watermark_ns`: see `Source::watermark_ns`): it shows each socket as it was when the
+    /// kernel reached it, and the events before that must be in the table first.
+    pub fn take_arrived(&mut self, watermark_ns: u64) -> Option<Dump> {
+        match &self.arrived {
+            Some((_, at)) if *at < watermark_ns => self.arrived.take().map(|(d, _)| d),
+            _ => None,
+        }
     }
 
     /// Drops a dump in progress or waiting (the final check at shutdown supersedes it).

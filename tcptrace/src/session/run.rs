@@ -91,10 +91,17 @@ impl Session {
                         self.drain(&mut batch);
                         match d {
                             Ok(d) => {
-                                if self.starting {
+                                let starting = self.starting;
+                                if starting {
                                     loaded = Some(d.snap.sockets.len());
                                 }
                                 self.reconcile.arrived(d);
+                                if starting {
+                                    // The start-up dump is applied before the session says it
+                                    // has started (`top --iterations 1` shows the sockets that
+                                    // existed), so the events before it are taken in first.
+                                    self.drain_past(monotonic_ns(), &mut batch).await;
+                                }
                             }
                             Err(e) if self.starting => {
                                 return Err(e.context("loading the existing sockets"));
@@ -159,7 +166,10 @@ impl Session {
                 }
             };
             let counters = self.source.kernel().map(|k| k.probe.kernel_counters());
-            self.drain(batch);
+            // Everything read from the rings, younger than the watermark too: nothing comes
+            // after it.
+            let n = self.source.drain_all(batch);
+            self.took(batch, n);
             self.apply_all(batch, sink);
             if let (Some(k), Some(c)) = (self.source.kernel(), counters) {
                 self.losses.settle_final(k, &c);
@@ -217,7 +227,25 @@ impl Session {
         }
     }
 
-    /// Appends what the ring holds now, without waiting.
+    /// Drains until every event stamped before `t_ns` has been handed out (the reader's
+    /// watermark trails its drains by a millisecond); gives up after a second, when a ring's
+    /// record stays half-written (a CPU stopped mid-program), and says so.
+    async fn drain_past(&mut self, t_ns: u64, out: &mut Vec<Event>) {
+        let give_up = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.drain(out);
+            if self.source.watermark_ns() > t_ns {
+                return;
+            }
+            if Instant::now() >= give_up {
+                log::warn!("the ring buffers were not read past a dump's arrival within 1 s");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Appends what the rings hold now, up to the watermark, without waiting.
     fn drain(&mut self, out: &mut Vec<Event>) {
         let n = self.source.drain(out);
         self.took(out, n);
@@ -337,10 +365,10 @@ impl Session {
         self.guard.report(self.probe()?)
     }
 
-    /// Applies the kernel table dump that arrived, if any. Only after the ring was drained, so
-    /// the dump never looks newer than the table.
+    /// Applies the kernel table dump that arrived, if any. Only once the events before it have
+    /// been applied, so the dump never looks newer than the table.
     pub fn settle(&mut self) {
-        if let Some(d) = self.reconcile.take_arrived() {
+        if let Some(d) = self.reconcile.take_arrived(self.source.watermark_ns()) {
             self.apply_dump(d);
         }
     }

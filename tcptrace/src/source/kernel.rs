@@ -68,9 +68,14 @@ impl KernelSource {
         let p = &self.probe;
         eprintln!(
             "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
-             tcp:tcp_send_reset (ring {} KiB, {}; TIME_WAIT {}); {existing} existing sockets loaded",
+             tcp:tcp_send_reset (ring {} KiB{}, {}; TIME_WAIT {}); {existing} existing sockets              loaded",
             p.hook_description(),
             p.ring_bytes / 1024,
+            p.rings.map_or(String::new(), |r| format!(
+                ": {} x {} KiB, one per CPU",
+                r.cpus,
+                r.per_cpu / 1024
+            )),
             if p.summary {
                 "a summary per CLOSE_WAIT entry and close"
             } else {
@@ -89,9 +94,14 @@ impl KernelSource {
         self.reader.next_batch(out).await
     }
 
-    /// Appends what the ring holds now, without waiting.
+    /// Appends what the rings hold now, up to the watermark, without waiting.
     pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
         self.reader.drain_into(out)
+    }
+
+    /// Appends everything the rings hold now, younger records too: the end of a session.
+    pub fn drain_all(&mut self, out: &mut Vec<Event>) -> usize {
+        self.reader.drain_all_into(out)
     }
 
     /// The loss picture from kernel counters read earlier (`k`) and what the reader has taken

@@ -57,6 +57,24 @@ impl Source {
         }
     }
 
+    /// Appends everything waiting, without waiting: the end of a session (see
+    /// `KernelSource::drain_all`).
+    pub fn drain_all(&mut self, out: &mut Vec<Event>) -> usize {
+        match self {
+            Source::Kernel(k) => k.drain_all(out),
+            Source::File(_) => 0,
+        }
+    }
+
+    /// Every event stamped before this has been handed out (CLOCK_MONOTONIC ns); a replay
+    /// hands out everything in file order, so `u64::MAX`.
+    pub fn watermark_ns(&self) -> u64 {
+        match self {
+            Source::Kernel(k) => k.reader.watermark_ns(),
+            Source::File(_) => u64::MAX,
+        }
+    }
+
     /// A replay's next step (a recorded dump, tick or the end), due before any more events.
     pub fn take_step(&mut self) -> Option<Step> {
         match self {
