@@ -206,9 +206,9 @@ impl Session {
                 k.probe.kernel_counters()
             );
             log::debug!(
-                "ring high-water {} of {} bytes, longest gap between drains {:.1} ms",
+                "fullest ring {} of {} bytes (one CPU's), longest gap between drains {:.1} ms",
                 k.reader.high_water,
-                k.probe.ring_bytes,
+                k.probe.rings.map_or(k.probe.ring_bytes, |r| r.per_cpu),
                 k.reader.max_drain_gap.as_secs_f64() * 1e3
             );
             self.expire(now_ns);
