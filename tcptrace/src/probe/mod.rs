@@ -209,8 +209,8 @@ pub struct Probe {
     /// Why the `timer:timer_expire_entry` hook is not attached either, when it was tried.
     pub timewait_timer_fallback: Option<String>,
     pub ring_bytes: u32,
-    /// The rings actually made: one per possible CPU, and their size.
-    pub rings: Option<RingLayout>,
+    /// The rings: one per possible CPU, and their size.
+    pub rings: RingLayout,
     /// Summary mode is on (see [`ProbeOptions::summary`]).
     pub summary: bool,
     /// Why summary mode was asked for but could not load (the kernel refused socket-local
@@ -265,6 +265,8 @@ impl Probe {
         if opts.ports.len() > MAX_FILTER_PORTS as usize {
             return Err(ProbeError::TooManyPorts(opts.ports.len()));
         }
+        // Before anything is loaded: the object's outer map and the wakeup threshold use it.
+        let rings = RingLayout::of(opts.ring_bytes)?;
         // Before anything is created: kernels before 5.11 count it against this limit.
         let memlock = memlock::Memlock::raise_if_charged(&kernel::kernel_release());
         require_ring_buffer()?;
@@ -284,20 +286,23 @@ impl Probe {
         };
         let mut summary_fallback = None;
         let loaded = match path {
-            HookPath::TpBtf if opts.summary => match load_tp_btf(opts) {
+            HookPath::TpBtf if opts.summary => match load_tp_btf(opts, rings) {
                 Ok(p) => Ok(p),
                 Err(e) => {
                     // Socket-local storage from tp_btf needs Linux 5.11; follow every transition
                     // in userspace instead.
                     summary_fallback = Some(short_reason(&e.to_string()));
-                    load_tp_btf(&ProbeOptions {
-                        summary: false,
-                        ..opts.clone()
-                    })
+                    load_tp_btf(
+                        &ProbeOptions {
+                            summary: false,
+                            ..opts.clone()
+                        },
+                        rings,
+                    )
                 }
             },
-            HookPath::TpBtf => load_tp_btf(opts),
-            HookPath::Tracepoint => load_tracepoint(opts),
+            HookPath::TpBtf => load_tp_btf(opts, rings),
+            HookPath::Tracepoint => load_tracepoint(opts, rings),
         };
         let mut probe = loaded.map_err(|e| match (&e, memlock.explain_refusal()) {
             (ProbeError::Aya { source, .. }, Some(why)) if memlock::is_eperm(source) => {
@@ -308,7 +313,7 @@ impl Probe {
         probe.summary_fallback = summary_fallback;
         probe.fallback_reason = fallback_reason;
         probe.memlock = memlock;
-        let reader = probe.make_rings(opts)?;
+        let reader = probe.make_rings()?;
         Ok((probe, reader))
     }
 
@@ -318,9 +323,8 @@ impl Probe {
 
     /// Creates a ring buffer for every possible CPU and installs it in `RINGS`, where that CPU's
     /// programs find theirs (see `tcptrace-ebpf/src/rings.rs`), and the reader of them all.
-    fn make_rings(&mut self, opts: &ProbeOptions) -> Result<EventReader, ProbeError> {
-        let layout = RingLayout::of(opts.ring_bytes)?;
-        self.rings = Some(layout);
+    fn make_rings(&mut self) -> Result<EventReader, ProbeError> {
+        let layout = self.rings;
         let outer = self
             .ebpf
             .take_map(map::RINGS)
@@ -519,11 +523,11 @@ fn short_reason(e: &str) -> String {
     }
 }
 
-fn base_loader<'a>(cfg: &'a ProbeConfig, _opts: &ProbeOptions) -> EbpfLoader<'a> {
+fn base_loader<'a>(cfg: &'a ProbeConfig, rings: RingLayout) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader
         .override_global(names::CONFIG, cfg, true)
-        .map_max_entries(map::RINGS, RingLayout::cpus());
+        .map_max_entries(map::RINGS, rings.cpus);
     loader
 }
 
@@ -557,20 +561,19 @@ impl RingLayout {
     }
 
     /// The possible CPUs (`/sys/devices/system/cpu/possible`), as the kernel numbers them.
-    pub fn cpus() -> u32 {
+    fn cpus() -> u32 {
         aya::util::nr_cpus().map_or(1, |n| n as u32)
     }
 }
 
-fn probe_config(opts: &ProbeOptions) -> ProbeConfig {
+fn probe_config(opts: &ProbeOptions, rings: RingLayout) -> ProbeConfig {
     ProbeConfig {
         summary: u8::from(opts.summary),
         family: opts.family.unwrap_or(0),
         port_filter: port_filter_bits(&opts.ports),
         no_wakeup: 1,
         // Wake the reader only when a CPU's ring is half full; it polls on a timer otherwise.
-        wakeup_bytes: RingLayout::split(opts.ring_bytes, RingLayout::cpus(), page_size()).per_cpu
-            / 2,
+        wakeup_bytes: rings.per_cpu / 2,
         ..Default::default()
     }
 }
@@ -579,9 +582,9 @@ fn port_filter_bits(ports: &[(u16, u8)]) -> u8 {
     if ports.is_empty() { 0 } else { PORT_FILTER_ON }
 }
 
-fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
+fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeError> {
     let offsets = btf::sock_offsets().map_err(aya_err("reading struct sock offsets from BTF"))?;
-    let mut cfg = probe_config(opts);
+    let mut cfg = probe_config(opts, rings);
     cfg.offsets = offsets;
     // Resolved before the load, as the configuration is fixed then; the program is attached
     // only if fentry fails.
@@ -593,7 +596,7 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         cfg.tw_timer = *t;
     }
     let btf = Btf::from_sys_fs().map_err(aya_err("loading kernel BTF"))?;
-    let mut ebpf = base_loader(&cfg, opts)
+    let mut ebpf = base_loader(&cfg, rings)
         .load(BPF_OBJECT)
         .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
@@ -661,7 +664,7 @@ fn load_tp_btf(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         timewait_fallback,
         timewait_timer_fallback,
         ring_bytes: opts.ring_bytes,
-        rings: None,
+        rings,
         summary: opts.summary,
         summary_fallback: None,
     })
@@ -848,11 +851,11 @@ fn attach_timewait_hooks(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<()> {
     result
 }
 
-fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
+fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeError> {
     let root = tracefs::tracefs_root().map_err(aya_err("finding tracefs"))?;
     let set_state = tracefs::event_format(&root, "sock", "inet_sock_set_state")
         .map_err(|_| ProbeError::NoTracepoint)?;
-    let mut cfg = probe_config(opts);
+    let mut cfg = probe_config(opts, rings);
     cfg.summary = 0;
     cfg.tp_set_state =
         tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
@@ -883,7 +886,7 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
             programs.push((name, ProgRole::Reset, "tcp", event));
         }
     }
-    let mut ebpf = base_loader(&cfg, opts)
+    let mut ebpf = base_loader(&cfg, rings)
         .load(BPF_OBJECT)
         .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
@@ -911,7 +914,7 @@ fn load_tracepoint(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
         timewait_fallback: None,
         timewait_timer_fallback: None,
         ring_bytes: opts.ring_bytes,
-        rings: None,
+        rings,
         // The classic tracepoint has no typed socket for socket-local storage.
         summary: false,
         summary_fallback: None,

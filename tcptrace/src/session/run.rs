@@ -208,7 +208,7 @@ impl Session {
             log::debug!(
                 "fullest ring {} of {} bytes (one CPU's), longest gap between drains {:.1} ms",
                 k.reader.high_water,
-                k.probe.rings.map_or(k.probe.ring_bytes, |r| r.per_cpu),
+                k.probe.rings.per_cpu,
                 k.reader.max_drain_gap.as_secs_f64() * 1e3
             );
             self.expire(now_ns);

@@ -68,14 +68,12 @@ impl KernelSource {
         let p = &self.probe;
         eprintln!(
             "tcptrace: attached via {} to sock:inet_sock_set_state, tcp:tcp_receive_reset, \
-             tcp:tcp_send_reset (ring {} KiB{}, {}; TIME_WAIT {}); {existing} existing sockets              loaded",
+             tcp:tcp_send_reset (ring {} KiB: {} x {} KiB, one per CPU, {}; TIME_WAIT {}); \
+             {existing} existing sockets loaded",
             p.hook_description(),
             p.ring_bytes / 1024,
-            p.rings.map_or(String::new(), |r| format!(
-                ": {} x {} KiB, one per CPU",
-                r.cpus,
-                r.per_cpu / 1024
-            )),
+            p.rings.cpus,
+            p.rings.per_cpu / 1024,
             if p.summary {
                 "a summary per CLOSE_WAIT entry and close"
             } else {
