@@ -216,6 +216,10 @@ pub const SUMMARY_SIZE: usize = 224;
 const _: () = assert!(core::mem::size_of::<SockSummary>() == SUMMARY_SIZE);
 const _: () = assert!(core::mem::align_of::<SockSummary>() == 8);
 const _: () = assert!(SUMMARY_SIZE != RAW_EVENT_SIZE);
+// Every record starts with its time: the kernel stamps it there after the reservation and
+// userspace's merge of the per-CPU rings sorts by it without decoding.
+const _: () = assert!(core::mem::offset_of!(RawEvent, ts_ns) == 0);
+const _: () = assert!(core::mem::offset_of!(SockSummary, ts_ns) == 0);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockSummary {}

@@ -18,7 +18,7 @@ use tcptrace_common::{
 
 use crate::{
     config::{ADMITTED, Counter, PORTS, count, count_transition, counting_mode},
-    rings::{self, Ring},
+    rings::{Reserved, Ring},
 };
 
 /// Zeroes `slot` in place with 13 word stores and returns it as a record. `RawEvent::zeroed()`
@@ -199,9 +199,7 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
         count_instead(ev.oldstate, ev.newstate, ev.flags & FLAG_FROM_BACKUP != 0);
         return;
     }
-    let ring = Ring::this_cpu();
-    let record = ring.map_or(core::ptr::null_mut(), |r| r.reserve::<RawEvent>());
-    if record.is_null() {
+    let Some(r) = Reserved::<RawEvent>::new() else {
         if ev.kind == EventKind::TimeWaitEnter as u8 || ev.kind == EventKind::TimeWaitEnd as u8 {
             count(Counter::TimewaitReserveFailed);
             return;
@@ -214,18 +212,17 @@ pub fn submit(ev: &RawEvent, cfg: &ProbeConfig) {
             count(Counter::ResetReserveFailed);
         }
         return;
-    }
-    // SAFETY: `record` is a reservation of a RawEvent (8-byte aligned, as ring records are),
-    // written whole before it is submitted.
+    };
+    let flags = wakeup_flags(r.ring, cfg);
+    // SAFETY: `r.record` is a reservation of a RawEvent (8-byte aligned, as ring records are),
+    // written whole here; `submit` stamps its time.
     unsafe {
         copy_words(
-            record.cast(),
+            r.record.cast(),
             (ev as *const RawEvent).cast(),
             RAW_EVENT_SIZE / 8,
         );
-        (*record).ts_ns = rings::stamp();
-        let flags = ring.map_or(BPF_RB_NO_WAKEUP as u64, |r| wakeup_flags(r, cfg));
-        rings::submit(record, flags);
+        r.submit(flags);
     }
 }
 

@@ -45,7 +45,7 @@ pub struct Ring(*mut c_void);
 
 impl Ring {
     #[inline(always)]
-    pub fn this_cpu() -> Option<Ring> {
+    fn this_cpu() -> Option<Ring> {
         // SAFETY: a helper without arguments.
         let cpu = unsafe { bpf_get_smp_processor_id() };
         RINGS
@@ -53,36 +53,44 @@ impl Ring {
             .map(|r| Ring(r as *const CpuRing as *mut c_void))
     }
 
-    /// Reserves a record of `T`'s size, or null when the ring is full. The caller writes every
-    /// byte, stamps it with [`stamp`] and hands it to [`submit`]: the verifier refuses a path
-    /// that leaves a reservation behind.
-    #[inline(always)]
-    pub fn reserve<T>(self) -> *mut T {
-        // SAFETY: `self.0` is a ring buffer map looked up from RINGS.
-        unsafe { bpf_ringbuf_reserve(self.0, core::mem::size_of::<T>() as u64, 0) }.cast()
-    }
-
     /// Bytes committed and not yet consumed.
     #[inline(always)]
     pub fn fill(self) -> u64 {
-        // SAFETY: as above.
+        // SAFETY: `self.0` is a ring buffer map looked up from RINGS.
         unsafe { bpf_ringbuf_query(self.0, BPF_RB_AVAIL_DATA as u64) }
     }
 }
 
-/// The record's time, taken after its reservation (see the module doc).
-#[inline(always)]
-pub fn stamp() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+/// A record of type `T` reserved in this CPU's ring. `T` starts with its time, a `u64`
+/// (`RawEvent` and `SockSummary`, asserted in `tcptrace_common::event`), which [`Self::submit`]
+/// stamps: the one place the promise of the module doc is kept. The caller writes every other
+/// byte; the verifier refuses a path that leaves a reservation behind.
+pub struct Reserved<T> {
+    pub ring: Ring,
+    pub record: *mut T,
 }
 
-/// Commits a record [`Ring::reserve`] returned.
-///
-/// # Safety
-/// `record` must be a reservation not yet submitted.
-#[inline(always)]
-pub unsafe fn submit<T>(record: *mut T, flags: u64) {
-    // SAFETY: per the caller.
-    unsafe { bpf_ringbuf_submit(record.cast(), flags) }
+impl<T> Reserved<T> {
+    /// None when this CPU has no ring or its ring is full.
+    #[inline(always)]
+    pub fn new() -> Option<Reserved<T>> {
+        let ring = Ring::this_cpu()?;
+        // SAFETY: `ring.0` is a ring buffer map looked up from RINGS.
+        let record: *mut T =
+            unsafe { bpf_ringbuf_reserve(ring.0, core::mem::size_of::<T>() as u64, 0) }.cast();
+        (!record.is_null()).then_some(Reserved { ring, record })
+    }
+
+    /// Stamps the record's time, now that it is reserved, and commits it.
+    ///
+    /// # Safety
+    /// Every byte of the record after its time must have been written.
+    #[inline(always)]
+    pub unsafe fn submit(self, flags: u64) {
+        // SAFETY: the reservation holds a `T`, which starts with its 8-byte-aligned time.
+        unsafe {
+            *self.record.cast::<u64>() = bpf_ktime_get_ns();
+            bpf_ringbuf_submit(self.record.cast(), flags);
+        }
+    }
 }

@@ -38,7 +38,7 @@ use tcptrace_common::{
 use crate::{
     config::{Counter, PORTS, add, count, count_transition, counting_mode},
     emit,
-    rings::{self, Ring},
+    rings::Reserved,
     sock::{self, Sock, Typed},
     state_change::SOCK_DONE,
 };
@@ -408,18 +408,16 @@ fn send(s: &SockState, sk_btf: *const c_void, sk: u64, old: u8, new: u8, cfg: &P
         count(Counter::Counted);
         return;
     }
-    let ring = Ring::this_cpu();
-    let r = ring.map_or(core::ptr::null_mut(), |ring| ring.reserve::<SockSummary>());
-    if r.is_null() {
+    let Some(reserved) = Reserved::<SockSummary>::new() else {
         count(Counter::ReserveFailed);
         count(Counter::SummaryReserveFailed);
         return;
-    }
-    // SAFETY: `r` points at a reserved record of our size; every field is written below.
+    };
+    let r = reserved.record;
+    // SAFETY: `r` points at a reserved record of our size; every field but the time is written
+    // below, and `submit` stamps the time after the reservation, as every record's is (see
+    // `rings`): the stays were measured up to the transition's time, a little earlier.
     unsafe {
-        // Taken again after the reservation, as every record's time is (see `rings`); the
-        // stays were measured up to the transition's time, a few hundred nanoseconds earlier.
-        (*r).ts_ns = rings::stamp();
         (*r).born_ns = s.born_ns;
         // The cookie is read here, once per record: an accepted socket has none until after its
         // first transition.
@@ -460,9 +458,9 @@ fn send(s: &SockState, sk_btf: *const c_void, sk: u64, old: u8, new: u8, cfg: &P
         (*r).newstate = new;
         (*r)._pad = [0; 8];
     }
-    let flags = ring.map_or(0, |ring| emit::wakeup_flags(ring, cfg));
+    let flags = emit::wakeup_flags(reserved.ring, cfg);
     // SAFETY: the reservation above, written whole.
-    unsafe { rings::submit(r, flags) };
+    unsafe { reserved.submit(flags) };
 }
 
 /// `tcp_time_wait(sk, substate)`: the close that follows hands the connection to a timewait
