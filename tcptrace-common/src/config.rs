@@ -17,6 +17,12 @@ pub const MAX_FILTER_PORTS: u32 = 64;
 /// most in distribution kernels; beyond this many, loading fails with a clear error.
 pub const MAX_CPUS: usize = 8192;
 
+/// `MODE` slot 0: counting because userspace's overload guard said so (rate over budget, or
+/// records refused).
+pub const MODE_COUNTING: u32 = 1;
+/// `MODE` slot 0: counting because the kernel found a CPU's ring `guard_bytes` full.
+pub const MODE_RING_FILLED: u32 = 2;
+
 /// Offsets into `struct sock`, read from the running kernel's BTF at load time. Rust eBPF programs
 /// get no CO-RE relocations, so userspace resolves these and the tp_btf programs read fields with
 /// `bpf_probe_read_kernel` at `sk + offset`.
@@ -153,7 +159,7 @@ pub struct TwTimerConfig {
 const _: () = assert!(core::mem::size_of::<SetStateTpLayout>() == 28);
 const _: () = assert!(core::mem::size_of::<ResetTpLayout>() == 24);
 const _: () = assert!(core::mem::size_of::<TwTimerConfig>() == 24);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 168);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 176);
 
 /// Everything the kernel programs are configured with at load.
 #[repr(C)]
@@ -168,6 +174,9 @@ pub struct ProbeConfig {
     pub no_wakeup: u8,
     /// Wake the reader when at least this many bytes wait in the ring (0: never).
     pub wakeup_bytes: u32,
+    /// Switch to counting mode (`MODE_RING_FILLED`) when a CPU's ring holds at least this many
+    /// bytes (0: never): the reader has fallen behind, and records would soon be refused.
+    pub guard_bytes: u32,
     /// Classic tracepoint path: where the record fields are (from the tracefs format files).
     pub tp_set_state: SetStateTpLayout,
     pub tp_reset_rx: ResetTpLayout,
@@ -179,7 +188,7 @@ pub struct ProbeConfig {
     /// [`SockSummary`]: crate::event::SockSummary
     pub summary: u8,
     /// Explicit padding: `tw_timer` is 8-byte aligned, and `Pod` wants no implicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
     /// The `timer:timer_expire_entry` hook (fentry refused): see [`TwTimerConfig`].
     pub tw_timer: TwTimerConfig,
 }

@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 pub use tcptrace_common::counter::Counter;
 use tcptrace_common::{
-    config::{MAX_FILTER_PORTS, ProbeConfig, ResetTpLayout, SetStateTpLayout, TwTimerConfig},
+    config::{
+        MAX_FILTER_PORTS, MODE_RING_FILLED, ProbeConfig, ResetTpLayout, SetStateTpLayout,
+        TwTimerConfig,
+    },
     counter::{COUNTER_SLOTS, TRANSITION_SLOTS, transition_slot},
 };
 
@@ -34,6 +37,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     port_filter: 0,
     no_wakeup: 1,
     wakeup_bytes: 0,
+    guard_bytes: 0,
     tp_set_state: SetStateTpLayout {
         skaddr: 0,
         oldstate: 0,
@@ -53,7 +57,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     tp_reset_rx: EMPTY_RESET_LAYOUT,
     tp_reset_tx: EMPTY_RESET_LAYOUT,
     summary: 0,
-    _pad: [0; 3],
+    _pad: [0; 7],
     tw_timer: TwTimerConfig {
         handler: 0,
         tw_timer: 0,
@@ -112,9 +116,11 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS,
 #[map]
 pub static ADMITTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// Slot 0: 1 when userspace switched to counting mode because the event rate exceeded its
-/// budget. Events are then counted per transition in `TRANSITIONS` and not sent: the host is
-/// protected, nothing is dropped silently, and the kernel table keeps the counts exact.
+/// Slot 0: `MODE_COUNTING` when userspace switched to counting mode because the event rate
+/// exceeded its budget, `MODE_RING_FILLED` when the kernel did because a ring filled (see
+/// `emit::wakeup_flags`). Events are then counted per transition in `TRANSITIONS` and not
+/// sent: the host is protected, nothing is dropped silently, and the kernel table keeps the
+/// counts exact.
 #[map]
 pub static MODE: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -125,6 +131,15 @@ pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSIT
 #[inline(always)]
 pub fn counting_mode() -> bool {
     MODE.get(0).copied().unwrap_or(0) != 0
+}
+
+/// The kernel's own switch to counting mode; only userspace switches back.
+#[inline(always)]
+pub fn count_from_now() {
+    if let Some(m) = MODE.get_ptr_mut(0) {
+        // SAFETY: slot 0 of an array map; a racing store of the same kind is harmless.
+        unsafe { *m = MODE_RING_FILLED };
+    }
 }
 
 #[inline(always)]

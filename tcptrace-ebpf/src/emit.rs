@@ -17,7 +17,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    config::{ADMITTED, Counter, PORTS, count, count_transition, counting_mode},
+    config::{self, ADMITTED, Counter, PORTS, count, count_transition, counting_mode},
     rings::{Reserved, Ring},
 };
 
@@ -237,15 +237,14 @@ static SUBMITTED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// every 64th record per CPU is late by at most 64 records (6.5 KiB) per CPU.
 const QUERY_EVERY: u32 = 64;
 
-/// No wakeup per record; a forced one once enough data waits (see [`submit`]).
+/// No wakeup per record; a forced one once enough data waits (see [`submit`]). The same look
+/// at the fill level is the overload guard's last line: a ring `guard_bytes` full means the
+/// reader has fallen behind (a long gap between its drains, or a rate it cannot apply), and the
+/// kernel switches itself to counting before the ring refuses a record. Userspace learns it
+/// from `MODE` at its next check (a few times a second); waiting for its once-a-second rate
+/// check lost records at ~900k events/s, the rings full within ~100 ms of a slow drain.
 #[inline(always)]
 pub fn wakeup_flags(ring: Ring, cfg: &ProbeConfig) -> u64 {
-    if cfg.no_wakeup == 0 {
-        return 0;
-    }
-    if cfg.wakeup_bytes == 0 {
-        return BPF_RB_NO_WAKEUP as u64;
-    }
     let Some(n) = SUBMITTED.get_ptr_mut(0) else {
         return BPF_RB_NO_WAKEUP as u64;
     };
@@ -253,9 +252,21 @@ pub fn wakeup_flags(ring: Ring, cfg: &ProbeConfig) -> u64 {
     // lost increment only moves the next check by one record.
     let k = unsafe { *n };
     unsafe { *n = k.wrapping_add(1) };
-    if k % QUERY_EVERY == 0 && ring.fill() >= cfg.wakeup_bytes as u64 {
-        BPF_RB_FORCE_WAKEUP as u64
+    let wake = if cfg.no_wakeup == 0 {
+        0
     } else {
         BPF_RB_NO_WAKEUP as u64
+    };
+    if k % QUERY_EVERY != 0 || (cfg.guard_bytes == 0 && cfg.wakeup_bytes == 0) {
+        return wake;
+    }
+    let fill = ring.fill();
+    if cfg.guard_bytes != 0 && fill >= cfg.guard_bytes as u64 {
+        config::count_from_now();
+    }
+    if wake != 0 && cfg.wakeup_bytes != 0 && fill >= cfg.wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        wake
     }
 }

@@ -241,7 +241,9 @@ pub struct ProbeArgs {
     /// Overload guard: above this many events per second the kernel counts transitions instead
     /// of sending them (logged, and shown in every view); counts stay exact through the kernel
     /// table, per-connection detail pauses until the rate falls below half of it. It also counts
-    /// when tcptrace cannot drain the ring as fast as the kernel fills it (1% or more refused).
+    /// when tcptrace cannot drain the ring as fast as the kernel fills it: the kernel itself
+    /// switches when a CPU's ring is three quarters full, and so does tcptrace when 1% or more
+    /// of a second's records were refused.
     #[arg(long, value_name = "EVENTS_PER_S", default_value_t = 500_000)]
     pub max_event_rate: u64,
     /// Also write the session to FILE as it runs (what `tcptrace record` writes).

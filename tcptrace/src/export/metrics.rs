@@ -447,7 +447,10 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         ("undecodable", l.undecodable),
         (
             "uncounted",
-            l.uncounted(s.table.stats().corrections.state_fixed),
+            l.uncounted(
+                s.table.stats().corrections.state_fixed,
+                s.overload.as_ref().map_or(0, |o| o.counted_events),
+            ),
         ),
     ] {
         e.sample(name, &[("cause", cause)], n);

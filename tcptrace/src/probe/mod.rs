@@ -22,7 +22,10 @@ use aya::{
     programs::{BtfTracePoint, FEntry, TracePoint},
 };
 use tcptrace_common::{
-    config::{MAX_CPUS, MAX_FILTER_PORTS, PORT_FILTER_ON, ProbeConfig, TwTimerConfig},
+    config::{
+        MAX_CPUS, MAX_FILTER_PORTS, MODE_COUNTING, MODE_RING_FILLED, PORT_FILTER_ON, ProbeConfig,
+        TwTimerConfig,
+    },
     counter::{Counter, TRANSITION_SLOTS, slot_transition},
     names::{self, map, program},
 };
@@ -433,8 +436,19 @@ impl Probe {
             .ok_or_else(|| aya_err("MODE map")(anyhow::anyhow!("missing from the object")))?;
         let mut mode: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(map).map_err(aya_err("MODE map"))?;
-        mode.set(0, u32::from(on), 0)
+        mode.set(0, if on { MODE_COUNTING } else { 0 }, 0)
             .map_err(aya_err("setting the probe mode"))
+    }
+
+    /// Whether the kernel switched itself to counting because a ring filled
+    /// ([`MODE_RING_FILLED`]); false when `MODE` cannot be read.
+    pub fn ring_filled(&self) -> bool {
+        let Some(map) = self.ebpf.map(map::MODE) else {
+            return false;
+        };
+        aya::maps::Array::<_, u32>::try_from(map)
+            .and_then(|m| m.get(&0, 0))
+            .is_ok_and(|v| v == MODE_RING_FILLED)
     }
 
     /// One kernel counter, summed over CPUs (0 when it cannot be read).
@@ -574,6 +588,10 @@ fn probe_config(opts: &ProbeOptions, rings: RingLayout) -> ProbeConfig {
         no_wakeup: 1,
         // Wake the reader only when a CPU's ring is half full; it polls on a timer otherwise.
         wakeup_bytes: rings.per_cpu / 2,
+        // Three quarters full: the reader is behind, and the kernel counts before it must
+        // refuse (a quarter of the ring is left for what the CPU sends until then, at most
+        // 64 records, see `emit::wakeup_flags`).
+        guard_bytes: rings.per_cpu / 4 * 3,
         ..Default::default()
     }
 }

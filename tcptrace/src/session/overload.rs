@@ -32,6 +32,10 @@ pub enum Why {
     /// cannot keep up at this rate on this host (seen: `trace` losing 416k records in 8 s at
     /// 358k events/s, on a host whose other tenants took CPU, with the budget at 500k).
     RingFull(u64),
+    /// The kernel switched itself: a CPU's ring was three quarters full (the reader behind:
+    /// `report` at ~900k events/s lost records within the second before the rate check). The
+    /// records the rings refused in this window, before that.
+    RingFilled(u64),
 }
 
 pub struct Guard {
@@ -72,7 +76,8 @@ impl Guard {
     /// `CALM_FOR`, events flow again.
     pub fn check(&mut self, probe: &mut Probe, events: u64) -> Option<Switch> {
         let elapsed = self.window.0.elapsed();
-        if elapsed < Duration::from_secs(1) {
+        let filled = !self.state.counting && probe.ring_filled();
+        if elapsed < Duration::from_secs(1) && !filled {
             return None;
         }
         // What the kernel generated, not only what was delivered: when the reader cannot keep
@@ -83,16 +88,22 @@ impl Guard {
         let total = events + probe.counted() + refused;
         let generated = total.saturating_sub(self.window.1);
         let refused_now = refused.saturating_sub(self.window.2);
-        let rate = generated as f64 / elapsed.as_secs_f64();
+        let rate = generated as f64 / elapsed.as_secs_f64().max(1e-3);
         self.window = (Instant::now(), total, refused);
-        let why = decide(
-            self.state.counting,
-            rate,
-            self.state.budget_per_s,
-            generated,
-            refused_now,
-        );
+        let why = if filled {
+            Some(Why::RingFilled(refused_now))
+        } else {
+            decide(
+                self.state.counting,
+                rate,
+                self.state.budget_per_s,
+                generated,
+                refused_now,
+            )
+        };
         if let Some(why) = why {
+            // The kernel's own switch is in force already; this makes it userspace's, so that
+            // only userspace switches back.
             if let Err(e) = probe.set_counting(true) {
                 log::warn!("cannot switch the probe to counting: {e}");
                 return None;
@@ -103,7 +114,7 @@ impl Guard {
             let budget = self.state.budget_per_s as f64;
             self.calm_below = match why {
                 Why::Rate => budget / 2.0,
-                Why::RingFull(_) => rate.min(budget) / 2.0,
+                Why::RingFull(_) | Why::RingFilled(_) => rate.min(budget) / 2.0,
             };
             return Some(Switch::ToCounting(rate, why));
         }

@@ -41,7 +41,8 @@ impl Session {
 
     /// Transitions the kernel skipped without counting them, found by reconciliation.
     pub fn lost_uncounted(&self, loss: &LossReport) -> u64 {
-        loss.uncounted(self.table.stats().corrections.state_fixed)
+        let counted = self.source.kernel().map_or(0, |k| k.probe.counted());
+        loss.uncounted(self.table.stats().corrections.state_fixed, counted)
     }
 
     /// The report document's core, as of now.

@@ -341,6 +341,13 @@ impl Session {
                          --ring-size or a less loaded host helps)",
                         self.guard.budget()
                     ),
+                    Why::RingFilled(n) => format!(
+                        "a CPU's ring was three quarters full at {rate:.0} events/s (under \
+                         --max-event-rate {}, but faster than tcptrace drained it: a larger \
+                         --ring-size or a less loaded host helps); the ring refused {n} records \
+                         before that",
+                        self.guard.budget()
+                    ),
                 };
                 eprintln!(
                     "tcptrace: {cause}: the kernel now counts transitions instead of sending \
