@@ -26,7 +26,9 @@ pub enum Mode {
     /// `tcptrace report`, as run by default: above 500k events/s its overload guard has the
     /// kernel count transitions instead of sending them.
     Report,
-    /// `tcptrace report` with the guard out of reach: every transition sent, whatever the rate.
+    /// `tcptrace report` with the rate budget out of reach: every transition sent until the
+    /// reader falls behind (a ring three quarters full, or full rings refusing 1% of the
+    /// records), which still switches the kernel to counting.
     ReportEvents,
     /// `tcptrace report --summaries`: one summary per CLOSE_WAIT entry and close.
     ReportSummaries,
@@ -62,7 +64,7 @@ impl Mode {
             Mode::BpftraceCount => "bpftrace counting (old, new) in a map",
             Mode::BpftracePrint => "bpftrace printing a line per transition",
             Mode::Report => "`tcptrace report`",
-            Mode::ReportEvents => "`tcptrace report --max-event-rate 100000000` (guard off)",
+            Mode::ReportEvents => "`tcptrace report --max-event-rate 100000000` (rate budget off)",
             Mode::ReportSummaries => "`tcptrace report --summaries`",
             Mode::Trace => "`tcptrace trace > /dev/null`",
             Mode::Serve => "`tcptrace serve`, scraped every second",
