@@ -128,7 +128,10 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     let out = tracer.stop();
     let reference = reference.stop();
     assert!(
-        out.stderr.contains("faster than tcptrace drained it")
+        // Either guard may act first: the kernel's at three quarters (when its look every 64
+        // records falls before the 4 KiB ring is full), or userspace's on the refusals.
+        (out.stderr.contains("the ring refused")
+            || out.stderr.contains("ring was three quarters full"))
             && out.stderr.contains("the kernel now counts transitions"),
         "the switch and its cause are logged: {}",
         out.stderr

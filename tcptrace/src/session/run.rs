@@ -342,11 +342,9 @@ impl Session {
                         self.guard.budget()
                     ),
                     Why::RingFilled(n) => format!(
-                        "a CPU's ring was three quarters full at {rate:.0} events/s (under \
-                         --max-event-rate {}, but faster than tcptrace drained it: a larger \
-                         --ring-size or a less loaded host helps); the ring refused {n} records \
-                         before that",
-                        self.guard.budget()
+                        "a CPU's ring was three quarters full (tcptrace did not drain it as \
+                         fast as the kernel filled it: a larger --ring-size or a less loaded \
+                         host helps); the ring refused {n} records before that"
                     ),
                 };
                 eprintln!(
