@@ -22,6 +22,7 @@ use tcptrace_common::{
 use crate::{
     config::{Counter, config, count},
     emit, record,
+    rings::Reserved,
     sock::{self, Addr, Sock, Typed},
     summary,
 };
@@ -148,7 +149,20 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     let clone = old == TcpState::Listen as i32 && new == TcpState::SynRecv as i32;
     let cookie = if clone { 0 } else { key.cookie_of(sk_btf) };
     let mut slot = core::mem::MaybeUninit::uninit();
-    let ev = emit::blank(&mut slot);
+    let reserved = if emit::sends_every_transition(cfg) {
+        let Some(r) = Reserved::<RawEvent>::new() else {
+            emit::reserve_failed(role == Role::Backup);
+            return 0;
+        };
+        Some(r)
+    } else {
+        None
+    };
+    let ev = match &reserved {
+        // SAFETY: a reservation of a RawEvent, written whole below and submitted by `commit`.
+        Some(r) => unsafe { emit::blank_at(r.record) },
+        None => emit::blank(&mut slot),
+    };
     sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, ev);
     ev.cookie = cookie;
     ev.skaddr = sk;
@@ -164,7 +178,11 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     }
     connect_end(Typed(sk_btf), &cfg.offsets, ev);
     timewait_substate(Typed(sk_btf), &cfg.offsets, ev);
-    emit::submit(ev, cfg);
+    match reserved {
+        // SAFETY: blanked whole by `blank_at`, then filled.
+        Some(r) => unsafe { emit::commit(r, cfg) },
+        None => emit::submit(ev, cfg),
+    }
     0
 }
 
