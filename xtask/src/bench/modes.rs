@@ -36,6 +36,13 @@ pub enum Mode {
     Trace,
     /// `tcptrace serve`, scraped once a second.
     Serve,
+    /// `tcptrace record`: every event written to a file (under the target directory).
+    Record,
+}
+
+/// Where `record` writes, in the target directory: overwritten by every run, removed after it.
+fn recording() -> Result<std::path::PathBuf> {
+    Ok(crate::workspace::target_dir()?.join("bench-record.rec"))
 }
 
 /// The empty program and the peers, as bpftrace one-liners.
@@ -45,7 +52,7 @@ const COUNT: &str =
 const PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%d %d %d %d\\n\", pid, args->sport, args->oldstate, args->newstate); }";
 
 impl Mode {
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 10] = [
         Mode::NoTracer,
         Mode::Floor,
         Mode::BpftraceCount,
@@ -55,6 +62,7 @@ impl Mode {
         Mode::ReportSummaries,
         Mode::Trace,
         Mode::Serve,
+        Mode::Record,
     ];
 
     pub fn label(self) -> &'static str {
@@ -68,6 +76,7 @@ impl Mode {
             Mode::ReportSummaries => "`tcptrace report --summaries`",
             Mode::Trace => "`tcptrace trace > /dev/null`",
             Mode::Serve => "`tcptrace serve`, scraped every second",
+            Mode::Record => "`tcptrace record` to a file",
         }
     }
 
@@ -98,6 +107,8 @@ impl Mode {
             Mode::ReportSummaries => &["report", "--duration", "10m", "--summaries"],
             Mode::Trace => &["trace"],
             Mode::Serve => &["serve", "--listen", "127.0.0.1:0"],
+            // The file is appended by `Running::start`.
+            Mode::Record => &["record", "--output"],
             _ => return None,
         })
     }
@@ -130,7 +141,15 @@ pub struct Running {
 impl Running {
     /// Starts what `mode` attaches; None for nothing.
     pub fn start(mode: Mode, tracer: &Path) -> Result<Option<Running>> {
-        let child = if let Some(args) = mode.tcptrace_args() {
+        let child = if mode == Mode::Record {
+            let out = recording()?;
+            let mut args: Vec<&str> = mode.tcptrace_args().unwrap_or_default().to_vec();
+            args.push(
+                out.to_str()
+                    .context("the target directory's path is not UTF-8")?,
+            );
+            TracerChild::start(tracer, &args, false)?
+        } else if let Some(args) = mode.tcptrace_args() {
             TracerChild::start(tracer, args, false)?
         } else if let Some(p) = mode.bpftrace_program() {
             bpftrace(p)?
@@ -174,6 +193,9 @@ impl Running {
             let _ = h.join();
         }
         let (_, lines) = self.child.stop()?;
+        if self.mode == Mode::Record {
+            let _ = std::fs::remove_file(recording()?);
+        }
         let tcptrace = self.mode.tcptrace_args().is_some();
         Ok(Stopped {
             lost: tcptrace.then(|| lost_events(&lines)).flatten(),

@@ -12,12 +12,13 @@ use super::modes::Mode;
 use super::{BenchOptions, Bins, ModeSummary, Run, log_run, met, num, one_run, summarise};
 
 /// What runs at the fixed rate: nothing (the storm reaches the rate on its own), and the modes
-/// the goal names plus `--summaries`.
-pub const MODES: [Mode; 4] = [
+/// the goal names plus `--summaries` and `record` (every event also written to a file).
+pub const MODES: [Mode; 5] = [
     Mode::NoTracer,
     Mode::Report,
     Mode::Serve,
     Mode::ReportSummaries,
+    Mode::Record,
 ];
 
 /// The goal: at most this % of one core ...
