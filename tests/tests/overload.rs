@@ -97,30 +97,13 @@ fn over_budget_without_filters_the_kernel_counts_before_reading_the_socket() {
 /// seen + lost + counted equals what a second tracer, with a roomy ring and no budget, saw.
 #[test]
 fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
-    let ip = "127.0.0.1".parse().unwrap();
-    let port = free_port(ip);
-    let p = port.to_string();
-    let report = |extra: &[&str]| {
-        let mut args = vec!["report", "--json", "--duration", "120s", "--port", &p];
-        args.extend_from_slice(extra);
-        Tracer::start(&args)
-    };
-    let tracer = report(&["--ring-size", "4K"]);
-    let reference = report(&["--max-event-rate", "100000000"]);
-    let burst = || {
-        let out = Command::new(storm_bin())
-            .args(["--threads", "2", "--conns", "2000", "--seconds", "60"])
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(r["conns"], 2000, "{r}");
-    };
-    burst();
+    let port = free_port("127.0.0.1".parse().unwrap());
+    let tracer = report_on(port, &["--ring-size", "4K"]);
+    let reference = report_on(port, &["--max-event-rate", "100000000"]);
+    burst_of_2000(port);
     // Past the guard's once-a-second check.
     std::thread::sleep(Duration::from_millis(2500));
-    burst();
+    burst_of_2000(port);
     // The storm's close() returns before the FIN exchange ends: a socket still in FIN_WAIT at
     // the tracer's last table check, and in TIME_WAIT when `ss` looks, would be counted by `ss`
     // alone (seen once in the 6.12 guest: 3770 vs 3771).
@@ -160,30 +143,10 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
         "the closing line names what was counted: {}",
         out.stderr
     );
-    let ss_tw = ss_time_wait(port);
-    assert!(ss_tw > 0, "ss: {ss_tw}{}", tw_cap_note());
-    assert_eq!(
-        doc["totals"]["TIME_WAIT"], ss_tw,
-        "exact through the kernel table"
-    );
-
+    time_wait_is_exact(&doc, port);
     // The books, against what the reference saw (two bursts of 2000 connections of ten
     // transitions, and the listeners'; a RST would change that, the reference sees it too).
-    let rdoc = reference.json();
-    let generated = rdoc["transitions_seen"].as_u64().unwrap();
-    assert_eq!(rdoc["transitions_lost"], 0, "{}", reference.stderr);
-    // (The guard's record appears once it has acted.)
-    assert!(rdoc["overload"].is_null(), "{}", reference.stderr);
-    assert!(generated >= 40_000, "reference saw {generated}");
-    let seen = doc["transitions_seen"].as_u64().unwrap();
-    let lost = doc["transitions_lost"].as_u64().unwrap();
-    let counted: u64 = o["counted"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| *k != "RESET")
-        .map(|(_, n)| n.as_u64().unwrap())
-        .sum();
+    let (seen, lost, counted, generated) = books(&doc, &reference, 40_000);
     assert_eq!(
         seen + lost + counted,
         generated,
@@ -200,32 +163,18 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
 /// seen + counted = what it saw.
 #[test]
 fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
-    let ip = "127.0.0.1".parse().unwrap();
-    let port = free_port(ip);
-    let p = port.to_string();
-    let report = |extra: &[&str]| {
-        let mut args = vec!["report", "--json", "--duration", "120s", "--port", &p];
-        args.extend_from_slice(extra);
-        Tracer::start(&args)
-    };
+    let port = free_port("127.0.0.1".parse().unwrap());
     // 128 KiB per CPU on up to 2 CPUs (each ring a power of two of at least a page; more CPUs
     // get smaller rings): 2000 connections make 20,000 records of 112 bytes, 1.1 MiB per CPU
     // on two, so every ring that carries the storm crosses three quarters. The reference's
     // rings hold the whole storm.
-    let tracer = report(&["--ring-size", "256K"]);
-    let reference = report(&["--max-event-rate", "100000000"]);
+    let tracer = report_on(port, &["--ring-size", "256K"]);
+    let reference = report_on(port, &["--max-event-rate", "100000000"]);
     // SAFETY: signals to our own child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
-    let out = Command::new(storm_bin())
-        .args(["--threads", "2", "--conns", "2000", "--seconds", "60"])
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .output()
-        .unwrap();
+    burst_of_2000(port);
     // SAFETY: as above.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
-    assert!(out.status.success(), "{out:?}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["conns"], 2000, "{r}");
     settle(port);
     // The guard's next check (every 250 ms) finds the kernel's switch.
     std::thread::sleep(Duration::from_secs(1));
@@ -244,26 +193,9 @@ fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
     let o = &doc["overload"];
     assert_eq!(o["switches"], 1, "{o:#}\n{}", out.stderr);
     assert_eq!(doc["lost_events"], 0, "{}", out.stderr);
-    assert_eq!(doc["transitions_lost"], 0, "{}", out.stderr);
-    let ss_tw = ss_time_wait(port);
-    assert!(ss_tw > 0, "ss: {ss_tw}{}", tw_cap_note());
-    assert_eq!(
-        doc["totals"]["TIME_WAIT"], ss_tw,
-        "exact through the kernel table"
-    );
-    let rdoc = reference.json();
-    let generated = rdoc["transitions_seen"].as_u64().unwrap();
-    assert_eq!(rdoc["transitions_lost"], 0, "{}", reference.stderr);
-    assert!(rdoc["overload"].is_null(), "{}", reference.stderr);
-    assert!(generated >= 20_000, "reference saw {generated}");
-    let seen = doc["transitions_seen"].as_u64().unwrap();
-    let counted: u64 = o["counted"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| *k != "RESET")
-        .map(|(_, n)| n.as_u64().unwrap())
-        .sum();
+    time_wait_is_exact(&doc, port);
+    let (seen, lost, counted, generated) = books(&doc, &reference, 20_000);
+    assert_eq!(lost, 0, "{}", out.stderr);
     assert!(counted > 0, "{o:#}");
     assert_eq!(
         seen + counted,
@@ -277,6 +209,62 @@ fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
         "transitions the kernel counted are not called uncounted: {}",
         out.stderr
     );
+}
+
+/// `report --json --duration 120s --port PORT` plus `extra`, attached.
+fn report_on(port: u16, extra: &[&str]) -> Tracer {
+    let p = port.to_string();
+    let mut args = vec!["report", "--json", "--duration", "120s", "--port", &p];
+    args.extend_from_slice(extra);
+    Tracer::start(&args)
+}
+
+/// A storm of exactly 2000 connections to `port` (two client threads), every one completed.
+fn burst_of_2000(port: u16) {
+    let out = Command::new(storm_bin())
+        .args(["--threads", "2", "--conns", "2000", "--seconds", "60"])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["conns"], 2000, "{r}");
+}
+
+/// The report's TIME_WAIT towards `port` equals `ss`'s: exact through the kernel table while
+/// the kernel counts.
+fn time_wait_is_exact(doc: &Value, port: u16) {
+    let ss_tw = ss_time_wait(port);
+    assert!(ss_tw > 0, "ss: {ss_tw}{}", tw_cap_note());
+    assert_eq!(
+        doc["totals"]["TIME_WAIT"], ss_tw,
+        "exact through the kernel table"
+    );
+}
+
+/// What a tracer's books say against a reference that saw everything (a roomy ring, no rate
+/// budget): (seen, lost, counted by the guard, generated = what the reference saw, at least
+/// `at_least`).
+fn books(doc: &Value, reference: &TracerOutput, at_least: u64) -> (u64, u64, u64, u64) {
+    let rdoc = reference.json();
+    let generated = rdoc["transitions_seen"].as_u64().unwrap();
+    assert_eq!(rdoc["transitions_lost"], 0, "{}", reference.stderr);
+    // (The guard's record appears once it has acted.)
+    assert!(rdoc["overload"].is_null(), "{}", reference.stderr);
+    assert!(generated >= at_least, "reference saw {generated}");
+    let counted: u64 = doc["overload"]["counted"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "RESET")
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    (
+        doc["transitions_seen"].as_u64().unwrap(),
+        doc["transitions_lost"].as_u64().unwrap(),
+        counted,
+        generated,
+    )
 }
 
 /// Waits until no socket towards `port` is between its close and TIME_WAIT (or its end), so
