@@ -214,6 +214,9 @@ pub struct Probe {
     pub ring_bytes: u32,
     /// The rings: one per possible CPU, and their size.
     pub rings: RingLayout,
+    /// The rings themselves, installed before any program was attached, until the reader
+    /// takes them.
+    ring_maps: Vec<MapData>,
     /// Summary mode is on (see [`ProbeOptions::summary`]).
     pub summary: bool,
     /// Why summary mode was asked for but could not load (the kernel refused socket-local
@@ -316,7 +319,7 @@ impl Probe {
         probe.summary_fallback = summary_fallback;
         probe.fallback_reason = fallback_reason;
         probe.memlock = memlock;
-        let reader = probe.make_rings()?;
+        let reader = probe.make_reader()?;
         Ok((probe, reader))
     }
 
@@ -324,35 +327,10 @@ impl Probe {
         self.path
     }
 
-    /// Creates a ring buffer for every possible CPU and installs it in `RINGS`, where that CPU's
-    /// programs find theirs (see `tcptrace-ebpf/src/rings.rs`), and the reader of them all.
-    fn make_rings(&mut self) -> Result<EventReader, ProbeError> {
-        let layout = self.rings;
-        let outer = self
-            .ebpf
-            .take_map(map::RINGS)
-            .ok_or_else(|| aya_err("RINGS map")(anyhow::anyhow!("missing from the object")))?;
-        let mut outer: ArrayOfMaps<MapData, MapData> =
-            ArrayOfMaps::try_from(outer).map_err(aya_err("RINGS map"))?;
-        let mut rings = Vec::with_capacity(layout.cpus as usize);
-        for cpu in 0..layout.cpus {
-            let def = aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
-                0,
-                0,
-                layout.per_cpu,
-                0,
-            );
-            let ring = MapData::create(def, "cpu_ring", None)
-                .map_err(aya_err(format!("ring buffer of CPU {cpu}")))?;
-            outer
-                .set(cpu, &ring, 0)
-                .map_err(aya_err(format!("installing the ring buffer of CPU {cpu}")))?;
-            rings.push(ring);
-        }
-        // The outer map is only read by the programs from here on; the rings live in the reader.
-        drop(outer);
-        EventReader::new(rings, layout.per_cpu).map_err(aya_err("ring buffer reader"))
+    /// The reader of the rings the loader installed.
+    fn make_reader(&mut self) -> Result<EventReader, ProbeError> {
+        EventReader::new(std::mem::take(&mut self.ring_maps), self.rings.per_cpu)
+            .map_err(aya_err("ring buffer reader"))
     }
 
     /// How the events name sockets.
@@ -596,6 +574,39 @@ fn probe_config(opts: &ProbeOptions, rings: RingLayout) -> ProbeConfig {
     }
 }
 
+/// Creates a ring buffer for every possible CPU and installs it in `RINGS`, where that CPU's
+/// programs find theirs (see `tcptrace-ebpf/src/rings.rs`). Before any program is attached: a
+/// transition that finds no ring for its CPU is counted as refused, a loss (a DaemonSet test
+/// saw one in ~40% of runs, with other tests' connections at the exporter's start, while the
+/// rings were installed after attaching).
+fn install_rings(ebpf: &mut Ebpf, layout: RingLayout) -> Result<Vec<MapData>, ProbeError> {
+    // Borrowed, not taken: the programs are loaded at their attach, after this, and must find
+    // the outer map's fd open.
+    let outer = ebpf
+        .map_mut(map::RINGS)
+        .ok_or_else(|| aya_err("RINGS map")(anyhow::anyhow!("missing from the object")))?;
+    let mut outer: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(outer).map_err(aya_err("RINGS map"))?;
+    let mut rings = Vec::with_capacity(layout.cpus as usize);
+    for cpu in 0..layout.cpus {
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            0,
+            0,
+            layout.per_cpu,
+            0,
+        );
+        let ring = MapData::create(def, "cpu_ring", None)
+            .map_err(aya_err(format!("ring buffer of CPU {cpu}")))?;
+        outer
+            .set(cpu, &ring, 0)
+            .map_err(aya_err(format!("installing the ring buffer of CPU {cpu}")))?;
+        rings.push(ring);
+    }
+    // The outer map is only read by the programs from here on; the rings live in the reader.
+    Ok(rings)
+}
+
 fn port_filter_bits(ports: &[(u16, u8)]) -> u8 {
     if ports.is_empty() { 0 } else { PORT_FILTER_ON }
 }
@@ -618,6 +629,7 @@ fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeErr
         .load(BPF_OBJECT)
         .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
+    let ring_maps = install_rings(&mut ebpf, rings)?;
     let (set, socket_key_fallback) = attach_primary(&mut ebpf, &btf)?;
     if opts.summary && set.key == SocketKey::Address {
         // The address-keyed programs leave out the storage path: a kernel that may not ask
@@ -683,6 +695,7 @@ fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeErr
         timewait_timer_fallback,
         ring_bytes: opts.ring_bytes,
         rings,
+        ring_maps,
         summary: opts.summary,
         summary_fallback: None,
     })
@@ -908,6 +921,7 @@ fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, Prob
         .load(BPF_OBJECT)
         .map_err(aya_err("loading the kernel object"))?;
     fill_ports(&mut ebpf, opts)?;
+    let ring_maps = install_rings(&mut ebpf, rings)?;
     for (name, _, category, event) in &programs {
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
@@ -933,6 +947,7 @@ fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, Prob
         timewait_timer_fallback: None,
         ring_bytes: opts.ring_bytes,
         rings,
+        ring_maps,
         // The classic tracepoint has no typed socket for socket-local storage.
         summary: false,
         summary_fallback: None,
