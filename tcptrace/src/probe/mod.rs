@@ -577,7 +577,7 @@ fn probe_config(opts: &ProbeOptions, rings: RingLayout) -> ProbeConfig {
 /// Creates a ring buffer for every possible CPU and installs it in `RINGS`, where that CPU's
 /// programs find theirs (see `tcptrace-ebpf/src/rings.rs`). Before any program is attached: a
 /// transition that finds no ring for its CPU is counted as refused, a loss (a DaemonSet test
-/// saw one in ~40% of runs, with other tests' connections at the exporter's start, while the
+/// saw one in 9 of 36 runs, with other tests' connections at the exporter's start, while the
 /// rings were installed after attaching).
 fn install_rings(ebpf: &mut Ebpf, layout: RingLayout) -> Result<Vec<MapData>, ProbeError> {
     // Borrowed, not taken: the programs are loaded at their attach, after this, and must find
