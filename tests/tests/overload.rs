@@ -100,10 +100,10 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     let port = free_port("127.0.0.1".parse().unwrap());
     let tracer = report_on(port, &["--ring-size", "4K"]);
     let reference = report_on(port, &["--max-event-rate", "100000000"]);
-    burst_of_2000(port);
+    burst(port, 2000);
     // Past the guard's once-a-second check.
     std::thread::sleep(Duration::from_millis(2500));
-    burst_of_2000(port);
+    burst(port, 2000);
     // The storm's close() returns before the FIN exchange ends: a socket still in FIN_WAIT at
     // the tracer's last table check, and in TIME_WAIT when `ss` looks, would be counted by `ss`
     // alone (seen once in the 6.12 guest: 3770 vs 3771).
@@ -165,14 +165,15 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
 fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
     let port = free_port("127.0.0.1".parse().unwrap());
     // 128 KiB per CPU on up to 2 CPUs (each ring a power of two of at least a page; more CPUs
-    // get smaller rings): 2000 connections make 20,000 records of 112 bytes, 1.1 MiB per CPU
-    // on two, so every ring that carries the storm crosses three quarters. The reference's
-    // rings hold the whole storm.
+    // get smaller rings): 600 connections make 6,000 records of 112 bytes, 330 KiB per CPU on
+    // two, so every ring that carries the storm crosses three quarters (96 KiB). The
+    // reference's rings hold the whole storm. (Few connections: the guests' tcp_max_tw_buckets
+    // is 8192, and this binary's other tests need theirs.)
     let tracer = report_on(port, &["--ring-size", "256K"]);
     let reference = report_on(port, &["--max-event-rate", "100000000"]);
     // SAFETY: signals to our own child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
-    burst_of_2000(port);
+    burst(port, 600);
     // SAFETY: as above.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
     settle(port);
@@ -194,7 +195,7 @@ fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
     assert_eq!(o["switches"], 1, "{o:#}\n{}", out.stderr);
     assert_eq!(doc["lost_events"], 0, "{}", out.stderr);
     time_wait_is_exact(&doc, port);
-    let (seen, lost, counted, generated) = books(&doc, &reference, 20_000);
+    let (seen, lost, counted, generated) = books(&doc, &reference, 6_000);
     assert_eq!(lost, 0, "{}", out.stderr);
     assert!(counted > 0, "{o:#}");
     assert_eq!(
@@ -219,16 +220,23 @@ fn report_on(port: u16, extra: &[&str]) -> Tracer {
     Tracer::start(&args)
 }
 
-/// A storm of exactly 2000 connections to `port` (two client threads), every one completed.
-fn burst_of_2000(port: u16) {
+/// A storm of exactly `conns` connections to `port` (two client threads), every one completed.
+fn burst(port: u16, conns: u32) {
     let out = Command::new(storm_bin())
-        .args(["--threads", "2", "--conns", "2000", "--seconds", "60"])
+        .args([
+            "--threads",
+            "2",
+            "--conns",
+            &conns.to_string(),
+            "--seconds",
+            "60",
+        ])
         .args(["--addr", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["conns"], 2000, "{r}");
+    assert_eq!(r["conns"], conns, "{r}");
 }
 
 /// The report's TIME_WAIT towards `port` equals `ss`'s: exact through the kernel table while
