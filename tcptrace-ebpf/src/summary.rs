@@ -458,9 +458,8 @@ fn send(s: &SockState, sk_btf: *const c_void, sk: u64, old: u8, new: u8, cfg: &P
         (*r).newstate = new;
         (*r)._pad = [0; 8];
     }
-    let flags = emit::wakeup_flags(reserved.ring, cfg);
     // SAFETY: the reservation above, written whole.
-    unsafe { reserved.submit(flags) };
+    unsafe { emit::commit(reserved, cfg) };
 }
 
 /// `tcp_time_wait(sk, substate)`: the close that follows hands the connection to a timewait

@@ -603,7 +603,7 @@ fn install_rings(ebpf: &mut Ebpf, layout: RingLayout) -> Result<Vec<MapData>, Pr
             .map_err(aya_err(format!("installing the ring buffer of CPU {cpu}")))?;
         rings.push(ring);
     }
-    // The outer map is only read by the programs from here on; the rings live in the reader.
+    // The outer map is only read by the programs from here on; the rings go to the reader.
     Ok(rings)
 }
 
