@@ -155,11 +155,46 @@ pub struct TwTimerConfig {
     pub _pad: u16,
 }
 
+/// Bytes of a `sock_common` the timewait lookup reads at once: `skc_hash`, `skc_dport`,
+/// `skc_state` and `skc_net` lie within them on every kernel so far (`skc_net` at 48 on
+/// 64-bit); userspace turns the lookup off where they do not.
+pub const SOCK_COMMON_HEAD: u32 = 56;
+
+/// Where a timewait socket made at a FIN_WAIT2 / CLOSING -> CLOSE would be: at the head of its
+/// chain in the kernel's established hash, which the program looks through at the close (see
+/// `tcptrace-ebpf`'s `timewait_made.rs`). Offsets from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TwLookupConfig {
+    /// `offsetof(struct net, ipv4.tcp_death_row)`: a pointer since 6.1, embedded before.
+    pub net_death_row: u32,
+    /// `offsetof(struct inet_timewait_death_row, hashinfo)` (a pointer).
+    pub death_row_hashinfo: u32,
+    /// `offsetof(struct inet_hashinfo, ehash)` (a pointer to the buckets).
+    pub hashinfo_ehash: u32,
+    /// `offsetof(struct inet_hashinfo, ehash_mask)` (unsigned int).
+    pub hashinfo_ehash_mask: u32,
+    /// `sizeof(struct inet_ehash_bucket)`, whose chain's first node comes first.
+    pub bucket_size: u32,
+    /// `offsetof(struct sock_common, skc_hash)` (u32; the timewait socket keeps the full one's).
+    pub skc_hash: u32,
+    /// `offsetof(struct sock_common, skc_state)` (u8).
+    pub skc_state: u32,
+    /// `offsetof(struct sock_common, skc_nulls_node)`: the chain links point at it.
+    pub skc_nulls_node: u32,
+    /// Non-zero: `tcp_death_row` is a pointer.
+    pub death_row_is_pointer: u8,
+    /// 1 once userspace filled every field; 0 (the default) keeps the lookup off.
+    pub validated: u8,
+    pub _pad: [u8; 6],
+}
+
 // Both sides compile these; a field added on one side only must not go unnoticed.
 const _: () = assert!(core::mem::size_of::<SetStateTpLayout>() == 28);
 const _: () = assert!(core::mem::size_of::<ResetTpLayout>() == 24);
 const _: () = assert!(core::mem::size_of::<TwTimerConfig>() == 24);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 176);
+const _: () = assert!(core::mem::size_of::<TwLookupConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 216);
 
 /// Everything the kernel programs are configured with at load.
 #[repr(C)]
@@ -191,6 +226,8 @@ pub struct ProbeConfig {
     pub _pad: [u8; 7],
     /// The `timer:timer_expire_entry` hook (fentry refused): see [`TwTimerConfig`].
     pub tw_timer: TwTimerConfig,
+    /// Whether a close made a timewait socket: see [`TwLookupConfig`].
+    pub tw_lookup: TwLookupConfig,
 }
 
 #[cfg(feature = "user")]
@@ -203,3 +240,5 @@ unsafe impl aya::Pod for SetStateTpLayout {}
 unsafe impl aya::Pod for ResetTpLayout {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TwTimerConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TwLookupConfig {}

@@ -49,6 +49,12 @@ pub const FLAG_NO_LOCAL_PORT: u8 = 1 << 3;
 pub const FLAG_TW_SUBSTATE: u8 = 1 << 4;
 /// With [`FLAG_TW_SUBSTATE`]: the substate is FIN_WAIT2 (an orphan whose peer has not closed).
 pub const FLAG_TW_FIN_WAIT2: u8 = 1 << 5;
+/// FIN_WAIT2 / CLOSING -> CLOSE that handed the connection to no timewait socket: the full
+/// socket was still in the established hash at its close, so `tcp_time_wait` made none (the
+/// kernel's TIME_WAIT table was full, `tcp_max_tw_buckets`, counted by the kernel as
+/// `TcpExt: TCPTimeWaitOverflow`), or the kernel aborted the connection. Set only where the
+/// kernel offsets name `skc_node`.
+pub const FLAG_NO_TIMEWAIT: u8 = 1 << 6;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -169,6 +175,11 @@ pub const SUMMARY_NO_LOCAL_PORT: u16 = 1 << 11;
 /// Exact, where userspace otherwise infers it from the peer's state, which a summary reports
 /// late.
 pub const SUMMARY_TW_SUBSTATE: u16 = 1 << 15;
+/// A FIN_WAIT2 / CLOSING -> CLOSE that left no timewait socket (see [`FLAG_NO_TIMEWAIT`]),
+/// whatever the fentry hook on `tcp_time_wait`, which runs before the kernel tries to make
+/// one, said. (Bits 12 to 14 are the kernel storage's own flags, never sent; this one is set
+/// in the record only.)
+pub const SUMMARY_NO_TIMEWAIT: u16 = 1 << 14;
 
 /// What a socket did since its last record, sent when it enters CLOSE_WAIT and when it closes:
 /// one record where a trace needs five. Kept by the kernel in socket-local storage

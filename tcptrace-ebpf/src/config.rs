@@ -8,7 +8,7 @@ pub use tcptrace_common::counter::Counter;
 use tcptrace_common::{
     config::{
         MAX_FILTER_PORTS, MODE_RING_FILLED, ProbeConfig, ResetTpLayout, SetStateTpLayout,
-        TwTimerConfig,
+        TwLookupConfig, TwTimerConfig,
     },
     counter::{COUNTER_SLOTS, TRANSITION_SLOTS, transition_slot},
 };
@@ -66,6 +66,19 @@ static CONFIG: ProbeConfig = ProbeConfig {
         tp_function: 0,
         validated: 0,
         _pad: 0,
+    },
+    tw_lookup: TwLookupConfig {
+        net_death_row: 0,
+        death_row_hashinfo: 0,
+        hashinfo_ehash: 0,
+        hashinfo_ehash_mask: 0,
+        bucket_size: 0,
+        skc_hash: 0,
+        skc_state: 0,
+        skc_nulls_node: 0,
+        death_row_is_pointer: 0,
+        validated: 0,
+        _pad: [0; 6],
     },
 };
 

@@ -30,6 +30,7 @@ mod sock;
 mod state_change;
 mod summary;
 mod timewait;
+mod timewait_made;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, tracepoint},

@@ -11,9 +11,10 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     EventKind, TcpState,
+    config::ProbeConfig,
     event::{
-        FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE,
-        RawEvent,
+        FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_NO_TIMEWAIT, FLAG_TW_FIN_WAIT2,
+        FLAG_TW_SUBSTATE, RawEvent,
     },
     pending::{Pending, states_of},
     state::runs_in_owner_context,
@@ -24,7 +25,7 @@ use crate::{
     emit, record,
     rings::Reserved,
     sock::{self, Addr, Sock, Typed},
-    summary,
+    summary, timewait_made,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -177,7 +178,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         count(Counter::BackupEmitted);
     }
     connect_end(Typed(sk_btf), &cfg.offsets, ev);
-    timewait_substate(Typed(sk_btf), &cfg.offsets, ev);
+    timewait_handover(Typed(sk_btf), cfg, ev);
     match reserved {
         // SAFETY: blanked whole by `blank_at`, then filled.
         Some(r) => unsafe { emit::commit(r, cfg) },
@@ -186,13 +187,20 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
     0
 }
 
-/// FIN_WAIT2 -> CLOSE: which timewait socket it made. tcp_fin() sets SOCK_DONE before it calls
+/// FIN_WAIT2 / CLOSING -> CLOSE: whether a timewait socket took the connection over, and in
+/// which substate. None did when the kernel's TIME_WAIT table was full (see
+/// `timewait_made`). Else, from FIN_WAIT2: tcp_fin() sets SOCK_DONE before it calls
 /// tcp_time_wait(TCP_TIME_WAIT); an orphan handed over when its own FIN was acked (or by its
 /// FIN_WAIT2 timer) never had the peer's FIN, and waits in substate FIN_WAIT2. (Not
 /// `sk_shutdown`'s RCV_SHUTDOWN: tcp_close() sets that on every socket it closes.)
 /// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4400>
 #[inline(always)]
-fn timewait_substate(sk: impl Sock, o: &tcptrace_common::config::SockOffsets, ev: &mut RawEvent) {
+fn timewait_handover(sk: impl Sock, cfg: &ProbeConfig, ev: &mut RawEvent) {
+    let o = &cfg.offsets;
+    if timewait_made::refused(sk, ev.oldstate, ev.newstate, cfg) {
+        ev.flags |= FLAG_NO_TIMEWAIT;
+        return;
+    }
     if ev.oldstate != TcpState::FinWait2 as u8
         || ev.newstate != TcpState::Close as u8
         || o.sk_flags == 0
@@ -263,7 +271,7 @@ pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
     let owner = runs_in_owner_context(ev.oldstate, ev.newstate);
     emit::fill_task(ev, owner);
     connect_end(Addr(ev.skaddr), &cfg.offsets, ev);
-    timewait_substate(Addr(ev.skaddr), &cfg.offsets, ev);
+    timewait_handover(Addr(ev.skaddr), cfg, ev);
     emit::submit(ev, cfg);
     0
 }

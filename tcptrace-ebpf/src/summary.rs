@@ -28,9 +28,9 @@ use tcptrace_common::{
     config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
     event::{
         AF_INET, AF_INET6, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
-        SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE,
-        SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_TUPLE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED,
-        SUMMARY_TW_SUBSTATE, SockSummary,
+        SUMMARY_NO_LOCAL_PORT, SUMMARY_NO_TIMEWAIT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT,
+        SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_TUPLE, SUMMARY_TW_FIN_WAIT2,
+        SUMMARY_TW_HOOKED, SUMMARY_TW_SUBSTATE, SockSummary,
     },
     state::runs_in_owner_context,
 };
@@ -41,6 +41,7 @@ use crate::{
     rings::Reserved,
     sock::{self, Sock, Typed},
     state_change::SOCK_DONE,
+    timewait_made,
 };
 
 /// What the kernel keeps per socket (about 200 bytes; freed with the socket).
@@ -447,6 +448,11 @@ fn send(s: &SockState, sk_btf: *const c_void, sk: u64, old: u8, new: u8, cfg: &P
         {
             // A failed connect ends in the caller's connect() only when no port was left.
             flags |= SUMMARY_OWNER_CONTEXT;
+        }
+        // Read at the close itself, not kept in the storage (whose spare flag bits are taken):
+        // the hook on `tcp_time_wait` runs before the kernel tries to make a timewait socket.
+        if timewait_made::refused(Typed(sk_btf), old, new, cfg) {
+            flags |= SUMMARY_NO_TIMEWAIT;
         }
         (*r).flags = flags;
         (*r).err = if new == CLOSE && cfg.offsets.sk_err != 0 {

@@ -7,11 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use compact_str::CompactString;
 use tcptrace_common::event::{
-    AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_OWNER_CONTEXT,
-    FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE, RAW_EVENT_SIZE, STATE_SLOTS, SUMMARY_BORN_UNSEEN,
-    SUMMARY_CLOSER, SUMMARY_HAS_COOKIE, SUMMARY_NO_LOCAL_PORT, SUMMARY_OWNER,
-    SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED, SUMMARY_RESET, SUMMARY_SIZE,
-    SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SUMMARY_TW_SUBSTATE, SockSummary,
+    AF_INET, AF_INET6, FLAG_FROM_BACKUP, FLAG_HAS_COOKIE, FLAG_NO_LOCAL_PORT, FLAG_NO_TIMEWAIT,
+    FLAG_OWNER_CONTEXT, FLAG_TW_FIN_WAIT2, FLAG_TW_SUBSTATE, RAW_EVENT_SIZE, STATE_SLOTS,
+    SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE, SUMMARY_NO_LOCAL_PORT,
+    SUMMARY_NO_TIMEWAIT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT, SUMMARY_PASSIVE, SUMMARY_REPAIRED,
+    SUMMARY_RESET, SUMMARY_SIZE, SUMMARY_TW_FIN_WAIT2, SUMMARY_TW_HOOKED, SUMMARY_TW_SUBSTATE,
+    SockSummary,
 };
 use tcptrace_common::{EventKind, RawEvent, TcpState};
 
@@ -165,10 +166,12 @@ pub struct Event {
     pub from_backup: bool,
     /// SYN_SENT -> CLOSE only: why the connect ended.
     pub connect_end: Option<ConnectEnd>,
-    /// FIN_WAIT2 -> CLOSE only: the substate of the timewait socket it made, read by the kernel
-    /// from `SOCK_DONE` in `sk_flags` (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2);
-    /// `None` when not read. Unlike a summary's `Stays::timewait` (the fentry hook), it promises
-    /// no exact end.
+    /// FIN_WAIT2 / CLOSING -> CLOSE only: what the kernel left behind, read at the close.
+    /// `Some(Close)`: no timewait socket (the full socket was still hashed: the kernel's
+    /// TIME_WAIT table was full, or the connection was aborted). Else, from FIN_WAIT2, the
+    /// substate of the timewait socket it made, from `SOCK_DONE` in `sk_flags` (the peer's FIN
+    /// had arrived: TIME_WAIT; else FIN_WAIT2). `None` when not read. Unlike a summary's
+    /// `Stays::timewait` (the fentry hook), it promises no exact end.
     pub timewait_read: Option<TcpState>,
 }
 
@@ -307,7 +310,11 @@ pub fn decode_summary(raw: &SockSummary) -> Result<Event, DecodeError> {
             no_local_port: f & SUMMARY_NO_LOCAL_PORT != 0,
             in_caller: Some(f & SUMMARY_OWNER_CONTEXT != 0),
         }),
-        timewait_read: (f & SUMMARY_TW_SUBSTATE != 0).then_some(substate),
+        timewait_read: if f & SUMMARY_NO_TIMEWAIT != 0 {
+            Some(TcpState::Close)
+        } else {
+            (f & SUMMARY_TW_SUBSTATE != 0).then_some(substate)
+        },
     })
 }
 
@@ -355,7 +362,14 @@ pub fn encode_summary(ev: &Event) -> Option<SockSummary> {
         | bit(stays.repaired, SUMMARY_REPAIRED)
         | bit(stays.passive, SUMMARY_PASSIVE)
         | bit(stays.timewait.is_some(), SUMMARY_TW_HOOKED)
-        | bit(ev.timewait_read.is_some(), SUMMARY_TW_SUBSTATE)
+        | bit(
+            ev.timewait_read.is_some() && ev.timewait_read != Some(TcpState::Close),
+            SUMMARY_TW_SUBSTATE,
+        )
+        | bit(
+            ev.timewait_read == Some(TcpState::Close),
+            SUMMARY_NO_TIMEWAIT,
+        )
         | bit(
             stays.timewait.or(ev.timewait_read) == Some(TcpState::FinWait2),
             SUMMARY_TW_FIN_WAIT2,
@@ -441,13 +455,15 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             no_local_port: raw.flags & FLAG_NO_LOCAL_PORT != 0,
             in_caller: None,
         }),
-        timewait_read: (raw.flags & FLAG_TW_SUBSTATE != 0).then_some(
-            if raw.flags & FLAG_TW_FIN_WAIT2 != 0 {
+        timewait_read: if raw.flags & FLAG_NO_TIMEWAIT != 0 {
+            Some(TcpState::Close)
+        } else {
+            (raw.flags & FLAG_TW_SUBSTATE != 0).then_some(if raw.flags & FLAG_TW_FIN_WAIT2 != 0 {
                 TcpState::FinWait2
             } else {
                 TcpState::TimeWait
-            },
-        ),
+            })
+        },
     })
 }
 
@@ -510,11 +526,15 @@ pub fn encode(ev: &Event) -> RawEvent {
             raw.flags |= FLAG_NO_LOCAL_PORT;
         }
     }
-    if let Some(substate) = ev.timewait_read {
-        raw.flags |= FLAG_TW_SUBSTATE;
-        if substate == TcpState::FinWait2 {
-            raw.flags |= FLAG_TW_FIN_WAIT2;
+    match ev.timewait_read {
+        Some(TcpState::Close) => raw.flags |= FLAG_NO_TIMEWAIT,
+        Some(substate) => {
+            raw.flags |= FLAG_TW_SUBSTATE;
+            if substate == TcpState::FinWait2 {
+                raw.flags |= FLAG_TW_FIN_WAIT2;
+            }
         }
+        None => {}
     }
     raw
 }
@@ -618,8 +638,9 @@ mod tests {
             ]
         );
         assert!(encode_summary(&sample(false)).is_none());
-        // The substate the kernel read without the hook round-trips apart from the hooked one.
-        for read in [TcpState::FinWait2, TcpState::TimeWait] {
+        // The substate the kernel read without the hook round-trips apart from the hooked one,
+        // and so does "no timewait socket" (CLOSE).
+        for read in [TcpState::FinWait2, TcpState::TimeWait, TcpState::Close] {
             let mut ev = ev.clone();
             if let What::Summary { stays, .. } = &mut ev.what {
                 stays.timewait = None;

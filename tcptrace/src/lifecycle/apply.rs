@@ -388,7 +388,10 @@ impl SocketTable {
     /// CLOSING -> CLOSE without a RST hand the connection to a timewait socket
     /// (`tcp_time_wait`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_minisocks.c>).
     /// When the fentry hook on `tcp_time_wait` reported it (just before this ->CLOSE), its
-    /// substate is used instead of the inference.
+    /// substate is used instead of the inference. When the kernel read that no timewait socket
+    /// was made (its TIME_WAIT table full: `Event::timewait_read` is CLOSE), none is kept: at
+    /// the `tcp_max_tw_buckets` cap most closes are such, and keeping them would count
+    /// TIME_WAIT far above `ss` until the next check against the kernel's table.
     fn close(&mut self, slot: u32, ev: &Event, old: TcpState, fresh: bool, a: &mut Applied) {
         let ts = ev.ts_ns;
         let e = &self.slab[slot as usize];
@@ -408,7 +411,12 @@ impl SocketTable {
         // Else the substate the kernel read (`SOCK_DONE` in `sk_flags`), where it could: exact,
         // and needed for summaries, which report the local peer's CLOSE_WAIT -> LAST_ACK only
         // at its close, so that the peer still looks held here when it is not.
-        let held = if hooked {
+        // The kernel made no timewait socket at all (its TIME_WAIT table was full): whatever
+        // the hook on `tcp_time_wait`, which runs before it tries, or the state said.
+        let skipped = !reset && ev.timewait_read == Some(Close);
+        let held = if skipped {
+            false
+        } else if hooked {
             !reset && hooked_fw2
         } else if let Some(substate) = ev.timewait_read {
             !reset && substate == FinWait2
@@ -441,7 +449,7 @@ impl SocketTable {
         e.last_new = Close as u8;
         e.last_ns = ts;
 
-        if !reset && hooked {
+        if !reset && hooked && !skipped {
             self.stats.timewait_exact += 1;
         }
         if !reset && held {
@@ -449,7 +457,7 @@ impl SocketTable {
             self.become_mini(slot, FinWait2, since, ts);
             a.push(Subject::This, Change::HeldInFinWait2 { at_ns: ts });
             a.state = Some(FinWait2);
-        } else if !reset && (hooked || matches!(old, FinWait2 | Closing)) {
+        } else if !reset && !skipped && (hooked || matches!(old, FinWait2 | Closing)) {
             self.become_mini(slot, TimeWait, ts, ts);
             if !hooked {
                 self.stats.timewait_inferred += 1;
@@ -465,6 +473,9 @@ impl SocketTable {
         } else {
             if reset {
                 self.stats.reset_closes += 1;
+            }
+            if skipped {
+                self.stats.timewait_skipped += 1;
             }
             match old {
                 // The app closed with unread data or aborted: its RST kills our side's

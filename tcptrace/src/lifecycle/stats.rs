@@ -145,6 +145,11 @@ pub struct TableStats {
     /// Timewait sockets (TIME_WAIT, or the FIN_WAIT2 substate) whose start and substate the
     /// fentry hook on `tcp_time_wait` reported exactly.
     pub timewait_exact: u64,
+    /// FIN_WAIT2 / CLOSING -> CLOSE without a RST that left no timewait socket, as the kernel
+    /// read at the close: its TIME_WAIT table was full (`net.ipv4.tcp_max_tw_buckets`; the
+    /// kernel counts these as `TcpExt: TCPTimeWaitOverflow`), or it aborted the connection.
+    /// No TIME_WAIT follows: those connections' 4-tuples are free again at once.
+    pub timewait_skipped: u64,
     /// Timewait sockets ended by a new connection on their 4-tuple.
     pub timewait_reused: u64,
     /// Timewait sockets whose timer ran out.

@@ -14,7 +14,7 @@ use std::{
     sync::Arc,
 };
 
-use tcptrace_common::config::SockOffsets;
+use tcptrace_common::config::{SOCK_COMMON_HEAD, SockOffsets, TwLookupConfig};
 
 /// Where the kernel exposes its own BTF (CONFIG_DEBUG_INFO_BTF).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -65,6 +65,7 @@ struct Layout {
     sock: Result<SockOffsets, BtfError>,
     timewait_shares_sock_common: Result<bool, BtfError>,
     timewait_timer: Result<(u32, u32), BtfError>,
+    timewait_lookup: Result<TwLookupConfig, BtfError>,
 }
 
 fn vmlinux() -> Result<&'static Layout, BtfError> {
@@ -78,6 +79,7 @@ fn vmlinux() -> Result<&'static Layout, BtfError> {
         sock: sock_offsets_in(&btf),
         timewait_shares_sock_common: timewait_shares_sock_common_in(&btf),
         timewait_timer: timewait_timer_offsets_in(&btf),
+        timewait_lookup: timewait_lookup_in(&btf),
     };
     Ok(LAYOUT.get_or_init(|| layout))
 }
@@ -192,6 +194,63 @@ fn timewait_timer_offsets_in(btf: &Btf<'_>) -> Result<(u32, u32), BtfError> {
         .field("inet_timewait_sock", &["__tw_common", "skc_cookie"])?
         .plain_bytes(8)?;
     Ok((tw_timer, cookie))
+}
+
+/// Where a close's timewait socket would be in the established hash (see [`TwLookupConfig`]).
+pub fn timewait_lookup() -> Result<TwLookupConfig, BtfError> {
+    vmlinux()?.timewait_lookup.clone()
+}
+
+fn timewait_lookup_in(btf: &Btf<'_>) -> Result<TwLookupConfig, BtfError> {
+    let death_row = btf.field("net", &["ipv4", "tcp_death_row"])?;
+    let (_, death_row_type) = btf.strip(death_row.type_id)?;
+    let death_row_is_pointer = death_row_type.kind == KIND_PTR;
+    let net_death_row = if death_row_is_pointer {
+        death_row.plain_bytes(8)?
+    } else {
+        let bytes = death_row.bytes;
+        death_row.plain_bytes(bytes)?
+    };
+    let bucket = btf
+        .structs_named("inet_ehash_bucket")?
+        .first()
+        .copied()
+        .ok_or_else(|| BtfError::MissingType("inet_ehash_bucket".to_owned()))?;
+    let head = |name: &str, bytes: u32| -> Result<u32, BtfError> {
+        let off = btf
+            .field("sock", &["__sk_common", name])?
+            .plain_bytes(bytes)?;
+        if off + bytes > SOCK_COMMON_HEAD {
+            // The program reads the head of a chained socket in one piece.
+            return Err(BtfError::Malformed(format!(
+                "`sock.__sk_common.{name}` at byte {off}, past the {SOCK_COMMON_HEAD} bytes the \
+                 timewait lookup reads"
+            )));
+        }
+        Ok(off)
+    };
+    for (name, bytes) in [("skc_dport", 2), ("skc_net", 8)] {
+        head(name, bytes)?;
+    }
+    let nulls_node = btf.field("sock", &["__sk_common", "skc_nulls_node"])?;
+    let nulls_node_bytes = nulls_node.bytes;
+    Ok(TwLookupConfig {
+        net_death_row,
+        death_row_hashinfo: btf
+            .field("inet_timewait_death_row", &["hashinfo"])?
+            .plain_bytes(8)?,
+        hashinfo_ehash: btf.field("inet_hashinfo", &["ehash"])?.plain_bytes(8)?,
+        hashinfo_ehash_mask: btf
+            .field("inet_hashinfo", &["ehash_mask"])?
+            .plain_bytes(4)?,
+        bucket_size: btf.size_of(bucket, 0)?,
+        skc_hash: head("skc_hash", 4)?,
+        skc_state: head("skc_state", 1)?,
+        skc_nulls_node: nulls_node.plain_bytes(nulls_node_bytes)?,
+        death_row_is_pointer: u8::from(death_row_is_pointer),
+        validated: 1,
+        _pad: [0; 6],
+    })
 }
 
 /// `sock.sk_protocol`: a u16 since 5.6, an 8-bit bitfield next to `sk_type` before

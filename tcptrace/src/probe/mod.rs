@@ -211,6 +211,9 @@ pub struct Probe {
     pub timewait_fallback: Option<String>,
     /// Why the `timer:timer_expire_entry` hook is not attached either, when it was tried.
     pub timewait_timer_fallback: Option<String>,
+    /// Why closes that made no timewait socket (the `tcp_max_tw_buckets` cap) cannot be told
+    /// apart, when they cannot (see [`set_tw_lookup`]).
+    pub timewait_overflow_fallback: Option<String>,
     pub ring_bytes: u32,
     /// The rings: one per possible CPU, and their size.
     pub rings: RingLayout,
@@ -558,6 +561,19 @@ impl RingLayout {
     }
 }
 
+/// [`btf::timewait_lookup`] into `cfg`; the reason it is off, when it is. Without it every
+/// FIN_WAIT2 / CLOSING -> CLOSE is taken to have made a timewait socket until the next check
+/// against the kernel's table.
+fn set_tw_lookup(cfg: &mut ProbeConfig) -> Option<String> {
+    match btf::timewait_lookup() {
+        Ok(t) => {
+            cfg.tw_lookup = t;
+            None
+        }
+        Err(e) => Some(format!("locating the established hash in BTF: {e}")),
+    }
+}
+
 fn probe_config(opts: &ProbeOptions, rings: RingLayout) -> ProbeConfig {
     ProbeConfig {
         summary: u8::from(opts.summary),
@@ -615,6 +631,7 @@ fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeErr
     let offsets = btf::sock_offsets().map_err(aya_err("reading struct sock offsets from BTF"))?;
     let mut cfg = probe_config(opts, rings);
     cfg.offsets = offsets;
+    let timewait_overflow_fallback = set_tw_lookup(&mut cfg);
     // Resolved before the load, as the configuration is fixed then; the program is attached
     // only if fentry fails.
     let timer = match opts.timewait_hooks {
@@ -693,6 +710,7 @@ fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeErr
         timewait,
         timewait_fallback,
         timewait_timer_fallback,
+        timewait_overflow_fallback,
         ring_bytes: opts.ring_bytes,
         rings,
         ring_maps,
@@ -891,9 +909,14 @@ fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, Prob
     cfg.tp_set_state =
         tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
     // Offsets are optional here: with BTF (a forced fallback) the namespace is still read.
-    if let Ok(offsets) = btf::sock_offsets() {
-        cfg.offsets = offsets;
-    }
+    let timewait_overflow_fallback = match btf::sock_offsets() {
+        Ok(offsets) => {
+            cfg.offsets = offsets;
+            set_tw_lookup(&mut cfg)
+        }
+        // The check reads the socket's namespace, which needs the offsets.
+        Err(e) => Some(format!("{e}")),
+    };
     let mut programs = vec![(
         program::SET_STATE_TP,
         ProgRole::Primary,
@@ -945,6 +968,7 @@ fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, Prob
         timewait: TimewaitMethod::Inferred,
         timewait_fallback: None,
         timewait_timer_fallback: None,
+        timewait_overflow_fallback,
         ring_bytes: opts.ring_bytes,
         rings,
         ring_maps,

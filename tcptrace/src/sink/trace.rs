@@ -278,6 +278,10 @@ fn trace_line(
             _ => {}
         }
     }
+    if note.is_none() && ev.timewait_read == Some(TcpState::Close) {
+        // The kernel's TIME_WAIT table was full (`tcp_max_tw_buckets`): no timewait socket.
+        note = Some("no_time_wait");
+    }
     TraceLine {
         event: ev,
         old,

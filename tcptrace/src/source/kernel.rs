@@ -60,6 +60,13 @@ impl KernelSource {
                  TIME_WAIT's end as its start + 60 s"
             );
         }
+        if let Some(why) = &probe.timewait_overflow_fallback {
+            eprintln!(
+                "tcptrace: closes that make no timewait socket cannot be told apart ({why}); at \
+                 the tcp_max_tw_buckets cap TIME_WAIT counts stay high until the next check \
+                 against the kernel's table"
+            );
+        }
         Ok(KernelSource { probe, reader })
     }
 

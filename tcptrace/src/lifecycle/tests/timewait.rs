@@ -1,6 +1,6 @@
 //! TIME_WAIT inference: the held FIN_WAIT2, expiry, reuse, reset.
 
-use tcptrace_common::TcpState::*;
+use tcptrace_common::TcpState::{self, *};
 
 use super::super::change::{Change, LeaveReason, Subject};
 use super::super::fixtures::*;
@@ -232,10 +232,9 @@ fn peer_abort_from_close_wait_kills_the_held_fin_wait2() {
     assert_eq!(t.counts().get(TimeWait), 0);
 }
 
-#[test]
-fn remote_peer_fin_wait2_close_is_time_wait_at_once() {
-    let mut fx = Fx::new();
-    let mut t = SocketTable::new(Limits::default());
+/// A connect to a remote peer, closed by its app first, up to `last` (FIN_WAIT2, or CLOSING
+/// in a simultaneous close).
+fn active_close(fx: &mut Fx, t: &mut SocketTable, last: TcpState) -> Sk {
     let sk = fx.sock("10.0.0.1:50000", "10.0.0.2:443");
     t.apply(&fx.tr(&sk, Close, SynSent, &Ctx::Owner(7, "app")));
     t.apply(&fx.step(MS).tr(&sk, SynSent, Established, &SWAPPER));
@@ -243,7 +242,15 @@ fn remote_peer_fin_wait2_close_is_time_wait_at_once() {
         &fx.step(MS)
             .tr(&sk, Established, FinWait1, &Ctx::Owner(7, "app")),
     );
-    t.apply(&fx.step(MS).tr(&sk, FinWait1, FinWait2, &SWAPPER));
+    t.apply(&fx.step(MS).tr(&sk, FinWait1, last, &SWAPPER));
+    sk
+}
+
+#[test]
+fn remote_peer_fin_wait2_close_is_time_wait_at_once() {
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits::default());
+    let sk = active_close(&mut fx, &mut t, FinWait2);
     let a = t.apply(&fx.step(MS).tr(&sk, FinWait2, Close, &SWAPPER));
     assert!(a.changes().contains(&(
         Subject::This,
@@ -253,4 +260,43 @@ fn remote_peer_fin_wait2_close_is_time_wait_at_once() {
         }
     )));
     assert_eq!(find(&t, &sk).unwrap().since_ns, Some(fx.ts));
+}
+
+/// The kernel's TIME_WAIT table was full (`tcp_max_tw_buckets`): the program found no timewait
+/// socket in the established hash at FIN_WAIT2 / CLOSING -> CLOSE. The connection is gone, not
+/// in TIME_WAIT, whatever the state it closed from suggests.
+#[test]
+fn a_close_that_made_no_timewait_socket_leaves_no_time_wait() {
+    for last in [FinWait2, Closing] {
+        let mut fx = Fx::new();
+        let mut t = SocketTable::new(Limits::default());
+        let sk = active_close(&mut fx, &mut t, last);
+        let mut ev = fx.step(MS).tr(&sk, last, Close, &SWAPPER);
+        ev.timewait_read = Some(Close);
+        let a = t.apply(&ev);
+        assert!(
+            a.changes()
+                .iter()
+                .any(|c| matches!(c.1, Change::Closed { .. })),
+            "{last:?}: {:?}",
+            a.changes()
+        );
+        assert!(
+            !a.changes().iter().any(|c| matches!(
+                c.1,
+                Change::Entered {
+                    state: TimeWait,
+                    ..
+                }
+            )),
+            "{last:?}"
+        );
+        assert_eq!(find(&t, &sk), None, "{last:?}");
+        assert_eq!(t.counts().get(TimeWait), 0);
+        assert_eq!(
+            (t.stats().timewait_skipped, t.stats().timewait_inferred),
+            (1, 0)
+        );
+        check_counts(&t);
+    }
 }

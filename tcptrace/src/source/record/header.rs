@@ -32,7 +32,10 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// CLOSE_WAIT sockets), and gave two bytes of the Event record's padding to `err` and bit 3 of
 /// its flags to "no local port" (SYN_SENT -> CLOSE only; 0 in older files, as padding was),
 /// and the `socket_key` metadata key.
-pub const FORMAT_MINOR: u16 = 3;
+/// 1.4 gave bit 6 of the Event record's flags and bit 14 of the Summary record's to "no timewait
+/// socket" (a FIN_WAIT2 / CLOSING -> CLOSE at the `tcp_max_tw_buckets` cap; 0 in older files,
+/// read as before: a timewait socket is inferred).
+pub const FORMAT_MINOR: u16 = 4;
 /// Header flag: the file holds Summary records (a session in summary mode). A reader that does
 /// not know them must refuse the file: skipping them would drop every close.
 pub const FLAG_SUMMARIES: u32 = 1 << 0;
