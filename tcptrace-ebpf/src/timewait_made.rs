@@ -13,6 +13,9 @@
 //! against the kernel's table: at 40k connections/s against the cap it showed 212,015
 //! TIME_WAIT sockets where `ss` showed 131,076.
 
+use core::{ffi::c_void, mem::MaybeUninit, mem::size_of};
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use tcptrace_common::{
     TcpState,
     config::{ProbeConfig, SOCK_COMMON_HEAD},
@@ -27,7 +30,6 @@ const LOOK: usize = 4;
 
 /// The first [`SOCK_COMMON_HEAD`] bytes of a `sock_common`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
 struct Head([u64; SOCK_COMMON_HEAD as usize / 8]);
 
 impl Head {
@@ -35,12 +37,40 @@ impl Head {
     #[inline(always)]
     fn field<T: Copy + Default>(&self, off: u32) -> T {
         let off = off as usize;
-        if off + core::mem::size_of::<T>() > core::mem::size_of::<Head>() {
+        if off + size_of::<T>() > size_of::<Head>() {
             return T::default();
         }
         // SAFETY: in bounds (checked above); an unaligned read of plain bytes.
         unsafe { core::ptr::read_unaligned(self.0.as_ptr().cast::<u8>().add(off).cast::<T>()) }
     }
+}
+
+/// Whether the socket whose `sock_common` starts at `at` is the timewait socket sought. One
+/// read of its head into stack memory left uninitialised (the helper writes all of it, or
+/// fails): a zeroed or returned `Head` compiled to a byte loop (`memset`) that the 6.1
+/// verifier walked, inside the chain walk, up to its million-instruction limit.
+#[inline(always)]
+fn is_the_timewait_socket(at: u64, hash: u32, dport: u16, net: u64, cfg: &ProbeConfig) -> bool {
+    let mut head = MaybeUninit::<Head>::uninit();
+    // SAFETY: the destination is our stack slot of exactly that size; the helper checks the
+    // source address.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            head.as_mut_ptr().cast(),
+            size_of::<Head>() as u32,
+            at as *const c_void,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: written whole by the helper, which returned 0.
+    let c = unsafe { head.assume_init_ref() };
+    let (t, o) = (&cfg.tw_lookup, &cfg.offsets);
+    c.field::<u8>(t.skc_state) == TcpState::TimeWait as u8
+        && c.field::<u32>(t.skc_hash) == hash
+        && c.field::<u16>(o.skc_dport) == dport
+        && c.field::<u64>(o.skc_net) == net
 }
 
 /// True when this FIN_WAIT2 / CLOSING -> CLOSE made no timewait socket (none with the full
@@ -87,12 +117,7 @@ pub fn refused(sk: impl Sock, old: u8, new: u8, cfg: &ProbeConfig) -> bool {
         }
         // The node's `sock_common` head in one read: userspace checked that the four fields
         // lie within it (`SOCK_COMMON_HEAD`).
-        let c: Head = Addr(node - t.skc_nulls_node as u64).at(0);
-        if c.field::<u8>(t.skc_state) == TcpState::TimeWait as u8
-            && c.field::<u32>(t.skc_hash) == hash
-            && c.field::<u16>(o.skc_dport) == dport
-            && c.field::<u64>(o.skc_net) == net.0
-        {
+        if is_the_timewait_socket(node - t.skc_nulls_node as u64, hash, dport, net.0, cfg) {
             return false;
         }
         node = Addr(node).at(0);

@@ -149,6 +149,17 @@ fn at_the_cap(ip: &str, port_offset: u16) {
              lost\n{}",
             out.stderr
         );
+        // This process closed every client first: the refused closes are counted against it,
+        // beside the TIME_WAIT it holds.
+        let me = doc["by_pid"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["pid"] == std::process::id()))
+            .unwrap_or_else(|| panic!("{mode}: no by_pid row for this test: {doc:#}"));
+        assert_eq!(
+            (&me["time_wait"], &me["time_wait_refused"]),
+            (&Value::from(CAP), &Value::from(refused)),
+            "{mode}: this process's TIME_WAIT and refused closes"
+        );
     }
 }
 

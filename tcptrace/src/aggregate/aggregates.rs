@@ -126,6 +126,9 @@ impl Aggregates {
             Change::ConnectFailed { errno } => {
                 self.connect_failures.record(sock.owner, sock.remote, errno);
             }
+            Change::TimeWaitRefused => {
+                self.each_group(sock, ts_ns, |g| g.time_wait_refused += 1);
+            }
             Change::Closed {
                 lifetime_ns: Some(l),
                 ..

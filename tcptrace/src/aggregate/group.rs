@@ -12,6 +12,8 @@ use super::dwell::{Dwell, GROUP_SIGFIG};
 pub struct GroupStats {
     /// Sockets that entered TIME_WAIT.
     pub time_wait_entries: u64,
+    /// Closes that asked for TIME_WAIT and got none: the kernel's TIME_WAIT table was full.
+    pub time_wait_refused: u64,
     /// Sockets that entered CLOSE_WAIT.
     pub close_wait_entries: u64,
     /// Completed TIME_WAIT stays (allocated on first use).
@@ -30,6 +32,7 @@ impl GroupStats {
     /// Activity used to pick eviction victims: the least eventful go first.
     fn weight(&self) -> u64 {
         self.time_wait_entries
+            + self.time_wait_refused
             + self.close_wait_entries
             + self.lifetime.as_ref().map_or(0, |d| d.count())
     }
@@ -61,6 +64,7 @@ impl GroupStats {
     /// Adds another group's history to this one.
     fn merge(&mut self, o: GroupStats) {
         self.time_wait_entries += o.time_wait_entries;
+        self.time_wait_refused += o.time_wait_refused;
         self.close_wait_entries += o.close_wait_entries;
         for (mine, theirs) in [
             (&mut self.time_wait_dwell, o.time_wait_dwell),

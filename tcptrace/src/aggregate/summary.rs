@@ -139,6 +139,10 @@ pub struct GroupCounts {
     pub close_wait: u64,
     /// Sockets that entered TIME_WAIT during the window.
     pub time_wait_entries: u64,
+    /// Closes during the window that asked for TIME_WAIT and got none: the kernel's TIME_WAIT
+    /// table was full (`tcp_max_tw_buckets`). Left out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub time_wait_refused: u64,
     /// Sockets that entered CLOSE_WAIT during the window.
     pub close_wait_entries: u64,
     /// `time_wait_entries` per second.
@@ -434,9 +438,9 @@ fn rank<K: Hash + Eq + Ord + Clone>(
 ) -> Vec<K> {
     let score = |k: &K| {
         let now = current.get(k).map_or(0, |c| c.time_wait + c.close_wait);
-        let entries = history
-            .lookup(k)
-            .map_or(0, |g| g.time_wait_entries + g.close_wait_entries);
+        let entries = history.lookup(k).map_or(0, |g| {
+            g.time_wait_entries + g.time_wait_refused + g.close_wait_entries
+        });
         (now, entries)
     };
     let mut ranked: Vec<(u64, u64, &K)> = current
@@ -488,6 +492,7 @@ fn counts(
     }
     if let Some(g) = g {
         out.time_wait_entries = g.time_wait_entries;
+        out.time_wait_refused = g.time_wait_refused;
         out.close_wait_entries = g.close_wait_entries;
         out.time_wait_per_s = rate(g.time_wait_entries);
         out.close_wait_per_s = rate(g.close_wait_entries);
@@ -501,6 +506,10 @@ fn counts(
 }
 
 /// Nearest-rank quantiles of sorted values (ns).
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 fn exact(sorted: &[u64]) -> DwellMs {
     let q = |q: f64| {
         let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());

@@ -57,6 +57,8 @@ pub struct ProcEvidence {
     pub close_wait_peers: Vec<(String, u64)>,
     pub time_wait: u64,
     pub time_wait_per_s: f64,
+    /// Its closes during the window that found the kernel's TIME_WAIT table full.
+    pub time_wait_refused: u64,
 }
 
 /// TIME_WAIT of accepted connections on one local (listening) port: the server closed first.
@@ -255,6 +257,7 @@ impl Evidence {
                     close_wait_peers: top_counts(scan.peers, LIST),
                     time_wait: r.counts.time_wait,
                     time_wait_per_s: r.counts.time_wait_per_s,
+                    time_wait_refused: r.counts.time_wait_refused,
                 }
             })
             .collect();

@@ -36,9 +36,31 @@ pub fn tw_buckets(ev: &Evidence, host: &HostFacts) -> Option<Finding> {
             ev.window_s
         ));
     }
-    // The biggest TIME_WAIT holders, as far as the tracked sockets show.
-    let mut procs: Vec<_> = ev.processes.iter().filter(|p| p.time_wait > 0).collect();
-    procs.sort_by_key(|x| std::cmp::Reverse(x.time_wait));
+    // The biggest TIME_WAIT holders, as far as the tracked sockets show, with the closes that
+    // found the table full: at the limit those are the demand the held count no longer shows.
+    let mut procs: Vec<_> = ev
+        .processes
+        .iter()
+        .filter(|p| p.time_wait + p.time_wait_refused > 0)
+        .collect();
+    procs.sort_by_key(|x| std::cmp::Reverse(x.time_wait + x.time_wait_refused));
+    let refusers: Vec<String> = procs
+        .iter()
+        .filter(|p| p.time_wait_refused > 0)
+        .take(5)
+        .map(|p| {
+            format!(
+                "{} (pid {}) {}",
+                p.proc.comm, p.proc.pid, p.time_wait_refused
+            )
+        })
+        .collect();
+    if !refusers.is_empty() {
+        what.push_str(&format!(
+            " Closes that found the table full, by closer: {}.",
+            refusers.join(", ")
+        ));
+    }
     let mut ports: Vec<_> = ev.listen_ports.iter().filter(|l| l.time_wait > 0).collect();
     ports.sort_by_key(|x| std::cmp::Reverse(x.time_wait));
     let mut dests: Vec<_> = ev.destinations.iter().collect();

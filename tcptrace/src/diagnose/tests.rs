@@ -264,6 +264,13 @@ fn tw_bucket_overflow_is_critical_and_names_the_knob() {
         time_wait: 20,
         ..ProcEvidence::default()
     });
+    // A closer whose every close found the table full holds no TIME_WAIT at all: it is named
+    // first, by the closes refused.
+    ev.processes.push(ProcEvidence {
+        proc: proc_id(6),
+        time_wait_refused: 180,
+        ..ProcEvidence::default()
+    });
     let mut h = host();
     h.sysctls.tcp_max_tw_buckets = Some(20);
     h.time_wait_now = Some(20);
@@ -273,7 +280,14 @@ fn tw_bucket_overflow_is_critical_and_names_the_knob() {
     assert_eq!(f[0].severity, Severity::Critical);
     assert_eq!(f[0].numbers["tw_overflow"], 180.0);
     assert_eq!(f[0].knobs[0].sysctl, "net.ipv4.tcp_max_tw_buckets");
-    assert_eq!(f[0].who.processes[0].pid, 5);
+    let pids: Vec<u32> = f[0].who.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [6, 5]);
+    assert!(
+        f[0].what
+            .contains("found the table full, by closer: app6 (pid 6) 180."),
+        "{}",
+        f[0].what
+    );
 }
 
 #[test]

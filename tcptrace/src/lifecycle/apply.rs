@@ -476,6 +476,8 @@ impl SocketTable {
             }
             if skipped {
                 self.stats.timewait_skipped += 1;
+                self.closer_owns(slot);
+                a.push(Subject::This, Change::TimeWaitRefused);
             }
             match old {
                 // The app closed with unread data or aborted: its RST kills our side's
@@ -637,6 +639,26 @@ impl SocketTable {
         self.retire(c, ts);
     }
 
+    /// TIME_WAIT belongs to whoever closed the connection first: the socket's owner becomes its
+    /// closer, when that is someone else.
+    fn closer_owns(&mut self, slot: u32) {
+        let e = &self.slab[slot as usize];
+        if e.closer == 0 || e.closer == e.owner {
+            return;
+        }
+        let how = if e.has(flag::CLOSER_EXACT) {
+            Attribution::KernelContext.to_u8()
+        } else {
+            e.attribution
+        };
+        let (closer, old) = (e.closer, e.owner);
+        let r = self.owners.retain(closer);
+        let e = &mut self.slab[slot as usize];
+        e.owner = r;
+        e.attribution = how;
+        self.owners.release(old);
+    }
+
     /// The full socket is gone and a timewait socket holds the connection.
     pub(super) fn become_mini(&mut self, slot: u32, state: TcpState, since_ns: u64, ts: u64) {
         self.bury(slot, ts);
@@ -652,20 +674,7 @@ impl SocketTable {
         e.since_ns = since_ns;
         e.last_ns = ts;
         e.inode = 0;
-        // TIME_WAIT belongs to whoever closed the connection first.
-        if e.closer != 0 && e.closer != e.owner {
-            let how = if e.has(flag::CLOSER_EXACT) {
-                Attribution::KernelContext.to_u8()
-            } else {
-                e.attribution
-            };
-            let (closer, old) = (e.closer, e.owner);
-            let r = self.owners.retain(closer);
-            let e = &mut self.slab[slot as usize];
-            e.owner = r;
-            e.attribution = how;
-            self.owners.release(old);
-        }
+        self.closer_owns(slot);
         let deadline = self.mini_deadline(slot);
         self.next_expiry_ns = self.next_expiry_ns.min(deadline);
     }

@@ -63,6 +63,10 @@ pub enum Change {
     /// A connect failed (SYN_SENT -> CLOSE): `errno` is what `connect()` (or the first use of a
     /// non-blocking socket) got: ECONNREFUSED, EADDRNOTAVAIL, ETIMEDOUT, ...
     ConnectFailed { errno: u16 },
+    /// A FIN_WAIT2 / CLOSING -> CLOSE asked for TIME_WAIT and got none: the kernel's TIME_WAIT
+    /// table was full (`tcp_max_tw_buckets`). Counted against the closer, whom the TIME_WAIT
+    /// would have belonged to.
+    TimeWaitRefused,
 }
 
 /// Which socket of an [`Applied`] a change is about.

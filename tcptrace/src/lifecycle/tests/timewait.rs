@@ -291,6 +291,11 @@ fn a_close_that_made_no_timewait_socket_leaves_no_time_wait() {
             )),
             "{last:?}"
         );
+        assert!(
+            a.changes()
+                .contains(&(Subject::This, Change::TimeWaitRefused)),
+            "{last:?}"
+        );
         assert_eq!(find(&t, &sk), None, "{last:?}");
         assert_eq!(t.counts().get(TimeWait), 0);
         assert_eq!(
