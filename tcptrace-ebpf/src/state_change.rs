@@ -178,7 +178,7 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         count(Counter::BackupEmitted);
     }
     connect_end(Typed(sk_btf), &cfg.offsets, ev);
-    timewait_handover(Typed(sk_btf), cfg, ev);
+    timewait_handover::<{ timewait_made::LOOK_BTF }>(Typed(sk_btf), cfg, ev);
     match reserved {
         // SAFETY: blanked whole by `blank_at`, then filled.
         Some(r) => unsafe { emit::commit(r, cfg) },
@@ -195,9 +195,9 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
 /// `sk_shutdown`'s RCV_SHUTDOWN: tcp_close() sets that on every socket it closes.)
 /// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_input.c#L4400>
 #[inline(always)]
-fn timewait_handover(sk: impl Sock, cfg: &ProbeConfig, ev: &mut RawEvent) {
+fn timewait_handover<const LOOK: usize>(sk: impl Sock, cfg: &ProbeConfig, ev: &mut RawEvent) {
     let o = &cfg.offsets;
-    if timewait_made::refused(sk, ev.oldstate, ev.newstate, cfg) {
+    if timewait_made::refused::<LOOK>(sk, ev.oldstate, ev.newstate, cfg) {
         ev.flags |= FLAG_NO_TIMEWAIT;
         return;
     }
@@ -271,7 +271,7 @@ pub fn on_tracepoint(ctx: &TracePointContext) -> u32 {
     let owner = runs_in_owner_context(ev.oldstate, ev.newstate);
     emit::fill_task(ev, owner);
     connect_end(Addr(ev.skaddr), &cfg.offsets, ev);
-    timewait_handover(Addr(ev.skaddr), cfg, ev);
+    timewait_handover::<{ timewait_made::LOOK_CLASSIC }>(Addr(ev.skaddr), cfg, ev);
     emit::submit(ev, cfg);
     0
 }

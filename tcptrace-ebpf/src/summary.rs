@@ -451,7 +451,7 @@ fn send(s: &SockState, sk_btf: *const c_void, sk: u64, old: u8, new: u8, cfg: &P
         }
         // Read at the close itself, not kept in the storage (whose spare flag bits are taken):
         // the hook on `tcp_time_wait` runs before the kernel tries to make a timewait socket.
-        if timewait_made::refused(Typed(sk_btf), old, new, cfg) {
+        if timewait_made::refused::<{ timewait_made::LOOK_BTF }>(Typed(sk_btf), old, new, cfg) {
             flags |= SUMMARY_NO_TIMEWAIT;
         }
         (*r).flags = flags;

@@ -23,10 +23,17 @@ use tcptrace_common::{
 
 use crate::sock::{Addr, Sock};
 
-/// Chain links looked at. The timewait socket is the first unless another CPU hashed a socket
-/// into the same bucket in the microseconds since; a longer walk would not end in time for
-/// the verifier of old kernels, and a chain longer than this is taken as holding one.
-const LOOK: usize = 4;
+/// Chain links the tp_btf programs look at. A timewait socket just made is the first, unless
+/// another CPU hashed a socket into the same bucket in the microseconds since; a close that
+/// made none is known only at the chain's end, and chains are longer where the table is small
+/// for what it holds: in CI's 6.1 guest (a small ehash, thousands of timewait sockets left by
+/// earlier tests) a walk of 4 links ran out before the end once in 48 refused closes, which then
+/// counted as made. A chain longer than this is still taken as holding one, as before the
+/// lookup existed.
+pub const LOOK_BTF: usize = 16;
+/// The same for the classic tracepoint program: the 5.10 and 6.1 verifiers give up on its
+/// larger body walking 16 links (a million instructions explored), not on 4.
+pub const LOOK_CLASSIC: usize = 4;
 
 /// The first [`SOCK_COMMON_HEAD`] bytes of a `sock_common`.
 #[repr(C)]
@@ -77,7 +84,7 @@ fn is_the_timewait_socket(at: u64, hash: u32, dport: u16, net: u64, cfg: &ProbeC
 /// socket's hash, remote port and namespace is in its chain), false when it made one or the
 /// lookup is off.
 #[inline(always)]
-pub fn refused(sk: impl Sock, old: u8, new: u8, cfg: &ProbeConfig) -> bool {
+pub fn refused<const LOOK: usize>(sk: impl Sock, old: u8, new: u8, cfg: &ProbeConfig) -> bool {
     let t = &cfg.tw_lookup;
     let o = &cfg.offsets;
     if new != TcpState::Close as u8

@@ -122,11 +122,21 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     let doc = out.json();
     let o = &doc["overload"];
     assert_eq!(o["switches"], 1, "{o:#}\n{}", out.stderr);
-    // Lost before the switch, and said so.
+    // Lost before the switch, and said so: unless the kernel's guard acted before the ring
+    // refused anything (its look every 64 records fell before the 4 KiB ring, 39 records, was
+    // full: seen in CI's 6.1 guest, "the ring refused 0 records before that", 0 lost), in
+    // which case nothing may be lost. (The userspace guard's 1000 are refused records,
+    // timewait records included, which the lost events do not count: 965 lost after 1084
+    // refused in the 6.1 guest.)
     let lost = doc["lost_events"].as_u64().unwrap();
-    // (The guard's 1000 are refused records, timewait records included, which the lost
-    // events do not count: 965 lost after 1084 refused in the 6.1 guest.)
-    assert!(lost > 0, "{lost} lost\n{}", out.stderr);
+    let refused_none = out
+        .stderr
+        .contains("the ring refused 0 records before that");
+    assert!(
+        if refused_none { lost == 0 } else { lost > 0 },
+        "{lost} lost\n{}",
+        out.stderr
+    );
     // The second burst, all counted: 10 transitions per connection (its listener's and resets
     // may add a few; the first burst's stragglers too).
     assert!(
