@@ -49,11 +49,11 @@ pub const FLAG_NO_LOCAL_PORT: u8 = 1 << 3;
 pub const FLAG_TW_SUBSTATE: u8 = 1 << 4;
 /// With [`FLAG_TW_SUBSTATE`]: the substate is FIN_WAIT2 (an orphan whose peer has not closed).
 pub const FLAG_TW_FIN_WAIT2: u8 = 1 << 5;
-/// FIN_WAIT2 / CLOSING -> CLOSE that handed the connection to no timewait socket: the full
-/// socket was still in the established hash at its close, so `tcp_time_wait` made none (the
-/// kernel's TIME_WAIT table was full, `tcp_max_tw_buckets`, counted by the kernel as
-/// `TcpExt: TCPTimeWaitOverflow`), or the kernel aborted the connection. Set only where the
-/// kernel offsets name `skc_node`.
+/// FIN_WAIT2 / CLOSING -> CLOSE that handed the connection to no timewait socket: none with
+/// the socket's hash, remote port and namespace was in its chain of the established hash, so
+/// `tcp_time_wait` made none (the kernel's TIME_WAIT table was full, `tcp_max_tw_buckets`,
+/// counted by the kernel as `TcpExt: TCPTimeWaitOverflow`), or the kernel aborted the
+/// connection. Set only where BTF located the established hash (`TwLookupConfig`).
 pub const FLAG_NO_TIMEWAIT: u8 = 1 << 6;
 
 pub const AF_INET: u16 = 2;

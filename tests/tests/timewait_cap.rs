@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use tcptrace::diagnose::host::parse_netstat;
 use tcptrace_tests::netns::{TestNetns, ss_count_in};
 use tcptrace_tests::*;
 
@@ -23,27 +24,15 @@ const CAP: u64 = 16;
 /// Connections closed by the client first: each asks for a timewait socket.
 const CONNS: u64 = 64;
 
-/// `TcpExt: TCPTimeWaitOverflow` of the namespace, from its `/proc/net/netstat` (a line of
-/// names, then a line of values, per group).
+/// `TcpExt: TCPTimeWaitOverflow` of the namespace, from its `/proc/net/netstat`.
 fn overflows(ns: &TestNetns) -> u64 {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "cat", "/proc/net/netstat"])
         .output()
         .expect("read /proc/net/netstat");
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    for pair in lines.chunks(2) {
-        let [names, values] = pair else { continue };
-        if !names.starts_with("TcpExt:") {
-            continue;
-        }
-        let at = names
-            .split_whitespace()
-            .position(|n| n == "TCPTimeWaitOverflow")
-            .expect("TCPTimeWaitOverflow in TcpExt");
-        return values.split_whitespace().nth(at).unwrap().parse().unwrap();
-    }
-    panic!("no TcpExt in /proc/net/netstat:\n{text}");
+    parse_netstat(&text, "TcpExt", "TCPTimeWaitOverflow")
+        .unwrap_or_else(|| panic!("no TcpExt TCPTimeWaitOverflow in /proc/net/netstat:\n{text}"))
 }
 
 /// `CONNS` connections inside the namespace, each closed by its client first and then by the

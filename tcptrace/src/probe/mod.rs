@@ -213,7 +213,7 @@ pub struct Probe {
     pub timewait_timer_fallback: Option<String>,
     /// Why closes that made no timewait socket (the `tcp_max_tw_buckets` cap) cannot be told
     /// apart, when they cannot (see [`set_tw_lookup`]).
-    pub timewait_overflow_fallback: Option<String>,
+    pub timewait_lookup_fallback: Option<String>,
     pub ring_bytes: u32,
     /// The rings: one per possible CPU, and their size.
     pub rings: RingLayout,
@@ -631,7 +631,7 @@ fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeErr
     let offsets = btf::sock_offsets().map_err(aya_err("reading struct sock offsets from BTF"))?;
     let mut cfg = probe_config(opts, rings);
     cfg.offsets = offsets;
-    let timewait_overflow_fallback = set_tw_lookup(&mut cfg);
+    let timewait_lookup_fallback = set_tw_lookup(&mut cfg);
     // Resolved before the load, as the configuration is fixed then; the program is attached
     // only if fentry fails.
     let timer = match opts.timewait_hooks {
@@ -710,7 +710,7 @@ fn load_tp_btf(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, ProbeErr
         timewait,
         timewait_fallback,
         timewait_timer_fallback,
-        timewait_overflow_fallback,
+        timewait_lookup_fallback,
         ring_bytes: opts.ring_bytes,
         rings,
         ring_maps,
@@ -909,7 +909,7 @@ fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, Prob
     cfg.tp_set_state =
         tracefs::set_state_layout(&set_state).map_err(aya_err("tracepoint layout"))?;
     // Offsets are optional here: with BTF (a forced fallback) the namespace is still read.
-    let timewait_overflow_fallback = match btf::sock_offsets() {
+    let timewait_lookup_fallback = match btf::sock_offsets() {
         Ok(offsets) => {
             cfg.offsets = offsets;
             set_tw_lookup(&mut cfg)
@@ -968,7 +968,7 @@ fn load_tracepoint(opts: &ProbeOptions, rings: RingLayout) -> Result<Probe, Prob
         timewait: TimewaitMethod::Inferred,
         timewait_fallback: None,
         timewait_timer_fallback: None,
-        timewait_overflow_fallback,
+        timewait_lookup_fallback,
         ring_bytes: opts.ring_bytes,
         rings,
         ring_maps,

@@ -60,7 +60,7 @@ impl KernelSource {
                  TIME_WAIT's end as its start + 60 s"
             );
         }
-        if let Some(why) = &probe.timewait_overflow_fallback {
+        if let Some(why) = &probe.timewait_lookup_fallback {
             eprintln!(
                 "tcptrace: closes that make no timewait socket cannot be told apart ({why}); at \
                  the tcp_max_tw_buckets cap TIME_WAIT counts stay high until the next check \
