@@ -118,8 +118,12 @@ pub fn refused<const LOOK: usize>(sk: impl Sock, old: u8, new: u8, cfg: &ProbeCo
     let dport: u16 = sk.at(o.skc_dport);
     let mut node: u64 = Addr(ehash + (hash & mask) as u64 * t.bucket_size as u64).at(0);
     for _ in 0..LOOK {
-        // A nulls list ends in an odd marker (the bucket's number), not in NULL.
-        if node & 1 != 0 || node == 0 {
+        // A nulls list ends in an odd marker (the bucket's number), never in NULL: a NULL is a
+        // read that failed, which tells nothing (taken as made, as when the lookup is off).
+        if node == 0 {
+            return false;
+        }
+        if node & 1 != 0 {
             return true;
         }
         // The node's `sock_common` head in one read: userspace checked that the four fields
