@@ -43,6 +43,12 @@ impl Pending {
         self.keys.get(self.next).is_some_and(|k| k.0 < before)
     }
 
+    /// The time of the oldest record not released yet, as of the last sort (a release sorts:
+    /// records pushed since are not looked at).
+    pub fn next_ts(&self) -> Option<u64> {
+        self.keys.get(self.next).map(|k| k.0)
+    }
+
     /// Hands at most `max` of the records stamped before `before` to `each`, oldest first (in
     /// the order they were pushed among equal times), and keeps the rest. Returns how many it
     /// handed over.
@@ -159,6 +165,20 @@ mod tests {
         p.push(&rec(60, 7));
         assert_eq!(released(&mut p, 100), vec![(60, 7), (70, 6), (90, 5)]);
         assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn the_next_time_is_the_oldest_record_a_batch_limit_left_behind() {
+        let mut p = Pending::default();
+        assert_eq!(p.next_ts(), None);
+        for (ts, tag) in [(30, 1), (10, 2), (20, 3)] {
+            p.push(&rec(ts, tag));
+        }
+        assert_eq!(released_at_most(&mut p, 100, 1), vec![(10, 2)]);
+        // Ready records wait: whatever the watermark says, nothing from 20 on was handed out.
+        assert_eq!(p.next_ts(), Some(20));
+        released(&mut p, 100);
+        assert_eq!(p.next_ts(), None);
     }
 
     #[test]

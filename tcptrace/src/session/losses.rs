@@ -52,7 +52,7 @@ impl LossWatch {
         }
         self.last_poll = Some(Instant::now());
         if let Some((counters, at)) = &self.read {
-            if k.reader.watermark_ns() <= at + RECORD_AFTER_COUNT_NS {
+            if k.reader.handed_out_ns() <= at + RECORD_AFTER_COUNT_NS {
                 // Not read that far yet: judge these counters at a later poll.
                 return;
             }

@@ -400,11 +400,16 @@ impl Session {
     ) -> ReconcileStats {
         // A recording may have been made with wider filters than this replay's.
         kernel::keep_wanted(&self.filters, &mut snap);
-        let st = self.table.reconcile(&snap, holders);
+        let began = Instant::now();
+        let source = &mut self.source;
+        let st = self
+            .table
+            .reconcile_keeping_up(&snap, holders, &mut || source.keep_up());
         log::debug!(
-            "reconciled with a dump of {} sockets taken {} ms ago: {st:?}",
+            "reconciled with a dump of {} sockets taken {} ms ago, in {:.1} ms: {st:?}",
             snap.sockets.len(),
-            monotonic_ns().saturating_sub(snap.taken_ns) / 1_000_000
+            monotonic_ns().saturating_sub(snap.taken_ns) / 1_000_000,
+            began.elapsed().as_secs_f64() * 1e3
         );
         if let Some(fd) = holders {
             // Decided from the recorded dump and scan alone, so a replay folds the same groups

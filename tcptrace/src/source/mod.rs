@@ -66,11 +66,19 @@ impl Source {
         }
     }
 
+    /// Reads what the rings hold into memory, handing nothing out: called during long work
+    /// between batches so the kernel's rings never wait on it (see `EventReader::keep_up`).
+    pub fn keep_up(&mut self) {
+        if let Source::Kernel(k) = self {
+            k.reader.keep_up();
+        }
+    }
+
     /// Every event stamped before this has been handed out (CLOCK_MONOTONIC ns); a replay
     /// hands out everything in file order, so `u64::MAX`.
     pub fn watermark_ns(&self) -> u64 {
         match self {
-            Source::Kernel(k) => k.reader.watermark_ns(),
+            Source::Kernel(k) => k.reader.handed_out_ns(),
             Source::File(_) => u64::MAX,
         }
     }

@@ -294,3 +294,29 @@ fn a_dump_applied_ahead_of_the_ring_shows_as_stale_events() {
     assert!(t.stats().stale >= 1, "{:?}", t.stats());
     check_counts(&t);
 }
+
+#[test]
+fn a_large_dump_lets_the_rings_be_read_while_it_is_applied_and_gives_the_same_table() {
+    use super::super::reconcile::KEEP_UP_EVERY;
+    // 3.5 x KEEP_UP_EVERY TIME_WAIT sockets, as at the cap: applied in one call, the rings
+    // would wait for all of it.
+    let n = KEEP_UP_EVERY * 7 / 2;
+    let sockets: Vec<_> = (0..n)
+        .map(|i| {
+            let local = format!("10.0.{}.{}:40000", i / 250, i % 250 + 1);
+            ks(TimeWait, &local, "10.0.0.2:443", 1 + u64::from(i), 0)
+        })
+        .collect();
+    let snap = snapshot(5_000 * SEC, sockets);
+    let mut paced = SocketTable::new(Limits::default());
+    let mut calls = 0;
+    let st = paced.reconcile_keeping_up(&snap, None, &mut || calls += 1);
+    // Once per KEEP_UP_EVERY sockets of the dump and of the table's passes (the table grows
+    // to n during the first): at least the dump's share.
+    assert!(calls >= 3, "{calls} calls for {n} sockets");
+    let mut whole = SocketTable::new(Limits::default());
+    assert_eq!(whole.reconcile(&snap, None), st);
+    assert_eq!(st.added, u64::from(n));
+    assert_eq!(paced.counts().get(TimeWait), whole.counts().get(TimeWait));
+    check_counts(&paced);
+}
