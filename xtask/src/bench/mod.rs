@@ -48,6 +48,8 @@ pub struct BenchOptions {
     pub skip_replay: bool,
     /// Total connections per second of the fixed-rate storms.
     pub rate: f64,
+    /// Time bound of each fixed-rate storm.
+    pub paced_seconds: f64,
     /// Run this part alone, print it and leave the output file as it is.
     pub only: Option<Part>,
     pub output: PathBuf,
@@ -183,7 +185,7 @@ fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins, rate: Option<f64>) -> R
     let result = storm(
         &bins.storm,
         opts.conns,
-        opts.seconds,
+        rate.map_or(opts.seconds, |_| opts.paced_seconds),
         opts.threads,
         opts.targets,
         0,
