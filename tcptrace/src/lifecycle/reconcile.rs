@@ -14,8 +14,9 @@ pub use crate::owner::fdscan::FdHolders;
 use crate::source::snapshot::{KernelSocket, Snapshot};
 
 /// Tombstones kept around a dump for how long before it was taken (a duplicate close arrives
-/// within microseconds of the original).
-const TOMBSTONE_KEEP_NS: u64 = 1_000_000_000;
+/// within microseconds of the original), and at least for how long beyond the usual bound
+/// (see `SocketTable::tombstone_keep_ns`).
+pub(super) const TOMBSTONE_KEEP_NS: u64 = 1_000_000_000;
 
 /// A dumped socket that is a timewait socket: TIME_WAIT, or the FIN_WAIT2 substate (no inode:
 /// the full socket and its file are gone).
@@ -155,6 +156,13 @@ impl SocketTable {
             let added: HashSet<u32> = added.into_iter().collect();
             self.fd_scan(fd, Attribution::FdScan, |s| !added.contains(&s));
         }
+        // The next dump will likely take as long to arrive: closes that recent must be
+        // remembered past the usual bound (see `bury`). The newest close stands for now.
+        let lag = self
+            .tombstones
+            .back()
+            .map_or(0, |t| t.ts.saturating_sub(taken));
+        self.tombstone_keep_ns = lag.saturating_mul(2).max(TOMBSTONE_KEEP_NS);
         self.tombstones
             .retain(|t| t.ts.saturating_add(TOMBSTONE_KEEP_NS) >= taken);
         self.stats.corrections.add(&st);

@@ -320,3 +320,56 @@ fn a_large_dump_lets_the_rings_be_read_while_it_is_applied_and_gives_the_same_ta
     assert_eq!(paced.counts().get(TimeWait), whole.counts().get(TimeWait));
     check_counts(&paced);
 }
+
+#[test]
+fn closes_during_a_slow_dump_are_remembered_past_the_tombstone_bound() {
+    use super::super::stats::ReconcileStats;
+    // 1,000 sockets close over 3 s while a dump that shows them is taken; the table remembers
+    // 64 closes, and beyond that those younger than twice the last dump's delay (1 s at least).
+    let run = |after_a_slow_dump: bool| -> ReconcileStats {
+        let mut fx = Fx::new();
+        let mut t = SocketTable::new(Limits {
+            max_tombstones: 64,
+            ..Limits::default()
+        });
+        let socks: Vec<Sk> = (0..1000)
+            .map(|i| {
+                let local = format!("10.0.{}.{}:40000", i / 250, i % 250 + 1);
+                fx.sock(&local, "10.0.0.2:443")
+            })
+            .collect();
+        for s in &socks {
+            established(&mut fx, &mut t, s);
+        }
+        if after_a_slow_dump {
+            // A dump applied 2 s after it began: the newest close then is 2 s younger.
+            let one = fx.sock("10.9.0.1:1000", "10.0.0.2:443");
+            established(&mut fx, &mut t, &one);
+            let taken = fx.ts;
+            t.apply(&fx.step(2 * SEC).tr(&one, Established, Close, &SWAPPER));
+            t.reconcile(&snapshot(taken, vec![]), None);
+        }
+        let taken = fx.ts;
+        let shown = socks
+            .iter()
+            .map(|s| {
+                let (l, r) = (s.local.to_string(), s.remote.to_string());
+                ks(Established, &l, &r, s.id.cookie, 0)
+            })
+            .collect();
+        for s in &socks {
+            t.apply(&fx.step(3 * MS).tr(s, Established, Close, &SWAPPER));
+        }
+        let st = t.reconcile(&snapshot(taken, shown), None);
+        check_counts(&t);
+        st
+    };
+    let forgot = run(false);
+    assert!(
+        forgot.added > 0,
+        "the 1 s floor alone forgets the oldest closes: {forgot:?}"
+    );
+    let st = run(true);
+    assert_eq!((st.added, st.skipped_closed), (0, 1000), "{st:?}");
+    assert_eq!(st.removed, 0);
+}
