@@ -41,7 +41,7 @@ pub struct Limits {
 }
 
 /// Tombstones kept in any case, whatever their age: 40 MB.
-pub const MAX_TOMBSTONES_KEPT: usize = 1 << 20;
+const MAX_TOMBSTONES_KEPT: usize = 1 << 20;
 
 impl Default for Limits {
     fn default() -> Limits {

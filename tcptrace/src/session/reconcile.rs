@@ -97,11 +97,11 @@ impl Reconciler {
     }
 
     /// The dump that arrived, once the events have been handed out up to its arrival
-    /// (`watermark_ns`: see `Source::watermark_ns`): it shows each socket as it was when the
+    /// (`handed_out_ns`: see `Source::handed_out_ns`): it shows each socket as it was when the
     /// kernel reached it, and the events before that must be in the table first.
-    pub fn take_arrived(&mut self, watermark_ns: u64) -> Option<Dump> {
+    pub fn take_arrived(&mut self, handed_out_ns: u64) -> Option<Dump> {
         match &self.arrived {
-            Some((_, at)) if *at < watermark_ns => self.arrived.take().map(|(d, _)| d),
+            Some((_, at)) if *at < handed_out_ns => self.arrived.take().map(|(d, _)| d),
             _ => None,
         }
     }

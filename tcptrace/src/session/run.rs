@@ -237,7 +237,7 @@ impl Session {
         let give_up = Instant::now() + Duration::from_secs(1);
         loop {
             self.drain(out);
-            if self.source.watermark_ns() > t_ns {
+            if self.source.handed_out_ns() > t_ns {
                 return;
             }
             if Instant::now() >= give_up {
@@ -376,7 +376,7 @@ impl Session {
     /// Applies the kernel table dump that arrived, if any. Only once the events before it have
     /// been applied, so the dump never looks newer than the table.
     pub fn settle(&mut self) {
-        if let Some(d) = self.reconcile.take_arrived(self.source.watermark_ns()) {
+        if let Some(d) = self.reconcile.take_arrived(self.source.handed_out_ns()) {
             self.apply_dump(d);
         }
     }

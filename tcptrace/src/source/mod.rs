@@ -76,7 +76,7 @@ impl Source {
 
     /// Every event stamped before this has been handed out (CLOCK_MONOTONIC ns); a replay
     /// hands out everything in file order, so `u64::MAX`.
-    pub fn watermark_ns(&self) -> u64 {
+    pub fn handed_out_ns(&self) -> u64 {
         match self {
             Source::Kernel(k) => k.reader.handed_out_ns(),
             Source::File(_) => u64::MAX,
