@@ -268,6 +268,51 @@ pub fn findings<'a>(doc: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_jso
         .collect()
 }
 
+/// The lines of a `report --json` document that say what the table held and how it got there,
+/// for a failed assertion's message: the whole document is hundreds of lines, and CI shows only
+/// its first screen.
+pub fn report_digest(doc: &serde_json::Value) -> String {
+    let rows = |key: &str, fields: &[&str]| {
+        doc[key]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        let cols: Vec<String> =
+                            fields.iter().map(|f| format!("{f}={}", r[*f])).collect();
+                        format!("  {}\n", cols.join(" "))
+                    })
+                    .collect::<String>()
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "sockets {} totals {}\ntransitions_seen {} transitions_lost {} lost_events {} \
+         lost_uncounted {} duplicates {}\nunattributed {}\ncorrections {}\nby_netns\n{}by_pid\n{}",
+        doc["sockets"],
+        doc["totals"],
+        doc["transitions_seen"],
+        doc["transitions_lost"],
+        doc["lost_events"],
+        doc["lost_uncounted"],
+        doc["duplicates"],
+        doc["unattributed"],
+        doc["corrections"],
+        rows("by_netns", &["netns", "sockets", "time_wait", "close_wait"]),
+        rows(
+            "by_pid",
+            &[
+                "pid",
+                "comm",
+                "time_wait",
+                "time_wait_entries",
+                "time_wait_refused",
+                "close_wait",
+            ]
+        ),
+    )
+}
+
 pub struct TracerOutput {
     pub stdout: String,
     pub stderr: String,

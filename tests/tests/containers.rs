@@ -38,7 +38,7 @@ fn by_pid_row(doc: &Value, pid: u32) -> &Value {
         .unwrap()
         .iter()
         .find(|r| r["pid"] == pid)
-        .unwrap_or_else(|| panic!("no by_pid row for {pid} in {doc:#}"))
+        .unwrap_or_else(|| panic!("no by_pid row for {pid}: {}\n{doc:#}", report_digest(doc)))
 }
 
 #[test]

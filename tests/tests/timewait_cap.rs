@@ -60,7 +60,16 @@ fn in_netns<'a>(doc: &'a Value, ns: &TestNetns) -> &'a Value {
         .unwrap_or_else(|| panic!("no by_netns row for {}: {doc:#}", ns.name))
 }
 
+/// Held by each test for its whole run: no other test of this process forks while this one
+/// closes its clients. A child forked from this process holds a copy of every descriptor open at
+/// the fork until its `exec` closes them, so a client closed in between has its last reference,
+/// and with it the kernel's close and the TIME_WAIT, in that child (seen: one TIME_WAIT of 16
+/// owned by `ip`, the other test's `ip netns exec`). tcptrace names that child rightly: it
+/// made the close.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn at_the_cap(ip: &str, port_offset: u16) {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNetns::add();
     let set = Command::new("ip")
         .args(["netns", "exec", &ns.name, "sysctl", "-qw"])
@@ -143,11 +152,18 @@ fn at_the_cap(ip: &str, port_offset: u16) {
         let me = doc["by_pid"]
             .as_array()
             .and_then(|rows| rows.iter().find(|r| r["pid"] == std::process::id()))
-            .unwrap_or_else(|| panic!("{mode}: no by_pid row for this test: {doc:#}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{mode}: no by_pid row for this test: {}",
+                    report_digest(&doc)
+                )
+            });
         assert_eq!(
             (&me["time_wait"], &me["time_wait_refused"]),
             (&Value::from(CAP), &Value::from(refused)),
-            "{mode}: this process's TIME_WAIT and refused closes"
+            "{mode}: this process's TIME_WAIT and refused closes\n{}\n{}",
+            report_digest(&doc),
+            out.stderr
         );
     }
 }
