@@ -78,8 +78,11 @@ impl Session {
                         self.replay_error = Some(e);
                     }
                     Wake::Query(q) => {
-                        // Answer with everything the kernel has delivered up to now.
-                        self.drain(&mut batch);
+                        // Answer with every transition made before the question came: a plain
+                        // drain hands out only what is older than the watermark, which trails
+                        // by the clock slack and stays put at a record still being written.
+                        self.drain_past(monotonic_ns(), &mut batch, "a query's arrival")
+                            .await;
                         self.apply_all(&mut batch, sink);
                         self.settle();
                         q(self);
@@ -100,7 +103,8 @@ impl Session {
                                     // The start-up dump is applied before the session says it
                                     // has started (`top --iterations 1` shows the sockets that
                                     // existed), so the events before it are taken in first.
-                                    self.drain_past(monotonic_ns(), &mut batch).await;
+                                    self.drain_past(monotonic_ns(), &mut batch, "a dump's arrival")
+                                        .await;
                                 }
                             }
                             Err(e) if self.starting => {
@@ -233,7 +237,7 @@ impl Session {
     /// Drains until every event stamped before `t_ns` has been handed out (the reader's
     /// watermark trails its drains by a millisecond); gives up after a second, when a ring's
     /// record stays half-written (a CPU stopped mid-program), and says so.
-    async fn drain_past(&mut self, t_ns: u64, out: &mut Vec<Event>) {
+    async fn drain_past(&mut self, t_ns: u64, out: &mut Vec<Event>, what: &str) {
         let give_up = Instant::now() + Duration::from_secs(1);
         loop {
             self.drain(out);
@@ -241,7 +245,7 @@ impl Session {
                 return;
             }
             if Instant::now() >= give_up {
-                log::warn!("the ring buffers were not read past a dump's arrival within 1 s");
+                log::warn!("the ring buffers were not read past {what} within 1 s");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
