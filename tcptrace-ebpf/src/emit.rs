@@ -112,8 +112,11 @@ pub fn fill_task(ev: &mut RawEvent, owner: bool) {
 /// - CLOSE->SYN_SENT in `connect()`: the port is picked after the transition (see
 ///   `tcp_v4_connect()`, <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c#L283>).
 ///   It passes when its remote port matches.
-/// - X->CLOSE: `tcp_set_state()` unhashes the socket and releases the port first (the event says
-///   0). It passes when the same socket passed before, which `ADMITTED` remembers.
+/// - X->CLOSE: `tcp_set_state()` unhashes the socket and releases the port first (`skc_num`
+///   says 0). On the typed path the event then carries `inet_sport`, which keeps the port
+///   (`state_change::released_port`); the classic tracepoint's `sport` is `inet_sport` already.
+///   Otherwise (a socket that never had a port) it passes when the same socket passed before,
+///   which `ADMITTED` remembers.
 ///
 /// So the kernel filter is exact: userspace sees every event of the sockets it asked for and
 /// nothing else, and lost-event counts stay comparable with what was generated.
@@ -147,9 +150,10 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
         remote || unsafe { PORTS.get(ev.sport) }.copied().unwrap_or(0) & PORT_MATCH_LOCAL != 0
     };
     if matched && !closing {
-        // A failed update of a key already present is harmless (the entry stays).
+        // Looked up first: an LRU update allocates a node and frees the old one even when the
+        // key is there, and every event of an admitted socket passes here.
         // SAFETY: as above.
-        if ADMITTED.insert(key, 1, 0).is_err() && unsafe { ADMITTED.get(key) }.is_none() {
+        if unsafe { ADMITTED.get(key) }.is_none() && ADMITTED.insert(key, 1, 0).is_err() {
             count(Counter::AdmitFailed);
         }
     } else if closing {
@@ -171,6 +175,12 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
 #[inline(always)]
 pub fn counts_without_fields(cfg: &ProbeConfig) -> bool {
     unfiltered(cfg) && counting_mode()
+}
+
+/// A port filter is on.
+#[inline(always)]
+pub fn filters_ports(cfg: &ProbeConfig) -> bool {
+    cfg.port_filter & PORT_FILTER_ON != 0
 }
 
 /// No family or port filter: every TCP transition is wanted.

@@ -165,6 +165,9 @@ pub fn on_btf(ctx: &BtfTracePointContext, role: Role, key: SockKey) -> i32 {
         None => emit::blank(&mut slot),
     };
     sock::fill_endpoints(Typed(sk_btf), &cfg.offsets, ev);
+    if new == TcpState::Close as i32 {
+        released_port(Typed(sk_btf), cfg, ev);
+    }
     ev.cookie = cookie;
     ev.skaddr = sk;
     ev.kind = EventKind::StateChange as u8;
@@ -218,6 +221,22 @@ fn timewait_handover<const LOOK: usize>(sk: impl Sock, cfg: &ProbeConfig, ev: &m
 /// arrived.
 /// <https://github.com/torvalds/linux/blob/v6.1/include/net/sock.h#L880>
 pub const SOCK_DONE: u64 = 1 << 1;
+
+/// X->CLOSE under a port filter: the local port the socket had. `tcp_set_state()` releases it
+/// before the event (`skc_num` reads 0, see `emit::wanted`), but `inet_sport` keeps it, as the
+/// classic tracepoint's `sport` shows. The filter then decides the close on the socket's own
+/// port rather than on its `ADMITTED` entry, which the LRU map can evict while the socket lives:
+/// it evicts entries in use when its global free list runs dry, even far from full (free nodes
+/// pile up in per-CPU lists), and such a close was filtered without a count. Only under a filter:
+/// without one every event is sent, and the read (a helper call) would buy nothing.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp.c#L2596> (`tcp_set_state`),
+/// <https://github.com/torvalds/linux/blob/v6.1/kernel/bpf/bpf_lru_list.c#L340>
+#[inline(always)]
+fn released_port(sk: impl Sock, cfg: &ProbeConfig, ev: &mut RawEvent) {
+    if ev.sport == 0 && cfg.offsets.inet_sport != 0 && emit::filters_ports(cfg) && !sk.is_null() {
+        ev.sport = u16::from_be(sk.outer(cfg.offsets.inet_sport));
+    }
+}
 
 /// SYN_SENT -> CLOSE: why the connect failed (`sk_err`, set before `tcp_done`) and whether it
 /// ever had a local port (`inet_sport`; `skc_num` is already released here).
