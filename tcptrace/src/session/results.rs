@@ -97,6 +97,11 @@ impl Session {
             overload: self.overload(),
             recording_truncated: self.truncation().is_some(),
             summary,
+            transitions: self
+                .transition_totals()
+                .transitions()
+                .map(|(old, new, n)| (format!("{}->{}", old.name(), new.name()), n))
+                .collect(),
         }
     }
 

@@ -36,6 +36,10 @@ pub struct ReportDoc<'a> {
     pub recording_truncated: bool,
     #[serde(flatten)]
     pub summary: &'a Summary,
+    /// Transitions since the start by kind, "OLD->NEW", as `tcptrace_transitions_total` counts
+    /// them (in summary mode, those the kernel followed too): checked against a known load, they
+    /// say which transitions a short `transitions_seen` lacks.
+    pub transitions: std::collections::BTreeMap<String, u64>,
 }
 
 pub const SCHEMA: u32 = 1;

@@ -2,6 +2,7 @@
 //! are known (10 per connection, 2 per listener), under `report` and `trace`. What tcptrace saw
 //! plus what it counted lost must equal them, in every storm.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -20,6 +21,8 @@ pub struct Storm {
     pub seen: u64,
     /// What it says it lost (transitions).
     pub lost: u64,
+    /// What it saw by kind, "OLD->NEW" (report: the document's `transitions`; trace: its lines).
+    pub by_kind: BTreeMap<String, u64>,
 }
 
 impl Storm {
@@ -30,7 +33,48 @@ impl Storm {
     pub fn balanced(&self) -> bool {
         self.seen + self.lost == self.generated()
     }
+
+    /// The kinds seen more or fewer times than the storm made them, with the difference: each
+    /// connection makes each of the ten once, each listener opens and closes once.
+    pub fn off_by_kind(&self) -> Vec<(String, i64)> {
+        let per_listener = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
+        let expected = CONNECTION_KINDS
+            .iter()
+            .map(|k| (*k, self.conns))
+            .chain(per_listener.iter().map(|k| (*k, self.listeners)));
+        let mut off: Vec<(String, i64)> = expected
+            .map(|(k, n)| {
+                let seen = self.by_kind.get(k).copied().unwrap_or(0);
+                (k.to_string(), seen as i64 - n as i64)
+            })
+            .collect();
+        off.extend(
+            self.by_kind
+                .iter()
+                .filter(|(k, _)| {
+                    !CONNECTION_KINDS.contains(&k.as_str()) && !per_listener.contains(&k.as_str())
+                })
+                .map(|(k, n)| (k.clone(), *n as i64)),
+        );
+        off.retain(|(_, d)| *d != 0);
+        off
+    }
 }
+
+/// The ten transitions of a storm connection (client closes first; the server's side closes on
+/// reading the FIN).
+const CONNECTION_KINDS: [&str; 10] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "ESTABLISHED->CLOSE_WAIT",
+    "FIN_WAIT1->FIN_WAIT2",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+    "FIN_WAIT2->CLOSE",
+];
 
 /// Storms per mode.
 const STORMS: usize = 5;
@@ -41,12 +85,13 @@ pub fn measure(opts: &BenchOptions, bins: &Bins) -> Result<Vec<Storm>> {
         for trace in [false, true] {
             let s = one(opts, bins, trace).with_context(|| format!("balance storm {}", i + 1))?;
             eprintln!(
-                "xtask: balance {} {}: generated {}, seen {}, lost {}",
+                "xtask: balance {} {}: generated {}, seen {}, lost {}{}",
                 s.mode,
                 i + 1,
                 s.generated(),
                 s.seen,
-                s.lost
+                s.lost,
+                off_note(&s)
             );
             out.push(s);
         }
@@ -85,14 +130,31 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<Storm> {
     // What the overload guard counted in the kernel instead of sending is neither seen nor
     // lost: the closing line says how many, and it belongs to "seen" here (accounted for).
     let counted = counted_transitions(&lines);
+    let mut by_kind = BTreeMap::new();
     let (seen, lost) = if trace {
-        let seen = stdout.lines().filter(|l| l.starts_with('{')).count() as u64;
+        let mut seen = 0;
+        for l in stdout.lines().filter(|l| l.starts_with('{')) {
+            seen += 1;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                let kind = format!(
+                    "{}->{}",
+                    v["old"].as_str().unwrap_or("?"),
+                    v["new"].as_str().unwrap_or("?")
+                );
+                *by_kind.entry(kind).or_insert(0) += 1;
+            }
+        }
         (
             seen + counted,
             lost_transitions(&lines).context("trace's closing line")?,
         )
     } else {
         let doc: serde_json::Value = serde_json::from_str(&stdout).context("report --json")?;
+        if let Some(kinds) = doc["transitions"].as_object() {
+            for (k, n) in kinds {
+                by_kind.insert(k.clone(), n.as_u64().unwrap_or(0));
+            }
+        }
         (
             doc["transitions_seen"].as_u64().unwrap_or(0) + counted,
             doc["transitions_lost"].as_u64().unwrap_or(0),
@@ -104,7 +166,29 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<Storm> {
         listeners,
         seen,
         lost,
+        by_kind,
     })
+}
+
+/// For a storm that does not balance: the kinds seen more or fewer times than made (counted
+/// transitions are not by kind, so a guard that counted makes every kind look short).
+fn off_note(s: &Storm) -> String {
+    if s.balanced() {
+        return String::new();
+    }
+    let off: Vec<String> = s
+        .off_by_kind()
+        .iter()
+        .map(|(k, d)| format!("{k} {d:+}"))
+        .collect();
+    format!(
+        "; by kind: {}",
+        if off.is_empty() {
+            "none off".into()
+        } else {
+            off.join(", ")
+        }
+    )
 }
 
 /// `(N transitions,` from the closing line's `lost M events (N transitions, ...`.
@@ -182,7 +266,11 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
             s.generated(),
             s.seen,
             s.lost,
-            if s.balanced() { "yes" } else { "**no**" }
+            if s.balanced() {
+                "yes".to_string()
+            } else {
+                format!("**no**{}", off_note(s))
+            }
         );
     }
     let _ = writeln!(w);
@@ -191,6 +279,39 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_storm_names_the_kinds_it_lacks() {
+        let mut by_kind: BTreeMap<String, u64> = CONNECTION_KINDS
+            .iter()
+            .map(|k| (k.to_string(), 3))
+            .collect();
+        by_kind.insert("CLOSE->LISTEN".into(), 2);
+        by_kind.insert("LISTEN->CLOSE".into(), 2);
+        let mut s = Storm {
+            mode: "report",
+            conns: 3,
+            listeners: 2,
+            seen: 34,
+            lost: 0,
+            by_kind,
+        };
+        assert!(s.balanced() && s.off_by_kind().is_empty());
+        s.by_kind.insert("LAST_ACK->CLOSE".into(), 1);
+        s.by_kind.insert("SYN_SENT->CLOSE".into(), 1);
+        s.seen = 33;
+        assert_eq!(
+            s.off_by_kind(),
+            [
+                ("LAST_ACK->CLOSE".to_string(), -2),
+                ("SYN_SENT->CLOSE".to_string(), 1)
+            ]
+        );
+        assert_eq!(
+            off_note(&s),
+            "; by kind: LAST_ACK->CLOSE -2, SYN_SENT->CLOSE +1"
+        );
+    }
 
     #[test]
     fn counted_transitions_come_from_the_closing_line() {
