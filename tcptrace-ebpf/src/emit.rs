@@ -130,7 +130,7 @@ pub fn wanted(ev: &RawEvent, cfg: &ProbeConfig) -> bool {
     if cfg.family != 0 && ev.family != cfg.family {
         return false;
     }
-    if cfg.port_filter & PORT_FILTER_ON == 0 {
+    if !filters_ports(cfg) {
         return true;
     }
     let key = if ev.cookie != 0 { ev.cookie } else { ev.skaddr };
@@ -186,7 +186,7 @@ pub fn filters_ports(cfg: &ProbeConfig) -> bool {
 /// No family or port filter: every TCP transition is wanted.
 #[inline(always)]
 fn unfiltered(cfg: &ProbeConfig) -> bool {
-    cfg.family == 0 && cfg.port_filter & PORT_FILTER_ON == 0
+    cfg.family == 0 && !filters_ports(cfg)
 }
 
 /// Every TCP transition is sent (no family or port filter, not counting): the state-change

@@ -225,10 +225,10 @@ pub const SOCK_DONE: u64 = 1 << 1;
 /// X->CLOSE under a port filter: the local port the socket had. `tcp_set_state()` releases it
 /// before the event (`skc_num` reads 0, see `emit::wanted`), but `inet_sport` keeps it, as the
 /// classic tracepoint's `sport` shows. The filter then decides the close on the socket's own
-/// port rather than on its `ADMITTED` entry, which the LRU map can evict while the socket lives:
-/// it evicts entries in use when its global free list runs dry, even far from full (free nodes
-/// pile up in per-CPU lists), and such a close was filtered without a count. Only under a filter:
-/// without one every event is sent, and the read (a helper call) would buy nothing.
+/// port rather than on its `ADMITTED` entry, which the LRU map may evict to make room for new
+/// keys (not seen in a storm, whose admissions are removed at each close; an evicted one would
+/// have filtered the close without a count). Only under a filter: without
+/// one every event is sent, and the read (a helper call) would buy nothing.
 /// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp.c#L2596> (`tcp_set_state`),
 /// <https://github.com/torvalds/linux/blob/v6.1/kernel/bpf/bpf_lru_list.c#L340>
 #[inline(always)]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     TcpState,
-    config::{PORT_FILTER_ON, PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
+    config::{PORT_MATCH_LOCAL, PORT_MATCH_REMOTE, ProbeConfig},
     event::{
         AF_INET, AF_INET6, STATE_SLOTS, SUMMARY_BORN_UNSEEN, SUMMARY_CLOSER, SUMMARY_HAS_COOKIE,
         SUMMARY_NO_LOCAL_PORT, SUMMARY_NO_TIMEWAIT, SUMMARY_OWNER, SUMMARY_OWNER_CONTEXT,
@@ -269,7 +269,7 @@ pub fn on_transition(
         }
     }
     if new == CLOSE_WAIT || new == CLOSE {
-        if s.flags & (ST_ADMITTED | ST_IGNORED) != 0 || cfg.port_filter & PORT_FILTER_ON == 0 {
+        if s.flags & (ST_ADMITTED | ST_IGNORED) != 0 || !emit::filters_ports(cfg) {
             if s.flags & ST_IGNORED == 0 {
                 send(s, sk_btf, sk, old, new, cfg);
             }
@@ -375,7 +375,7 @@ fn connect_tuple(s: &mut SockState, sk: Typed, cfg: &ProbeConfig) {
 /// connect's), by its local port once it has one. True when admitted.
 #[inline(always)]
 fn admit(s: &mut SockState, sk: Typed, new: u8, cfg: &ProbeConfig) -> bool {
-    if cfg.port_filter & PORT_FILTER_ON == 0 {
+    if !emit::filters_ports(cfg) {
         s.flags |= ST_ADMITTED;
         return true;
     }
