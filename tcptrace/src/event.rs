@@ -169,9 +169,9 @@ pub struct Event {
     /// FIN_WAIT2 / CLOSING -> CLOSE only: what the kernel left behind, read at the close.
     /// `Some(Close)`: no timewait socket (none in the socket's chain of the established hash:
     /// the kernel's TIME_WAIT table was full, or the connection was aborted). Else, from
-    /// FIN_WAIT2, the substate of the timewait socket it made, from `SOCK_DONE` in `sk_flags` (the peer's FIN
-    /// had arrived: TIME_WAIT; else FIN_WAIT2). `None` when not read. Unlike a summary's
-    /// `Stays::timewait` (the fentry hook), it promises no exact end.
+    /// FIN_WAIT2, the substate of the timewait socket it made, from `SOCK_DONE` in `sk_flags`
+    /// (the peer's FIN had arrived: TIME_WAIT; else FIN_WAIT2). `None` when not read. Unlike a
+    /// summary's `Stays::timewait` (the fentry hook), it promises no exact end.
     pub timewait_read: Option<TcpState>,
 }
 
