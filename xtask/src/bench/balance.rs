@@ -37,27 +37,19 @@ impl Storm {
     /// The kinds seen more or fewer times than the storm made them, with the difference: each
     /// connection makes each of the ten once, each listener opens and closes once.
     pub fn off_by_kind(&self) -> Vec<(String, i64)> {
-        let per_listener = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
-        let expected = CONNECTION_KINDS
+        let mut off: BTreeMap<String, i64> = CONNECTION_KINDS
             .iter()
-            .map(|k| (*k, self.conns))
-            .chain(per_listener.iter().map(|k| (*k, self.listeners)));
-        let mut off: Vec<(String, i64)> = expected
-            .map(|(k, n)| {
-                let seen = self.by_kind.get(k).copied().unwrap_or(0);
-                (k.to_string(), seen as i64 - n as i64)
-            })
+            .map(|k| (k.to_string(), -(self.conns as i64)))
+            .chain(
+                ["CLOSE->LISTEN", "LISTEN->CLOSE"]
+                    .iter()
+                    .map(|k| (k.to_string(), -(self.listeners as i64))),
+            )
             .collect();
-        off.extend(
-            self.by_kind
-                .iter()
-                .filter(|(k, _)| {
-                    !CONNECTION_KINDS.contains(&k.as_str()) && !per_listener.contains(&k.as_str())
-                })
-                .map(|(k, n)| (k.clone(), *n as i64)),
-        );
-        off.retain(|(_, d)| *d != 0);
-        off
+        for (k, n) in &self.by_kind {
+            *off.entry(k.clone()).or_insert(0) += *n as i64;
+        }
+        off.into_iter().filter(|(_, d)| *d != 0).collect()
     }
 }
 
