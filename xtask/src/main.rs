@@ -110,6 +110,9 @@ enum Task {
         /// Connections of each storm of the loss balance (0: skip it).
         #[arg(long, default_value_t = 20_000)]
         balance_conns: u64,
+        /// Loss-balance storms per tracer mode (`report`, `trace`).
+        #[arg(long, default_value_t = 5)]
+        balance_storms: usize,
         /// Storm client threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -289,6 +292,7 @@ fn run(task: Task) -> Result<ExitCode> {
             seconds,
             conns,
             balance_conns,
+            balance_storms,
             threads,
             targets,
             skip_replay,
@@ -303,6 +307,7 @@ fn run(task: Task) -> Result<ExitCode> {
                 seconds,
                 conns,
                 balance_conns,
+                balance_storms,
                 threads,
                 targets,
                 skip_replay,

@@ -448,7 +448,7 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         (
             "uncounted",
             l.uncounted(
-                s.table.stats().corrections.state_fixed,
+                s.table.stats().corrections.transitions_missed,
                 s.overload.as_ref().map_or(0, |o| o.counted_events),
             ),
         ),

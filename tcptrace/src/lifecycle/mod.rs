@@ -24,6 +24,7 @@ mod cause;
 mod change;
 mod entry;
 mod evict;
+mod gap;
 mod intern;
 mod owner;
 mod reconcile;

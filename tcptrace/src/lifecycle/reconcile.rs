@@ -310,6 +310,7 @@ impl SocketTable {
             st.substate_fixed += 1;
         } else {
             st.state_fixed += 1;
+            st.transitions_missed += super::gap::fewest_transitions(e.state(), ks.state);
         }
         log::debug!(
             "{} fixed: ours {} (last event {} us before the dump), the kernel's {}: {} -> {}",

@@ -64,6 +64,10 @@ pub struct ReconcileStats {
     /// tracepoint reports every change of a full socket's state, so the event stream missed at
     /// least one (a counted loss, or a run the kernel skipped without counting it).
     pub state_fixed: u64,
+    /// The transitions those fixes need at the least: from our state to the kernel's by the
+    /// fewest transitions TCP allows (a client we held in FIN_WAIT1 that the kernel holds in
+    /// TIME_WAIT made two). What was lost, counted or not, is at least this many.
+    pub transitions_missed: u64,
     /// Timewait sockets whose substate (FIN_WAIT2 or TIME_WAIT) we had wrong. The kernel reports
     /// no event when one turns TIME_WAIT (the peer's FIN reaches it); it is inferred from the
     /// local peer's close, which fails when the peer was not known yet (e.g. at start-up).
@@ -100,6 +104,7 @@ impl ReconcileStats {
         self.added += o.added;
         self.removed += o.removed;
         self.state_fixed += o.state_fixed;
+        self.transitions_missed += o.transitions_missed;
         self.substate_fixed += o.substate_fixed;
         self.tuple_fixed += o.tuple_fixed;
         self.kept_newer += o.kept_newer;

@@ -65,14 +65,16 @@ impl LossReport {
     }
 
     /// Losses the kernel did not count, found afterwards: every state the kernel table showed
-    /// that the event stream never reached (`state_fixed` corrections) needs at least one
-    /// transition that was not delivered; those the counted losses cannot explain were skipped
-    /// silently. A lower bound. Seen on a VM whose guest agent's thread carried loopback
-    /// softirq work: both programs missed those transitions and no recursion miss was counted.
+    /// that the event stream never reached needs transitions that were not delivered, at least
+    /// `missed` in all (`ReconcileStats::transitions_missed`); those the counted losses cannot
+    /// explain were skipped silently. A lower bound. Seen in this VM: in about one storm of 40,
+    /// a client's FIN_WAIT1->FIN_WAIT2 and FIN_WAIT2->CLOSE never ran either program, while
+    /// perf's own probe on the same tracepoint counted them (run counts plus recursion misses of
+    /// both programs 200,030, tracepoint hits 200,032), so no miss was counted anywhere.
     /// Transitions the overload guard had the kernel count instead of send (`counted`) explain
     /// fixes as well: while counting, the kernel table is what keeps the states right.
-    pub fn uncounted(&self, state_fixed: u64, counted: u64) -> u64 {
-        state_fixed.saturating_sub(self.lost() + counted)
+    pub fn uncounted(&self, missed: u64, counted: u64) -> u64 {
+        missed.saturating_sub(self.lost() + counted)
     }
 
     /// Events that never reached userspace: the number to show the user.

@@ -42,7 +42,7 @@ impl Session {
     /// Transitions the kernel skipped without counting them, found by reconciliation.
     pub fn lost_uncounted(&self, loss: &LossReport) -> u64 {
         let counted = self.source.kernel().map_or(0, |k| k.probe.counted());
-        loss.uncounted(self.table.stats().corrections.state_fixed, counted)
+        loss.uncounted(self.table.stats().corrections.transitions_missed, counted)
     }
 
     /// The report document's core, as of now.

@@ -137,8 +137,8 @@ fn uncounted_note(uncounted: u64) -> String {
         String::new()
     } else {
         format!(
-            "; at least {uncounted} more skipped by the kernel without being counted (found by \
-             the kernel-table check, which corrected those sockets)"
+            "; at least {uncounted} more transitions skipped by the kernel without being counted \
+             (found by the kernel-table check, which corrected those sockets)"
         )
     }
 }
@@ -190,8 +190,8 @@ mod tests {
         );
         let line = closing_line(12, 1.0, &LossReport::default(), 4);
         assert!(line.ends_with(
-            "; at least 4 more skipped by the kernel without being counted (found by the \
-             kernel-table check, which corrected those sockets)"
+            "; at least 4 more transitions skipped by the kernel without being counted (found \
+             by the kernel-table check, which corrected those sockets)"
         ));
     }
 }

@@ -196,6 +196,7 @@ mod tests {
             threads: 2,
             targets: 16,
             balance_conns: 0,
+            balance_storms: 5,
             skip_replay: true,
             rate: GOAL_RATE,
             paced_seconds: 20.0,

@@ -211,6 +211,10 @@ fn reconcile_corrects_time_wait_we_missed_and_removes_one_killed_early() {
     tw.timer_ms = Some(50_000);
     let st = t.reconcile(&snapshot(taken, vec![tw]), None);
     assert_eq!((st.state_fixed, st.removed), (1, 1));
+    assert_eq!(
+        st.transitions_missed, 1,
+        "FIN_WAIT2 -> CLOSE, the hand-over"
+    );
     let v = find(&t, &a).unwrap();
     assert_eq!((v.state, v.timewait_socket), (TimeWait, true));
     assert_eq!(v.since_ns, Some(taken - (TIMEWAIT_LEN_NS - 50 * SEC)));
@@ -287,7 +291,12 @@ fn a_dump_applied_ahead_of_the_ring_shows_as_stale_events() {
     let taken = fx.step(MS).ts;
     let mut tw = ks(TimeWait, "10.0.0.1:40001", "10.0.0.2:443", c.id.cookie, 0);
     tw.timer_ms = Some(59_000);
-    assert_eq!(t.reconcile(&snapshot(taken, vec![tw]), None).state_fixed, 1);
+    let st = t.reconcile(&snapshot(taken, vec![tw]), None);
+    assert_eq!(st.state_fixed, 1);
+    assert_eq!(
+        st.transitions_missed, 2,
+        "FIN_WAIT1 -> FIN_WAIT2 -> CLOSE: both events still in the ring"
+    );
     for ev in &in_ring {
         t.apply(ev);
     }
