@@ -19,7 +19,11 @@ pub struct Pending {
 impl Pending {
     /// Keeps one record; its first 8 bytes are its time (every record kind starts with it).
     pub fn push(&mut self, record: &[u8]) {
-        if self.next > 0 {
+        // Only once the released records are at least as many as those waiting, so that a
+        // record is moved about once however long it waits: compacting at every read of the
+        // rings moved the whole backlog each time, which a batch limit keeps large (13% of
+        // `report`'s CPU at 40k conn/s, all of it in this copy, with `perf --call-graph dwarf`).
+        if self.next > 0 && self.next >= self.keys.len() - self.next {
             self.compact();
         }
         let ts = record
@@ -79,8 +83,8 @@ impl Pending {
         }
     }
 
-    /// Moves the records not released yet to the front: few, since the rings are read again
-    /// only once every record the watermark allowed has been released.
+    /// Moves the records not released yet to the front (called when they are no more than
+    /// those released: see [`Pending::push`]).
     ///
     /// Into the spare buffer, then swapped: both keep their capacity, so a read of the rings
     /// allocates nothing once they have grown (a fresh buffer per read was a fresh mapping of
@@ -179,6 +183,32 @@ mod tests {
         assert_eq!(p.next_ts(), Some(20));
         released(&mut p, 100);
         assert_eq!(p.next_ts(), None);
+    }
+
+    #[test]
+    fn a_backlog_released_a_batch_at_a_time_is_moved_rarely_and_kept_in_order() {
+        let mut p = Pending::default();
+        let mut ts = 0;
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            // A read of the rings brings 10 records; a batch limit releases 8.
+            for _ in 0..10 {
+                ts += 1;
+                p.push(&rec(ts, 0));
+            }
+            got.extend(released_at_most(&mut p, u64::MAX, 8));
+            // Dead bytes (released, not compacted yet) never outgrow the live ones by more
+            // than one read's worth.
+            let live = p.len() * 16;
+            assert!(
+                p.bytes.len() <= 2 * live + 10 * 16,
+                "{} {live}",
+                p.bytes.len()
+            );
+        }
+        got.extend(released(&mut p, u64::MAX));
+        assert_eq!(got.len(), 500);
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "in order");
     }
 
     #[test]
