@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::child::{Ready, flush_storm_timewait};
+use super::hits::Hits;
 use super::{BenchOptions, Bins, TracerChild, storm};
 
 pub struct Storm {
@@ -27,6 +28,9 @@ pub struct Storm {
     /// miss, found afterwards by the tracer's check against the kernel's socket table
     /// (`lost_uncounted`, at least this many).
     pub uncounted: u64,
+    /// The kernel's count of `sock:inet_sock_set_state` hits over the storm (perf, not BPF;
+    /// any other TCP on the host adds to it): None where perf events could not be opened.
+    pub hits: Option<u64>,
     /// What it saw by kind, "OLD->NEW" (report: the document's `transitions`; trace: its lines).
     pub by_kind: BTreeMap<String, u64>,
 }
@@ -114,6 +118,18 @@ struct Kept {
 /// An unbalanced storm, on stderr and in files: which sockets lack lines (`trace`), what the
 /// trace sink dropped (its debug log), and the tracer's whole output for a closer look.
 fn explain(s: &Storm, kept: &Kept, n: usize) {
+    if let Some(h) = s.hits {
+        eprintln!(
+            "xtask:   the tracepoint fired {h} times over the storm (it made {}; more is other \
+             TCP on the host): {}",
+            s.generated(),
+            if h >= s.generated() {
+                "the kernel made them all, and did not run the tracer's programs for some"
+            } else {
+                "fewer than the storm made"
+            }
+        );
+    }
     if s.mode == "trace" {
         for l in incomplete_sockets(&kept.stdout, 4) {
             eprintln!("xtask:   {l}");
@@ -252,6 +268,13 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<(Storm, Kept)> {
         Ready::Attached,
     )?;
     thread::sleep(Duration::from_millis(300));
+    let hits = match Hits::open("sock", "inet_sock_set_state") {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("xtask: the tracepoint's hits are not counted: {e:#}");
+            None
+        }
+    };
     let r = storm(
         &bins.storm,
         opts.balance_conns,
@@ -266,6 +289,7 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<(Storm, Kept)> {
     }
     // Every listener closed with the storm; let the reader drain.
     thread::sleep(Duration::from_millis(500));
+    let hits = hits.map(|h| h.read()).transpose()?;
     let (stdout, lines) = t.stop()?;
     let conns = r["conns"].as_u64().unwrap_or(0);
     let listeners = r["targets"].as_u64().unwrap_or(0);
@@ -311,6 +335,7 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<(Storm, Kept)> {
         seen,
         lost,
         uncounted,
+        hits,
         by_kind,
     };
     Ok((
@@ -417,21 +442,24 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
          either program and without counting a miss, the tracer finds it afterwards, at its \
          check against the kernel's socket table (a socket in a state only missed transitions \
          lead to: `lost_uncounted`, the fewest transitions that explain it); that column \
-         says how many, and a storm that balances only with them says so.\n",
+         says how many, and a storm that balances only with them says so. The tracepoint's \
+         hits are the kernel's own count over the storm (a perf counting event, not BPF; other \
+         TCP on the host adds to it).\n",
         opts.balance_conns, opts.threads, opts.targets
     );
     let _ = writeln!(
         w,
-        "| tracer | connections | listeners | generated | seen | lost | found by the check | seen + lost (+ found) = generated |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| tracer | connections | listeners | generated | tracepoint hits | seen | lost | found by the check | seen + lost (+ found) = generated |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for s in storms {
         let _ = writeln!(
             w,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.mode,
             s.conns,
             s.listeners,
             s.generated(),
+            s.hits.map_or("–".to_string(), |h| h.to_string()),
             s.seen,
             s.lost,
             s.uncounted,
@@ -470,6 +498,7 @@ mod tests {
             seen: 34,
             lost: 0,
             uncounted: 0,
+            hits: None,
             by_kind,
         };
         assert!(s.balanced() && s.off_by_kind().is_empty());
@@ -515,6 +544,7 @@ mod tests {
             seen: 8,
             lost: 0,
             uncounted: 2,
+            hits: Some(10),
             by_kind,
         };
         assert!(s.balanced() && !s.balanced_live());

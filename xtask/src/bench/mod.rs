@@ -19,6 +19,7 @@
 mod balance;
 mod breakdown;
 mod child;
+mod hits;
 mod modes;
 mod paced;
 
