@@ -160,7 +160,8 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     assert_eq!(
         seen + lost + counted,
         generated,
-        "seen {seen} + lost {lost} + counted {counted} = generated (the reference)\n{o:#}\n{}\nreference: {}",
+        "seen {seen} + lost {lost} + counted {counted} = generated (the reference)\n{o:#}\n{}\n{}\nreference: {}",
+        kinds_off(&doc, &reference),
         out.stderr,
         reference.stderr
     );
@@ -211,7 +212,8 @@ fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
     assert_eq!(
         seen + counted,
         generated,
-        "seen {seen} + counted {counted} = generated (the reference)\n{o:#}\n{}\nreference: {}",
+        "seen {seen} + counted {counted} = generated (the reference)\n{o:#}\n{}\n{}\nreference: {}",
+        kinds_off(&doc, &reference),
         out.stderr,
         reference.stderr
     );
@@ -283,6 +285,36 @@ fn books(doc: &Value, reference: &TracerOutput, at_least: u64) -> (u64, u64, u64
         counted,
         generated,
     )
+}
+
+/// For a failure message: the kinds whose seen + counted differ from the reference's seen, with
+/// the difference (which transition was doubled or lacked, and on which side of the switch).
+fn kinds_off(doc: &Value, reference: &TracerOutput) -> String {
+    let mut off = std::collections::BTreeMap::<String, (i64, i64, i64)>::new();
+    let kinds = |v: &Value| -> Vec<(String, i64)> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_i64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (k, n) in kinds(&doc["transitions"]) {
+        off.entry(k).or_default().0 += n;
+    }
+    for (k, n) in kinds(&doc["overload"]["counted"]) {
+        off.entry(k).or_default().1 += n;
+    }
+    for (k, n) in kinds(&reference.json()["transitions"]) {
+        off.entry(k).or_default().2 += n;
+    }
+    let lines: Vec<String> = off
+        .iter()
+        .filter(|(k, (s, c, r))| *k != "RESET" && s + c != *r)
+        .map(|(k, (s, c, r))| format!("{k}: seen {s} + counted {c}, the reference {r}"))
+        .collect();
+    format!("kinds off: {}", lines.join("; "))
 }
 
 /// Waits until no socket towards `port` is between its close and TIME_WAIT (or its end), so
