@@ -121,7 +121,21 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     );
     let doc = out.json();
     let o = &doc["overload"];
-    assert_eq!(o["switches"], 1, "{o:#}\n{}", out.stderr);
+    // Once, where the test runs in a few seconds. In an emulated guest it can take 15: the
+    // rate stays under half the budget for the guard's 10 s calm after the first burst, events
+    // flow again, and the second burst switches again (CI's 6.1 guest: 2 switches, "2436
+    // events/s: back to tracing every transition" between them). The books below hold either
+    // way.
+    let switches = o["switches"].as_u64().unwrap();
+    let back = out
+        .stderr
+        .matches("back to tracing every transition")
+        .count() as u64;
+    assert!(
+        switches == 1 || switches == back + 1,
+        "{switches} switches, {back} back: {o:#}\n{}",
+        out.stderr
+    );
     // Lost before the switch, and said so: unless the kernel's guard acted before the ring
     // refused anything (its look every 64 records fell before the 4 KiB ring, 39 records, was
     // full: seen in CI's 6.1 guest, "the ring refused 0 records before that", 0 lost), in
@@ -267,8 +281,22 @@ fn time_wait_is_exact(doc: &Value, port: u16) {
 /// `at_least`).
 fn books(doc: &Value, reference: &TracerOutput, at_least: u64) -> (u64, u64, u64, u64) {
     let rdoc = reference.json();
-    let generated = rdoc["transitions_seen"].as_u64().unwrap();
-    assert_eq!(rdoc["transitions_lost"], 0, "{}", reference.stderr);
+    // What the reference saw and what it counted lost: in a guest its backup program can fail
+    // to recover a nested run now and then, and says so (CI's 6.12 guest: 20 skipped, 18
+    // recovered, 2 lost); no record may have been refused, and nothing else lost.
+    assert!(
+        reference
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains(" events in "))
+            .is_some_and(|l| l.contains("ring full 0,")),
+        "the reference's rings hold the storm: {}",
+        reference.stderr
+    );
+    let generated = rdoc["transitions_seen"].as_u64().unwrap()
+        + rdoc["transitions_lost"].as_u64().unwrap()
+        + rdoc["lost_uncounted"].as_u64().unwrap();
     // (The guard's record appears once it has acted.)
     assert!(rdoc["overload"].is_null(), "{}", reference.stderr);
     assert!(generated >= at_least, "reference saw {generated}");
