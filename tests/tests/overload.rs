@@ -349,11 +349,11 @@ fn kinds_off(doc: &Value, reference: &TracerOutput) -> String {
 /// that the tracer's last table check and `ss` afterwards see the same TIME_WAIT sockets: a
 /// client's close() returns before its FIN exchange ends.
 ///
-/// Up to 70 s: past `tcp_fin_timeout` (60 s), which ends an orphan's FIN_WAIT2 whatever its
-/// peer does. (30 s was too short once in CI's 6.1 guest, where the test took 75 s: one socket
-/// still closing, its state not said then; now it is.)
+/// Up to 30 s. Not longer: the TIME_WAIT sockets compared with `ss` afterwards last 60 s (a
+/// 70 s wait let them expire in CI's 5.10 guest, ss 0). 30 s was too short once in CI's 6.1
+/// guest (one socket still closing, its state not said then): the message names them now.
 fn settle(port: u16) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(70);
+    let deadline = std::time::Instant::now() + T;
     loop {
         let ss = Command::new("ss")
             .args([
