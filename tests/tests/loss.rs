@@ -12,13 +12,7 @@ const T: Duration = Duration::from_secs(30);
 /// The summary's lost transitions: "... lost N events (T transitions, R resets; ...". Reset
 /// events (e.g. RSTs a TIME_WAIT socket sends to late segments) print no line.
 fn lost_transitions(stderr: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("; lost "))
-        .unwrap_or_else(|| panic!("no summary: {stderr}"));
-    let after = line.split(" events (").nth(1).unwrap();
-    after.split_whitespace().next().unwrap().parse().unwrap()
+    closing_count(stderr, " events (")
 }
 
 /// A number the closing line gives after `what` ("ring full 0", "nested runs skipped 4").

@@ -370,22 +370,20 @@ fn off_note(s: &Storm) -> String {
 
 /// `(N transitions,` from the closing line's `lost M events (N transitions, ...`.
 fn lost_transitions(lines: &[String]) -> Option<u64> {
-    lines.iter().rev().find_map(|l| {
-        let rest = l.split(" events (").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
+    number_after(lines, " events (")
 }
 
 /// `; at least N more transitions skipped by the kernel` from the closing line; 0 when absent.
 fn uncounted_transitions(lines: &[String]) -> u64 {
-    lines
-        .iter()
-        .rev()
-        .find_map(|l| {
-            let rest = l.split("; at least ").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
+    number_after(lines, "; at least ").unwrap_or(0)
+}
+
+/// The number right after `marker` in the last line that has one.
+fn number_after(lines: &[String], marker: &str) -> Option<u64> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.split(marker).nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }
 
 /// `; N transitions counted in the kernel` from the closing line; 0 when absent.
