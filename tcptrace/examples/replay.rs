@@ -11,9 +11,10 @@
 //! `Aggregates::observe_applied`, as in `Live::apply`.
 //!
 //! Events are 1 µs apart in event time. TIME_WAIT lasts `--timewait-ms` of event time (default
-//! 10 ms) and the expiry scan runs every 10 ms of event time, as `Live::tick` would, so the
+//! 10 ms) and expiry runs every 10 ms of event time, as `Live::tick` would, so the
 //! working set stays the live sockets plus a few thousand timewait sockets rather than growing
-//! with the storm. The scan is linear in the table, so it is timed apart and reported per scan.
+//! with the storm. Expiry is timed apart and reported per call: its cost follows what expires
+//! (a deadline heap), not the events replayed.
 //!
 //! Prints one JSON line: events/s (one thread, so per core; `events_per_cpu_s` divides by the
 //! thread's CPU time instead of the wall clock, steadier on a shared machine), the table's
@@ -154,7 +155,7 @@ impl Pipeline {
         }
     }
 
-    /// Timed apart: the scan is linear in the table, not a per-event cost. Not inlined, so
+    /// Timed apart: its cost follows what expires, not the events. Not inlined, so
     /// that callgrind can subtract it from [`replay_chunk`].
     #[inline(never)]
     fn expire_scan(&mut self, now_ns: u64) {

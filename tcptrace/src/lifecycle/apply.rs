@@ -609,7 +609,8 @@ impl SocketTable {
         let p = &mut self.slab[c as usize];
         p.since_ns = ts;
         p.last_ns = ts;
-        self.next_expiry_ns = self.next_expiry_ns.min(ts + self.limits.timewait_len_ns);
+        let deadline = self.mini_deadline(c);
+        self.schedule_expiry(c, deadline);
         self.stats.timewait_inferred += 1;
         a.other = Some(self.info(c));
         a.push(Subject::Other, left);
@@ -676,6 +677,6 @@ impl SocketTable {
         e.inode = 0;
         self.closer_owns(slot);
         let deadline = self.mini_deadline(slot);
-        self.next_expiry_ns = self.next_expiry_ns.min(deadline);
+        self.schedule_expiry(slot, deadline);
     }
 }

@@ -357,7 +357,7 @@ impl SocketTable {
         }
         let d = self.mini_deadline(slot);
         if self.slab[slot as usize].is_mini() {
-            self.next_expiry_ns = self.next_expiry_ns.min(d);
+            self.schedule_expiry(slot, d);
         }
     }
 
@@ -450,7 +450,7 @@ impl SocketTable {
         }
         if mini {
             let d = self.mini_deadline(slot);
-            self.next_expiry_ns = self.next_expiry_ns.min(d);
+            self.schedule_expiry(slot, d);
         }
         slot
     }

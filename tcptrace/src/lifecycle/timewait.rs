@@ -1,5 +1,7 @@
 //! Timewait sockets leaving on their own: the kernel's timers, which no tracepoint shows.
 
+use std::cmp::Reverse;
+
 use tcptrace_common::TcpState;
 
 use super::change::{Change, LeaveReason, SockChange};
@@ -35,22 +37,23 @@ impl SocketTable {
     }
 
     /// Removes timewait sockets whose timer has run out by `now_ns` (CLOCK_MONOTONIC) and
-    /// reports them. The scan is linear but skipped until the earliest deadline; call it about
-    /// once a second.
+    /// reports them, earliest deadline first. Only what is due is looked at (see `expiries`).
     pub fn expire(&mut self, now_ns: u64) -> Vec<SockChange> {
         let mut out = Vec::new();
-        if now_ns < self.next_expiry_ns {
-            return out;
-        }
-        let mut next = u64::MAX;
-        for slot in 0..self.slab.len() as u32 {
+        while let Some(&Reverse((due, slot))) = self.expiries.peek() {
+            if now_ns < due {
+                break;
+            }
+            self.expiries.pop();
             let e = &self.slab[slot as usize];
             if e.is_free() || !e.is_mini() {
+                // Retired since (by its end event, a reuse, a reset, the kernel's table).
                 continue;
             }
             let deadline = self.mini_deadline(slot);
-            if now_ns < deadline {
-                next = next.min(deadline);
+            if deadline != due {
+                // Its deadline changed, which scheduled it again, or the slot holds a newer
+                // timewait socket, scheduled on its own.
                 continue;
             }
             let change = Change::Left {
@@ -65,7 +68,6 @@ impl SocketTable {
             self.stats.timewait_expired += 1;
             self.retire(slot, deadline);
         }
-        self.next_expiry_ns = next;
         out
     }
 }

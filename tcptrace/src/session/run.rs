@@ -309,7 +309,8 @@ impl Session {
             return;
         }
         self.settle();
-        // The expiry scan walks the table: a few times a second is plenty for 60 s timers.
+        // Expiry takes what is due from a deadline heap: a few times a second is plenty for
+        // 60 s timers.
         if self.last_expire.elapsed() >= EXPIRE_EVERY {
             self.last_expire = Instant::now();
             let now = monotonic_ns();

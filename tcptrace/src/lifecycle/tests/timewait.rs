@@ -2,7 +2,7 @@
 
 use tcptrace_common::TcpState::{self, *};
 
-use super::super::change::{Change, LeaveReason, Subject};
+use super::super::change::{Change, LeaveReason, Outcome, Subject};
 use super::super::fixtures::*;
 use super::super::table::{Limits, SocketTable, TIMEWAIT_LEN_NS};
 use super::{check_counts, find, state_of};
@@ -106,6 +106,40 @@ fn held_fin_wait2_expires_after_fin_timeout() {
     let out = lb.server_closes(&mut fx, &mut t);
     assert!(out[0].other.is_none());
     assert_eq!(t.counts().get(TimeWait), 0);
+    assert!(t.expiries.is_empty(), "{} deadlines left", t.expiries.len());
+    check_counts(&t);
+}
+
+/// Timewait sockets ended by their exact end event leave their deadlines behind, and their
+/// slots go to new connections: the stale deadlines are dropped as they come due, not carried
+/// over to the slot's next socket (which rescheduling them would do), so the heap holds at
+/// most the deadlines set in the last minute and grace.
+#[test]
+fn deadlines_of_timewait_sockets_ended_by_their_event_do_not_pile_up() {
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits::default());
+    t.set_exact_timewait_end(true);
+    let mut clients = Vec::new();
+    for i in 0..600u16 {
+        let lb = connected(&mut fx, &mut t, 20000 + i);
+        lb.client_closes(&mut fx, &mut t);
+        lb.server_closes(&mut fx, &mut t);
+        clients.push(lb.client.clone());
+        // The kernel's timer ends it 60 s later; in between, a connection a second.
+        if i >= 60 {
+            let end = fx.ev(&clients[usize::from(i) - 60], What::TimeWaitEnd, &SWAPPER);
+            assert_eq!(t.apply(&end).outcome, Outcome::Applied);
+        }
+        fx.step(SEC);
+        t.expire(fx.ts);
+        // Two per socket: the orphan's FIN_WAIT2 deadline, then its TIME_WAIT one.
+        assert!(
+            t.expiries.len() <= 2 * (60 + 11),
+            "{} deadlines held for {} timewait sockets",
+            t.expiries.len(),
+            t.counts().get(TimeWait)
+        );
+    }
     check_counts(&t);
 }
 
@@ -304,4 +338,94 @@ fn a_close_that_made_no_timewait_socket_leaves_no_time_wait() {
         );
         check_counts(&t);
     }
+}
+
+/// The deadline heap against the rule it replaces (every timewait socket whose deadline has
+/// passed, each once): staggered closes, expiry checks between them, freed slots reused by
+/// later connections, held FIN_WAIT2 sockets that turn into TIME_WAIT (their deadline moves).
+#[test]
+fn expiry_returns_each_timewait_socket_once_at_its_deadline_in_deadline_order() {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    let mut fx = Fx::new();
+    let mut t = SocketTable::new(Limits {
+        fin_timeout_ns: 3600 * SEC,
+        ..Limits::default()
+    });
+    // TIME_WAIT entry time per client, and when each expired.
+    let mut made: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut expired: HashMap<SocketAddr, u64> = HashMap::new();
+    let check =
+        |t: &mut SocketTable, now: u64, made: &HashMap<_, u64>, expired: &mut HashMap<_, _>| {
+            let mut last = 0;
+            for c in t.expire(now) {
+                assert_eq!(
+                    c.change,
+                    Change::Left {
+                        state: TimeWait,
+                        dwell_ns: Some(TIMEWAIT_LEN_NS),
+                        reason: LeaveReason::Expired,
+                    }
+                );
+                let local = c.sock.local;
+                assert!(
+                    expired.insert(local, now).is_none(),
+                    "{local} expired twice"
+                );
+                // Earliest deadline first within one call.
+                assert!(made[&local] >= last, "{local} out of deadline order");
+                last = made[&local];
+            }
+        };
+    let mut held = Vec::new();
+    for i in 0..120u16 {
+        let lb = connected(&mut fx, &mut t, 41000 + i);
+        lb.client_closes(&mut fx, &mut t);
+        if i % 5 == 0 {
+            // The server leaks it a while: the client waits in FIN_WAIT2 (deadline an hour).
+            held.push(lb);
+        } else {
+            lb.server_closes(&mut fx, &mut t);
+            made.insert(
+                lb.client.local,
+                find(&t, &lb.client).unwrap().since_ns.unwrap(),
+            );
+        }
+        fx.step(SEC);
+        if i % 7 == 0 {
+            check(&mut t, fx.ts, &made, &mut expired);
+        }
+        if i % 20 == 19 {
+            // The held ones close now: their TIME_WAIT starts here, later than that of the
+            // ones closed since, and their deadline moves from an hour to 60 s from now.
+            for lb in held.drain(..) {
+                lb.server_closes(&mut fx, &mut t);
+                made.insert(
+                    lb.client.local,
+                    find(&t, &lb.client).unwrap().since_ns.unwrap(),
+                );
+            }
+        }
+    }
+    let end = fx.ts + TIMEWAIT_LEN_NS + SEC;
+    let mut now = fx.ts;
+    while now < end {
+        now += 3 * SEC;
+        check(&mut t, now, &made, &mut expired);
+    }
+    assert_eq!(expired.len(), made.len(), "every TIME_WAIT socket expired");
+    for (local, since) in made {
+        let (at, deadline) = (expired[&local], since + TIMEWAIT_LEN_NS);
+        assert!(
+            at >= deadline,
+            "{local} expired at {at}, before its deadline {deadline}"
+        );
+        assert!(
+            at < deadline + 8 * SEC,
+            "{local} expired late: {at}, deadline {deadline}"
+        );
+    }
+    assert_eq!(t.counts().get(TimeWait), 0);
+    check_counts(&t);
 }
