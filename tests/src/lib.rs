@@ -451,6 +451,27 @@ impl Tracer {
     }
 }
 
+/// A number the tracer's closing line on stderr (`N events in Ts; lost ...`) gives after
+/// `what`: " events (" for the lost transitions, "ring full", "nested runs skipped".
+pub fn closing_count(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("; lost "))
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let after = line
+        .split(what)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {what:?} in {line}"));
+    after
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Runs tcptrace to completion with the given args (for commands that exit by themselves or
 /// fail), returning its output.
 pub fn run_tcptrace(args: &[&str]) -> TracerOutput {

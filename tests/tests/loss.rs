@@ -15,26 +15,6 @@ fn lost_transitions(stderr: &str) -> u64 {
     closing_count(stderr, " events (")
 }
 
-/// A number the closing line gives after `what` ("ring full 0", "nested runs skipped 4").
-fn closing_count(stderr: &str, what: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("; lost "))
-        .unwrap_or_else(|| panic!("no summary: {stderr}"));
-    let after = line
-        .split(what)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {what:?} in {line}"));
-    after
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The kernel's count of RSTs sent (`Tcp: OutRsts` in /proc/net/snmp).
 fn out_rsts() -> u64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");

@@ -233,18 +233,7 @@ fn the_books_balance_for_a_storm_of_exactly_n_connections() {
         r.stderr
     );
     let lines = lines.len() as u64;
-    let closing = t
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("; lost "))
-        .expect("trace's closing line");
-    let lost: u64 = closing
-        .split(" events (")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("lost transitions");
+    let lost = closing_count(&t.stderr, " events (");
     assert_eq!(
         lines + lost,
         generated,
