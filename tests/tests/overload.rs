@@ -263,6 +263,8 @@ fn burst(port: u16, conns: u32) {
     assert!(out.status.success(), "{out:?}");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["conns"], conns, "{r}");
+    // Every server end closed by the storm, none reset by its exit (see `settle`).
+    assert_eq!(r["server_closed"], conns, "{r}");
 }
 
 /// The report's TIME_WAIT towards `port` equals `ss`'s: exact through the kernel table while
@@ -346,33 +348,60 @@ fn kinds_off(doc: &Value, reference: &TracerOutput) -> String {
 /// client's close() returns before its FIN exchange ends.
 ///
 /// Up to 30 s. Not longer: the TIME_WAIT sockets compared with `ss` afterwards last 60 s (a
-/// 70 s wait let them expire in CI's 5.10 guest, ss 0). 30 s was too short once in CI's 6.1
-/// guest (one socket still closing, its state not said then): the message names them now.
+/// 70 s wait let them expire in CI's 5.10 guest, ss 0).
+///
+/// A FIN_WAIT2 socket whose peer socket is gone is not waited for: no FIN or RST can come, and
+/// it stays FIN_WAIT2 until `tcp_fin_timeout` (60 s), then ends without TIME_WAIT, so it
+/// changes neither side of the comparison. Seen in CI's 5.10 guest, one client in two of the
+/// last runs ("FIN-WAIT-2 127.0.0.1:46062 127.0.0.1:30398", no server socket on the port): its
+/// server end was most likely reset, not closed, and the RST, which TCP does not resend,
+/// dropped on the loaded emulated loopback. `burst` now waits for the server to close every
+/// connection, which removes the reset it saw; this keeps a dropped segment of any other kind
+/// from failing a test about the tracer.
 fn settle(port: u16) {
     let deadline = std::time::Instant::now() + T;
     loop {
         let ss = Command::new("ss")
-            .args([
-                "-tanH",
-                "state",
-                "fin-wait-1",
-                "state",
-                "fin-wait-2",
-                "state",
-                "closing",
-            ])
-            .args(["state", "last-ack", "state", "close-wait"])
+            .args(["-tanH"])
             .arg(format!("( dport = :{port} or sport = :{port} )"))
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&ss.stdout);
-        let n = out.lines().count();
-        if n == 0 {
+        // (state, local, peer) of every socket on the port.
+        let sockets: Vec<(&str, &str, &str)> = out
+            .lines()
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                (c.len() >= 5).then(|| (c[0], c[3], c[4]))
+            })
+            .collect();
+        let has_peer =
+            |local: &str, peer: &str| sockets.iter().any(|&(_, l, p)| l == peer && p == local);
+        let closing: Vec<String> = sockets
+            .iter()
+            .filter(|&&(state, local, peer)| match state {
+                "FIN-WAIT-1" | "CLOSING" | "LAST-ACK" | "CLOSE-WAIT" => true,
+                "FIN-WAIT-2" => has_peer(local, peer),
+                _ => false,
+            })
+            .map(|(state, local, peer)| format!("{state} {local} {peer}"))
+            .collect();
+        if closing.is_empty() {
+            let orphans = sockets.iter().filter(|s| s.0 == "FIN-WAIT-2").count();
+            if orphans > 0 {
+                eprintln!("settle: {orphans} FIN_WAIT2 sockets of :{port} without a peer socket");
+            }
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{n} sockets of :{port} still closing:\n{out}"
+            "{} sockets of :{port} still closing:\n{}\nall sockets of the port but TIME_WAIT:\n{}",
+            closing.len(),
+            closing.join("\n"),
+            out.lines()
+                .filter(|l| !l.starts_with("TIME-WAIT"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
