@@ -100,10 +100,10 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     let port = free_port("127.0.0.1".parse().unwrap());
     let tracer = report_on(port, &["--ring-size", "4K"]);
     let reference = report_on(port, &["--max-event-rate", "100000000"]);
-    burst(port, 2000);
+    let first = burst(port, 2000);
     // Past the guard's once-a-second check.
     std::thread::sleep(Duration::from_millis(2500));
-    burst(port, 2000);
+    let connects = first.zip(burst(port, 2000)).map(|(a, b)| a + b);
     // The storm's close() returns before the FIN exchange ends: a socket still in FIN_WAIT at
     // the tracer's last table check, and in TIME_WAIT when `ss` looks, would be counted by `ss`
     // alone (seen once in the 6.12 guest: 3770 vs 3771).
@@ -170,7 +170,7 @@ fn a_ring_the_reader_cannot_keep_up_with_makes_the_kernel_count() {
     time_wait_is_exact(&doc, port);
     // The books, against what the reference saw (two bursts of 2000 connections of ten
     // transitions, and the listeners'; a RST would change that, the reference sees it too).
-    let (seen, lost, counted, generated) = books(&doc, &reference, 40_000);
+    let (seen, lost, counted, generated) = books(&doc, &reference, 40_000, connects);
     assert_eq!(
         seen + lost + counted,
         generated,
@@ -198,7 +198,7 @@ fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
     let reference = report_on(port, &["--max-event-rate", "100000000"]);
     // SAFETY: signals to our own child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
-    burst(port, 600);
+    let connects = burst(port, 600);
     // SAFETY: as above.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
     settle(port);
@@ -220,7 +220,7 @@ fn a_reader_that_stops_makes_the_kernel_count_before_the_ring_refuses() {
     assert_eq!(o["switches"], 1, "{o:#}\n{}", out.stderr);
     assert_eq!(doc["lost_events"], 0, "{}", out.stderr);
     time_wait_is_exact(&doc, port);
-    let (seen, lost, counted, generated) = books(&doc, &reference, 6_000);
+    let (seen, lost, counted, generated) = books(&doc, &reference, 6_000, connects);
     assert_eq!(lost, 0, "{}", out.stderr);
     assert!(counted > 0, "{o:#}");
     assert_eq!(
@@ -247,7 +247,9 @@ fn report_on(port: u16, extra: &[&str]) -> Tracer {
 }
 
 /// A storm of exactly `conns` connections to `port` (two client threads), every one completed.
-fn burst(port: u16, conns: u32) {
+/// Returns the connects it made (each one `CLOSE->SYN_SENT`) when it knows them exactly: when
+/// no attempt failed (a failed one may or may not have reached SYN_SENT).
+fn burst(port: u16, conns: u32) -> Option<u64> {
     let out = Command::new(storm_bin())
         .args([
             "--threads",
@@ -265,6 +267,8 @@ fn burst(port: u16, conns: u32) {
     assert_eq!(r["conns"], conns, "{r}");
     // Every server end closed by the storm, none reset by its exit (see `settle`).
     assert_eq!(r["server_closed"], conns, "{r}");
+    eprintln!("storm: {r}");
+    (r["other_errors"] == 0 && r["addr_not_avail"] == 0).then_some(conns as u64)
 }
 
 /// The report's TIME_WAIT towards `port` equals `ss`'s: exact through the kernel table while
@@ -281,7 +285,19 @@ fn time_wait_is_exact(doc: &Value, port: u16) {
 /// What a tracer's books say against a reference that saw everything (a roomy ring, no rate
 /// budget): (seen, lost, counted by the guard, generated = what the reference saw, at least
 /// `at_least`).
-fn books(doc: &Value, reference: &TracerOutput, at_least: u64) -> (u64, u64, u64, u64) {
+///
+/// The reference is checked in turn against the storm's own count of its connects
+/// (`connects`, when the storm knows it): one `CLOSE->SYN_SENT` each. Where the reference saw
+/// fewer, the kernel skipped its program without counting the skip (BENCHMARKS.md, the
+/// uncounted skips; once in CI's 6.1 guest: the reference 600 of 600 connects less one, the
+/// tracer under test 601 with what it counted), and `generated` takes the storm's count for
+/// that kind. A tracer that counts a transition twice still fails: it would exceed the storm.
+fn books(
+    doc: &Value,
+    reference: &TracerOutput,
+    at_least: u64,
+    connects: Option<u64>,
+) -> (u64, u64, u64, u64) {
     let rdoc = reference.json();
     // What the reference saw and what it counted lost: in a guest its backup program can fail
     // to recover a nested run now and then, and says so (CI's 6.12 guest: 20 skipped, 18
@@ -292,9 +308,22 @@ fn books(doc: &Value, reference: &TracerOutput, at_least: u64) -> (u64, u64, u64
         "the reference's rings hold the storm: {}",
         reference.stderr
     );
-    let generated = rdoc["transitions_seen"].as_u64().unwrap()
+    let mut generated = rdoc["transitions_seen"].as_u64().unwrap()
         + rdoc["transitions_lost"].as_u64().unwrap()
         + rdoc["lost_uncounted"].as_u64().unwrap();
+    let ref_connects = rdoc["transitions"]["CLOSE->SYN_SENT"].as_u64().unwrap_or(0);
+    // (Only when the reference lost nothing it knows of: a loss it counted may be this one.)
+    if let Some(n) = connects
+        && ref_connects < n
+        && generated == rdoc["transitions_seen"].as_u64().unwrap()
+    {
+        eprintln!(
+            "the reference saw {ref_connects} of the storm's {n} connects; the books take the \
+             storm's count: {}",
+            reference.stderr
+        );
+        generated += n - ref_connects;
+    }
     // (The guard's record appears once it has acted.)
     assert!(rdoc["overload"].is_null(), "{}", reference.stderr);
     assert!(generated >= at_least, "reference saw {generated}");
