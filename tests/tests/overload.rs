@@ -391,30 +391,20 @@ fn kinds_off(doc: &Value, reference: &TracerOutput) -> String {
 fn settle(port: u16) {
     let deadline = std::time::Instant::now() + T;
     loop {
-        let ss = Command::new("ss")
-            .args(["-tanH"])
-            .arg(format!("( dport = :{port} or sport = :{port} )"))
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&ss.stdout);
         // (state, local, peer) of every socket on the port.
-        let sockets: Vec<(&str, &str, &str)> = out
-            .lines()
-            .filter_map(|l| {
-                let c: Vec<&str> = l.split_whitespace().collect();
-                (c.len() >= 5).then(|| (c[0], c[3], c[4]))
-            })
-            .collect();
+        let sockets = ss_rows(port);
         let has_peer =
-            |local: &str, peer: &str| sockets.iter().any(|&(_, l, p)| l == peer && p == local);
+            |local: &str, peer: &str| sockets.iter().any(|(_, l, p)| l == peer && p == local);
+        let row =
+            |(state, local, peer): &(String, String, String)| format!("{state} {local} {peer}");
         let closing: Vec<String> = sockets
             .iter()
-            .filter(|&&(state, local, peer)| match state {
+            .filter(|(state, local, peer)| match state.as_str() {
                 "FIN-WAIT-1" | "CLOSING" | "LAST-ACK" | "CLOSE-WAIT" => true,
                 "FIN-WAIT-2" => has_peer(local, peer),
                 _ => false,
             })
-            .map(|(state, local, peer)| format!("{state} {local} {peer}"))
+            .map(row)
             .collect();
         if closing.is_empty() {
             let orphans = sockets.iter().filter(|s| s.0 == "FIN-WAIT-2").count();
@@ -428,8 +418,10 @@ fn settle(port: u16) {
             "{} sockets of :{port} still closing:\n{}\nall sockets of the port but TIME_WAIT:\n{}",
             closing.len(),
             closing.join("\n"),
-            out.lines()
-                .filter(|l| !l.starts_with("TIME-WAIT"))
+            sockets
+                .iter()
+                .filter(|s| s.0 != "TIME-WAIT")
+                .map(row)
                 .collect::<Vec<_>>()
                 .join("\n")
         );
