@@ -113,16 +113,15 @@ impl LossReport {
 /// Drops the backup program's duplicates and counts its recoveries.
 ///
 /// The kernel programs keep the transitions whose backup run is pending on a stack
-/// (`tcptrace_common::pending`), which makes duplicates rare. Before that stack there were 0-3
-/// per storm of 200,000 connections (3 in 8 storms), from softirqs that ran between a
-/// transition's primary and backup runs, and 0 in 22 storms right after it; on 2026-12-07 the
-/// host showed 0-3 again per 8 s saturating storm, all of them transitions made in the owner's
-/// syscall (`CLOSE->SYN_SENT`, `CLOSE_WAIT->LAST_ACK`) or right after it, their cause open
-/// (issue 13's note: neither a deeper look-down nor discarding what a backup's run pushed
-/// removed them). This window is the safety net: the primary's copy is earlier in the ring (up
-/// to ~190 records back, seen), so a window of the primary's recent transitions finds it. A
-/// socket never makes the same transition twice back to back, so a match is a true duplicate.
-/// Counting mode has no such net: there a duplicate is counted twice.
+/// (`tcptrace_common::pending`), so the backup sends only what the kernel skipped. Its look
+/// went 8 entries down until 2026-12-07, and a softirq landing in the backup's dispatch buries
+/// the entry deeper: 0-6 copies per 8 s saturating storm on the host (8 in 8 storms), 0 in 8
+/// alternated storms once the look went all the way down. This window stays as the safety net
+/// for a burial deeper than the stack: the primary's copy is earlier in the ring (up to ~190
+/// records back, seen), so a window of the primary's recent transitions finds it. A socket
+/// never makes the same transition twice back to back, so a match is a true duplicate.
+/// Counting mode has no such net: there a copy would be counted twice. `duplicates` above 0
+/// is a kernel-side error, which the benchmark's loss balance reports.
 #[derive(Debug)]
 pub struct BackupDedup {
     recent: VecDeque<(u64, u64, u8, u8)>,

@@ -33,6 +33,35 @@ pub struct Storm {
     pub hits: Option<u64>,
     /// What it saw by kind, "OLD->NEW" (report: the document's `transitions`; trace: its lines).
     pub by_kind: BTreeMap<String, u64>,
+    /// The closing line's backup books: nested primary runs the kernel skipped, those the
+    /// backup program delivered, and its copies of transitions the primary had sent, which
+    /// userspace dropped (None where the line has no such part: the classic tracepoint path).
+    pub backup: Option<Backup>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub skipped: u64,
+    pub recovered: u64,
+    pub duplicates: u64,
+}
+
+impl Backup {
+    /// From the closing line's `nested runs skipped N, recovered by the backup program M,
+    /// duplicates dropped D`.
+    fn of(lines: &[String]) -> Option<Backup> {
+        Some(Backup {
+            skipped: number_after(lines, "nested runs skipped ")?,
+            recovered: number_after(lines, "recovered by the backup program ")?,
+            duplicates: number_after(lines, "duplicates dropped ")?,
+        })
+    }
+
+    /// The backup sent exactly what the kernel skipped: no copy of a transition the primary
+    /// handled (event mode drops those; counting mode would count them twice).
+    pub fn exact(&self) -> bool {
+        self.duplicates == 0 && self.recovered <= self.skipped
+    }
 }
 
 impl Storm {
@@ -337,6 +366,7 @@ fn one(opts: &BenchOptions, bins: &Bins, trace: bool) -> Result<(Storm, Kept)> {
         uncounted,
         hits,
         by_kind,
+        backup: Backup::of(&lines),
     };
     Ok((
         storm,
@@ -378,11 +408,13 @@ fn uncounted_transitions(lines: &[String]) -> u64 {
     number_after(lines, "; at least ").unwrap_or(0)
 }
 
-/// The number right after `marker` in the last line that has one.
+/// The number right after `marker` in the last line that has one (a comma or parenthesis
+/// after it is not part of it).
 fn number_after(lines: &[String], marker: &str) -> Option<u64> {
     lines.iter().rev().find_map(|l| {
         let rest = l.split(marker).nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
+        let word = rest.split_whitespace().next()?;
+        word.trim_end_matches([',', ')', ';']).parse().ok()
     })
 }
 
@@ -442,17 +474,20 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
          lead to: `lost_uncounted`, the fewest transitions that explain it); that column \
          says how many, and a storm that balances only with them says so. The tracepoint's \
          hits are the kernel's own count over the storm (a perf counting event, not BPF; other \
-         TCP on the host adds to it).\n",
+         TCP on the host adds to it). The backup column is the closing line's: nested runs \
+         of the primary program the kernel skipped, those the backup program delivered, and \
+         its copies of transitions the primary had sent (dropped by userspace; any is a \
+         kernel-side error the books only hide in event mode).\n",
         opts.balance_conns, opts.threads, opts.targets
     );
     let _ = writeln!(
         w,
-        "| tracer | connections | listeners | generated | tracepoint hits | seen | lost | found by the check | seen + lost (+ found) = generated |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| tracer | connections | listeners | generated | tracepoint hits | seen | lost | found by the check | backup: skipped / recovered / copies | seen + lost (+ found) = generated |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for s in storms {
         let _ = writeln!(
             w,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.mode,
             s.conns,
             s.listeners,
@@ -461,6 +496,13 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
             s.seen,
             s.lost,
             s.uncounted,
+            s.backup.map_or("–".to_string(), |b| format!(
+                "{} / {} / {}{}",
+                b.skipped,
+                b.recovered,
+                b.duplicates,
+                if b.exact() { "" } else { " **off**" }
+            )),
             if s.balanced_live() {
                 "yes".to_string()
             } else if s.balanced() {
@@ -498,6 +540,7 @@ mod tests {
             uncounted: 0,
             hits: None,
             by_kind,
+            backup: None,
         };
         assert!(s.balanced() && s.off_by_kind().is_empty());
         s.by_kind.insert("LAST_ACK->CLOSE".into(), 1);
@@ -544,12 +587,38 @@ mod tests {
             uncounted: 2,
             hits: Some(10),
             by_kind,
+            backup: Backup::of(std::slice::from_ref(&line)),
         };
+        assert_eq!(
+            s.backup,
+            Some(Backup {
+                skipped: 0,
+                recovered: 0,
+                duplicates: 0
+            })
+        );
         assert!(s.balanced() && !s.balanced_live());
         assert_eq!(
             off_note(&s),
             "; by kind: FIN_WAIT1->FIN_WAIT2 -1, FIN_WAIT2->CLOSE -1"
         );
+    }
+
+    #[test]
+    fn a_backup_copy_of_a_sent_transition_is_not_exact() {
+        let line = |skipped, recovered, dups| {
+            vec![format!(
+                "tcptrace: 2000045 events in 9.7s; lost 0 events (0 transitions, 0 resets; \
+                 ring full 0, nested runs skipped {skipped}, recovered by the backup program \
+                 {recovered}, duplicates dropped {dups})"
+            )]
+        };
+        let exact = |l: Vec<String>| Backup::of(&l).map(|b| b.exact());
+        assert_eq!(exact(line(838, 838, 0)), Some(true));
+        assert_eq!(exact(line(636, 633, 0)), Some(true), "3 lost, counted");
+        assert_eq!(exact(line(470, 470, 3)), Some(false));
+        assert_eq!(exact(line(326, 330, 0)), Some(false));
+        assert_eq!(Backup::of(&["tcptrace: 5 events in 1.0s".into()]), None);
     }
 
     #[test]
