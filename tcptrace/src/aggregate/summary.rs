@@ -21,8 +21,8 @@ pub struct SummaryInput<'a> {
     pub now_ns: u64,
     /// Events the kernel side lost (recursion misses not recovered + failed reservations).
     pub lost_events: u64,
-    /// Transitions missed without being counted, found by the kernel-table check
-    /// (`LossReport::uncounted`).
+    /// Transitions missed without being counted, found in the events' gaps and by the
+    /// kernel-table check (`LossReport::uncounted`).
     pub lost_uncounted: u64,
     /// `LossReport::timewait_hook_missed`.
     pub timewait_hook_missed: u64,
@@ -50,8 +50,9 @@ pub struct Summary {
     pub window_s: f64,
     /// Events the kernel side lost; counts below may be short by about this many transitions.
     pub lost_events: u64,
-    /// Transitions the kernel skipped without counting them, found by comparing the socket
-    /// table with the kernel's: at least this many beyond `lost_events`.
+    /// Transitions the kernel skipped without counting them, found where a socket's event left
+    /// a state it was never seen entering, or by comparing the socket table with the kernel's:
+    /// at least this many beyond `lost_events`.
     pub lost_uncounted: u64,
     /// Exact timewait records that never arrived (ring full, or a skipped run of a timewait
     /// hook): those TIME_WAIT sockets' entry or end was inferred instead. Not in `lost_events`.

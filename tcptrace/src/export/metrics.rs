@@ -438,7 +438,8 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
          behind), nested (runs the kernel skipped because the program was already running on \
          that CPU, less those the backup program delivered), reset_nested (the same for the \
          reset programs), undecodable, uncounted (skipped by the kernel without being \
-         counted, found afterwards by the kernel-table check: a lower bound).",
+         counted, found afterwards in a socket's next event or by the kernel-table check: a lower \
+         bound).",
     );
     for (cause, n) in [
         ("ring_full", l.lost_ring_full()),
@@ -448,7 +449,7 @@ fn health(e: &mut Exposition, s: &Scrape<'_>) {
         (
             "uncounted",
             l.uncounted(
-                s.table.stats().corrections.transitions_missed,
+                s.table.transitions_missed(),
                 s.overload.as_ref().map_or(0, |o| o.counted_events),
             ),
         ),

@@ -232,6 +232,8 @@ impl SocketTable {
                 } else {
                     self.stats.state_mismatches += 1;
                     self.stats.stale += 1;
+                    // It came after all: the gap the newer event counted held it.
+                    self.stats.transitions_missed = self.stats.transitions_missed.saturating_sub(1);
                     a.outcome = Outcome::Stale;
                 }
                 a.state = Some(tracked);
@@ -240,6 +242,7 @@ impl SocketTable {
             }
             // A lost event: adopt what the kernel says now.
             self.stats.state_mismatches += 1;
+            self.stats.transitions_missed += super::gap::fewest_transitions(tracked, old);
             a.mismatch = true;
             a.push(
                 Subject::This,

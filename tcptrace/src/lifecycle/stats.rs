@@ -136,6 +136,13 @@ pub struct TableStats {
     pub state_mismatches: u64,
     /// Of those, events older than what we already knew (reordered across CPUs): dropped.
     pub stale: u64,
+    /// The transitions the other mismatches show were made unseen, at the least: a socket's
+    /// event left a state we never saw it enter (a server socket we held in ESTABLISHED whose
+    /// next event is CLOSE_WAIT->LAST_ACK made ESTABLISHED->CLOSE_WAIT). Like the kernel-table
+    /// check's `corrections.transitions_missed`, what was lost, counted or not, is at least
+    /// this many; the two never count one gap twice (the table adopts the event's state). A
+    /// stale event (one of the gap's, arriving late) takes its transition back out.
+    pub transitions_missed: u64,
     /// Entries replaced because a new socket took their identity or 4-tuple (their close was
     /// never seen).
     pub superseded: u64,

@@ -227,6 +227,14 @@ impl SocketTable {
         &self.stats
     }
 
+    /// Transitions the event stream never delivered, at the least: those a socket's next event
+    /// showed (it left a state we never saw it enter) and those the kernel-table check found.
+    /// Less what the programs counted lost, these are the kernel's uncounted skips
+    /// (`LossReport::uncounted`).
+    pub fn transitions_missed(&self) -> u64 {
+        self.stats.transitions_missed + self.stats.corrections.transitions_missed
+    }
+
     /// Every tracked socket.
     pub fn iter(&self) -> impl Iterator<Item = SocketView> + '_ {
         self.slab

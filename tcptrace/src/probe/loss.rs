@@ -65,9 +65,12 @@ impl LossReport {
     }
 
     /// Losses the kernel did not count, found afterwards: every state the kernel table showed
-    /// that the event stream never reached needs transitions that were not delivered, at least
-    /// `missed` in all (`ReconcileStats::transitions_missed`); those the counted losses cannot
-    /// explain were skipped silently. A lower bound. Seen in this VM: in about one storm of 40,
+    /// that the event stream never reached, and every event that left a state the stream never
+    /// entered, needs transitions that were not delivered, at least `missed` in all
+    /// (`SocketTable::transitions_missed`); those the counted losses cannot explain were
+    /// skipped silently. A lower bound. (Before the events' own gaps counted, one bench storm
+    /// of 2026-12-07 was short of ESTABLISHED->CLOSE_WAIT and ESTABLISHED->FIN_WAIT1, once
+    /// each, with 2 state mismatches and nothing counted.) Seen in this VM: in about one storm of 40,
     /// a client's FIN_WAIT1->FIN_WAIT2 and FIN_WAIT2->CLOSE never ran either program, while
     /// perf's own probe on the same tracepoint counted them (run counts plus recursion misses of
     /// both programs 200,030, tracepoint hits 200,032), so no miss was counted anywhere.

@@ -39,10 +39,11 @@ impl Session {
         }
     }
 
-    /// Transitions the kernel skipped without counting them, found by reconciliation.
+    /// Transitions the kernel skipped without counting them, found in the event stream's gaps
+    /// and by the kernel-table check.
     pub fn lost_uncounted(&self, loss: &LossReport) -> u64 {
         let counted = self.source.kernel().map_or(0, |k| k.probe.counted());
-        loss.uncounted(self.table.stats().corrections.transitions_missed, counted)
+        loss.uncounted(self.table.transitions_missed(), counted)
     }
 
     /// The report document's core, as of now.

@@ -138,7 +138,8 @@ fn uncounted_note(uncounted: u64) -> String {
     } else {
         format!(
             "; at least {uncounted} more transitions skipped by the kernel without being counted \
-             (found by the kernel-table check, which corrected those sockets)"
+             (found where a socket's next event or the kernel-table check showed states the \
+             events never reported)"
         )
     }
 }
@@ -191,7 +192,8 @@ mod tests {
         let line = closing_line(12, 1.0, &LossReport::default(), 4);
         assert!(line.ends_with(
             "; at least 4 more transitions skipped by the kernel without being counted (found \
-             by the kernel-table check, which corrected those sockets)"
+             where a socket's next event or the kernel-table check showed states the events \
+             never reported)"
         ));
     }
 }

@@ -25,8 +25,8 @@ pub struct Storm {
     /// What it says it lost (transitions).
     pub lost: u64,
     /// Transitions the kernel made without running either program and without counting a
-    /// miss, found afterwards by the tracer's check against the kernel's socket table
-    /// (`lost_uncounted`, at least this many).
+    /// miss, found afterwards in the socket's next event or by the tracer's check against the
+    /// kernel's socket table (`lost_uncounted`, at least this many).
     pub uncounted: u64,
     /// The kernel's count of `sock:inet_sock_set_state` hits over the storm (perf, not BPF;
     /// any other TCP on the host adds to it): None where perf events could not be opened.
@@ -469,9 +469,10 @@ pub fn render(w: &mut String, opts: &BenchOptions, storms: &[Storm]) {
          (`report --json`'s `transitions_seen`, or the lines `trace --json` printed, plus what \
          the overload guard counted in the kernel instead of sending) plus the transitions it \
          counted lost must equal that. Where the kernel made a transition without running \
-         either program and without counting a miss, the tracer finds it afterwards, at its \
-         check against the kernel's socket table (a socket in a state only missed transitions \
-         lead to: `lost_uncounted`, the fewest transitions that explain it); that column \
+         either program and without counting a miss, the tracer finds it afterwards: at the \
+         socket's next event, which leaves a state the socket was never seen entering, or at \
+         its check against the kernel's socket table (a socket in a state only missed \
+         transitions lead to): `lost_uncounted`, the fewest transitions that explain it; that column \
          says how many, and a storm that balances only with them says so. The tracepoint's \
          hits are the kernel's own count over the storm (a perf counting event, not BPF; other \
          TCP on the host adds to it). The backup column is the closing line's: nested runs \
@@ -564,8 +565,8 @@ mod tests {
         let line = "tcptrace: 200045 events in 2.7s; lost 0 events (0 transitions, 0 resets; \
                     ring full 0, nested runs skipped 0, recovered by the backup program 0, \
                     duplicates dropped 0); at least 2 more transitions skipped by the kernel \
-                    without being counted (found by the kernel-table check, which corrected \
-                    those sockets)"
+                    without being counted (found where a socket's next event or the \
+                    kernel-table check showed states the events never reported)"
             .to_string();
         assert_eq!(uncounted_transitions(std::slice::from_ref(&line)), 2);
         assert_eq!(

@@ -451,7 +451,8 @@ fn balance_split(balance: &[balance::Storm]) -> String {
         .sum();
     format!(
         ": {live} balanced as delivered and counted, {checked} with transitions the kernel \
-         skipped uncounted and the kernel-table check found, {short} not; {copies} backup \
+         skipped uncounted and the tracer's checks found (a socket's next event, the kernel \
+         table), {short} not; {copies} backup \
          copies of transitions the primary sent"
     )
 }

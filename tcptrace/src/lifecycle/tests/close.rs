@@ -175,6 +175,12 @@ fn lost_event_is_adopted_and_counted() {
         "the kernel's old state decides what CLOSE means"
     );
     assert_eq!(t.stats().state_mismatches, 1);
+    assert_eq!(
+        t.stats().transitions_missed,
+        2,
+        "ESTABLISHED->FIN_WAIT1 and FIN_WAIT1->FIN_WAIT2, never delivered"
+    );
+    assert_eq!(t.transitions_missed(), 2);
     check_counts(&t);
 }
 
@@ -199,6 +205,8 @@ fn reordered_older_event_does_not_corrupt_the_table() {
     assert_eq!(state_of(&t, &sk), Some(TimeWait));
     assert_eq!(t.stats().state_mismatches, 2);
     assert_eq!(t.stats().stale, 1);
+    // The close counted FIN_WAIT1->FIN_WAIT2 missing; it came late, so nothing is missed.
+    assert_eq!(t.stats().transitions_missed, 0);
     check_counts(&t);
 }
 
