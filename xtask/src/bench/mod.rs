@@ -367,10 +367,11 @@ fn render(
 
     let _ = writeln!(w, "### Goals (issue 13)\n");
     let get = |m: Mode| summarise(runs, opts.rounds, m);
-    let (report, events, trace, serve, record) = (
+    let (report, events, trace, trace_events, serve, record) = (
         get(Mode::Report),
         get(Mode::ReportEvents),
         get(Mode::Trace),
+        get(Mode::TraceEvents),
         get(Mode::Serve),
         get(Mode::Record),
     );
@@ -395,7 +396,7 @@ fn render(
         w,
         "| goal | measured | status |\n| --- | --- | --- |\n\
          | `report`, `serve`, `record` ≥ 0.97 of the empty program's rate | `report` {} as run by default (the guard counted in {} of {} runs), {} with the rate budget off; `serve` {}, `record` {} | {} |\n\
-         | `trace > /dev/null` ≥ 0.90 of the empty program's rate | {} (the guard counted in {} of {} runs) | {} |\n\
+         | `trace > /dev/null` ≥ 0.90 of the empty program's rate | {} as run by default (the guard counted in {} of {} runs), {} with the rate budget off (the guard counted in {} of {} runs) | {} |\n\
          | userspace ≤ 3% of one core at 40k conn/s (`report`, `serve`) | measured at a fixed rate: `report` {}, `serve` {} of one core ({} and {} conn/s reached; the guard counted in {} of their runs). Extrapolated from the saturated storms: `report` with every transition sent {} µs/conn = {}%, `serve` {} µs/conn = {}% | {} |\n\
          | BPF ≤ 150 ns per transition in this VM (stats on, separate pass at the fixed rate, every transition sent) | {} ns | {} |\n\
          | loss balanced: seen + lost = generated, in every storm | {} storms{} | {} |",
@@ -411,15 +412,21 @@ fn render(
         num(trace.vs_floor, 3),
         trace.counting,
         trace.runs,
+        num(trace_events.vs_floor, 3),
+        trace_events.counting,
+        trace_events.runs,
         // A run the guard switched to counting printed no line per transition from then on:
-        // the goal is about printing them all.
-        if trace.counting > 0 {
-            format!(
-                "not judged: the overload guard counted in {} of {} runs",
-                trace.counting, trace.runs
-            )
-        } else {
-            met(trace.vs_floor >= 0.90).to_string()
+        // the goal is about printing them all, so it is judged on the runs that did, with the
+        // budget off (the rings' guard may still count there, when the reader falls behind).
+        match [&trace, &trace_events]
+            .into_iter()
+            .find(|m| m.counting == 0)
+        {
+            Some(m) => met(m.vs_floor >= 0.90).to_string(),
+            None => format!(
+                "not judged: the overload guard counted in {} of {} runs with the budget off",
+                trace_events.counting, trace_events.runs
+            ),
         },
         num(paced_report.cpu_pct, 2) + "%",
         num(paced_serve.cpu_pct, 2) + "%",

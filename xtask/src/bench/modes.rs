@@ -34,6 +34,10 @@ pub enum Mode {
     ReportSummaries,
     /// `tcptrace trace > /dev/null`.
     Trace,
+    /// `tcptrace trace > /dev/null` with the rate budget out of reach: at the storm's rate the
+    /// default budget has the guard count in every run, which prints no line per transition,
+    /// so the trace goal is judged here.
+    TraceEvents,
     /// `tcptrace serve`, scraped once a second.
     Serve,
     /// `tcptrace record`: every event written to a file (under the target directory).
@@ -52,7 +56,7 @@ const COUNT: &str =
 const PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%d %d %d %d\\n\", pid, args->sport, args->oldstate, args->newstate); }";
 
 impl Mode {
-    pub const ALL: [Mode; 10] = [
+    pub const ALL: [Mode; 11] = [
         Mode::NoTracer,
         Mode::Floor,
         Mode::BpftraceCount,
@@ -61,6 +65,7 @@ impl Mode {
         Mode::ReportEvents,
         Mode::ReportSummaries,
         Mode::Trace,
+        Mode::TraceEvents,
         Mode::Serve,
         Mode::Record,
     ];
@@ -75,6 +80,9 @@ impl Mode {
             Mode::ReportEvents => "`tcptrace report --max-event-rate 100000000` (rate budget off)",
             Mode::ReportSummaries => "`tcptrace report --summaries`",
             Mode::Trace => "`tcptrace trace > /dev/null`",
+            Mode::TraceEvents => {
+                "`tcptrace trace --max-event-rate 100000000 > /dev/null` (rate budget off)"
+            }
             Mode::Serve => "`tcptrace serve`, scraped every second",
             Mode::Record => "`tcptrace record` to a file",
         }
@@ -106,6 +114,7 @@ impl Mode {
             ],
             Mode::ReportSummaries => &["report", "--duration", "10m", "--summaries"],
             Mode::Trace => &["trace"],
+            Mode::TraceEvents => &["trace", "--max-event-rate", "100000000"],
             Mode::Serve => &["serve", "--listen", "127.0.0.1:0"],
             // The file is appended by `Running::start`.
             Mode::Record => &["record", "--output"],
