@@ -180,6 +180,17 @@ pub fn lost_events(lines: &[String]) -> Option<u64> {
     })
 }
 
+/// What the closing line says the lost events were (`N transitions, M resets; ring full ...`),
+/// when it says any were lost: the run tables keep it beside the count.
+pub fn lost_kinds(lines: &[String]) -> Option<String> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.split("; lost ").nth(1)?;
+        let n: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        let kinds = rest.split_once('(')?.1.split_once(')')?.0;
+        (n > 0).then(|| kinds.to_string())
+    })
+}
+
 /// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any), as fast as it goes or
 /// paced at `rate` connections per second in total (`tcpstorm --rate`); its JSON result line.
 pub fn storm(
@@ -209,4 +220,33 @@ pub fn storm(
     }
     let out = cmd::stdout_of(&mut cmd)?;
     serde_json::from_str(out.trim()).with_context(|| format!("tcpstorm output {out:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closing_line_gives_the_count_and_what_was_lost() {
+        let line = |s: &str| vec!["listening".to_string(), s.to_string()];
+        let lossy = line(
+            "tcptrace: 396153 events in 8.0s; lost 2 events (2 transitions, 0 resets; ring full 0, \
+             nested runs skipped 7, recovered by the backup program 5, duplicates dropped 0), \
+             at least 2 more skipped by the kernel without being counted (kernel table)",
+        );
+        assert_eq!(lost_events(&lossy), Some(2));
+        assert_eq!(
+            lost_kinds(&lossy).as_deref(),
+            Some(
+                "2 transitions, 0 resets; ring full 0, nested runs skipped 7, recovered by the \
+                 backup program 5, duplicates dropped 0"
+            )
+        );
+        let clean = line(
+            "tcptrace: 10 events in 1.0s; lost 0 events (0 transitions, 0 resets; ring full 0, \
+             nested runs skipped 0, recovered by the backup program 0, duplicates dropped 0)",
+        );
+        assert_eq!(lost_events(&clean), Some(0));
+        assert_eq!(lost_kinds(&clean), None);
+    }
 }

@@ -77,6 +77,8 @@ struct Run {
     /// Tracer CPU seconds during the storm.
     cpu_s: f64,
     lost: Option<u64>,
+    /// The closing line's breakdown of `lost`, when it is not 0.
+    lost_kinds: Option<String>,
     /// The overload guard switched to counting during the run.
     counting: bool,
 }
@@ -201,12 +203,12 @@ fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins, rate: Option<f64>) -> R
     let cpu1 = t.as_ref().and_then(|t| measure::cpu_seconds(t.pid()));
     // The reader polls every few ms: give it time to drain what the storm left in the ring.
     thread::sleep(Duration::from_millis(300));
-    let (lost, counting) = match t {
+    let (lost, lost_kinds, counting) = match t {
         Some(t) => {
             let s = t.stop()?;
-            (s.lost, s.counting)
+            (s.lost, s.lost_kinds, s.counting)
         }
-        None => (None, false),
+        None => (None, None, false),
     };
     Ok(Run {
         mode,
@@ -218,6 +220,7 @@ fn one_run(mode: Mode, opts: &BenchOptions, bins: &Bins, rate: Option<f64>) -> R
             _ => 0.0,
         },
         lost,
+        lost_kinds,
         counting,
     })
 }
@@ -536,7 +539,11 @@ fn render_runs(w: &mut String, runs: &[Run]) {
             r.conns,
             r.conns_per_s,
             r.cpu_s,
-            r.lost.map_or("–".into(), |v| v.to_string()),
+            match (r.lost, &r.lost_kinds) {
+                (None, _) => "–".into(),
+                (Some(v), None) => v.to_string(),
+                (Some(v), Some(k)) => format!("{v} ({k})"),
+            },
             if r.counting { "counting" } else { "" }
         );
     }
@@ -555,6 +562,7 @@ mod tests {
             elapsed_s: 1.0,
             cpu_s: 0.1,
             lost: Some(0),
+            lost_kinds: None,
             counting,
         }
     }

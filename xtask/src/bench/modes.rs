@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::child::{Ready, TracerChild, lost_events};
+use super::child::{Ready, TracerChild, lost_events, lost_kinds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -221,6 +221,7 @@ impl Running {
         }
         Ok(Stopped {
             lost: tcptrace.then(|| lost_events(&lines)).flatten(),
+            lost_kinds: tcptrace.then(|| lost_kinds(&lines)).flatten(),
             // The switch message, whichever its cause (a rate over the budget, or a ring the
             // reader could not keep up with).
             counting: tcptrace
@@ -235,6 +236,8 @@ impl Running {
 pub struct Stopped {
     /// Lost events from tcptrace's closing line.
     pub lost: Option<u64>,
+    /// What they were, when any were lost.
+    pub lost_kinds: Option<String>,
     /// Its overload guard switched the kernel to counting during the run: from then on the
     /// run measured the counting path, not every transition sent.
     pub counting: bool,

@@ -214,6 +214,7 @@ mod tests {
             elapsed_s: 8.0,
             cpu_s,
             lost: mode.is_tracer().then_some(0),
+            lost_kinds: None,
             counting,
         }
     }
