@@ -87,6 +87,47 @@ impl TestNetns {
         )
     }
 
+    /// What the namespace's TCP says of itself, for a failure message: `ss -tanoi`, its
+    /// TIME_WAIT cap and the counters of how connections ended (TIME_WAIT made, killed or
+    /// refused; resets; aborts). `netns_snapshot.rs` saw a namespace's TIME_WAIT socket missing
+    /// from the kernel's dump three times in the guests, unexplained; this says which it was.
+    pub fn tcp_state(&self) -> String {
+        let run = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_else(|e| format!("{args:?}: {e}"))
+        };
+        let counters = run(&["nstat", "-asz"])
+            .lines()
+            .filter(|l| {
+                !l.starts_with("MPTcp")
+                    && [
+                        "TcpExtTW",
+                        "TimeWait",
+                        "Rst",
+                        "Reset",
+                        "Abort",
+                        "ActiveOpens",
+                        "PassiveOpens",
+                        "AttemptFails",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "namespace {}: ss -tanoi:\n{}\ntcp_max_tw_buckets {}; {counters}",
+            self.name,
+            run(&["ss", "-tanoi"]),
+            run(&["sysctl", "-n", "net.ipv4.tcp_max_tw_buckets"]),
+        )
+    }
+
     /// `ss -tanH` inside the namespace: (state, local, peer) per row, sorted.
     pub fn ss(&self) -> Vec<(String, String, String)> {
         let out = Command::new("ip")

@@ -79,9 +79,11 @@ fn close_wait_leak_is_reported_in_its_own_namespace_only() {
         }
         assert!(
             Instant::now() < deadline,
-            "never settled: A {:?}, B {:?}",
+            "never settled: A {:?}, B {:?}\n{}\n{}",
             in_ns(&snap.sockets, &na),
-            in_ns(&snap.sockets, &nb)
+            in_ns(&snap.sockets, &nb),
+            a.tcp_state(),
+            b.tcp_state()
         );
         std::thread::sleep(Duration::from_millis(10));
     };
