@@ -172,23 +172,31 @@ impl Drop for TracerChild {
     }
 }
 
-/// `lost N events` from the tracer's closing summary line.
-pub fn lost_events(lines: &[String]) -> Option<u64> {
+/// The tracer's closing line's loss clause: `lost N events (BREAKDOWN)`, as N and BREAKDOWN
+/// (`N transitions, M resets; ring full ...`).
+fn loss_clause(lines: &[String]) -> Option<(u64, Option<&str>)> {
     lines.iter().rev().find_map(|l| {
         let rest = l.split("; lost ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
+        let n = rest.split_whitespace().next()?.parse().ok()?;
+        let kinds = rest
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(k, _)| k);
+        Some((n, kinds))
     })
 }
 
-/// What the closing line says the lost events were (`N transitions, M resets; ring full ...`),
-/// when it says any were lost: the run tables keep it beside the count.
+/// `lost N events` from the tracer's closing summary line.
+pub fn lost_events(lines: &[String]) -> Option<u64> {
+    loss_clause(lines).map(|(n, _)| n)
+}
+
+/// What the closing line says the lost events were, when it says any were lost: the run tables
+/// keep it beside the count.
 pub fn lost_kinds(lines: &[String]) -> Option<String> {
-    lines.iter().rev().find_map(|l| {
-        let rest = l.split("; lost ").nth(1)?;
-        let n: u64 = rest.split_whitespace().next()?.parse().ok()?;
-        let kinds = rest.split_once('(')?.1.split_once(')')?.0;
-        (n > 0).then(|| kinds.to_string())
-    })
+    loss_clause(lines)
+        .filter(|&(n, _)| n > 0)
+        .and_then(|(_, k)| k.map(str::to_string))
 }
 
 /// One `tcpstorm` run against 127.0.77.1 upwards, on `port` (0: any), as fast as it goes or
