@@ -426,11 +426,13 @@ fn render(
         trace_events.counting,
         trace_events.runs,
         // A run the guard switched to counting printed no line per transition from then on:
-        // the goal is about printing them all, so it is judged on the runs that did, with the
-        // budget off (the rings' guard may still count there, when the reader falls behind).
+        // the goal is about printing them all, so it is judged on a row whose runs all did, else
+        // on the budget-off runs that did (the rings' guard may still count there, when the
+        // reader falls behind).
         match [&trace, &trace_events]
             .into_iter()
-            .find(|m| m.counting < m.runs)
+            .find(|m| m.counting == 0)
+            .or((trace_events.counting < trace_events.runs).then_some(&trace_events))
         {
             Some(m) if m.counting == 0 => met(m.vs_floor >= 0.90).to_string(),
             Some(m) => format!(
