@@ -76,15 +76,17 @@ impl TestNetns {
         })
     }
 
-    /// `tcpscenario ARGS` run inside the namespace. `ip netns exec` execs it in place (no fork),
-    /// so the child's pid is tcpscenario's.
+    /// `ip netns exec NAME`: what follows runs inside the namespace. `ip` execs it in place (no
+    /// fork), so a child's pid is the program's.
+    fn exec(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]);
+        c
+    }
+
+    /// `tcpscenario ARGS` run inside the namespace.
     pub fn scenario(&self, args: &[&str]) -> Proc {
-        Proc::spawn(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .arg(scenario_bin())
-                .args(args),
-        )
+        Proc::spawn(self.exec().arg(scenario_bin()).args(args))
     }
 
     /// What the namespace's TCP says of itself, for a failure message: `ss -tanoi`, its
@@ -93,8 +95,7 @@ impl TestNetns {
     /// from the kernel's dump three times in the guests, unexplained; this says which it was.
     pub fn tcp_state(&self) -> String {
         let run = |args: &[&str]| {
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
+            self.exec()
                 .args(args)
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -130,10 +131,7 @@ impl TestNetns {
 
     /// `ss -tanH` inside the namespace: (state, local, peer) per row, sorted.
     pub fn ss(&self) -> Vec<(String, String, String)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "ss", "-tanH"])
-            .output()
-            .expect("run ss");
+        let out = self.exec().args(["ss", "-tanH"]).output().expect("run ss");
         assert!(out.status.success(), "{out:?}");
         let mut rows = ss_tuples(&out.stdout);
         rows.sort();
